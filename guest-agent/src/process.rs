@@ -1,0 +1,458 @@
+//! Container processes: spawning into namespaces, stdio streaming, exit reporting, and the
+//! PID 1 duty of reaping every child.
+use crate::channel::Channel;
+use crate::sys::cstr;
+use hyperd_agent::protocol::{Event, Frame, FrameKind, ProcessSpec};
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+
+struct ContainerState {
+    root: PathBuf,
+    hostname: Option<String>,
+}
+
+struct Proc {
+    pid: i32,
+    stdin: Option<mpsc::Sender<Vec<u8>>>,
+    pty: Option<Arc<File>>,
+}
+
+#[derive(Default)]
+struct PidTable {
+    waiting: HashMap<i32, mpsc::Sender<i32>>,
+    unclaimed: HashMap<i32, i32>,
+}
+
+pub struct Agent {
+    chan: Arc<Channel>,
+    containers: Mutex<HashMap<String, ContainerState>>,
+    procs: Mutex<HashMap<u32, Proc>>,
+    pids: Mutex<PidTable>,
+}
+
+impl Agent {
+    pub fn new(chan: Arc<Channel>) -> Self {
+        Agent {
+            chan,
+            containers: Mutex::new(HashMap::new()),
+            procs: Mutex::new(HashMap::new()),
+            pids: Mutex::new(PidTable::default()),
+        }
+    }
+
+    pub fn add_container(&self, id: String, root: PathBuf, hostname: Option<String>) {
+        self.containers
+            .lock()
+            .unwrap()
+            .insert(id, ContainerState { root, hostname });
+    }
+
+    pub fn remove_container(&self, id: &str) {
+        self.containers.lock().unwrap().remove(id);
+    }
+
+    pub fn start_process(
+        self: &Arc<Self>,
+        container: &str,
+        stream: u32,
+        spec: ProcessSpec,
+    ) -> Result<i32, String> {
+        if spec.args.is_empty() {
+            return Err("no command given".into());
+        }
+        if self.procs.lock().unwrap().contains_key(&stream) {
+            return Err(format!("stream {stream} is in use"));
+        }
+        let (root, hostname) = {
+            let cs = self.containers.lock().unwrap();
+            let c = cs
+                .get(container)
+                .ok_or_else(|| format!("no container {container}"))?;
+            (c.root.clone(), c.hostname.clone())
+        };
+        let (uid, gid) = resolve_user(&root, &spec.user)?;
+        let setup = ChildSetup {
+            root: cstr(root.to_str().unwrap_or("/")),
+            proc_dir: cstr(root.join("proc").to_str().unwrap_or("/proc")),
+            workdir: cstr(if spec.workdir.is_empty() {
+                "/"
+            } else {
+                &spec.workdir
+            }),
+            hostname: hostname.map(|h| cstr(&h)),
+            uid,
+            gid,
+            tty: spec.tty,
+        };
+        // A fresh thread unshares its PID namespace so that only this child lands in it;
+        // that thread can then create no threads, so it only spawns.
+        let me = self.clone();
+        let (child, pty_master, exit_rx) =
+            std::thread::spawn(move || me.spawn_in_new_pidns(spec, setup))
+                .join()
+                .map_err(|_| "spawn thread panicked".to_string())??;
+        Ok(self.follow(stream, child, pty_master, exit_rx))
+    }
+
+    fn spawn_in_new_pidns(
+        &self,
+        spec: ProcessSpec,
+        setup: ChildSetup,
+    ) -> Result<(std::process::Child, Option<Arc<File>>, mpsc::Receiver<i32>), String> {
+        // SAFETY: unshare takes no pointers; CLONE_NEWPID only changes this thread's
+        // pid_for_children, and the thread ends after this spawn.
+        if unsafe { libc::unshare(libc::CLONE_NEWPID) } != 0 {
+            return Err(format!(
+                "unshare pid namespace: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        let mut cmd = Command::new(&spec.args[0]);
+        cmd.args(&spec.args[1..]).env_clear();
+        let mut has_path = false;
+        for kv in &spec.env {
+            if let Some((k, v)) = kv.split_once('=') {
+                has_path |= k == "PATH";
+                cmd.env(k, v);
+            }
+        }
+        if !has_path {
+            cmd.env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            );
+        }
+        let mut pty_master = None;
+        if spec.tty {
+            let (master, slave) = open_pty().map_err(|e| format!("openpty: {e}"))?;
+            let slave = File::from(slave);
+            cmd.stdin(slave.try_clone().map_err(|e| e.to_string())?);
+            cmd.stdout(slave.try_clone().map_err(|e| e.to_string())?);
+            cmd.stderr(slave);
+            pty_master = Some(Arc::new(File::from(master)));
+        } else {
+            cmd.stdin(if spec.stdin {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            });
+            cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        }
+        // SAFETY: the closure only makes async-signal-safe system calls on data prepared
+        // before the fork (see ChildSetup::apply).
+        unsafe {
+            cmd.pre_exec(move || setup.apply());
+        }
+        let (exit_tx, exit_rx) = mpsc::channel();
+        let mut pids = self.pids.lock().unwrap();
+        let child = cmd.spawn().map_err(|e| format!("{}: {e}", spec.args[0]))?;
+        let pid = child.id() as i32;
+        if let Some(code) = pids.unclaimed.remove(&pid) {
+            let _ = exit_tx.send(code);
+        } else {
+            pids.waiting.insert(pid, exit_tx);
+        }
+        drop(pids);
+        drop(cmd); // closes the parent's copies of the pty slave
+        Ok((child, pty_master, exit_rx))
+    }
+
+    /// Streams a started process's stdio and reports its exit after its last output.
+    fn follow(
+        self: &Arc<Self>,
+        stream: u32,
+        mut child: std::process::Child,
+        pty_master: Option<Arc<File>>,
+        exit_rx: mpsc::Receiver<i32>,
+    ) -> i32 {
+        let pid = child.id() as i32;
+        let mut readers = Vec::new();
+        let stdin_tx;
+        if let Some(master) = &pty_master {
+            let m = master.clone();
+            readers.push(self.pump(stream, FrameKind::Stdout, move |buf| (&*m).read(buf)));
+            let m = master.clone();
+            stdin_tx = Some(stdin_writer(move |data| (&*m).write_all(data), || {}));
+        } else {
+            let mut out = child.stdout.take().expect("piped");
+            let mut err = child.stderr.take().expect("piped");
+            readers.push(self.pump(stream, FrameKind::Stdout, move |buf| out.read(buf)));
+            readers.push(self.pump(stream, FrameKind::Stderr, move |buf| err.read(buf)));
+            stdin_tx = child.stdin.take().map(|stdin| {
+                let stdin = Arc::new(Mutex::new(Some(stdin)));
+                let s2 = stdin.clone();
+                stdin_writer(
+                    move |data| match stdin.lock().unwrap().as_mut() {
+                        Some(w) => w.write_all(data),
+                        None => Ok(()),
+                    },
+                    move || drop(s2.lock().unwrap().take()),
+                )
+            });
+        }
+        self.procs.lock().unwrap().insert(
+            stream,
+            Proc {
+                pid,
+                stdin: stdin_tx,
+                pty: pty_master,
+            },
+        );
+        let me = self.clone();
+        std::thread::spawn(move || {
+            let code = exit_rx.recv().unwrap_or(255);
+            for r in readers {
+                let _ = r.join();
+            }
+            me.procs.lock().unwrap().remove(&stream);
+            me.chan.send(&Frame::json(
+                FrameKind::Event,
+                &Event::Exited { stream, code },
+            ));
+        });
+        pid
+    }
+
+    /// Copies a process's output into frames until end of file (or EIO on a pty).
+    fn pump<F>(&self, stream: u32, kind: FrameKind, mut read: F) -> std::thread::JoinHandle<()>
+    where
+        F: FnMut(&mut [u8]) -> std::io::Result<usize> + Send + 'static,
+    {
+        let chan = self.chan.clone();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 32 * 1024];
+            loop {
+                match read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => chan.send(&Frame::data(kind, stream, buf[..n].to_vec())),
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
+            }
+        })
+    }
+
+    pub fn write_stdin(&self, stream: u32, data: Vec<u8>) {
+        let mut procs = self.procs.lock().unwrap();
+        if let Some(p) = procs.get_mut(&stream) {
+            if let Some(tx) = &p.stdin {
+                let _ = tx.send(data.clone());
+            }
+            if data.is_empty() && p.pty.is_none() {
+                p.stdin = None;
+            }
+        }
+    }
+
+    pub fn signal(&self, stream: u32, signal: i32) -> Result<(), String> {
+        let pid = self
+            .procs
+            .lock()
+            .unwrap()
+            .get(&stream)
+            .map(|p| p.pid)
+            .ok_or_else(|| format!("no process on stream {stream}"))?;
+        // SAFETY: kill takes no pointers.
+        if unsafe { libc::kill(pid, signal) } != 0 {
+            return Err(format!("kill: {}", std::io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+
+    pub fn resize(&self, stream: u32, rows: u16, cols: u16) -> Result<(), String> {
+        let procs = self.procs.lock().unwrap();
+        let p = procs
+            .get(&stream)
+            .ok_or_else(|| format!("no process on stream {stream}"))?;
+        let pty = p.pty.as_ref().ok_or("process has no tty")?;
+        let ws = libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        use std::os::fd::AsRawFd;
+        // SAFETY: TIOCSWINSZ reads a winsize struct that lives for the call.
+        if unsafe { libc::ioctl(pty.as_raw_fd(), libc::TIOCSWINSZ, &ws) } != 0 {
+            return Err(format!("resize: {}", std::io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+}
+
+/// A thread that feeds stdin in order; an empty chunk closes it.
+fn stdin_writer<W, C>(mut write: W, close: C) -> mpsc::Sender<Vec<u8>>
+where
+    W: FnMut(&[u8]) -> std::io::Result<()> + Send + 'static,
+    C: FnOnce() + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        for data in rx {
+            if data.is_empty() || write(&data).is_err() {
+                break;
+            }
+        }
+        close();
+    });
+    tx
+}
+
+/// PID 1 reaps every child; exit codes of the processes it started go to their waiters.
+pub fn start_reaper(agent: Arc<Agent>) {
+    std::thread::spawn(move || loop {
+        let mut status = 0;
+        // SAFETY: waitpid writes the status into a local integer.
+        let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
+        if pid < 0 {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            continue;
+        }
+        let code = if libc::WIFEXITED(status) {
+            libc::WEXITSTATUS(status)
+        } else if libc::WIFSIGNALED(status) {
+            128 + libc::WTERMSIG(status)
+        } else {
+            continue;
+        };
+        let mut pids = agent.pids.lock().unwrap();
+        match pids.waiting.remove(&pid) {
+            Some(tx) => {
+                let _ = tx.send(code);
+            }
+            None => {
+                // An orphan reparented to PID 1, or a child whose spawn has not registered
+                // yet: keep a bounded record for the latter.
+                if pids.unclaimed.len() > 1024 {
+                    pids.unclaimed.clear();
+                }
+                pids.unclaimed.insert(pid, code);
+            }
+        }
+    });
+}
+
+/// Everything the child needs between fork and exec, prepared before the fork so that
+/// the child allocates nothing.
+struct ChildSetup {
+    root: CString,
+    proc_dir: CString,
+    workdir: CString,
+    hostname: Option<CString>,
+    uid: u32,
+    gid: u32,
+    tty: bool,
+}
+
+impl ChildSetup {
+    fn apply(&self) -> std::io::Result<()> {
+        fn check(rc: libc::c_int) -> std::io::Result<()> {
+            if rc < 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(())
+            }
+        }
+        // SAFETY: each call gets valid NUL-terminated strings owned by `self`, which lives
+        // until exec; none of these calls allocates.
+        unsafe {
+            check(libc::unshare(
+                libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC,
+            ))?;
+            check(libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ))?;
+            check(libc::mount(
+                c"proc".as_ptr(),
+                self.proc_dir.as_ptr(),
+                c"proc".as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                std::ptr::null(),
+            ))?;
+            if let Some(h) = &self.hostname {
+                check(libc::sethostname(h.as_ptr(), h.as_bytes().len()))?;
+            }
+            check(libc::chroot(self.root.as_ptr()))?;
+            check(libc::chdir(self.workdir.as_ptr()))?;
+            if self.tty {
+                check(libc::setsid())?;
+                check(libc::ioctl(0, libc::TIOCSCTTY, 0))?;
+            }
+            check(libc::setgroups(0, std::ptr::null()))?;
+            check(libc::setgid(self.gid))?;
+            check(libc::setuid(self.uid))?;
+        }
+        Ok(())
+    }
+}
+
+fn open_pty() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut master = -1;
+    let mut slave = -1;
+    // SAFETY: openpty writes two fds into the locals; the name/termios/winsize pointers
+    // may be null.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: openpty succeeded, so both fds are open and owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) })
+}
+
+/// `uid[:gid]`, or a name from the container's /etc/passwd (no NSS in a static agent).
+fn resolve_user(root: &Path, user: &str) -> Result<(u32, u32), String> {
+    if user.is_empty() {
+        return Ok((0, 0));
+    }
+    let (u, g) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    let passwd = std::fs::read_to_string(root.join("etc/passwd")).unwrap_or_default();
+    let group = std::fs::read_to_string(root.join("etc/group")).unwrap_or_default();
+    let lookup = |file: &str, name: &str, field: usize| -> Option<u32> {
+        file.lines()
+            .map(|l| l.split(':').collect::<Vec<_>>())
+            .find(|f| f.first() == Some(&name))
+            .and_then(|f| f.get(field).and_then(|v| v.parse().ok()))
+    };
+    let uid = u
+        .parse()
+        .ok()
+        .or_else(|| lookup(&passwd, u, 2))
+        .ok_or_else(|| format!("unknown user {u:?}"))?;
+    let gid = match g {
+        Some(g) => g
+            .parse()
+            .ok()
+            .or_else(|| lookup(&group, g, 2))
+            .ok_or_else(|| format!("unknown group {g:?}"))?,
+        None => passwd
+            .lines()
+            .map(|l| l.split(':').collect::<Vec<_>>())
+            .find(|f| f.get(2).and_then(|v| v.parse::<u32>().ok()) == Some(uid))
+            .and_then(|f| f.get(3).and_then(|v| v.parse().ok()))
+            .unwrap_or(0),
+    };
+    Ok((uid, gid))
+}

@@ -1,0 +1,301 @@
+//! The host/guest agent protocol.
+//!
+//! One byte stream (a virtio-serial port or a vsock connection) carries frames:
+//!
+//! ```text
+//! +-----------+--------+-------------+-------------------+
+//! | len: u32  | kind:u8| stream: u32 | payload: len bytes|
+//! +-----------+--------+-------------+-------------------+
+//! ```
+//!
+//! integers big-endian. `Request`, `Response` and `Event` frames carry JSON
+//! ([`Request`], [`Response`], [`Event`]); `Stdout`, `Stderr` and `Stdin` frames carry raw
+//! bytes of the process whose stream number is in the header (an empty `Stdin` payload
+//! closes the process's stdin). Stream numbers are chosen by the host, one per process, so
+//! attach, exec, tty, signals and stats all address a process the same way.
+use serde::{Deserialize, Serialize};
+use std::io::{self, Read, Write};
+
+/// Largest payload a frame may carry; anything larger is a protocol error.
+pub const MAX_PAYLOAD: u32 = 4 << 20;
+/// Protocol version announced by the agent in [`Event::Ready`].
+pub const VERSION: u32 = 1;
+/// Name of the virtio-serial port the agent listens on.
+pub const SERIAL_PORT_NAME: &str = "hyper.agent";
+/// vsock port the agent listens on when the VM has a vsock device.
+pub const VSOCK_PORT: u32 = 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum FrameKind {
+    Request = 1,
+    Response = 2,
+    Event = 3,
+    Stdout = 4,
+    Stderr = 5,
+    Stdin = 6,
+}
+
+impl FrameKind {
+    pub fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            1 => Self::Request,
+            2 => Self::Response,
+            3 => Self::Event,
+            4 => Self::Stdout,
+            5 => Self::Stderr,
+            6 => Self::Stdin,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub kind: FrameKind,
+    pub stream: u32,
+    pub payload: Vec<u8>,
+}
+
+pub const HEADER_LEN: usize = 9;
+
+impl Frame {
+    pub fn json<T: Serialize>(kind: FrameKind, value: &T) -> Self {
+        Frame {
+            kind,
+            stream: 0,
+            payload: serde_json::to_vec(value).expect("protocol types serialize"),
+        }
+    }
+
+    pub fn data(kind: FrameKind, stream: u32, payload: Vec<u8>) -> Self {
+        Frame {
+            kind,
+            stream,
+            payload,
+        }
+    }
+
+    /// The frame as bytes on the wire.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(HEADER_LEN + self.payload.len());
+        out.extend_from_slice(&(self.payload.len() as u32).to_be_bytes());
+        out.push(self.kind as u8);
+        out.extend_from_slice(&self.stream.to_be_bytes());
+        out.extend_from_slice(&self.payload);
+        out
+    }
+
+    /// Parses a header; returns (kind, stream, payload length).
+    pub fn decode_header(h: &[u8; HEADER_LEN]) -> Result<(FrameKind, u32, u32), ProtocolError> {
+        let len = u32::from_be_bytes([h[0], h[1], h[2], h[3]]);
+        let kind = FrameKind::from_u8(h[4]).ok_or(ProtocolError::BadKind(h[4]))?;
+        let stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]);
+        if len > MAX_PAYLOAD {
+            return Err(ProtocolError::TooLarge(len));
+        }
+        Ok((kind, stream, len))
+    }
+
+    /// Reads one frame from a blocking reader. `Ok(None)` at a clean end of stream.
+    pub fn read_from<R: Read>(r: &mut R) -> Result<Option<Frame>, ProtocolError> {
+        let mut h = [0u8; HEADER_LEN];
+        let mut got = 0;
+        while got < HEADER_LEN {
+            match r.read(&mut h[got..]) {
+                Ok(0) if got == 0 => return Ok(None),
+                Ok(0) => return Err(ProtocolError::Io(io::ErrorKind::UnexpectedEof.into())),
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(ProtocolError::Io(e)),
+            }
+        }
+        let (kind, stream, len) = Self::decode_header(&h)?;
+        let mut payload = vec![0u8; len as usize];
+        r.read_exact(&mut payload).map_err(ProtocolError::Io)?;
+        Ok(Some(Frame {
+            kind,
+            stream,
+            payload,
+        }))
+    }
+
+    pub fn write_to<W: Write>(&self, w: &mut W) -> io::Result<()> {
+        w.write_all(&self.encode())?;
+        w.flush()
+    }
+
+    pub fn parse<T: for<'de> Deserialize<'de>>(&self) -> Result<T, ProtocolError> {
+        serde_json::from_slice(&self.payload).map_err(|e| ProtocolError::Json(e.to_string()))
+    }
+}
+
+#[derive(Debug)]
+pub enum ProtocolError {
+    Io(io::Error),
+    BadKind(u8),
+    TooLarge(u32),
+    Json(String),
+}
+
+impl std::fmt::Display for ProtocolError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Io(e) => write!(f, "agent channel: {e}"),
+            Self::BadKind(k) => write!(f, "agent channel: unknown frame kind {k}"),
+            Self::TooLarge(n) => write!(f, "agent channel: frame of {n} bytes is too large"),
+            Self::Json(e) => write!(f, "agent channel: bad message: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ProtocolError {}
+
+/// A request from the host; answered by exactly one [`Response`] with the same `id`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Request {
+    pub id: u64,
+    #[serde(flatten)]
+    pub op: Op,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Op {
+    /// Liveness check; the first one also tells the agent the host is there.
+    Ping,
+    /// Prepare a container's root filesystem: the read-only image disk (found by its
+    /// virtio-blk serial) under a writable overlay.
+    CreateContainer {
+        container: String,
+        image_disk_serial: String,
+        fstype: String,
+        #[serde(default)]
+        hostname: Option<String>,
+    },
+    /// Start a process in a container; its output arrives as frames of `stream`.
+    StartProcess {
+        container: String,
+        stream: u32,
+        process: ProcessSpec,
+    },
+    /// Send a signal to the process of `stream`.
+    Signal { stream: u32, signal: i32 },
+    /// Resize the terminal of the process of `stream`.
+    ResizeTty { stream: u32, rows: u16, cols: u16 },
+    /// Unmount and forget a container whose processes have exited.
+    RemoveContainer { container: String },
+    /// Sync file systems and power the VM off.
+    Shutdown,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ProcessSpec {
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: Vec<String>,
+    #[serde(default)]
+    pub workdir: String,
+    /// `uid[:gid]` or a user name from the container's /etc/passwd.
+    #[serde(default)]
+    pub user: String,
+    #[serde(default)]
+    pub tty: bool,
+    /// Whether the host will send stdin; otherwise the process reads /dev/null.
+    #[serde(default)]
+    pub stdin: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Response {
+    pub id: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<serde_json::Value>,
+}
+
+/// Something the agent reports on its own.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// The agent is up; sent in answer to the host's first frame.
+    Ready { version: u32 },
+    /// The process of `stream` has exited, after all its output frames were sent.
+    Exited { stream: u32, code: i32 },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_round_trip() {
+        let f = Frame::data(FrameKind::Stdout, 7, b"hello".to_vec());
+        let bytes = f.encode();
+        let back = Frame::read_from(&mut &bytes[..]).unwrap().unwrap();
+        assert_eq!(back, f);
+    }
+
+    #[test]
+    fn ops_round_trip_through_the_flattened_request() {
+        for op in [
+            Op::Ping,
+            Op::CreateContainer {
+                container: "c1".into(),
+                image_disk_serial: "hyper-c1".into(),
+                fstype: "erofs".into(),
+                hostname: Some("h".into()),
+            },
+            Op::RemoveContainer {
+                container: "c1".into(),
+            },
+            Op::Shutdown,
+        ] {
+            let r = Request { id: 9, op };
+            let bytes = serde_json::to_vec(&r).unwrap();
+            assert_eq!(serde_json::from_slice::<Request>(&bytes).unwrap(), r);
+        }
+    }
+
+    #[test]
+    fn request_json_shape() {
+        let r = Request {
+            id: 3,
+            op: Op::Signal {
+                stream: 2,
+                signal: 9,
+            },
+        };
+        let v: serde_json::Value = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["op"], "signal");
+        assert_eq!(v["id"], 3);
+        let back: Request = serde_json::from_value(v).unwrap();
+        assert_eq!(back, r);
+    }
+
+    #[test]
+    fn rejects_oversized_and_unknown_frames() {
+        let mut h = [0u8; HEADER_LEN];
+        h[0..4].copy_from_slice(&(MAX_PAYLOAD + 1).to_be_bytes());
+        h[4] = 4;
+        assert!(matches!(
+            Frame::decode_header(&h),
+            Err(ProtocolError::TooLarge(_))
+        ));
+        h[0..4].copy_from_slice(&1u32.to_be_bytes());
+        h[4] = 99;
+        assert!(matches!(
+            Frame::decode_header(&h),
+            Err(ProtocolError::BadKind(99))
+        ));
+    }
+
+    #[test]
+    fn truncated_frame_is_an_error() {
+        let bytes = Frame::data(FrameKind::Stdout, 1, b"abc".to_vec()).encode();
+        assert!(Frame::read_from(&mut &bytes[..bytes.len() - 1]).is_err());
+        assert!(Frame::read_from(&mut &bytes[..4]).is_err());
+        assert!(Frame::read_from(&mut &b""[..]).unwrap().is_none());
+    }
+}

@@ -1,0 +1,108 @@
+//! Request and response helpers: query strings, bodies, JSON replies, API errors.
+use crate::engine::EngineError;
+use bytes::Bytes;
+use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use std::collections::HashMap;
+
+pub type Body = BoxBody<Bytes, std::io::Error>;
+
+/// Largest JSON request body accepted.
+pub const MAX_JSON_BODY: usize = 4 << 20;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, message)
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        let status = match &e {
+            EngineError::NotFound(_) => StatusCode::NOT_FOUND,
+            EngineError::Conflict(_) => StatusCode::CONFLICT,
+            EngineError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            EngineError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+impl From<crate::image::ImageError> for ApiError {
+    fn from(e: crate::image::ImageError) -> Self {
+        EngineError::from(e).into()
+    }
+}
+
+pub type ApiResult = Result<Response<Body>, ApiError>;
+
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("Content-Type", "application/json")
+        .body(full(format!("{value}\n")))
+        .expect("valid response")
+}
+
+pub fn ok_json(value: serde_json::Value) -> ApiResult {
+    Ok(json_response(StatusCode::OK, &value))
+}
+
+pub fn error_response(e: &ApiError) -> Response<Body> {
+    json_response(e.status, &serde_json::json!({ "message": e.message }))
+}
+
+/// The query string as a map (the last value of a repeated key wins).
+pub fn query(req: &Request<Incoming>) -> HashMap<String, String> {
+    form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+        .into_owned()
+        .collect()
+}
+
+/// A required query parameter.
+pub fn param<'a>(q: &'a HashMap<String, String>, names: &[&str]) -> Result<&'a str, ApiError> {
+    names
+        .iter()
+        .find_map(|n| q.get(*n).filter(|v| !v.is_empty()))
+        .map(String::as_str)
+        .ok_or_else(|| ApiError::bad_request(format!("missing query parameter {}", names[0])))
+}
+
+/// `yes`, `true`, `1` are true.
+pub fn flag(q: &HashMap<String, String>, name: &str) -> bool {
+    matches!(
+        q.get(name).map(|s| s.to_ascii_lowercase()).as_deref(),
+        Some("yes" | "true" | "1")
+    )
+}
+
+/// Reads a body up to `limit` bytes.
+pub async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, ApiError> {
+    Limited::new(body, limit)
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .map_err(|e| ApiError::bad_request(format!("cannot read request body: {e}")))
+}

@@ -1,0 +1,139 @@
+//! Pod routes: `/pod/create|start|stop|info`, `DELETE /pod`, `/list`, `/exitcode`.
+use super::http::{ok_json, param, query, read_body, ApiError, ApiResult, MAX_JSON_BODY};
+use crate::engine::{Container, Engine, Pod};
+use crate::spec::PodSpec;
+use hyper::body::Incoming;
+use hyper::Request;
+use serde_json::json;
+use std::sync::Arc;
+
+fn reply(id: &str) -> ApiResult {
+    ok_json(json!({ "ID": id, "Code": 0, "Cause": "" }))
+}
+
+/// `POST /pod/create`: the pod JSON as the body, or (hyperd's older form) as `podArgs`.
+pub async fn create(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
+    let q = query(&req);
+    let body = read_body(req.into_body(), MAX_JSON_BODY).await?;
+    let json = match q.get("podArgs") {
+        Some(args) if body.is_empty() => args.as_bytes().to_vec(),
+        _ => body.to_vec(),
+    };
+    if json.is_empty() {
+        return Err(ApiError::bad_request("missing pod spec (JSON body)"));
+    }
+    let spec = PodSpec::parse(&json).map_err(ApiError::bad_request)?;
+    let pod = engine.create_pod(spec)?;
+    reply(&pod.id)
+}
+
+pub async fn start(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
+    let q = query(&req);
+    let id = param(&q, &["podId", "podName"])?;
+    let pod = engine.start_pod(id).await?;
+    reply(&pod.id)
+}
+
+pub async fn stop(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
+    let q = query(&req);
+    let id = param(&q, &["podId", "podName"])?;
+    let pod = engine.stop_pod(id).await?;
+    reply(&pod.id)
+}
+
+pub async fn remove(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
+    let q = query(&req);
+    let id = param(&q, &["podId", "podName"])?;
+    let pod = engine.pod(id)?;
+    engine.remove_pod(&pod.id).await?;
+    reply(&pod.id)
+}
+
+fn container_json(c: &Container) -> serde_json::Value {
+    let st = c.status.lock().unwrap().clone();
+    json!({
+        "containerID": c.id,
+        "name": c.name,
+        "image": c.image_ref,
+        "imageID": c.image.id,
+        "phase": c.phase(),
+        "running": { "startedAt": st.started_at },
+        "terminated": { "exitCode": st.exit_code, "finishedAt": st.finished_at },
+    })
+}
+
+pub fn pod_json(pod: &Pod) -> serde_json::Value {
+    let vm = pod.vm();
+    json!({
+        "kind": "Pod",
+        "apiVersion": "v1",
+        "podID": pod.id,
+        "podName": pod.name,
+        "vm": vm.as_ref().map(|v| v.id.clone()).unwrap_or_default(),
+        "vmPid": vm.as_ref().map(|v| v.pid),
+        "createdAt": pod.created,
+        "spec": pod.spec,
+        "status": {
+            "phase": pod.phase().as_str(),
+            "containerStatus": pod.containers.iter().map(|c| container_json(c)).collect::<Vec<_>>(),
+        },
+    })
+}
+
+pub fn info(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
+    let q = query(req);
+    let id = param(&q, &["podName", "podId"])?;
+    let pod = engine.pod(id)?;
+    ok_json(pod_json(&pod))
+}
+
+/// `GET /list?item=pod|container|vm[&pod=ID][&vm=ID]`, in hyperd's colon-joined format.
+pub fn list(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
+    let q = query(req);
+    let item = q.get("item").map(String::as_str).unwrap_or("pod");
+    let pods: Vec<_> = engine
+        .pods()
+        .into_iter()
+        .filter(|p| {
+            q.get("pod")
+                .is_none_or(|k| k.is_empty() || &p.id == k || &p.name == k)
+        })
+        .filter(|p| {
+            q.get("vm")
+                .is_none_or(|k| k.is_empty() || p.vm().is_some_and(|v| &v.id == k))
+        })
+        .collect();
+    let vm_of = |p: &Pod| p.vm().map(|v| v.id.clone()).unwrap_or_default();
+    match item {
+        "pod" => ok_json(json!({
+            "item": "pod",
+            "podData": pods.iter().map(|p| format!("{}:{}:{}:{}", p.id, p.name, vm_of(p), p.phase().as_str())).collect::<Vec<_>>(),
+        })),
+        "container" => ok_json(json!({
+            "item": "container",
+            "cData": pods.iter().flat_map(|p| p.containers.iter().map(move |c| format!("{}:{}:{}:{}", c.id, c.name, p.id, c.phase()))).collect::<Vec<_>>(),
+        })),
+        "vm" => ok_json(json!({
+            "item": "vm",
+            "vmData": pods.iter().filter_map(|p| p.vm().map(|v| format!("{}:{}:{}", v.id, p.id, "associated"))).collect::<Vec<_>>(),
+        })),
+        other => Err(ApiError::bad_request(format!(
+            "unknown item {other:?} (pod, container or vm)"
+        ))),
+    }
+}
+
+/// `GET /exitcode?container=ID`: `{"ExitCode": n}` once the container has exited.
+pub fn exitcode(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
+    let q = query(req);
+    let id = param(&q, &["container"])?;
+    let (_, c) = engine.container(id)?;
+    let code = c.status.lock().unwrap().exit_code;
+    match code {
+        Some(code) => ok_json(json!({ "ExitCode": code })),
+        None => Err(ApiError::new(
+            hyper::StatusCode::CONFLICT,
+            format!("container {} has not exited", c.name),
+        )),
+    }
+}

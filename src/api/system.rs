@@ -1,0 +1,57 @@
+//! `/_ping`, `/version`, `/info`.
+use super::http::{full, ok_json, ApiResult};
+use crate::engine::Engine;
+use hyper::Response;
+use std::sync::Arc;
+
+pub fn ping() -> ApiResult {
+    Ok(Response::builder()
+        .header("Content-Type", "text/plain")
+        .body(full("OK"))
+        .expect("valid response"))
+}
+
+pub fn version() -> ApiResult {
+    ok_json(serde_json::json!({
+        "Version": crate::VERSION,
+        "ApiVersion": crate::API_VERSION,
+        "Os": "linux",
+        "Arch": std::env::consts::ARCH,
+    }))
+}
+
+pub fn info(engine: &Arc<Engine>) -> ApiResult {
+    let pods = engine.pods();
+    let containers: usize = pods.iter().map(|p| p.containers.len()).sum();
+    let running = pods.iter().filter(|p| p.vm().is_some()).count();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mem_total = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0);
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    ok_json(serde_json::json!({
+        "ID": hostname.trim(),
+        "Name": hostname.trim(),
+        "Version": crate::VERSION,
+        "ApiVersion": crate::API_VERSION,
+        "Driver": engine.driver.describe(),
+        "Pods": pods.len(),
+        "RunningPods": running,
+        "Containers": containers,
+        "Images": engine.images.list().map(|l| l.len()).unwrap_or(0),
+        "DockerRootDir": engine.cfg.root,
+        "GuestKernel": engine.cfg.kernel,
+        "GuestInitrd": engine.cfg.initrd,
+        "KernelVersion": kernel.trim(),
+        "OperatingSystem": "linux",
+        "MemTotal": mem_total,
+        "NCPU": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+    }))
+}

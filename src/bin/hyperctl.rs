@@ -1,0 +1,526 @@
+//! hyperctl: hyperd's command-line client.
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use hyper::Method;
+use hyperd::client::{enc, parse_stdcopy, Client, ClientError};
+use serde_json::{json, Value};
+use std::io::Write;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "hyperctl",
+    version,
+    about = "Command-line client of hyperd: pods in micro-VMs"
+)]
+struct Cli {
+    /// hyperd's socket (`unix:///path` or a path).
+    #[arg(
+        long,
+        short = 'H',
+        global = true,
+        env = "HYPERD_HOST",
+        default_value = "unix:///var/run/hyper.sock"
+    )]
+    host: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Create a pod with one container (or from a pod file), start it and attach to it.
+    Run(RunArgs),
+    /// List pods, containers or VMs.
+    List {
+        /// pod, container or vm.
+        #[arg(default_value = "pod")]
+        item: String,
+        /// Only print ids.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Show system-wide information.
+    Info,
+    /// Show a pod's details as JSON.
+    Inspect { pod: String },
+    /// Start a created or stopped pod.
+    Start { pod: String },
+    /// Stop a running pod (its VM is shut down).
+    Stop { pod: String },
+    /// Remove pods (running ones are stopped first).
+    Rm {
+        #[arg(required = true)]
+        pods: Vec<String>,
+    },
+    /// Import a root filesystem tarball (optionally gzipped) as an image.
+    Import {
+        /// The tarball; `-` reads standard input.
+        file: String,
+        /// NAME[:TAG]
+        reference: String,
+        /// A Dockerfile-like change: CMD, ENTRYPOINT, ENV, WORKDIR, USER.
+        #[arg(short = 'c', long = "change")]
+        changes: Vec<String>,
+    },
+    /// List images.
+    Images,
+    /// Remove images.
+    Rmi {
+        #[arg(required = true)]
+        images: Vec<String>,
+        #[arg(short, long)]
+        force: bool,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// Run in the background and print the pod id.
+    #[arg(short, long)]
+    detach: bool,
+    /// Remove the pod when its container exits.
+    #[arg(long)]
+    rm: bool,
+    /// Give the container a terminal.
+    #[arg(short, long)]
+    tty: bool,
+    /// Keep standard input open and send it to the container.
+    #[arg(short, long)]
+    interactive: bool,
+    /// Pod file (hyperd's pod JSON) instead of IMAGE.
+    #[arg(short = 'p', long = "podfile")]
+    podfile: Option<String>,
+    /// Pod name.
+    #[arg(long)]
+    name: Option<String>,
+    /// Environment variable KEY=VALUE (repeatable).
+    #[arg(short, long = "env")]
+    env: Vec<String>,
+    #[arg(long)]
+    entrypoint: Option<String>,
+    #[arg(short, long)]
+    workdir: Option<String>,
+    /// vCPUs of the pod's VM.
+    #[arg(long, default_value_t = 1)]
+    cpu: u32,
+    /// Memory of the pod's VM, MiB.
+    #[arg(long, default_value_t = 128)]
+    memory: u32,
+    image: Option<String>,
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<String>,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let code = match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("hyperctl: {e:#}");
+            match e.downcast_ref::<ClientError>() {
+                Some(ClientError::Api { status, .. }) if status.is_client_error() => 1,
+                _ => 1,
+            }
+        }
+    };
+    std::process::exit(code);
+}
+
+async fn run(cli: Cli) -> anyhow::Result<i32> {
+    let client = Client::new(cli.host.strip_prefix("unix://").unwrap_or(&cli.host));
+    match cli.cmd {
+        Cmd::Run(args) => run_pod(&client, args).await,
+        Cmd::List { item, quiet } => list(&client, &item, quiet).await,
+        Cmd::Info => {
+            let v = client.json(Method::GET, "/info", None).await?;
+            for (k, val) in v.as_object().into_iter().flatten() {
+                println!(
+                    "{k}: {}",
+                    val.as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| val.to_string())
+                );
+            }
+            Ok(0)
+        }
+        Cmd::Inspect { pod } => {
+            let v = client
+                .json(
+                    Method::GET,
+                    &format!("/pod/info?podName={}", enc(&pod)),
+                    None,
+                )
+                .await?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(0)
+        }
+        Cmd::Start { pod } => {
+            client
+                .json(
+                    Method::POST,
+                    &format!("/pod/start?podId={}", enc(&pod)),
+                    None,
+                )
+                .await?;
+            println!("{pod}");
+            Ok(0)
+        }
+        Cmd::Stop { pod } => {
+            client
+                .json(
+                    Method::POST,
+                    &format!("/pod/stop?podId={}&stopVM=yes", enc(&pod)),
+                    None,
+                )
+                .await?;
+            println!("{pod}");
+            Ok(0)
+        }
+        Cmd::Rm { pods } => {
+            let mut code = 0;
+            for pod in pods {
+                match client
+                    .json(Method::DELETE, &format!("/pod?podId={}", enc(&pod)), None)
+                    .await
+                {
+                    Ok(_) => println!("{pod}"),
+                    Err(e) => {
+                        eprintln!("hyperctl: {pod}: {e}");
+                        code = 1;
+                    }
+                }
+            }
+            Ok(code)
+        }
+        Cmd::Import {
+            file,
+            reference,
+            changes,
+        } => {
+            let data = if file == "-" {
+                let mut b = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)?;
+                b
+            } else {
+                std::fs::read(&file).with_context(|| format!("reading {file}"))?
+            };
+            let mut path = format!("/image/create?fromSrc=-&imageName={}", enc(&reference));
+            for c in &changes {
+                path.push_str(&format!("&changes={}", enc(c)));
+            }
+            let (status, body) = client
+                .raw(Method::POST, &path, data, "application/x-tar")
+                .await?;
+            let text = String::from_utf8_lossy(&body);
+            if !status.is_success() {
+                let msg = serde_json::from_str::<Value>(&text)
+                    .ok()
+                    .and_then(|v| v["message"].as_str().map(str::to_string))
+                    .unwrap_or(text.to_string());
+                bail!("{msg}");
+            }
+            let id = text
+                .lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .filter_map(|v| v["id"].as_str().map(str::to_string))
+                .last();
+            println!("{}", id.unwrap_or_default());
+            Ok(0)
+        }
+        Cmd::Images => {
+            let v = client.json(Method::GET, "/images/get", None).await?;
+            println!(
+                "{:<40} {:<12} {:<14} {:>10}",
+                "REPOSITORY", "TAG", "IMAGE ID", "SIZE"
+            );
+            for line in v["imagesList"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|l| l.as_str())
+            {
+                let f: Vec<&str> = line.rsplitn(5, ':').collect();
+                if let [size, _created, id, tag, repo] = f[..] {
+                    println!("{repo:<40} {tag:<12} {id:<14} {size:>10}");
+                }
+            }
+            Ok(0)
+        }
+        Cmd::Rmi { images, force } => {
+            let mut code = 0;
+            for img in images {
+                let path = format!(
+                    "/image?imageId={}&force={}",
+                    enc(&img),
+                    if force { "yes" } else { "no" }
+                );
+                match client.json(Method::DELETE, &path, None).await {
+                    Ok(v) => {
+                        for item in v.as_array().into_iter().flatten() {
+                            for (k, val) in item.as_object().into_iter().flatten() {
+                                println!("{k}: {}", val.as_str().unwrap_or_default());
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("hyperctl: {img}: {e}");
+                        code = 1;
+                    }
+                }
+            }
+            Ok(code)
+        }
+    }
+}
+
+async fn list(client: &Client, item: &str, quiet: bool) -> anyhow::Result<i32> {
+    let v = client
+        .json(Method::GET, &format!("/list?item={}", enc(item)), None)
+        .await?;
+    let (key, header) = match item {
+        "pod" => ("podData", vec!["POD ID", "POD Name", "VM name", "Status"]),
+        "container" => ("cData", vec!["Container ID", "Name", "POD ID", "Status"]),
+        "vm" => ("vmData", vec!["VM name", "POD ID", "Status"]),
+        other => bail!("unknown item {other}: pod, container or vm"),
+    };
+    let rows: Vec<Vec<String>> = v[key]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l.as_str())
+        .map(|l| l.split(':').map(str::to_string).collect())
+        .collect();
+    if quiet {
+        for r in rows {
+            println!("{}", r[0]);
+        }
+        return Ok(0);
+    }
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| {
+            rows.iter()
+                .map(|r| r.get(i).map_or(0, String::len))
+                .max()
+                .unwrap_or(0)
+                .max(header[i].len())
+                + 2
+        })
+        .collect();
+    let print = |cells: Vec<&str>| {
+        let line: String = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", line.trim_end());
+    };
+    print(header.clone());
+    for r in &rows {
+        print(r.iter().map(String::as_str).collect());
+    }
+    Ok(0)
+}
+
+fn pod_spec(args: &RunArgs) -> anyhow::Result<Value> {
+    if let Some(file) = &args.podfile {
+        let text = std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?;
+        return serde_json::from_str(&text).with_context(|| format!("parsing {file}"));
+    }
+    let Some(image) = &args.image else {
+        bail!("an IMAGE or a pod file (-p) is needed")
+    };
+    let envs: Vec<Value> = args
+        .env
+        .iter()
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            json!({ "env": k, "value": v })
+        })
+        .collect();
+    let mut container = json!({
+        "image": image,
+        "command": args.command,
+        "envs": envs,
+        "tty": args.tty,
+    });
+    if let Some(e) = &args.entrypoint {
+        container["entrypoint"] = json!([e]);
+    }
+    if let Some(w) = &args.workdir {
+        container["workdir"] = json!(w);
+    }
+    let mut spec = json!({
+        "containers": [container],
+        "resource": { "vcpu": args.cpu, "memory": args.memory },
+    });
+    if let Some(n) = &args.name {
+        spec["id"] = json!(n);
+    }
+    Ok(spec)
+}
+
+async fn run_pod(client: &Client, args: RunArgs) -> anyhow::Result<i32> {
+    let spec = pod_spec(&args)?;
+    let created = client
+        .json(Method::POST, "/pod/create", Some(&spec))
+        .await?;
+    let pod_id = created["ID"]
+        .as_str()
+        .context("no pod id in answer")?
+        .to_string();
+    if args.detach {
+        client
+            .json(
+                Method::POST,
+                &format!("/pod/start?podId={}", enc(&pod_id)),
+                None,
+            )
+            .await?;
+        println!("{pod_id}");
+        return Ok(0);
+    }
+    let info = client
+        .json(
+            Method::GET,
+            &format!("/pod/info?podName={}", enc(&pod_id)),
+            None,
+        )
+        .await?;
+    let container = info["status"]["containerStatus"][0]["containerID"]
+        .as_str()
+        .context("pod has no container")?
+        .to_string();
+    let tty = info["status"]["containerStatus"][0].is_object()
+        && spec["containers"][0]["tty"].as_bool().unwrap_or(false);
+    let stdin = args.interactive || args.tty;
+    let attach_path = format!(
+        "/attach?container={}&stdin={}&stdout=1&stderr=1",
+        enc(&container),
+        u8::from(stdin)
+    );
+    let conn = client.hijack(Method::POST, &attach_path, vec![]).await?;
+    if let Err(e) = client
+        .json(
+            Method::POST,
+            &format!("/pod/start?podId={}", enc(&pod_id)),
+            None,
+        )
+        .await
+    {
+        if args.rm {
+            let _ = client
+                .json(
+                    Method::DELETE,
+                    &format!("/pod?podId={}", enc(&pod_id)),
+                    None,
+                )
+                .await;
+        }
+        return Err(e.into());
+    }
+    let _raw = if tty { RawTerminal::enter() } else { None };
+    let (mut rd, mut wr) = tokio::io::split(conn);
+    if stdin {
+        tokio::spawn(async move {
+            let mut input = tokio::io::stdin();
+            let mut buf = vec![0u8; 8192];
+            loop {
+                match input.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if wr.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            let _ = wr.shutdown().await;
+        });
+    }
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 32 * 1024];
+    loop {
+        let n = rd.read(&mut chunk).await.unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        if tty {
+            let mut out = std::io::stdout();
+            out.write_all(&chunk[..n])?;
+            out.flush()?;
+            continue;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let (frames, used) = parse_stdcopy(&buf);
+        for (stream, data) in frames {
+            if stream == 2 {
+                let mut e = std::io::stderr();
+                e.write_all(data)?;
+                e.flush()?;
+            } else {
+                let mut o = std::io::stdout();
+                o.write_all(data)?;
+                o.flush()?;
+            }
+        }
+        buf.drain(..used);
+    }
+    drop(_raw);
+    let code = exit_code(client, &container).await?;
+    if args.rm {
+        client
+            .json(
+                Method::DELETE,
+                &format!("/pod?podId={}", enc(&pod_id)),
+                None,
+            )
+            .await?;
+    }
+    Ok(code)
+}
+
+/// The container's exit code; it is recorded just before its output ends, so a short
+/// retry covers the gap.
+async fn exit_code(client: &Client, container: &str) -> anyhow::Result<i32> {
+    let path = format!("/exitcode?container={}", enc(container));
+    for _ in 0..100 {
+        match client.json(Method::GET, &path, None).await {
+            Ok(v) => return Ok(v["ExitCode"].as_i64().unwrap_or(255) as i32),
+            Err(ClientError::Api { status, .. }) if status == hyper::StatusCode::CONFLICT => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    bail!("container {container} did not report an exit code")
+}
+
+/// Puts the local terminal in raw mode while a `-t` container is attached.
+struct RawTerminal(nix::sys::termios::Termios);
+
+impl RawTerminal {
+    fn enter() -> Option<RawTerminal> {
+        use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
+        let stdin = std::io::stdin();
+        let saved = tcgetattr(&stdin).ok()?;
+        let mut raw = saved.clone();
+        cfmakeraw(&mut raw);
+        tcsetattr(&stdin, SetArg::TCSANOW, &raw).ok()?;
+        Some(RawTerminal(saved))
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        let _ = nix::sys::termios::tcsetattr(
+            std::io::stdin(),
+            nix::sys::termios::SetArg::TCSANOW,
+            &self.0,
+        );
+    }
+}

@@ -1,0 +1,106 @@
+//! hyperd: the daemon.
+use anyhow::Context;
+use clap::Parser;
+use hyperd::config::{default_cache_dir, Config};
+use hyperd::engine::Engine;
+use hyperd::vm::Driver;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "hyperd",
+    version,
+    about = "Runs pods in micro-VMs and serves the hyperd API on a Unix socket"
+)]
+struct Args {
+    /// Socket to listen on (`unix:///path` or a path).
+    #[arg(
+        long,
+        short = 'H',
+        env = "HYPERD_HOST",
+        default_value = "unix:///var/run/hyper.sock"
+    )]
+    host: String,
+    /// State directory.
+    #[arg(long, env = "HYPERD_ROOT", default_value = "/var/lib/hyper")]
+    root: PathBuf,
+    /// Guest kernel (uncompressed vmlinux); default: the one kernel-config/build.sh cached.
+    #[arg(long, env = "HYPERD_KERNEL")]
+    kernel: Option<PathBuf>,
+    /// Guest initramfs with the agent; default: the one guest-agent/build-initrd.sh cached.
+    #[arg(long, env = "HYPERD_INITRD")]
+    initrd: Option<PathBuf>,
+    /// VM driver: auto or qemu.
+    #[arg(long, env = "HYPERD_DRIVER", default_value = "auto")]
+    driver: String,
+    /// How qemu runs guests: auto (KVM where the CPU has VT-x/AMD-V, else TCG), kvm, tcg.
+    #[arg(long, env = "HYPERD_ACCEL", default_value = "auto")]
+    accel: String,
+    /// Seconds a VM may take to boot to its agent.
+    #[arg(long, env = "HYPERD_BOOT_TIMEOUT", default_value_t = 120)]
+    boot_timeout: u64,
+    /// Log filter (tracing's EnvFilter syntax).
+    #[arg(long, env = "HYPERD_LOG", default_value = "info")]
+    log: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&args.log))
+        .with_writer(std::io::stderr)
+        .init();
+    let socket = PathBuf::from(args.host.strip_prefix("unix://").unwrap_or(&args.host));
+    if args.host.starts_with("tcp://") {
+        anyhow::bail!("hyperd listens on a Unix socket only");
+    }
+    let cache = default_cache_dir();
+    let cfg = Config {
+        root: args.root.clone(),
+        socket: socket.clone(),
+        kernel: args.kernel.unwrap_or_else(|| cache.join("vmlinux")),
+        initrd: args.initrd.unwrap_or_else(|| cache.join("initrd.img")),
+        driver: args.driver.clone(),
+        accel: args.accel.clone(),
+        boot_timeout: std::time::Duration::from_secs(args.boot_timeout),
+    };
+    for (what, path, how) in [
+        ("guest kernel", &cfg.kernel, "kernel-config/build.sh"),
+        (
+            "guest initramfs",
+            &cfg.initrd,
+            "guest-agent/build-initrd.sh",
+        ),
+    ] {
+        if !path.exists() {
+            anyhow::bail!("{what} {} not found: build it with {how}", path.display());
+        }
+    }
+    let driver = Driver::select(&cfg.driver, &cfg.accel).map_err(anyhow::Error::msg)?;
+    tracing::info!("VM driver: {}", driver.describe());
+    std::fs::create_dir_all(&cfg.root)
+        .with_context(|| format!("creating {}", cfg.root.display()))?;
+    let engine = Arc::new(Engine::new(cfg, driver).map_err(|e| anyhow::anyhow!("{e}"))?);
+    let listener = hyperd::api::server::bind(&socket)
+        .with_context(|| format!("binding {}", socket.display()))?;
+    tracing::info!(
+        "hyperd {} listening on {}",
+        hyperd::VERSION,
+        socket.display()
+    );
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("signal handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = term.recv() => {},
+        }
+    };
+    hyperd::api::serve(engine.clone(), listener, shutdown).await;
+    tracing::info!("shutting down: stopping VMs");
+    engine.shutdown().await;
+    let _ = std::fs::remove_file(&socket);
+    Ok(())
+}

@@ -1,0 +1,33 @@
+//! Daemon settings: where it keeps state, where it listens, what it boots.
+use std::path::PathBuf;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// State directory (images, pods, VMs).
+    pub root: PathBuf,
+    /// Unix socket the API listens on.
+    pub socket: PathBuf,
+    /// Guest kernel (uncompressed ELF vmlinux).
+    pub kernel: PathBuf,
+    /// Initramfs holding the guest agent as /init.
+    pub initrd: PathBuf,
+    /// `auto`, `qemu`.
+    pub driver: String,
+    /// `auto`, `kvm`, `tcg`: how the qemu driver runs the guest.
+    pub accel: String,
+    /// How long a VM may take from launch to the agent's first answer.
+    pub boot_timeout: std::time::Duration,
+}
+
+/// The cache the build scripts write to: `$HYPERD_CACHE`, else `$XDG_CACHE_HOME/hyperd`,
+/// else `~/.cache/hyperd`.
+pub fn default_cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("HYPERD_CACHE") {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(d).join("hyperd");
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    PathBuf::from(home).join(".cache/hyperd")
+}

@@ -1,0 +1,606 @@
+//! Pods and their containers: creation, start (boot a VM, create and start the
+//! containers through its agent), the stream of output and exits, stop and removal.
+pub mod io;
+
+use crate::config::Config;
+use crate::image::{ImageError, ImageRecord, ImageStore};
+use crate::spec::{ContainerSpec, PodSpec};
+use crate::vm::agent::{AgentClient, AgentEvent};
+use crate::vm::{DiskConfig, Driver, RunningVm, VmConfig};
+use hyperd_agent::protocol::{Op, ProcessSpec};
+use io::{Chunk, ContainerIo, IoState};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<ImageError> for EngineError {
+    fn from(e: ImageError) -> Self {
+        match e {
+            ImageError::NotFound(_) => EngineError::NotFound(e.to_string()),
+            ImageError::BadReference(_) | ImageError::BadArchive(_) => {
+                EngineError::BadRequest(e.to_string())
+            }
+            ImageError::InUse(_) => EngineError::Conflict(e.to_string()),
+            ImageError::Io(_) => EngineError::Internal(e.to_string()),
+        }
+    }
+}
+
+const AGENT_TIMEOUT: Duration = Duration::from_secs(60);
+const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PodPhase {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+}
+
+impl PodPhase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PodPhase::Pending => "pending",
+            PodPhase::Running => "running",
+            PodPhase::Succeeded => "succeeded",
+            PodPhase::Failed => "failed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ContainerStatus {
+    pub exit_code: Option<i32>,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+}
+
+pub struct Container {
+    pub id: String,
+    pub name: String,
+    pub image: ImageRecord,
+    pub image_ref: String,
+    pub process: ProcessSpec,
+    pub stream: u32,
+    pub io: ContainerIo,
+    pub status: Mutex<ContainerStatus>,
+}
+
+impl Container {
+    pub fn phase(&self) -> &'static str {
+        match *self.io.state().borrow() {
+            IoState::NotStarted => "pending",
+            IoState::Running => "running",
+            IoState::Exited => match self.status.lock().unwrap().exit_code {
+                Some(0) => "succeeded",
+                _ => "failed",
+            },
+        }
+    }
+}
+
+/// The VM of a running pod.
+pub struct VmRuntime {
+    pub id: String,
+    pub pid: u32,
+    pub dir: PathBuf,
+    pub agent: AgentClient,
+    /// Becomes true once the VM process is gone and its files are cleaned up.
+    pub gone: watch::Receiver<bool>,
+}
+
+pub struct Pod {
+    pub id: String,
+    pub name: String,
+    pub spec: PodSpec,
+    pub created: String,
+    pub dir: PathBuf,
+    pub containers: Vec<Arc<Container>>,
+    phase: Mutex<PodPhase>,
+    vm: Mutex<Option<Arc<VmRuntime>>>,
+    /// Serializes start, stop and removal.
+    op: tokio::sync::Mutex<()>,
+}
+
+impl Pod {
+    pub fn phase(&self) -> PodPhase {
+        *self.phase.lock().unwrap()
+    }
+
+    pub fn vm(&self) -> Option<Arc<VmRuntime>> {
+        self.vm.lock().unwrap().clone()
+    }
+
+    fn set_phase(&self, p: PodPhase) {
+        *self.phase.lock().unwrap() = p;
+    }
+
+    /// The phase once every container has exited.
+    fn finished_phase(&self) -> PodPhase {
+        let all_ok = self
+            .containers
+            .iter()
+            .all(|c| c.status.lock().unwrap().exit_code == Some(0));
+        if all_ok {
+            PodPhase::Succeeded
+        } else {
+            PodPhase::Failed
+        }
+    }
+}
+
+pub struct Engine {
+    pub cfg: Config,
+    pub images: Arc<ImageStore>,
+    pub driver: Driver,
+    pods: Mutex<HashMap<String, Arc<Pod>>>,
+}
+
+/// The process a container runs: its spec over its image's defaults (Docker's rules for
+/// entrypoint and command).
+pub fn process_for(spec: &ContainerSpec, image: &ImageRecord) -> Result<ProcessSpec, EngineError> {
+    let cfg = &image.config;
+    let entrypoint = if spec.entrypoint.is_empty() {
+        cfg.entrypoint.clone()
+    } else {
+        spec.entrypoint.clone()
+    };
+    let cmd = if !spec.command.is_empty() {
+        spec.command.clone()
+    } else if spec.entrypoint.is_empty() {
+        cfg.cmd.clone()
+    } else {
+        vec![]
+    };
+    let args: Vec<String> = entrypoint.into_iter().chain(cmd).collect();
+    if args.is_empty() {
+        return Err(EngineError::BadRequest(format!(
+            "no command given for a container of image {} and the image has none",
+            spec.image
+        )));
+    }
+    let mut env: Vec<String> = cfg.env.clone();
+    for e in &spec.envs {
+        env.retain(|kv| kv.split_once('=').map(|(k, _)| k) != Some(e.env.as_str()));
+        env.push(format!("{}={}", e.env, e.value));
+    }
+    Ok(ProcessSpec {
+        args,
+        env,
+        workdir: if spec.workdir.is_empty() {
+            cfg.working_dir.clone()
+        } else {
+            spec.workdir.clone()
+        },
+        user: if spec.user.is_empty() {
+            cfg.user.clone()
+        } else {
+            spec.user.clone()
+        },
+        tty: spec.tty,
+        stdin: spec.tty,
+    })
+}
+
+impl Engine {
+    pub fn new(cfg: Config, driver: Driver) -> Result<Engine, EngineError> {
+        let images = ImageStore::open(&cfg.root)?;
+        for d in ["pods", "vm"] {
+            std::fs::create_dir_all(cfg.root.join(d))
+                .map_err(|e| EngineError::Internal(e.to_string()))?;
+        }
+        let engine = Engine {
+            cfg,
+            images: Arc::new(images),
+            driver,
+            pods: Mutex::new(HashMap::new()),
+        };
+        engine.clean_leftovers();
+        Ok(engine)
+    }
+
+    /// Pods do not survive a daemon restart yet: kill VMs and remove files a previous
+    /// daemon left behind, so nothing leaks.
+    fn clean_leftovers(&self) {
+        if let Ok(dir) = std::fs::read_dir(self.cfg.root.join("vm")) {
+            for e in dir.flatten() {
+                if let Some(pid) = std::fs::read_to_string(e.path().join("pid"))
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok())
+                {
+                    if is_our_vm(pid, &e.path()) {
+                        tracing::warn!(
+                            "killing VM {} left by a previous daemon",
+                            e.file_name().to_string_lossy()
+                        );
+                        crate::vm::kill_process(pid);
+                    }
+                }
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+        if let Ok(dir) = std::fs::read_dir(self.cfg.root.join("pods")) {
+            for e in dir.flatten() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+
+    pub fn pods(&self) -> Vec<Arc<Pod>> {
+        let mut v: Vec<_> = self.pods.lock().unwrap().values().cloned().collect();
+        v.sort_by(|a, b| a.created.cmp(&b.created).then(a.id.cmp(&b.id)));
+        v
+    }
+
+    /// A pod by id or name.
+    pub fn pod(&self, key: &str) -> Result<Arc<Pod>, EngineError> {
+        let pods = self.pods.lock().unwrap();
+        pods.get(key)
+            .or_else(|| pods.values().find(|p| p.name == key))
+            .cloned()
+            .ok_or_else(|| EngineError::NotFound(format!("no such pod: {key}")))
+    }
+
+    /// A container by id, unique id prefix, or name.
+    pub fn container(&self, key: &str) -> Result<(Arc<Pod>, Arc<Container>), EngineError> {
+        let pods = self.pods.lock().unwrap();
+        let mut found = Vec::new();
+        for p in pods.values() {
+            for c in &p.containers {
+                if c.id == key || c.name == key || (key.len() >= 4 && c.id.starts_with(key)) {
+                    found.push((p.clone(), c.clone()));
+                }
+            }
+        }
+        match found.len() {
+            1 => Ok(found.pop().unwrap()),
+            0 => Err(EngineError::NotFound(format!("no such container: {key}"))),
+            _ => Err(EngineError::BadRequest(format!(
+                "container id {key} is ambiguous"
+            ))),
+        }
+    }
+
+    pub fn image_in_use(&self, image_id: &str) -> bool {
+        self.pods
+            .lock()
+            .unwrap()
+            .values()
+            .any(|p| p.containers.iter().any(|c| c.image.id == image_id))
+    }
+
+    pub fn create_pod(&self, spec: PodSpec) -> Result<Arc<Pod>, EngineError> {
+        spec.validate().map_err(EngineError::BadRequest)?;
+        let id = crate::ids::pod_id();
+        let name = if spec.id.is_empty() {
+            id.clone()
+        } else {
+            spec.id.clone()
+        };
+        if self.pod(&name).is_ok() {
+            return Err(EngineError::Conflict(format!(
+                "a pod named {name} already exists"
+            )));
+        }
+        // Everything that can fail on bad input is checked before anything is written.
+        let mut containers = Vec::new();
+        let dir = self.cfg.root.join("pods").join(&id);
+        for (i, cs) in spec.containers.iter().enumerate() {
+            let image = self.images.resolve(&cs.image)?;
+            let process = process_for(cs, &image)?;
+            let cid = crate::ids::container_id();
+            let cname = if cs.name.is_empty() {
+                // `<pod>-<image base name>-<index>`, as hyperd names unnamed containers.
+                let base = cs.image.rsplit('/').next().unwrap_or("c");
+                let base = base.split(':').next().unwrap_or("c");
+                format!("{name}-{base}-{i}")
+            } else {
+                cs.name.clone()
+            };
+            containers.push(Arc::new(Container {
+                io: ContainerIo::new(dir.join(format!("{cid}.log"))),
+                id: cid,
+                name: cname,
+                image,
+                image_ref: cs.image.clone(),
+                process,
+                stream: i as u32 + 1,
+                status: Mutex::new(ContainerStatus::default()),
+            }));
+        }
+        std::fs::create_dir_all(&dir).map_err(|e| EngineError::Internal(e.to_string()))?;
+        let _ = crate::image::write_atomic(
+            &dir.join("spec.json"),
+            &serde_json::to_vec_pretty(&spec).unwrap_or_default(),
+        );
+        let pod = Arc::new(Pod {
+            id: id.clone(),
+            name,
+            spec,
+            created: io::chrono_now(),
+            dir,
+            containers,
+            phase: Mutex::new(PodPhase::Pending),
+            vm: Mutex::new(None),
+            op: tokio::sync::Mutex::new(()),
+        });
+        let mut pods = self.pods.lock().unwrap();
+        if pods.values().any(|p| p.name == pod.name) {
+            let _ = std::fs::remove_dir_all(&pod.dir);
+            return Err(EngineError::Conflict(format!(
+                "a pod named {} already exists",
+                pod.name
+            )));
+        }
+        pods.insert(id, pod.clone());
+        tracing::info!(pod = %pod.id, name = %pod.name, "pod created");
+        Ok(pod)
+    }
+
+    /// Boots the pod's VM and starts its containers.
+    pub async fn start_pod(self: &Arc<Self>, key: &str) -> Result<Arc<Pod>, EngineError> {
+        let pod = self.pod(key)?;
+        let _op = pod.op.lock().await;
+        if pod.phase() == PodPhase::Running || pod.vm().is_some() {
+            return Err(EngineError::Conflict(format!(
+                "pod {} is already running",
+                pod.id
+            )));
+        }
+        let vm_id = crate::ids::vm_id();
+        let vm_cfg = VmConfig {
+            id: vm_id.clone(),
+            dir: self.cfg.root.join("vm").join(&vm_id),
+            vcpus: pod.spec.resource.vcpu,
+            memory_mib: pod.spec.resource.memory,
+            kernel: self.cfg.kernel.clone(),
+            initrd: self.cfg.initrd.clone(),
+            disks: pod
+                .containers
+                .iter()
+                .map(|c| DiskConfig {
+                    path: self.images.rootfs_path(&c.image),
+                    serial: format!("hyper-c{}", c.stream),
+                    read_only: true,
+                })
+                .collect(),
+            boot_timeout: self.cfg.boot_timeout,
+        };
+        for c in &pod.containers {
+            c.io.set_state(IoState::NotStarted);
+            *c.status.lock().unwrap() = ContainerStatus::default();
+        }
+        let started = std::time::Instant::now();
+        let vm = match self.driver.boot(&vm_cfg).await {
+            Ok(vm) => vm,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&vm_cfg.dir);
+                pod.set_phase(PodPhase::Failed);
+                return Err(EngineError::Internal(format!("pod {}: {e}", pod.id)));
+            }
+        };
+        tracing::info!(pod = %pod.id, vm = %vm_id, pid = vm.pid, "VM booted in {:?}", started.elapsed());
+        let agent = vm.agent.clone();
+        let (gone_tx, gone_rx) = watch::channel(false);
+        let runtime = Arc::new(VmRuntime {
+            id: vm_id,
+            pid: vm.pid,
+            dir: vm_cfg.dir.clone(),
+            agent: agent.clone(),
+            gone: gone_rx,
+        });
+        *pod.vm.lock().unwrap() = Some(runtime.clone());
+        pod.set_phase(PodPhase::Running);
+        tokio::spawn(monitor(pod.clone(), vm, gone_tx, vm_cfg.dir.clone()));
+        for c in &pod.containers {
+            let hostname = if pod.spec.hostname.is_empty() {
+                pod.name.clone()
+            } else {
+                pod.spec.hostname.clone()
+            };
+            let create = Op::CreateContainer {
+                container: c.id.clone(),
+                image_disk_serial: format!("hyper-c{}", c.stream),
+                fstype: "erofs".into(),
+                hostname: Some(hostname.chars().take(63).collect()),
+            };
+            let mut process = c.process.clone();
+            process.stdin |= c.io.stdin_wanted.load(std::sync::atomic::Ordering::SeqCst);
+            let start = Op::StartProcess {
+                container: c.id.clone(),
+                stream: c.stream,
+                process,
+            };
+            let res = async {
+                agent.call(create, AGENT_TIMEOUT).await?;
+                c.status.lock().unwrap().started_at = Some(io::chrono_now());
+                c.io.set_state(IoState::Running);
+                agent.call(start, AGENT_TIMEOUT).await
+            }
+            .await;
+            if let Err(e) = res {
+                let msg = format!("container {}: {e}", c.name);
+                tracing::warn!(pod = %pod.id, "{msg}");
+                c.io.output(Chunk::Stderr(bytes::Bytes::from(format!(
+                    "hyperd: {msg}\n"
+                ))));
+                mark_exited(c, 127);
+            }
+        }
+        if pod
+            .containers
+            .iter()
+            .all(|c| *c.io.state().borrow() == IoState::Exited)
+        {
+            drop(_op);
+            self.stop_vm(&pod).await;
+            return Err(EngineError::BadRequest(format!(
+                "pod {}: no container could start",
+                pod.id
+            )));
+        }
+        drop(_op);
+        Ok(pod)
+    }
+
+    /// Stops the pod's VM (its containers die with it).
+    pub async fn stop_pod(&self, key: &str) -> Result<Arc<Pod>, EngineError> {
+        let pod = self.pod(key)?;
+        let _op = pod.op.lock().await;
+        if pod.vm().is_none() {
+            return Err(EngineError::Conflict(format!(
+                "pod {} is not running",
+                pod.id
+            )));
+        }
+        self.stop_vm(&pod).await;
+        drop(_op);
+        Ok(pod)
+    }
+
+    /// Asks the agent to power off, then kills the VM if it does not go in time.
+    async fn stop_vm(&self, pod: &Arc<Pod>) {
+        let Some(vm) = pod.vm() else { return };
+        stop_runtime(&vm).await;
+    }
+
+    /// Removes a pod: stops it if running, then deletes its files.
+    pub async fn remove_pod(&self, key: &str) -> Result<(), EngineError> {
+        let pod = self.pod(key)?;
+        let _op = pod.op.lock().await;
+        self.stop_vm(&pod).await;
+        self.pods.lock().unwrap().remove(&pod.id);
+        let _ = std::fs::remove_dir_all(&pod.dir);
+        tracing::info!(pod = %pod.id, "pod removed");
+        Ok(())
+    }
+
+    /// Stops every VM; used when the daemon shuts down.
+    pub async fn shutdown(&self) {
+        let mut stops = tokio::task::JoinSet::new();
+        for vm in self.pods().iter().filter_map(|p| p.vm()) {
+            stops.spawn(async move { stop_runtime(&vm).await });
+        }
+        while stops.join_next().await.is_some() {}
+    }
+}
+
+async fn stop_runtime(vm: &VmRuntime) {
+    let mut gone = vm.gone.clone();
+    if *gone.borrow() {
+        return;
+    }
+    let _ = vm.agent.call(Op::Shutdown, Duration::from_secs(5)).await;
+    if tokio::time::timeout(STOP_TIMEOUT, gone.wait_for(|g| *g))
+        .await
+        .is_err()
+    {
+        tracing::warn!(vm = %vm.id, "VM did not power off; killing it");
+        crate::vm::kill_process(vm.pid);
+        let _ = tokio::time::timeout(STOP_TIMEOUT, gone.wait_for(|g| *g)).await;
+    }
+}
+
+fn mark_exited(c: &Container, code: i32) {
+    {
+        let mut st = c.status.lock().unwrap();
+        if st.exit_code.is_none() {
+            st.exit_code = Some(code);
+            st.finished_at = Some(io::chrono_now());
+        }
+    }
+    c.io.set_state(IoState::Exited);
+}
+
+/// Follows a VM: routes its output to the containers, records exits, powers the VM off
+/// when every container has exited, and cleans up when the VM process is gone.
+async fn monitor(pod: Arc<Pod>, mut vm: RunningVm, gone: watch::Sender<bool>, dir: PathBuf) {
+    let by_stream: HashMap<u32, Arc<Container>> = pod
+        .containers
+        .iter()
+        .map(|c| (c.stream, c.clone()))
+        .collect();
+    let mut shutting_down = false;
+    let handle = |ev: AgentEvent, shutting_down: &mut bool| match ev {
+        AgentEvent::Output {
+            stream,
+            stderr,
+            data,
+        } => {
+            if let Some(c) = by_stream.get(&stream) {
+                c.io.output(if stderr {
+                    Chunk::Stderr(data)
+                } else {
+                    Chunk::Stdout(data)
+                });
+            }
+        }
+        AgentEvent::Exited { stream, code } => {
+            if let Some(c) = by_stream.get(&stream) {
+                tracing::info!(pod = %pod.id, container = %c.name, code, "container exited");
+                mark_exited(c, code);
+            }
+            let all_done = pod
+                .containers
+                .iter()
+                .all(|c| *c.io.state().borrow() == IoState::Exited);
+            if all_done && !*shutting_down {
+                *shutting_down = true;
+                let agent = vm.agent.clone();
+                tokio::spawn(async move {
+                    let _ = agent.call(Op::Shutdown, Duration::from_secs(10)).await;
+                });
+            }
+        }
+        AgentEvent::Closed => {}
+    };
+    let status = loop {
+        tokio::select! {
+            ev = vm.events.recv() => match ev {
+                Some(ev) => handle(ev, &mut shutting_down),
+                None => break vm.process.wait().await,
+            },
+            status = vm.process.wait() => {
+                // Whatever the agent sent before the end is still delivered.
+                while let Ok(ev) = vm.events.try_recv() {
+                    handle(ev, &mut shutting_down);
+                }
+                break status;
+            }
+        }
+    };
+    tracing::info!(pod = %pod.id, "VM exited: {status:?}");
+    for c in &pod.containers {
+        if *c.io.state().borrow() != IoState::Exited {
+            mark_exited(c, 137);
+        }
+    }
+    pod.set_phase(pod.finished_phase());
+    *pod.vm.lock().unwrap() = None;
+    // The guest console stays with the pod, for `hyperctl inspect` readers and bug reports.
+    let _ = std::fs::rename(dir.join("console.log"), pod.dir.join("console.log"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = gone.send(true);
+}
+
+/// Whether `pid` is a VM process started for the VM directory `dir`.
+fn is_our_vm(pid: u32, dir: &std::path::Path) -> bool {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let needle = dir.to_string_lossy();
+    String::from_utf8_lossy(&cmdline).contains(needle.as_ref())
+}

@@ -1,0 +1,20 @@
+//! hyperd: pods in micro-VMs.
+//!
+//! - [`api`]: the HTTP API on a Unix socket (routing, handlers, hijacked attach).
+//! - [`engine`]: pods, containers and their lifecycle.
+//! - [`image`]: the local image store (import, unpack, read-only rootfs images).
+//! - [`vm`]: the VM drivers (qemu microvm today) and the host side of the agent channel.
+//! - [`client`]: the typed client used by `hyperctl` and the tests.
+pub mod api;
+pub mod client;
+pub mod config;
+pub mod engine;
+pub mod ids;
+pub mod image;
+pub mod spec;
+pub mod vm;
+
+/// The daemon's version, reported by `/version` and `/info`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The API version hyperd speaks; clients may prefix routes with `/v{any version}/`.
+pub const API_VERSION: &str = "1.24";

@@ -1,0 +1,184 @@
+//! hyperd's pod spec (the JSON of `POST /pod/create` and `hyperctl run -p`), with the
+//! validation rules of hyperd's `types/validate.go` that apply so far.
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct PodSpec {
+    #[serde(default)]
+    pub id: String,
+    #[serde(default)]
+    pub hostname: String,
+    #[serde(default)]
+    pub containers: Vec<ContainerSpec>,
+    #[serde(default)]
+    pub resource: Resource,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ContainerSpec {
+    #[serde(default)]
+    pub name: String,
+    pub image: String,
+    #[serde(default)]
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub entrypoint: Vec<String>,
+    #[serde(default)]
+    pub workdir: String,
+    #[serde(default)]
+    pub envs: Vec<EnvVar>,
+    #[serde(default)]
+    pub user: String,
+    #[serde(default)]
+    pub tty: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct EnvVar {
+    pub env: String,
+    #[serde(default)]
+    pub value: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Resource {
+    #[serde(default = "default_vcpu")]
+    pub vcpu: u32,
+    /// MiB.
+    #[serde(default = "default_memory")]
+    pub memory: u32,
+}
+
+fn default_vcpu() -> u32 {
+    1
+}
+fn default_memory() -> u32 {
+    128
+}
+
+impl Default for Resource {
+    fn default() -> Self {
+        Resource {
+            vcpu: default_vcpu(),
+            memory: default_memory(),
+        }
+    }
+}
+
+pub const MAX_VCPU: u32 = 16;
+pub const MIN_MEMORY: u32 = 64;
+pub const MAX_MEMORY: u32 = 64 * 1024;
+
+/// A name as hyperd accepts it: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`, at most 63 characters.
+pub fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
+        && name.len() <= 63
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+impl PodSpec {
+    /// Parses and validates; the message of an error is meant for the user.
+    pub fn parse(json: &[u8]) -> Result<PodSpec, String> {
+        let spec: PodSpec =
+            serde_json::from_slice(json).map_err(|e| format!("invalid pod spec: {e}"))?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.id.is_empty() && !valid_name(&self.id) {
+            return Err(format!("invalid pod name {:?}", self.id));
+        }
+        if !self.hostname.is_empty() && (self.hostname.len() > 63 || !valid_name(&self.hostname)) {
+            return Err(format!("invalid hostname {:?}", self.hostname));
+        }
+        if self.containers.is_empty() {
+            return Err("a pod needs at least one container".into());
+        }
+        let r = &self.resource;
+        if r.vcpu == 0 || r.vcpu > MAX_VCPU {
+            return Err(format!(
+                "vcpu must be between 1 and {MAX_VCPU}, not {}",
+                r.vcpu
+            ));
+        }
+        if r.memory < MIN_MEMORY || r.memory > MAX_MEMORY {
+            return Err(format!(
+                "memory must be between {MIN_MEMORY} and {MAX_MEMORY} MiB, not {}",
+                r.memory
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for c in &self.containers {
+            if c.image.trim().is_empty() {
+                return Err("every container needs an image".into());
+            }
+            if !c.name.is_empty() {
+                if !valid_name(&c.name) {
+                    return Err(format!("invalid container name {:?}", c.name));
+                }
+                if !names.insert(c.name.as_str()) {
+                    return Err(format!("duplicate container name {:?}", c.name));
+                }
+            }
+            for e in &c.envs {
+                if e.env.is_empty() || e.env.contains('=') {
+                    return Err(format!("invalid environment variable name {:?}", e.env));
+                }
+            }
+            if !c.workdir.is_empty() && !c.workdir.starts_with('/') {
+                return Err(format!("workdir must be absolute, not {:?}", c.workdir));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_hyperd_pod_json() {
+        let spec = PodSpec::parse(
+            br#"{"id":"web","containers":[{"name":"c1","image":"busybox","command":["echo","hi"],
+                "envs":[{"env":"A","value":"b"}],"tty":true}],"resource":{"vcpu":2,"memory":256}}"#,
+        )
+        .unwrap();
+        assert_eq!(spec.id, "web");
+        assert_eq!(spec.containers[0].command, vec!["echo", "hi"]);
+        assert_eq!(spec.resource.vcpu, 2);
+        assert!(spec.containers[0].tty);
+    }
+
+    #[test]
+    fn defaults_resources() {
+        let spec = PodSpec::parse(br#"{"containers":[{"image":"busybox"}]}"#).unwrap();
+        assert_eq!(spec.resource, Resource::default());
+    }
+
+    #[test]
+    fn rejects_bad_specs() {
+        for bad in [
+            &br#"{"containers":[]}"#[..],
+            br#"{"containers":[{"image":""}]}"#,
+            br#"{"id":"../x","containers":[{"image":"busybox"}]}"#,
+            br#"{"containers":[{"image":"b","name":"a"},{"image":"b","name":"a"}]}"#,
+            br#"{"containers":[{"image":"b"}],"resource":{"vcpu":0}}"#,
+            br#"{"containers":[{"image":"b"}],"resource":{"memory":1}}"#,
+            br#"{"containers":[{"image":"b","workdir":"rel"}]}"#,
+            br#"{"containers":[{"image":"b","envs":[{"env":"A=B"}]}]}"#,
+            br#"{"containers": "#,
+        ] {
+            assert!(
+                PodSpec::parse(bad).is_err(),
+                "accepted {}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! Virtual machines: one interface, several drivers.
+//!
+//! A driver turns a [`VmConfig`] into a running VM process and a connected agent channel
+//! ([`agent::AgentClient`]). Today's driver is qemu's `microvm` machine ([`qemu`]); the
+//! own KVM VMM slots in as another [`Driver`] variant.
+pub mod agent;
+pub mod host;
+pub mod qemu;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("cannot launch the VM: {0}")]
+    Launch(String),
+    #[error("the VM's agent did not answer within {0:?} (see {1})")]
+    BootTimeout(Duration, PathBuf),
+    #[error("the VM exited during boot (see {0})")]
+    DiedDuringBoot(PathBuf),
+    #[error(transparent)]
+    Agent(#[from] agent::AgentError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+#[derive(Debug, Clone)]
+pub struct DiskConfig {
+    pub path: PathBuf,
+    /// virtio-blk serial (at most 20 bytes): how the agent finds the disk.
+    pub serial: String,
+    pub read_only: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    pub id: String,
+    /// The VM's state directory: sockets, console log, pid file.
+    pub dir: PathBuf,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub disks: Vec<DiskConfig>,
+    pub boot_timeout: Duration,
+}
+
+impl VmConfig {
+    pub fn console_log(&self) -> PathBuf {
+        self.dir.join("console.log")
+    }
+}
+
+/// The VM drivers hyperd knows.
+#[derive(Debug, Clone)]
+pub enum Driver {
+    Qemu(qemu::QemuDriver),
+}
+
+impl Driver {
+    /// Picks the driver from the setting (`auto` or a driver name).
+    pub fn select(setting: &str, accel: &str) -> Result<Driver, String> {
+        match setting {
+            "auto" | "qemu" => Ok(Driver::Qemu(qemu::QemuDriver::new(accel)?)),
+            other => Err(format!("unknown VM driver {other:?} (known: auto, qemu)")),
+        }
+    }
+
+    /// `qemu-tcg`, `qemu-kvm`: shown in `/info`.
+    pub fn describe(&self) -> String {
+        match self {
+            Driver::Qemu(q) => format!("qemu-{}", q.accel.as_str()),
+        }
+    }
+
+    /// Boots a VM and returns once its agent answered.
+    pub async fn boot(&self, cfg: &VmConfig) -> Result<RunningVm, VmError> {
+        match self {
+            Driver::Qemu(q) => q.boot(cfg).await,
+        }
+    }
+}
+
+/// A booted VM: its process and its agent.
+pub struct RunningVm {
+    pub pid: u32,
+    pub agent: agent::AgentClient,
+    pub events: tokio::sync::mpsc::UnboundedReceiver<agent::AgentEvent>,
+    pub process: tokio::process::Child,
+}
+
+/// Whether a process is still there (and not a zombie of ours).
+pub fn process_alive(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    match stat.rsplit_once(')') {
+        Some((_, rest)) => !rest.trim_start().starts_with('Z'),
+        None => false,
+    }
+}
+
+/// Sends SIGKILL to a process if it is still there.
+pub fn kill_process(pid: u32) {
+    if pid > 1 && process_alive(pid) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
