@@ -14,6 +14,10 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
+/// A child just spawned: the process, its pty master (with a tty), and where its exit
+/// code will arrive.
+type Spawned = (std::process::Child, Option<Arc<File>>, mpsc::Receiver<i32>);
+
 struct ContainerState {
     root: PathBuf,
     hostname: Option<String>,
@@ -102,11 +106,7 @@ impl Agent {
         Ok(self.follow(stream, child, pty_master, exit_rx))
     }
 
-    fn spawn_in_new_pidns(
-        &self,
-        spec: ProcessSpec,
-        setup: ChildSetup,
-    ) -> Result<(std::process::Child, Option<Arc<File>>, mpsc::Receiver<i32>), String> {
+    fn spawn_in_new_pidns(&self, spec: ProcessSpec, setup: ChildSetup) -> Result<Spawned, String> {
         // SAFETY: unshare takes no pointers; CLONE_NEWPID only changes this thread's
         // pid_for_children, and the thread ends after this spawn.
         if unsafe { libc::unshare(libc::CLONE_NEWPID) } != 0 {

@@ -228,7 +228,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 .lines()
                 .filter_map(|l| serde_json::from_str::<Value>(l).ok())
                 .filter_map(|v| v["id"].as_str().map(str::to_string))
-                .last();
+                .next_back();
             println!("{}", id.unwrap_or_default());
             Ok(0)
         }

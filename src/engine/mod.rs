@@ -407,6 +407,7 @@ impl Engine {
         *pod.vm.lock().unwrap() = Some(runtime.clone());
         pod.set_phase(PodPhase::Running);
         tokio::spawn(monitor(pod.clone(), vm, gone_tx, vm_cfg.dir.clone()));
+        let mut failures = Vec::new();
         for c in &pod.containers {
             let hostname = if pod.spec.hostname.is_empty() {
                 pod.name.clone()
@@ -440,6 +441,7 @@ impl Engine {
                     "hyperd: {msg}\n"
                 ))));
                 mark_exited(c, 127);
+                failures.push(msg);
             }
         }
         if pod
@@ -561,6 +563,7 @@ async fn monitor(pod: Arc<Pod>, mut vm: RunningVm, gone: watch::Sender<bool>, di
                 .all(|c| *c.io.state().borrow() == IoState::Exited);
             if all_done && !*shutting_down {
                 *shutting_down = true;
+                pod.set_phase(pod.finished_phase());
                 let agent = vm.agent.clone();
                 tokio::spawn(async move {
                     let _ = agent.call(Op::Shutdown, Duration::from_secs(10)).await;

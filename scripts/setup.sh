@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs what hyperd needs on a Debian machine (only what is missing), then builds the
+# guest kernel, the guest agent's initramfs and the hyperd/hyperctl binaries.
+#
+#   scripts/setup.sh            # release binaries in target/release
+#   PROFILE=debug scripts/setup.sh
+set -euo pipefail
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$repo"
+
+packages=(linux-source-6.1 qemu-system-x86 busybox-static erofs-utils e2fsprogs
+          flex bison bc cpio xz-utils libelf-dev make gcc curl)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "installing: ${missing[*]}" >&2
+    sudo=""
+    [ "$(id -u)" = 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+fi
+
+echo "guest kernel: $(kernel-config/build.sh)" >&2
+echo "guest initramfs: $(guest-agent/build-initrd.sh)" >&2
+if [ "${PROFILE:-release}" = release ]; then
+    cargo build -q --release --bins
+else
+    cargo build -q --bins
+fi

@@ -1,0 +1,200 @@
+//! Test harness: a real hyperd on a temporary socket and state directory, the real
+//! hyperctl and curl as clients, and a busybox image built from busybox-static.
+#![allow(dead_code)]
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub root: PathBuf,
+    child: Option<Child>,
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The guest kernel and initramfs must exist: the README's test command builds them.
+fn check_guest_assets() {
+    let cache = hyperd::config::default_cache_dir();
+    for f in ["vmlinux", "initrd.img"] {
+        let p = std::env::var_os(if f == "vmlinux" {
+            "HYPERD_KERNEL"
+        } else {
+            "HYPERD_INITRD"
+        })
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cache.join(f));
+        assert!(
+            p.exists(),
+            "{} is missing: run scripts/test.sh (or kernel-config/build.sh and guest-agent/build-initrd.sh) first",
+            p.display()
+        );
+    }
+}
+
+impl Daemon {
+    pub fn start() -> Daemon {
+        check_guest_assets();
+        let dir = tempfile::Builder::new()
+            .prefix("hyperd-test-")
+            .tempdir()
+            .unwrap();
+        let socket = dir.path().join("hyper.sock");
+        let root = dir.path().join("root");
+        let log = std::fs::File::create(dir.path().join("hyperd.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_hyperd"))
+            .arg("--host")
+            .arg(&socket)
+            .arg("--root")
+            .arg(&root)
+            .env("HYPERD_LOG", "debug")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("hyperd starts");
+        let d = Daemon {
+            dir,
+            socket,
+            root,
+            child: Some(child),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !d.socket.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "hyperd did not listen: {}",
+                d.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        d
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("hyperd.log")).unwrap_or_default()
+    }
+
+    pub fn hyperctl(&self, args: &[&str]) -> Output {
+        self.hyperctl_with_stdin(args, None)
+    }
+
+    pub fn hyperctl_with_stdin(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hyperctl"))
+            .arg("-H")
+            .arg(&self.socket)
+            .args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        if let Some(data) = stdin {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(data).unwrap();
+        }
+        child.wait_with_output().unwrap()
+    }
+
+    /// `curl --unix-socket`: returns (HTTP status, body).
+    pub fn curl(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", "--unix-socket"]).arg(&self.socket).args([
+            "-X",
+            method,
+            "-w",
+            "\n%{http_code}",
+        ]);
+        if let Some(b) = body {
+            cmd.args(["-H", "Content-Type: application/json", "--data-binary", b]);
+        }
+        cmd.arg(format!("http://hyperd{path}"));
+        let out = cmd.output().expect("curl runs");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+        (code.trim().parse().unwrap_or(0), body.to_string())
+    }
+
+    pub fn json(&self, method: &str, path: &str, body: Option<&str>) -> serde_json::Value {
+        let (code, text) = self.curl(method, path, body);
+        assert!((200..300).contains(&code), "{method} {path}: {code} {text}");
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{method} {path}: {e}: {text}"))
+    }
+
+    /// Imports busybox (from busybox-static) as `busybox:latest`.
+    pub fn import_busybox(&self) {
+        let tar = busybox_tar(self.dir.path());
+        let out = self.hyperctl(&["import", tar.to_str().unwrap(), "busybox"]);
+        assert!(
+            out.status.success(),
+            "import: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// SIGTERM and wait.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+        if std::thread::panicking() {
+            eprintln!("--- hyperd log ---\n{}", self.log());
+        }
+    }
+}
+
+pub fn busybox_tar(dir: &Path) -> PathBuf {
+    let out = Command::new(repo().join("scripts/busybox-rootfs.sh"))
+        .output()
+        .expect("busybox-rootfs.sh runs");
+    assert!(
+        out.status.success(),
+        "busybox-rootfs.sh: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let path = dir.join("busybox.tar");
+    std::fs::write(&path, out.stdout).unwrap();
+    path
+}
+
+pub fn pid_alive(pid: u32) -> bool {
+    hyperd::vm::process_alive(pid)
+}
+
+/// Files and directories under `dir`, recursively (for leak checks).
+pub fn tree(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            out.push(e.path());
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                out.extend(tree(&e.path()));
+            }
+        }
+    }
+    out
+}
