@@ -17,6 +17,8 @@ pub struct Config {
     pub accel: String,
     /// How long a VM may take from launch to the agent's first answer.
     pub boot_timeout: std::time::Duration,
+    /// Registries spoken to over plain HTTP (besides loopback ones).
+    pub insecure_registries: Vec<String>,
 }
 
 /// The cache the build scripts write to: `$HYPERD_CACHE`, else `$XDG_CACHE_HOME/hyperd`,

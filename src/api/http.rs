@@ -46,8 +46,33 @@ impl From<EngineError> for ApiError {
 
 impl From<crate::image::ImageError> for ApiError {
     fn from(e: crate::image::ImageError) -> Self {
-        EngineError::from(e).into()
+        use crate::image::ImageError as E;
+        let status = match &e {
+            E::NotFound(_) => StatusCode::NOT_FOUND,
+            E::BadReference(_) | E::BadDigest(_) | E::BadArchive(_) | E::BadImage(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            E::InUse(_) => StatusCode::CONFLICT,
+            E::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            E::DigestMismatch { .. } | E::Registry(_) => StatusCode::BAD_GATEWAY,
+            E::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, e.to_string())
     }
+}
+
+/// A response that streams JSON lines as they are sent into the channel; the stream ends
+/// when every sender is gone.
+pub fn json_lines(rx: tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>) -> Response<Body> {
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        let v = rx.recv().await?;
+        let line = Bytes::from(format!("{v}\r\n"));
+        Some((Ok::<_, std::io::Error>(hyper::body::Frame::data(line)), rx))
+    });
+    Response::builder()
+        .header("Content-Type", "application/json")
+        .body(BodyExt::boxed(http_body_util::StreamBody::new(stream)))
+        .expect("valid response")
 }
 
 pub type ApiResult = Result<Response<Body>, ApiError>;

@@ -1,8 +1,12 @@
-//! Image routes: `/image/create` (import a root filesystem tarball), `/images/get`,
-//! `DELETE /image`.
-use super::http::{flag, full, ok_json, param, query, ApiError, ApiResult};
+//! Image routes: `/image/create` (pull, or import with `fromSrc=-`), `/image/push`,
+//! `/auth`, `/image/load`, `/images/save`, `/images/get`, `DELETE /image`.
+use super::http::{
+    flag, full, json_lines, ok_json, param, query, read_body, ApiError, ApiResult, MAX_JSON_BODY,
+};
 use crate::engine::Engine;
-use crate::image::ImageConfig;
+use crate::image::auth::{decode_header, registry_key, AuthConfig};
+use crate::image::registry::{self, Registry};
+use crate::image::{progress, ImageConfig, ImageRef};
 use futures_util::TryStreamExt;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -46,57 +50,251 @@ pub fn apply_changes(cfg: &mut ImageConfig, changes: &[String]) -> Result<(), Ap
     Ok(())
 }
 
-/// `POST /image/create?imageName=NAME[:TAG][&tag=TAG]&fromSrc=-`: imports the request
-/// body (a root filesystem tar, optionally gzip-compressed) as an image.
+/// Credentials for a registry: `X-Registry-Auth` when it carries any, else what
+/// `POST /auth` stored, else anonymous.
+fn credentials(
+    engine: &Engine,
+    req: &Request<Incoming>,
+    registry: &str,
+) -> Result<AuthConfig, ApiError> {
+    if let Some(h) = req
+        .headers()
+        .get("X-Registry-Auth")
+        .and_then(|v| v.to_str().ok())
+    {
+        let cfg = decode_header(h)?;
+        if cfg.credentials().is_some() || !cfg.registrytoken.is_empty() {
+            return Ok(cfg);
+        }
+    }
+    Ok(engine.credentials.get(registry).unwrap_or_default())
+}
+
+fn reference_from(
+    q: &std::collections::HashMap<String, String>,
+    names: &[&str],
+) -> Result<String, ApiError> {
+    let name = param(q, names)?.to_string();
+    Ok(match q.get("tag").filter(|t| !t.is_empty()) {
+        Some(tag) if tag.starts_with("sha256:") => format!("{name}@{tag}"),
+        Some(tag) => format!("{name}:{tag}"),
+        None => name,
+    })
+}
+
+/// `POST /image/create?imageName=NAME[:TAG|@DIGEST][&tag=TAG]`: pulls, streaming
+/// progress. With `fromSrc=-`, imports the body (a root filesystem tar) instead.
 pub async fn create(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
     let q = query(&req);
-    let name = param(&q, &["imageName", "fromImage", "repo"])?.to_string();
-    let reference = match q.get("tag").filter(|t| !t.is_empty()) {
-        Some(tag) => format!("{name}:{tag}"),
-        None => name.clone(),
-    };
-    if q.get("fromSrc").map(String::as_str) != Some("-") {
-        return Err(ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "pulling from a registry is not supported yet; import a root filesystem tarball with fromSrc=-",
+    let reference = reference_from(&q, &["imageName", "fromImage", "repo"])?;
+    if q.get("fromSrc").map(String::as_str) == Some("-") {
+        return import(engine, req, reference).await;
+    }
+    if q.contains_key("fromSrc") {
+        return Err(ApiError::bad_request(
+            "fromSrc supports only '-' (the request body)",
         ));
     }
+    let image = ImageRef::parse(&reference)?;
+    let auth = credentials(engine, &req, &image.registry)?;
+    let r = Arc::new(Registry::new(
+        image,
+        auth.registry_auth(),
+        &engine.cfg.insecure_registries,
+    ));
+    // Resolved before answering, so a wrong login or a missing image gets its status.
+    let resolved = registry::resolve(&r).await?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let store = engine.images.clone();
+    tokio::spawn(async move {
+        if let Err(e) = registry::pull(store, r, resolved, tx.clone()).await {
+            tracing::warn!("pull failed: {e}");
+            let _ = tx.send(progress::error(&e.to_string()));
+        }
+    });
+    Ok(json_lines(rx))
+}
+
+async fn import(engine: &Arc<Engine>, req: Request<Incoming>, reference: String) -> ApiResult {
     let changes: Vec<String> = form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
         .filter(|(k, _)| k == "changes")
         .map(|(_, v)| v.into_owned())
         .collect();
     let mut cfg = ImageConfig::default();
     apply_changes(&mut cfg, &changes)?;
-    // Stream the body into the blocking import through a pipe of chunks.
-    let stream = req
-        .into_body()
-        .into_data_stream()
-        .map_err(|e| std::io::Error::other(e.to_string()));
-    let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
+    crate::image::normalize_reference(&reference)?;
+    let reader = body_reader(req);
     let images = engine.images.clone();
     let rec = tokio::task::spawn_blocking(move || images.import(&reference, reader, cfg))
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
-    let body = format!(
-        "{}\n{}\n",
-        json!({ "status": format!("Imported {}", name) }),
-        json!({ "status": rec.id, "id": rec.id })
-    );
+    let body = format!("{}\r\n", json!({ "status": rec.id, "id": rec.id }));
     Ok(Response::builder()
         .header("Content-Type", "application/json")
         .body(full(body))
         .expect("valid response"))
 }
 
-/// `GET /images/get`: hyperd's `repo:tag:id:created:size` lines.
+/// The request body as a blocking reader (for a blocking thread).
+fn body_reader(req: Request<Incoming>) -> impl std::io::Read + Send + 'static {
+    let stream = req
+        .into_body()
+        .into_data_stream()
+        .map_err(|e| std::io::Error::other(e.to_string()));
+    tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream))
+}
+
+/// `POST /image/push?remote=NAME[&tag=TAG][&imageId=LOCAL]`: pushes the local image
+/// named `remote` (or `imageId`, which is then also tagged as `remote`).
+pub async fn push(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
+    let q = query(&req);
+    let reference = reference_from(&q, &["remote", "imageName"])?;
+    let image = ImageRef::parse(&reference)?;
+    let rec = match q.get("imageId").filter(|s| !s.is_empty()) {
+        Some(local) => {
+            let rec = engine.images.resolve(local)?;
+            engine.images.add_references(&rec.id, &[image.familiar()])?;
+            rec
+        }
+        None => engine.images.resolve(&image.familiar())?,
+    };
+    let auth = credentials(engine, &req, &image.registry)?;
+    let r = Registry::new(image, auth.registry_auth(), &engine.cfg.insecure_registries);
+    r.client
+        .auth(&r.image.oci(), &r.auth, oci_client::RegistryOperation::Push)
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                format!("authentication failed: {e}"),
+            )
+        })?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let store = engine.images.clone();
+    tokio::spawn(async move {
+        if let Err(e) = registry::push(store, &r, &rec, tx.clone()).await {
+            tracing::warn!("push failed: {e}");
+            let _ = tx.send(progress::error(&e.to_string()));
+        }
+    });
+    Ok(json_lines(rx))
+}
+
+/// `POST /auth`: checks a login against its registry and stores it for later pulls and
+/// pushes.
+pub async fn auth(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
+    let body = read_body(req.into_body(), MAX_JSON_BODY).await?;
+    let cfg: AuthConfig = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("invalid auth config: {e}")))?;
+    if cfg.credentials().is_none() {
+        return Err(ApiError::bad_request("username and password are required"));
+    }
+    let registry = registry_key(&cfg.serveraddress);
+    let plain = registry::plain_http(&registry, &engine.cfg.insecure_registries);
+    crate::image::auth::check_login(&registry, &cfg, plain).await?;
+    engine.credentials.save(&registry, &cfg)?;
+    tracing::info!(registry = %registry, user = %cfg.username, "login stored");
+    ok_json(json!({ "Status": "Login Succeeded", "IdentityToken": "" }))
+}
+
+/// `POST /image/load`: a `docker save` archive or an OCI layout (tar) in the body.
+pub async fn load(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
+    let reader = body_reader(req);
+    let images = engine.images.clone();
+    let work = engine
+        .cfg
+        .root
+        .join("image/tmp")
+        .join(crate::ids::random_hex(8));
+    let w2 = work.clone();
+    let result =
+        tokio::task::spawn_blocking(move || crate::image::archive::load(&images, reader, &w2))
+            .await
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()));
+    let _ = std::fs::remove_dir_all(&work);
+    let recs = result??;
+    let mut body = String::new();
+    for rec in recs {
+        let names = if rec.repo_tags.is_empty() {
+            vec![rec.id.clone()]
+        } else {
+            rec.repo_tags.clone()
+        };
+        for n in names {
+            body.push_str(&format!(
+                "{}\r\n",
+                json!({ "stream": format!("Loaded image: {n}\n") })
+            ));
+        }
+    }
+    Ok(Response::builder()
+        .header("Content-Type", "application/json")
+        .body(full(body))
+        .expect("valid response"))
+}
+
+/// `GET /images/save?imageId=A[&imageId=B]` (also `names=`): a tar that is both a
+/// `docker save` archive and an OCI layout.
+pub async fn save(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
+    let wanted: Vec<String> = form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+        .filter(|(k, _)| k == "imageId" || k == "names")
+        .map(|(_, v)| v.into_owned())
+        .collect();
+    if wanted.is_empty() {
+        return Err(ApiError::bad_request("missing query parameter imageId"));
+    }
+    let mut images = Vec::new();
+    for w in &wanted {
+        let rec = engine.images.resolve(w)?;
+        let names = match crate::image::normalize_reference(w) {
+            Ok(n) if rec.repo_tags.contains(&n) => vec![n],
+            _ => rec.repo_tags.clone(),
+        };
+        images.push((rec, names));
+    }
+    let path = engine
+        .cfg
+        .root
+        .join("image/tmp")
+        .join(format!("save-{}.tar", crate::ids::random_hex(8)));
+    let store = engine.images.clone();
+    let p2 = path.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let f = std::fs::File::create(&p2)?;
+        crate::image::archive::save(&store, &images, std::io::BufWriter::new(f))
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let file = tokio::fs::File::open(&path).await;
+    let _ = std::fs::remove_file(&path);
+    result?;
+    let file = file.map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let stream = tokio_util::io::ReaderStream::new(file).map_ok(hyper::body::Frame::data);
+    Ok(Response::builder()
+        .header("Content-Type", "application/x-tar")
+        .body(BodyExt::boxed(http_body_util::StreamBody::new(stream)))
+        .expect("valid response"))
+}
+
+/// `POST /image/tag?imageId=SOURCE&repo=NAME[&tag=TAG]`: another name for an image.
+pub fn tag(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
+    let q = query(req);
+    let rec = engine.images.resolve(param(&q, &["imageId", "image"])?)?;
+    let name = ImageRef::parse(&reference_from(&q, &["repo"])?)?.familiar();
+    engine
+        .images
+        .add_references(&rec.id, std::slice::from_ref(&name))?;
+    ok_json(json!({ "ID": rec.id, "Name": name }))
+}
+
+/// `GET /images/get[?all=yes]`: hyperd's `repo:tag:id:created:size` lines.
 pub fn list(engine: &Arc<Engine>) -> ApiResult {
     let mut lines = Vec::new();
     for rec in engine.images.list()? {
-        let id = &rec.id["sha256:".len()..];
         if rec.repo_tags.is_empty() {
             lines.push(format!(
                 "<none>:<none>:{}:{}:{}",
-                &id[..12],
+                rec.short_id(),
                 rec.created,
                 rec.size
             ));
@@ -105,7 +303,7 @@ pub fn list(engine: &Arc<Engine>) -> ApiResult {
             let (repo, tag) = rt.rsplit_once(':').unwrap_or((rt, "latest"));
             lines.push(format!(
                 "{repo}:{tag}:{}:{}:{}",
-                &id[..12],
+                rec.short_id(),
                 rec.created,
                 rec.size
             ));
@@ -114,14 +312,16 @@ pub fn list(engine: &Arc<Engine>) -> ApiResult {
     ok_json(json!({ "imagesList": lines }))
 }
 
-/// `DELETE /image?imageId=ID|NAME[&force=yes]`.
+/// `DELETE /image?imageId=ID|NAME[&force=yes][&noprune=yes]`.
 pub fn remove(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
     let q = query(req);
     let id = param(&q, &["imageId"])?;
     let force = flag(&q, "force");
-    let removed = engine
-        .images
-        .remove(id, |img| !force && engine.image_in_use(img))?;
+    let removed = engine.images.remove(
+        id,
+        |img| !force && engine.image_in_use(img),
+        flag(&q, "noprune"),
+    )?;
     ok_json(json!(removed
         .iter()
         .map(|r| {

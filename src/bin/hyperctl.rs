@@ -64,7 +64,57 @@ enum Cmd {
         changes: Vec<String>,
     },
     /// List images.
-    Images,
+    Images {
+        /// Only print image ids.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Pull an image from a registry.
+    Pull {
+        /// NAME[:TAG|@DIGEST]
+        image: String,
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Push an image to a registry.
+    Push {
+        /// NAME[:TAG] as it is to be named in the registry.
+        image: String,
+        /// Push this local image (and tag it as IMAGE) instead of the one named IMAGE.
+        #[arg(long)]
+        from: Option<String>,
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Give an image another name.
+    Tag { source: String, target: String },
+    /// Log in to a registry; hyperd keeps the credentials for later pulls and pushes.
+    Login {
+        /// Registry (default: Docker Hub).
+        #[arg(default_value = "https://index.docker.io/v1/")]
+        server: String,
+        #[arg(short, long)]
+        username: String,
+        #[arg(short, long)]
+        password: Option<String>,
+        /// Read the password from standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Load images from a `docker save` archive or an OCI layout tar.
+    Load {
+        /// The archive (default: standard input).
+        #[arg(short, long)]
+        input: Option<String>,
+    },
+    /// Save images to a tar archive (docker save format and OCI layout at once).
+    Save {
+        #[arg(required = true)]
+        images: Vec<String>,
+        /// The archive (default: standard output).
+        #[arg(short, long)]
+        output: Option<String>,
+    },
     /// Remove images.
     Rmi {
         #[arg(required = true)]
@@ -232,12 +282,130 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             println!("{}", id.unwrap_or_default());
             Ok(0)
         }
-        Cmd::Images => {
+        Cmd::Pull { image, quiet } => {
+            let resp = client
+                .send(
+                    Method::POST,
+                    &format!("/image/create?imageName={}", enc(&image)),
+                    vec![],
+                    "application/json",
+                )
+                .await?;
+            let out = hyperd::client::progress::render(resp, quiet).await?;
+            println!("{}", out.image_id.unwrap_or_default());
+            Ok(0)
+        }
+        Cmd::Push { image, from, quiet } => {
+            let mut path = format!("/image/push?remote={}", enc(&image));
+            if let Some(f) = &from {
+                path.push_str(&format!("&imageId={}", enc(f)));
+            }
+            let resp = client
+                .send(Method::POST, &path, vec![], "application/json")
+                .await?;
+            let out = hyperd::client::progress::render(resp, quiet).await?;
+            if let Some(d) = out
+                .messages
+                .iter()
+                .rev()
+                .find_map(|m| m["aux"]["Digest"].as_str())
+            {
+                println!("{d}");
+            }
+            Ok(0)
+        }
+        Cmd::Tag { source, target } => {
+            let (repo, tag) = match target.rsplit_once(':').filter(|(_, t)| !t.contains('/')) {
+                Some((r, t)) => (r.to_string(), t.to_string()),
+                None => (target.clone(), "latest".to_string()),
+            };
+            client
+                .json(
+                    Method::POST,
+                    &format!(
+                        "/image/tag?imageId={}&repo={}&tag={}",
+                        enc(&source),
+                        enc(&repo),
+                        enc(&tag)
+                    ),
+                    None,
+                )
+                .await?;
+            Ok(0)
+        }
+        Cmd::Login {
+            server,
+            username,
+            password,
+            password_stdin,
+        } => {
+            let password = match (password, password_stdin) {
+                (Some(p), false) => p,
+                (None, true) => {
+                    let mut p = String::new();
+                    std::io::stdin().read_line(&mut p)?;
+                    p.trim_end_matches(['\n', '\r']).to_string()
+                }
+                _ => bail!("give the password with --password or --password-stdin"),
+            };
+            let body =
+                json!({ "username": username, "password": password, "serveraddress": server });
+            let v = client.json(Method::POST, "/auth", Some(&body)).await?;
+            println!("{}", v["Status"].as_str().unwrap_or("Login Succeeded"));
+            Ok(0)
+        }
+        Cmd::Load { input } => {
+            let data = match &input {
+                Some(f) => std::fs::read(f).with_context(|| format!("reading {f}"))?,
+                None => {
+                    let mut b = Vec::new();
+                    std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)?;
+                    b
+                }
+            };
+            let resp = client
+                .send(Method::POST, "/image/load", data, "application/x-tar")
+                .await?;
+            let out = hyperd::client::progress::render(resp, true).await?;
+            for m in out.messages {
+                if let Some(s) = m["stream"].as_str() {
+                    print!("{s}");
+                }
+            }
+            Ok(0)
+        }
+        Cmd::Save { images, output } => {
+            let q: Vec<String> = images
+                .iter()
+                .map(|i| format!("imageId={}", enc(i)))
+                .collect();
+            let (status, body) = client
+                .raw(
+                    Method::GET,
+                    &format!("/images/save?{}", q.join("&")),
+                    vec![],
+                    "application/json",
+                )
+                .await?;
+            if !status.is_success() {
+                let v: Value = serde_json::from_slice(&body).unwrap_or_default();
+                bail!("{}", v["message"].as_str().unwrap_or("save failed"));
+            }
+            match &output {
+                Some(f) => std::fs::write(f, &body).with_context(|| format!("writing {f}"))?,
+                None => std::io::stdout().write_all(&body)?,
+            }
+            Ok(0)
+        }
+        Cmd::Images { quiet } => {
             let v = client.json(Method::GET, "/images/get", None).await?;
-            println!(
-                "{:<40} {:<12} {:<14} {:>10}",
-                "REPOSITORY", "TAG", "IMAGE ID", "SIZE"
-            );
+            if !quiet {
+                println!(
+                    "{:<40} {:<12} {:<14} {:>10}",
+                    "REPOSITORY", "TAG", "IMAGE ID", "SIZE"
+                );
+            }
+            // Each line is `repo:tag:id:created:size`; the repo may hold colons itself.
             for line in v["imagesList"]
                 .as_array()
                 .into_iter()
@@ -246,7 +414,11 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             {
                 let f: Vec<&str> = line.rsplitn(5, ':').collect();
                 if let [size, _created, id, tag, repo] = f[..] {
-                    println!("{repo:<40} {tag:<12} {id:<14} {size:>10}");
+                    if quiet {
+                        println!("{id}");
+                    } else {
+                        println!("{repo:<40} {tag:<12} {id:<14} {size:>10}");
+                    }
                 }
             }
             Ok(0)

@@ -40,6 +40,9 @@ struct Args {
     /// Seconds a VM may take to boot to its agent.
     #[arg(long, env = "HYPERD_BOOT_TIMEOUT", default_value_t = 120)]
     boot_timeout: u64,
+    /// A registry to speak plain HTTP to (repeatable); loopback registries always are.
+    #[arg(long = "insecure-registry")]
+    insecure_registries: Vec<String>,
     /// Log filter (tracing's EnvFilter syntax).
     #[arg(long, env = "HYPERD_LOG", default_value = "info")]
     log: String,
@@ -65,6 +68,7 @@ async fn main() -> anyhow::Result<()> {
         driver: args.driver.clone(),
         accel: args.accel.clone(),
         boot_timeout: std::time::Duration::from_secs(args.boot_timeout),
+        insecure_registries: args.insecure_registries.clone(),
     };
     for (what, path, how) in [
         ("guest kernel", &cfg.kernel, "kernel-config/build.sh"),

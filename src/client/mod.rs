@@ -1,4 +1,6 @@
 //! A typed client for hyperd's API over its Unix socket, used by `hyperctl` and the tests.
+pub mod progress;
+
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1;
@@ -76,6 +78,28 @@ impl Client {
         let status = resp.status();
         let body = resp.into_body().collect().await?.to_bytes();
         Ok((status, body))
+    }
+
+    /// Sends a request and returns the response with its body unread (for streams);
+    /// a non-2xx status is an error carrying the daemon's message.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Vec<u8>,
+        content_type: &str,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
+        let mut sender = self.connect().await?;
+        let resp = sender
+            .send_request(Self::build(method, path, body, content_type))
+            .await?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let bytes = resp.into_body().collect().await?.to_bytes();
+            check(status, &bytes)?;
+            return Err(ClientError::BadResponse(format!("status {status}")));
+        }
+        Ok(resp)
     }
 
     /// Sends a request and parses a JSON answer; a non-2xx status is an error carrying

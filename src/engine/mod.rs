@@ -31,11 +31,12 @@ impl From<ImageError> for EngineError {
     fn from(e: ImageError) -> Self {
         match e {
             ImageError::NotFound(_) => EngineError::NotFound(e.to_string()),
-            ImageError::BadReference(_) | ImageError::BadArchive(_) => {
-                EngineError::BadRequest(e.to_string())
-            }
+            ImageError::BadReference(_)
+            | ImageError::BadDigest(_)
+            | ImageError::BadArchive(_)
+            | ImageError::BadImage(_) => EngineError::BadRequest(e.to_string()),
             ImageError::InUse(_) => EngineError::Conflict(e.to_string()),
-            ImageError::Io(_) => EngineError::Internal(e.to_string()),
+            _ => EngineError::Internal(e.to_string()),
         }
     }
 }
@@ -147,6 +148,7 @@ impl Pod {
 pub struct Engine {
     pub cfg: Config,
     pub images: Arc<ImageStore>,
+    pub credentials: crate::image::auth::CredentialStore,
     pub driver: Driver,
     pods: Mutex<HashMap<String, Arc<Pod>>>,
 }
@@ -205,6 +207,7 @@ impl Engine {
                 .map_err(|e| EngineError::Internal(e.to_string()))?;
         }
         let engine = Engine {
+            credentials: crate::image::auth::CredentialStore::new(&cfg.root),
             cfg,
             images: Arc::new(images),
             driver,

@@ -42,12 +42,14 @@ impl Default for Limits {
     }
 }
 
-/// Wraps a reader in a gzip decoder when the stream starts with the gzip magic.
-pub fn open_maybe_gzip<R: Read + 'static>(r: R) -> io::Result<Box<dyn Read>> {
+/// Wraps a layer in the decoder its first bytes call for: gzip, zstd, or none.
+pub fn decompress<R: Read + 'static>(r: R) -> io::Result<Box<dyn Read>> {
     let mut br = BufReader::new(r);
     let head = br.fill_buf()?;
     if head.starts_with(&[0x1f, 0x8b]) {
         Ok(Box::new(flate2::read::GzDecoder::new(br)))
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Ok(Box::new(zstd::stream::read::Decoder::with_buffer(br)?))
     } else {
         Ok(Box::new(br))
     }
@@ -350,7 +352,7 @@ mod tests {
             max_bytes: 2 << 20,
             max_entries: 100,
         };
-        let r = open_maybe_gzip(io::Cursor::new(gz)).unwrap();
+        let r = decompress(io::Cursor::new(gz)).unwrap();
         assert!(matches!(
             unpack_layer(r, dir.path(), &limits),
             Err(UnpackError::TooLarge(_))

@@ -1,0 +1,431 @@
+//! Pull and push against registries speaking the OCI distribution API, through
+//! oci-client (manifests, auth challenges and tokens, blob transfers). What oci-client
+//! leaves to us: choosing linux/amd64 from an index while keeping the raw manifest bytes
+//! (so digests round-trip), verifying every byte against its digest as it lands in the
+//! blob store, parallel layer downloads with retries, and progress messages.
+use super::blobs::sha256_digest;
+use super::progress::{self, ProgressTx};
+use super::{
+    ImageError, ImageRecord, ImageRef, ImageStore, MEDIA_DOCKER_LIST, MEDIA_DOCKER_MANIFEST,
+    MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST,
+};
+use futures_util::StreamExt;
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::errors::OciDistributionError;
+use oci_client::secrets::RegistryAuth;
+use oci_client::RegistryOperation;
+use serde_json::{json, Value};
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Parallel layer downloads.
+const PARALLEL_LAYERS: usize = 3;
+/// Attempts per blob before the pull fails.
+const BLOB_ATTEMPTS: u32 = 3;
+
+/// Whether a registry is spoken to over plain HTTP: loopback registries (as Docker
+/// treats 127.0.0.0/8) and those the operator listed with `--insecure-registry`.
+pub fn plain_http(registry: &str, insecure: &[String]) -> bool {
+    let host = registry
+        .rsplit_once(':')
+        .map(|(h, _)| h)
+        .unwrap_or(registry);
+    host == "localhost"
+        || host.starts_with("127.")
+        || host == "[::1]"
+        || insecure.iter().any(|r| r == registry)
+}
+
+pub struct Registry {
+    pub client: oci_client::Client,
+    pub auth: RegistryAuth,
+    pub image: ImageRef,
+}
+
+impl Registry {
+    pub fn new(image: ImageRef, auth: RegistryAuth, insecure: &[String]) -> Registry {
+        let protocol = if plain_http(&image.registry, insecure) {
+            ClientProtocol::HttpsExcept(vec![image.registry.clone()])
+        } else {
+            ClientProtocol::Https
+        };
+        let client = oci_client::Client::new(ClientConfig {
+            protocol,
+            connect_timeout: Some(Duration::from_secs(30)),
+            read_timeout: Some(Duration::from_secs(120)),
+            ..Default::default()
+        });
+        Registry {
+            client,
+            auth,
+            image,
+        }
+    }
+}
+
+fn map_err(e: OciDistributionError) -> ImageError {
+    match e {
+        OciDistributionError::UnauthorizedError { url } => {
+            ImageError::Unauthorized(format!("unauthorized: authentication required ({url})"))
+        }
+        OciDistributionError::AuthenticationFailure(m) => {
+            ImageError::Unauthorized(format!("authentication failed: {}", m.trim()))
+        }
+        OciDistributionError::ImageManifestNotFoundError(m) => ImageError::NotFound(m),
+        OciDistributionError::DigestError(d) => {
+            ImageError::Registry(format!("digest check failed: {d}"))
+        }
+        OciDistributionError::ServerError { code: 401, url, .. } => {
+            ImageError::Unauthorized(format!("unauthorized: {url}"))
+        }
+        OciDistributionError::ServerError { code: 404, url, .. } => ImageError::NotFound(url),
+        OciDistributionError::RegistryError { envelope, url } => {
+            let text = envelope
+                .errors
+                .iter()
+                .map(|e| format!("{:?}: {}", e.code, e.message))
+                .collect::<Vec<_>>()
+                .join("; ");
+            let upper = text.to_ascii_uppercase();
+            if upper.contains("UNAUTHORIZED") || upper.contains("DENIED") {
+                ImageError::Unauthorized(format!("{text} ({url})"))
+            } else if upper.contains("UNKNOWN") {
+                ImageError::NotFound(format!("{text} ({url})"))
+            } else {
+                ImageError::Registry(format!("{text} ({url})"))
+            }
+        }
+        other => ImageError::Registry(other.to_string()),
+    }
+}
+
+/// A manifest chosen for pulling, with its exact bytes.
+pub struct Resolved {
+    pub manifest_bytes: Vec<u8>,
+    pub manifest_digest: String,
+    pub manifest: Value,
+}
+
+const ACCEPT: &[&str] = &[
+    MEDIA_OCI_MANIFEST,
+    MEDIA_DOCKER_MANIFEST,
+    MEDIA_OCI_INDEX,
+    MEDIA_DOCKER_LIST,
+];
+
+async fn fetch_manifest(
+    r: &Registry,
+    reference: &oci_client::Reference,
+    expected: Option<&str>,
+) -> Result<(Vec<u8>, String, Value), ImageError> {
+    let (bytes, _) = r
+        .client
+        .pull_manifest_raw(reference, &r.auth, ACCEPT)
+        .await
+        .map_err(map_err)?;
+    let digest = sha256_digest(&bytes);
+    if let Some(want) = expected {
+        if want != digest {
+            return Err(ImageError::DigestMismatch {
+                expected: want.to_string(),
+                actual: digest,
+            });
+        }
+    }
+    let v: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| ImageError::BadImage(format!("manifest is not JSON: {e}")))?;
+    Ok((bytes.to_vec(), digest, v))
+}
+
+/// Fetches the manifest a reference names; from an index or manifest list, the
+/// linux/amd64 one.
+pub async fn resolve(r: &Registry) -> Result<Resolved, ImageError> {
+    let reference = r.image.oci();
+    let (mut bytes, mut digest, mut manifest) =
+        fetch_manifest(r, &reference, r.image.digest.as_deref()).await?;
+    if manifest.get("manifests").is_some() {
+        let entries = manifest["manifests"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let pick = entries
+            .iter()
+            .find(|m| m["platform"]["os"] == "linux" && m["platform"]["architecture"] == "amd64")
+            .and_then(|m| m["digest"].as_str())
+            .ok_or_else(|| {
+                ImageError::NotFound(format!("{} has no linux/amd64 image", r.image.familiar()))
+            })?
+            .to_string();
+        let by_digest = oci_client::Reference::with_digest(
+            r.image.registry.clone(),
+            r.image.repository.clone(),
+            pick.clone(),
+        );
+        (bytes, digest, manifest) = fetch_manifest(r, &by_digest, Some(&pick)).await?;
+    }
+    if manifest["config"]["digest"].as_str().is_none() || !manifest["layers"].is_array() {
+        return Err(ImageError::BadImage(
+            "unsupported manifest (schema 1 or not an image)".into(),
+        ));
+    }
+    Ok(Resolved {
+        manifest_bytes: bytes,
+        manifest_digest: digest,
+        manifest,
+    })
+}
+
+/// Downloads one blob into the store, verified; retried on transfer errors.
+async fn download(
+    store: &ImageStore,
+    r: &Registry,
+    desc: &Value,
+    progress: &ProgressTx,
+    show: bool,
+) -> Result<(), ImageError> {
+    let digest = desc["digest"]
+        .as_str()
+        .ok_or_else(|| ImageError::BadImage("descriptor without digest".into()))?;
+    let size = desc["size"].as_u64().unwrap_or(0);
+    let id = progress::short(digest);
+    let layer = oci_client::manifest::OciDescriptor {
+        digest: digest.to_string(),
+        size: size as i64,
+        media_type: desc["mediaType"].as_str().unwrap_or_default().to_string(),
+        ..Default::default()
+    };
+    let reference = r.image.oci();
+    let mut last_err = None;
+    for attempt in 1..=BLOB_ATTEMPTS {
+        if attempt > 1 {
+            if show {
+                let _ = progress.send(progress::layer(
+                    &id,
+                    &format!("Retrying in {} seconds", attempt - 1),
+                ));
+            }
+            tokio::time::sleep(Duration::from_secs(u64::from(attempt - 1))).await;
+        }
+        let mut stream = match r.client.pull_blob_stream(&reference, &layer).await {
+            Ok(s) => s,
+            Err(e) => {
+                let e = map_err(e);
+                if matches!(e, ImageError::Unauthorized(_) | ImageError::NotFound(_)) {
+                    return Err(e);
+                }
+                last_err = Some(e);
+                continue;
+            }
+        };
+        let total = stream.content_length.unwrap_or(size);
+        let mut w = store.blobs.writer(Some(digest))?;
+        let mut last = Instant::now();
+        let mut failed = None;
+        while let Some(chunk) = stream.stream.next().await {
+            match chunk {
+                Ok(bytes) => {
+                    w.write_all(&bytes)?;
+                    if w.size() > size.max(total) && size > 0 {
+                        failed = Some(ImageError::DigestMismatch {
+                            expected: digest.to_string(),
+                            actual: format!("more than {size} bytes"),
+                        });
+                        break;
+                    }
+                    if show && last.elapsed() > Duration::from_millis(100) {
+                        last = Instant::now();
+                        let _ =
+                            progress.send(progress::transfer(&id, "Downloading", w.size(), total));
+                    }
+                }
+                Err(e) => {
+                    failed = Some(ImageError::Registry(format!("download of {digest}: {e}")));
+                    break;
+                }
+            }
+        }
+        if let Some(e) = failed {
+            if matches!(e, ImageError::DigestMismatch { .. }) {
+                return Err(e);
+            }
+            last_err = Some(e);
+            continue;
+        }
+        if show {
+            let _ = progress.send(progress::transfer(&id, "Downloading", w.size(), total));
+            let _ = progress.send(progress::layer(&id, "Verifying Checksum"));
+        }
+        // A digest mismatch is the registry's lie, not bad luck: no retry.
+        w.commit()?;
+        if show {
+            let _ = progress.send(progress::layer(&id, "Download complete"));
+        }
+        return Ok(());
+    }
+    Err(last_err.unwrap_or_else(|| ImageError::Registry(format!("cannot download {digest}"))))
+}
+
+/// Pulls what `resolved` names into the store and records the image under its tag
+/// and its repo digest.
+pub async fn pull(
+    store: Arc<ImageStore>,
+    r: Arc<Registry>,
+    resolved: Resolved,
+    progress: ProgressTx,
+) -> Result<ImageRecord, ImageError> {
+    let name = r.image.familiar_name();
+    let _ = progress.send(json!({ "status": format!("Pulling from {}", r.image.repository), "id": r.image.tag.clone().unwrap_or_else(|| r.image.digest.clone().unwrap_or_default()) }));
+    let layers = resolved.manifest["layers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    for l in &layers {
+        let digest = l["digest"].as_str().unwrap_or_default();
+        let id = progress::short(digest);
+        let status = if store.blobs.exists(digest) {
+            "Already exists"
+        } else {
+            "Pulling fs layer"
+        };
+        let _ = progress.send(progress::layer(&id, status));
+    }
+    let config = resolved.manifest["config"].clone();
+    if !store
+        .blobs
+        .exists(config["digest"].as_str().unwrap_or_default())
+    {
+        download(&store, &r, &config, &progress, false).await?;
+    }
+    let sem = Arc::new(tokio::sync::Semaphore::new(PARALLEL_LAYERS));
+    let mut tasks = tokio::task::JoinSet::new();
+    for l in layers
+        .iter()
+        .filter(|l| !store.blobs.exists(l["digest"].as_str().unwrap_or_default()))
+    {
+        let (store, r, progress, sem, l) = (
+            store.clone(),
+            r.clone(),
+            progress.clone(),
+            sem.clone(),
+            l.clone(),
+        );
+        tasks.spawn(async move {
+            let _permit = sem.acquire().await.expect("semaphore open");
+            download(&store, &r, &l, &progress, true).await
+        });
+    }
+    while let Some(res) = tasks.join_next().await {
+        if let Err(e) = res
+            .map_err(|e| ImageError::Registry(e.to_string()))
+            .and_then(|r| r)
+        {
+            tasks.abort_all();
+            return Err(e);
+        }
+    }
+    let manifest_digest = store
+        .blobs
+        .put(&resolved.manifest_bytes, Some(&resolved.manifest_digest))?;
+    let mut names = vec![format!("{name}@{manifest_digest}")];
+    if r.image.tag.is_some() {
+        names.push(r.image.familiar());
+    }
+    for l in &layers {
+        let _ = progress.send(progress::layer(
+            &progress::short(l["digest"].as_str().unwrap_or_default()),
+            "Extracting",
+        ));
+    }
+    let store2 = store.clone();
+    let rec = tokio::task::spawn_blocking(move || store2.commit_image(&manifest_digest, &names))
+        .await
+        .map_err(|e| ImageError::Registry(e.to_string()))??;
+    for l in &layers {
+        let _ = progress.send(progress::layer(
+            &progress::short(l["digest"].as_str().unwrap_or_default()),
+            "Pull complete",
+        ));
+    }
+    let _ = progress.send(progress::status(format!("Digest: {}", rec.manifest_digest)));
+    let _ = progress.send(json!({ "status": format!("Status: Downloaded newer image for {}", r.image.familiar()), "id": rec.id }));
+    Ok(rec)
+}
+
+/// Pushes an image's layers, config and manifest (its exact bytes, so the digest is the
+/// one stored) to `r.image`. Returns the manifest digest and size.
+pub async fn push(
+    store: Arc<ImageStore>,
+    r: &Registry,
+    rec: &ImageRecord,
+    progress: ProgressTx,
+) -> Result<(String, usize), ImageError> {
+    let reference = r.image.oci();
+    let _ = progress.send(progress::status(format!(
+        "The push refers to repository [{}]",
+        r.image.familiar_name()
+    )));
+    r.client
+        .auth(&reference, &r.auth, RegistryOperation::Push)
+        .await
+        .map_err(map_err)?;
+    let mut blobs: Vec<String> = rec.layers.iter().map(|l| l.digest.clone()).collect();
+    for d in &blobs {
+        let _ = progress.send(progress::layer(&progress::short(d), "Preparing"));
+    }
+    blobs.push(rec.id.clone());
+    for d in &blobs {
+        let id = progress::short(d);
+        let is_layer = d != &rec.id;
+        if r.client.blob_exists(&reference, d).await.map_err(map_err)? {
+            if is_layer {
+                let _ = progress.send(progress::layer(&id, "Layer already exists"));
+            }
+            continue;
+        }
+        let data = tokio::fs::read(store.blobs.path(d)?).await?;
+        if is_layer {
+            let _ = progress.send(progress::transfer(&id, "Pushing", 0, data.len() as u64));
+        }
+        let len = data.len() as u64;
+        r.client
+            .push_blob(&reference, data, d)
+            .await
+            .map_err(map_err)?;
+        if is_layer {
+            let _ = progress.send(progress::transfer(&id, "Pushing", len, len));
+            let _ = progress.send(progress::layer(&id, "Pushed"));
+        }
+    }
+    let manifest = store.blobs.read(&rec.manifest_digest)?;
+    let size = manifest.len();
+    let content_type = rec
+        .manifest_media_type
+        .parse()
+        .map_err(|_| ImageError::BadImage("bad media type".into()))?;
+    r.client
+        .push_manifest_raw(&reference, manifest, content_type)
+        .await
+        .map_err(map_err)?;
+    let tag = r.image.tag.clone().unwrap_or_else(|| "latest".into());
+    let _ = progress.send(progress::status(format!(
+        "{tag}: digest: {} size: {size}",
+        rec.manifest_digest
+    )));
+    let _ = progress.send(json!({ "progressDetail": {}, "aux": { "Tag": tag, "Digest": rec.manifest_digest, "Size": size } }));
+    Ok((rec.manifest_digest.clone(), size))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn loopback_registries_are_plain_http() {
+        assert!(super::plain_http("127.0.0.1:5000", &[]));
+        assert!(super::plain_http("localhost:5000", &[]));
+        assert!(!super::plain_http("registry.example.com", &[]));
+        assert!(super::plain_http(
+            "registry.example.com:5000",
+            &["registry.example.com:5000".into()]
+        ));
+    }
+}
