@@ -19,6 +19,8 @@ pub struct Config {
     pub boot_timeout: std::time::Duration,
     /// Registries spoken to over plain HTTP (besides loopback ones).
     pub insecure_registries: Vec<String>,
+    /// Largest unpacked size of one image layer (bytes); protects against archive bombs.
+    pub max_layer_bytes: u64,
 }
 
 /// The cache the build scripts write to: `$HYPERD_CACHE`, else `$XDG_CACHE_HOME/hyperd`,

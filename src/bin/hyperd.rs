@@ -43,6 +43,9 @@ struct Args {
     /// A registry to speak plain HTTP to (repeatable); loopback registries always are.
     #[arg(long = "insecure-registry")]
     insecure_registries: Vec<String>,
+    /// Largest unpacked size of one image layer, in bytes (against archive bombs).
+    #[arg(long, env = "HYPERD_MAX_LAYER_BYTES", default_value_t = 16 << 30)]
+    max_layer_bytes: u64,
     /// Log filter (tracing's EnvFilter syntax).
     #[arg(long, env = "HYPERD_LOG", default_value = "info")]
     log: String,
@@ -69,6 +72,7 @@ async fn main() -> anyhow::Result<()> {
         accel: args.accel.clone(),
         boot_timeout: std::time::Duration::from_secs(args.boot_timeout),
         insecure_registries: args.insecure_registries.clone(),
+        max_layer_bytes: args.max_layer_bytes,
     };
     for (what, path, how) in [
         ("guest kernel", &cfg.kernel, "kernel-config/build.sh"),

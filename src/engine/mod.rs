@@ -201,7 +201,11 @@ pub fn process_for(spec: &ContainerSpec, image: &ImageRecord) -> Result<ProcessS
 
 impl Engine {
     pub fn new(cfg: Config, driver: Driver) -> Result<Engine, EngineError> {
-        let images = ImageStore::open(&cfg.root)?;
+        let limits = crate::image::unpack::Limits {
+            max_bytes: cfg.max_layer_bytes,
+            ..Default::default()
+        };
+        let images = ImageStore::open(&cfg.root, limits)?;
         for d in ["pods", "vm"] {
             std::fs::create_dir_all(cfg.root.join(d))
                 .map_err(|e| EngineError::Internal(e.to_string()))?;

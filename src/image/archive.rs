@@ -5,6 +5,7 @@
 //! the manifests' exact bytes and so their digests.
 use super::blobs::digest_hex;
 use super::unpack::{unpack_layer, Limits};
+
 use super::{ImageError, ImageRecord, ImageStore, MEDIA_OCI_CONFIG, MEDIA_OCI_MANIFEST};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
@@ -13,14 +14,16 @@ use std::path::{Path, PathBuf};
 /// Loads every image of an archive; returns them with the names they were loaded as.
 pub fn load(
     store: &ImageStore,
-    archive: impl Read,
+    archive: impl Read + 'static,
     work: &Path,
 ) -> Result<Vec<ImageRecord>, ImageError> {
     std::fs::create_dir_all(work)?;
+    // The archive holds whole layers: its limit is a multiple of one layer's.
     let limits = Limits {
-        max_bytes: 64 << 30,
+        max_bytes: store.limits.max_bytes.saturating_mul(4),
         max_entries: 100_000,
     };
+    let archive = super::unpack::decompress(archive)?;
     unpack_layer(archive, work, &limits).map_err(|e| ImageError::BadArchive(e.to_string()))?;
     // Files of the archive are read only through this, which refuses to leave `work`.
     let file = |name: &str| -> Result<PathBuf, ImageError> {
@@ -234,4 +237,31 @@ pub fn save(
     )?;
     tar.finish()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compressed_bomb_hits_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = Limits {
+            max_bytes: 1 << 20,
+            max_entries: 100,
+        };
+        let store = ImageStore::open(dir.path(), limits).unwrap();
+        let mut t = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(8 << 20);
+        h.set_mode(0o644);
+        t.append_data(&mut h, "bomb", std::io::repeat(0).take(8 << 20))
+            .unwrap();
+        let raw = t.into_inner().unwrap();
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        e.write_all(&raw).unwrap();
+        let gz = e.finish().unwrap();
+        let err = load(&store, std::io::Cursor::new(gz), &dir.path().join("work")).unwrap_err();
+        assert!(err.to_string().contains("larger than the limit"), "{err}");
+    }
 }

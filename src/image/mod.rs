@@ -197,10 +197,47 @@ pub struct ImageStore {
     dir: PathBuf,
     pub blobs: BlobStore,
     lock: Mutex<()>,
+    /// Per-layer limits against archive bombs.
+    pub limits: unpack::Limits,
+    /// Blobs an import, pull or load in progress needs: pruning leaves them alone.
+    pins: Mutex<BTreeMap<String, usize>>,
+}
+
+/// Keeps blobs from being pruned while it lives.
+pub struct Pin<'a> {
+    store: &'a ImageStore,
+    digests: Vec<String>,
+}
+
+impl Pin<'_> {
+    pub fn add(&mut self, digest: &str) {
+        *self
+            .store
+            .pins
+            .lock()
+            .unwrap()
+            .entry(digest.to_string())
+            .or_insert(0) += 1;
+        self.digests.push(digest.to_string());
+    }
+}
+
+impl Drop for Pin<'_> {
+    fn drop(&mut self) {
+        let mut pins = self.store.pins.lock().unwrap();
+        for d in &self.digests {
+            if let Some(n) = pins.get_mut(d) {
+                *n -= 1;
+                if *n == 0 {
+                    pins.remove(d);
+                }
+            }
+        }
+    }
 }
 
 impl ImageStore {
-    pub fn open(root: &Path) -> Result<ImageStore, ImageError> {
+    pub fn open(root: &Path, limits: unpack::Limits) -> Result<ImageStore, ImageError> {
         let dir = root.join("image");
         std::fs::create_dir_all(dir.join("images"))?;
         std::fs::create_dir_all(dir.join("tmp"))?;
@@ -213,6 +250,8 @@ impl ImageStore {
             dir,
             blobs,
             lock: Mutex::new(()),
+            limits,
+            pins: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -360,7 +399,27 @@ impl ImageStore {
         });
         let manifest_bytes = serde_json::to_vec(&manifest).expect("json");
         let manifest_digest = self.blobs.put(&manifest_bytes, None)?;
-        self.commit_image(&manifest_digest, &[name])
+        let result = self.commit_image(&manifest_digest, &[name]);
+        if result.is_err() {
+            // What this import stored goes again, unless an image shares it.
+            self.discard(&[&layer_digest, &config_digest, &manifest_digest]);
+        }
+        result
+    }
+
+    /// Removes the given blobs if no image refers to them.
+    pub fn discard(&self, digests: &[&str]) {
+        let _guard = self.lock.lock().unwrap();
+        let used = |d: &str| {
+            self.list().unwrap_or_default().iter().any(|r| {
+                r.id == d || r.manifest_digest == d || r.layers.iter().any(|l| l.digest == d)
+            }) || self.pins.lock().unwrap().contains_key(d)
+        };
+        for d in digests {
+            if !used(d) {
+                let _ = self.blobs.remove(d);
+            }
+        }
     }
 
     /// Makes an image out of a manifest whose config and layers are in the blob store:
@@ -452,7 +511,7 @@ impl ImageStore {
                     inner: unpack::decompress(self.blobs.open_blob(digest)?)?,
                     hasher: Sha256::new(),
                 };
-                size += unpack::unpack_layer(&mut hashing, &root, &unpack::Limits::default())
+                size += unpack::unpack_layer(&mut hashing, &root, &self.limits)
                     .map_err(|e| ImageError::BadImage(format!("layer {digest}: {e}")))?;
                 std::io::copy(&mut hashing, &mut std::io::sink())?;
                 let diff_id = format!("sha256:{}", hex::encode(hashing.hasher.finalize()));
@@ -563,9 +622,17 @@ impl ImageStore {
         Ok(removed)
     }
 
-    /// Deletes blobs no image refers to.
+    pub fn pin(&self) -> Pin<'_> {
+        Pin {
+            store: self,
+            digests: Vec::new(),
+        }
+    }
+
+    /// Deletes blobs no image refers to and no operation in progress has pinned.
     pub fn prune_blobs(&self) -> Result<usize, ImageError> {
         let _guard = self.lock.lock().unwrap();
+        let pinned: Vec<String> = self.pins.lock().unwrap().keys().cloned().collect();
         let mut keep = std::collections::HashSet::new();
         for e in std::fs::read_dir(self.dir.join("images"))?.flatten() {
             if let Ok(b) = std::fs::read(e.path().join("record.json")) {
@@ -576,6 +643,7 @@ impl ImageStore {
                 }
             }
         }
+        keep.extend(pinned);
         let mut n = 0;
         for d in self.blobs.list() {
             if !keep.contains(&d) {

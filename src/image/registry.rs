@@ -275,6 +275,16 @@ pub async fn pull(
     progress: ProgressTx,
 ) -> Result<ImageRecord, ImageError> {
     let name = r.image.familiar_name();
+    let mut pin = store.pin();
+    pin.add(&resolved.manifest_digest);
+    pin.add(
+        resolved.manifest["config"]["digest"]
+            .as_str()
+            .unwrap_or_default(),
+    );
+    for l in resolved.manifest["layers"].as_array().into_iter().flatten() {
+        pin.add(l["digest"].as_str().unwrap_or_default());
+    }
     let _ = progress.send(json!({ "status": format!("Pulling from {}", r.image.repository), "id": r.image.tag.clone().unwrap_or_else(|| r.image.digest.clone().unwrap_or_default()) }));
     let layers = resolved.manifest["layers"]
         .as_array()

@@ -37,6 +37,10 @@ fn check_guest_assets() {
 
 impl Daemon {
     pub fn start() -> Daemon {
+        Self::start_with(&[])
+    }
+
+    pub fn start_with(extra: &[&str]) -> Daemon {
         check_guest_assets();
         let dir = tempfile::Builder::new()
             .prefix("hyperd-test-")
@@ -50,6 +54,7 @@ impl Daemon {
             .arg(&socket)
             .arg("--root")
             .arg(&root)
+            .args(extra)
             .env("HYPERD_LOG", "debug")
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -104,7 +109,19 @@ impl Daemon {
 
     /// `curl --unix-socket`: returns (HTTP status, body).
     pub fn curl(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+        self.curl_with(method, path, body, &[])
+    }
+
+    /// curl with extra arguments (headers, `--data-binary @file`).
+    pub fn curl_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        extra: &[&str],
+    ) -> (u16, String) {
         let mut cmd = Command::new("curl");
+        cmd.args(extra);
         cmd.args(["-sS", "--unix-socket"]).arg(&self.socket).args([
             "-X",
             method,
@@ -197,4 +214,89 @@ pub fn tree(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+/// A real registry (Debian's docker-registry) on a loopback port, optionally behind
+/// htpasswd basic auth.
+pub struct Registry {
+    pub dir: tempfile::TempDir,
+    pub addr: String,
+    child: Child,
+}
+
+impl Registry {
+    pub fn start(auth: Option<(&str, &str)>) -> Registry {
+        let dir = tempfile::Builder::new()
+            .prefix("hyperd-registry-")
+            .tempdir()
+            .unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let mut config = format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
+            dir.path().join("data").display()
+        );
+        if let Some((user, pass)) = auth {
+            let out = Command::new("htpasswd")
+                .args(["-Bbn", user, pass])
+                .output()
+                .expect("htpasswd (apache2-utils) runs");
+            assert!(out.status.success());
+            std::fs::write(dir.path().join("htpasswd"), out.stdout).unwrap();
+            config.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: hyperd-test\n    path: {}\n",
+                dir.path().join("htpasswd").display()
+            ));
+        }
+        std::fs::write(dir.path().join("config.yml"), config).unwrap();
+        let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(dir.path().join("config.yml"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("docker-registry runs (apt-get install docker-registry)");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(Instant::now() < deadline, "registry did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Registry { dir, addr, child }
+    }
+
+    /// The file holding a blob in the registry's storage.
+    pub fn blob_file(&self, digest: &str) -> PathBuf {
+        let hex = digest.trim_start_matches("sha256:");
+        self.dir
+            .path()
+            .join("data/docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Parses a stream of JSON lines, asserting each is a JSON object.
+pub fn json_lines(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let v: serde_json::Value =
+                serde_json::from_str(l.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+            assert!(v.is_object(), "not an object: {l}");
+            v
+        })
+        .collect()
 }
