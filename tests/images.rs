@@ -3,15 +3,12 @@
 //! skopeo, auth with htpasswd, a tampered blob, load/save, hostile archives, and a pod
 //! from a pulled image.
 mod common;
-use common::{json_lines, tree, Daemon, Registry};
+use common::{
+    json_lines, skopeo_push, tar_of, tree, write_oci_layout, Compression, Daemon, Registry,
+};
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 use std::path::Path;
 use std::process::Command;
-
-fn sha(b: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(b)))
-}
 
 fn out_ok(o: &std::process::Output) -> String {
     assert!(
@@ -23,73 +20,19 @@ fn out_ok(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stdout).trim().to_string()
 }
 
-fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    for (name, data) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_entry_type(tar::EntryType::Regular);
-        let raw = &mut h.as_old_mut().name;
-        raw[..name.len()].copy_from_slice(name.as_bytes());
-        h.set_cksum();
-        b.append(&h, *data).unwrap();
-    }
-    b.into_inner().unwrap()
-}
-
-/// An OCI layout with three layers: busybox (gzip), a file (zstd), a whiteout (plain).
+/// Three layers: busybox (gzip), a file (zstd), a whiteout (plain).
 fn multi_layer_layout(dir: &Path, busybox_tar: &[u8]) -> String {
-    let blobs = dir.join("blobs/sha256");
-    std::fs::create_dir_all(&blobs).unwrap();
-    let put = |b: &[u8]| {
-        let d = sha(b);
-        std::fs::write(blobs.join(d.trim_start_matches("sha256:")), b).unwrap();
-        d
-    };
-    let gz = {
-        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        std::io::Write::write_all(&mut e, busybox_tar).unwrap();
-        e.finish().unwrap()
-    };
-    let l2 = tar_of(&[("hello.txt", b"layer two\n")]);
-    let l3 = tar_of(&[("bin/.wh.vi", b"")]);
-    let layers = [
-        (
-            gz.clone(),
-            sha(busybox_tar),
-            "application/vnd.oci.image.layer.v1.tar+gzip",
-        ),
-        (
-            zstd::encode_all(&l2[..], 3).unwrap(),
-            sha(&l2),
-            "application/vnd.oci.image.layer.v1.tar+zstd",
-        ),
-        (
-            l3.clone(),
-            sha(&l3),
-            "application/vnd.oci.image.layer.v1.tar",
-        ),
+    let layers = vec![
+        (busybox_tar.to_vec(), Compression::Gzip),
+        (tar_of(&[("hello.txt", b"layer two\n")]), Compression::Zstd),
+        (tar_of(&[("bin/.wh.vi", b"")]), Compression::None),
     ];
-    let config = json!({
-        "architecture": "amd64", "os": "linux", "created": "2026-01-02T03:04:05Z",
-        "config": { "Cmd": ["cat", "/hello.txt"], "Env": ["PATH=/bin", "LAYERS=3"] },
-        "rootfs": { "type": "layers", "diff_ids": layers.iter().map(|l| l.1.clone()).collect::<Vec<_>>() },
-    });
-    let config = serde_json::to_vec(&config).unwrap();
-    let manifest = json!({
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": put(&config), "size": config.len() },
-        "layers": layers.iter().map(|(blob, _, mt)| json!({ "mediaType": mt, "digest": put(blob), "size": blob.len() })).collect::<Vec<_>>(),
-    });
-    let manifest = serde_json::to_vec(&manifest).unwrap();
-    let md = put(&manifest);
-    let index = json!({ "schemaVersion": 2, "manifests": [{
-        "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": manifest.len(),
-        "annotations": { "org.opencontainers.image.ref.name": "multi" } }] });
-    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
-    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-    md
+    write_oci_layout(
+        dir,
+        "multi",
+        &layers,
+        json!({ "Cmd": ["cat", "/hello.txt"], "Env": ["PATH=/bin", "LAYERS=3"] }),
+    )
 }
 
 #[test]
@@ -105,7 +48,6 @@ fn push_pull_round_trip_reuse_and_a_pod_from_a_pulled_image() {
     let id = ids.lines().next().unwrap().to_string();
 
     assert_eq!(id.len(), 12, "{local}");
-
 
     // Remove every local name: the next pull has to fetch everything.
     for name in ["busybox", &remote] {
@@ -173,6 +115,14 @@ fn push_pull_round_trip_reuse_and_a_pod_from_a_pulled_image() {
     let out = d.hyperctl(&["run", "--rm", &remote, "sh", "-c", "echo from-the-registry"]);
     assert_eq!(out_ok(&out), "from-the-registry");
 
+    // An image a pod uses is not removed unless forced.
+    let spec = json!({ "id": "user", "containers": [{ "image": remote, "command": ["true"] }] })
+        .to_string();
+    d.json("POST", "/pod/create", Some(&spec));
+    let (code, text) = d.curl("DELETE", &format!("/image?imageId={id}"), None);
+    assert_eq!(code, 409, "{text}");
+    assert_eq!(d.curl("DELETE", "/pod?podId=user", None).0, 200);
+
     // Unknown image and unknown tag: 404 before any stream; bad references: 400.
     assert_eq!(
         d.curl(
@@ -207,13 +157,11 @@ fn multi_layer_image_pushed_by_skopeo() {
     let layout = tempfile::tempdir().unwrap();
     let bb = std::fs::read(common::busybox_tar(layout.path())).unwrap();
     let md = multi_layer_layout(&layout.path().join("oci"), &bb);
-    let out = Command::new("skopeo")
-        .args(["copy", "--dest-tls-verify=false", "--preserve-digests"])
-        .arg(format!("oci:{}:multi", layout.path().join("oci").display()))
-        .arg(format!("docker://{}/multi:1", reg.addr))
-        .output()
-        .expect("skopeo runs");
-    out_ok(&out);
+    skopeo_push(
+        &layout.path().join("oci"),
+        "multi",
+        &format!("{}/multi:1", reg.addr),
+    );
     let id = out_ok(&d.hyperctl(&["pull", "-q", &format!("{}/multi:1", reg.addr)]));
     assert!(id.starts_with("sha256:"), "{id}");
     let out = d.hyperctl(&["run", "--rm", &format!("{}/multi:1", reg.addr)]);
