@@ -55,6 +55,7 @@ fn main() {
         "bench",
         &layers,
         serde_json::json!({ "Cmd": ["sh"] }),
+        false,
     );
     let image = format!("{}/bench:1", reg.addr);
     skopeo_push(&layout, "bench", &image);

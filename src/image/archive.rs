@@ -243,6 +243,67 @@ pub fn save(
 mod tests {
     use super::*;
 
+    /// The classic `docker save` layout: manifest.json, a config file and layer tars.
+    #[test]
+    fn loads_docker_save_archives() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(dir.path(), Limits::default()).unwrap();
+        let layer = {
+            let mut t = tar::Builder::new(Vec::new());
+            let mut h = tar::Header::new_gnu();
+            h.set_size(3);
+            h.set_mode(0o755);
+            t.append_data(&mut h, "bin/hi", &b"hi\n"[..]).unwrap();
+            t.into_inner().unwrap()
+        };
+        let config = serde_json::to_vec(&json!({
+            "architecture": "amd64", "os": "linux",
+            "config": { "Cmd": ["/bin/hi"] },
+            "rootfs": { "type": "layers", "diff_ids": [crate::image::blobs::sha256_digest(&layer)] },
+        }))
+        .unwrap();
+        let mut t = tar::Builder::new(Vec::new());
+        let mut add = |name: &str, data: &[u8]| {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            t.append_data(&mut h, name, data).unwrap();
+        };
+        add("abc.json", &config);
+        add("l1/layer.tar", &layer);
+        add(
+            "manifest.json",
+            br#"[{"Config":"abc.json","RepoTags":["hello:1"],"Layers":["l1/layer.tar"]}]"#,
+        );
+        let archive = t.into_inner().unwrap();
+        let recs = load(
+            &store,
+            std::io::Cursor::new(archive),
+            &dir.path().join("work"),
+        )
+        .unwrap();
+        assert_eq!(recs.len(), 1);
+        assert_eq!(recs[0].repo_tags, vec!["hello:1".to_string()]);
+        assert_eq!(recs[0].config.cmd, vec!["/bin/hi".to_string()]);
+        assert_eq!(recs[0].id, crate::image::blobs::sha256_digest(&config));
+        assert!(store.rootfs_path(&recs[0]).exists());
+
+        // A manifest.json naming a file outside the archive is refused.
+        let mut t = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        let m = br#"[{"Config":"../../etc/passwd","RepoTags":[],"Layers":[]}]"#;
+        h.set_size(m.len() as u64);
+        h.set_mode(0o644);
+        t.append_data(&mut h, "manifest.json", &m[..]).unwrap();
+        let err = load(
+            &store,
+            std::io::Cursor::new(t.into_inner().unwrap()),
+            &dir.path().join("work2"),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("leaves the archive"), "{err}");
+    }
+
     #[test]
     fn compressed_bomb_hits_the_limit() {
         let dir = tempfile::tempdir().unwrap();

@@ -315,13 +315,15 @@ fn sha256(b: &[u8]) -> String {
 }
 
 /// Writes an OCI image layout with one image, tagged `tag`, made of `layers`
-/// (uncompressed tars and how to compress each) and the container `config`.
-/// Returns the manifest digest.
+/// (uncompressed tars and how to compress each) and the container `config`; with
+/// `multi_platform`, behind an image index listing it for arm64 and amd64. Returns the
+/// digest the tag points at (the manifest's, or the index's).
 pub fn write_oci_layout(
     dir: &Path,
     tag: &str,
     layers: &[(Vec<u8>, Compression)],
     config: serde_json::Value,
+    multi_platform: bool,
 ) -> String {
     use serde_json::json;
     let blobs = dir.join("blobs/sha256");
@@ -365,9 +367,27 @@ pub fn write_oci_layout(
     });
     let manifest = serde_json::to_vec(&manifest).unwrap();
     let md = put(&manifest);
+    let image = json!({ "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md.clone(), "size": manifest.len() });
+
     let index = json!({ "schemaVersion": 2, "manifests": [{
         "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": manifest.len(),
         "annotations": { "org.opencontainers.image.ref.name": tag } }] });
+    if multi_platform {
+        // A multi-platform index: another platform first, then linux/amd64.
+        let mut arm = image.clone();
+        arm["platform"] = json!({ "os": "linux", "architecture": "arm64" });
+        let mut amd = image.clone();
+        amd["platform"] = json!({ "os": "linux", "architecture": "amd64" });
+        let nested = serde_json::to_vec(&json!({ "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [arm, amd] })).unwrap();
+        let nd = put(&nested);
+        let index = json!({ "schemaVersion": 2, "manifests": [{
+            "mediaType": "application/vnd.oci.image.index.v1+json", "digest": nd, "size": nested.len(),
+            "annotations": { "org.opencontainers.image.ref.name": tag } }] });
+        std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+        std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+        return nd;
+    }
+
     std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
     std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
     md
@@ -398,6 +418,7 @@ pub fn skopeo_push(layout: &Path, tag: &str, dest: &str) {
             "--quiet",
             "--dest-tls-verify=false",
             "--preserve-digests",
+            "--all",
         ])
         .arg(format!("oci:{}:{tag}", layout.display()))
         .arg(format!("docker://{dest}"))
