@@ -7,7 +7,9 @@ use std::collections::HashMap;
 use std::ffi::CString;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -21,6 +23,39 @@ type Spawned = (std::process::Child, Option<Arc<File>>, mpsc::Receiver<i32>);
 struct ContainerState {
     root: PathBuf,
     hostname: Option<String>,
+    /// The container's first process (stream, pid): later processes join its namespaces.
+    init: Option<(u32, i32)>,
+}
+
+/// Namespaces of a running container, opened before the fork, for an exec to join.
+struct JoinNs {
+    pid: OwnedFd,
+    mnt: OwnedFd,
+    uts: OwnedFd,
+    ipc: OwnedFd,
+}
+
+fn setns(fd: &OwnedFd, kind: libc::c_int) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: setns takes an open namespace fd and a flag; no pointers.
+    if unsafe { libc::setns(fd.as_raw_fd(), kind) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+impl JoinNs {
+    fn open(pid: i32) -> std::io::Result<JoinNs> {
+        let ns = |n: &str| -> std::io::Result<OwnedFd> {
+            Ok(File::open(format!("/proc/{pid}/ns/{n}"))?.into())
+        };
+        Ok(JoinNs {
+            pid: ns("pid")?,
+            mnt: ns("mnt")?,
+            uts: ns("uts")?,
+            ipc: ns("ipc")?,
+        })
+    }
 }
 
 struct Proc {
@@ -53,10 +88,14 @@ impl Agent {
     }
 
     pub fn add_container(&self, id: String, root: PathBuf, hostname: Option<String>) {
-        self.containers
-            .lock()
-            .unwrap()
-            .insert(id, ContainerState { root, hostname });
+        self.containers.lock().unwrap().insert(
+            id,
+            ContainerState {
+                root,
+                hostname,
+                init: None,
+            },
+        );
     }
 
     pub fn remove_container(&self, id: &str) {
@@ -75,12 +114,22 @@ impl Agent {
         if self.procs.lock().unwrap().contains_key(&stream) {
             return Err(format!("stream {stream} is in use"));
         }
-        let (root, hostname) = {
+        let (root, hostname, init) = {
             let cs = self.containers.lock().unwrap();
             let c = cs
                 .get(container)
                 .ok_or_else(|| format!("no container {container}"))?;
-            (c.root.clone(), c.hostname.clone())
+            (c.root.clone(), c.hostname.clone(), c.init)
+        };
+        // A container whose first process still runs: join its namespaces (an exec).
+        let join = match init {
+            Some((init_stream, pid)) => {
+                if !self.procs.lock().unwrap().contains_key(&init_stream) {
+                    return Err(format!("container {container} is not running"));
+                }
+                Some(JoinNs::open(pid).map_err(|e| format!("container {container}: {e}"))?)
+            }
+            None => None,
         };
         let (uid, gid) = resolve_user(&root, &spec.user)?;
         let setup = ChildSetup {
@@ -95,25 +144,39 @@ impl Agent {
             uid,
             gid,
             tty: spec.tty,
+            join,
         };
-        // A fresh thread unshares its PID namespace so that only this child lands in it;
-        // that thread can then create no threads, so it only spawns.
+        let first = setup.join.is_none();
+        // A fresh thread enters the PID namespace (a new one, or the container's) for its
+        // children only; that thread can then create no threads, so it only spawns.
         let me = self.clone();
         let (child, pty_master, exit_rx) =
-            std::thread::spawn(move || me.spawn_in_new_pidns(spec, setup))
+            std::thread::spawn(move || me.spawn_in_pidns(spec, setup))
                 .join()
                 .map_err(|_| "spawn thread panicked".to_string())??;
+        let pid = child.id() as i32;
+        if first {
+            if let Some(c) = self.containers.lock().unwrap().get_mut(container) {
+                c.init = Some((stream, pid));
+            }
+        }
         Ok(self.follow(stream, child, pty_master, exit_rx))
     }
 
-    fn spawn_in_new_pidns(&self, spec: ProcessSpec, setup: ChildSetup) -> Result<Spawned, String> {
-        // SAFETY: unshare takes no pointers; CLONE_NEWPID only changes this thread's
-        // pid_for_children, and the thread ends after this spawn.
-        if unsafe { libc::unshare(libc::CLONE_NEWPID) } != 0 {
-            return Err(format!(
-                "unshare pid namespace: {}",
-                std::io::Error::last_os_error()
-            ));
+    fn spawn_in_pidns(&self, spec: ProcessSpec, setup: ChildSetup) -> Result<Spawned, String> {
+        match &setup.join {
+            Some(ns) => setns(&ns.pid, libc::CLONE_NEWPID)
+                .map_err(|e| format!("join pid namespace: {e}"))?,
+            // SAFETY: unshare takes no pointers; CLONE_NEWPID only changes this thread's
+            // pid_for_children, and the thread ends after this spawn.
+            None => {
+                if unsafe { libc::unshare(libc::CLONE_NEWPID) } != 0 {
+                    return Err(format!(
+                        "unshare pid namespace: {}",
+                        std::io::Error::last_os_error()
+                    ));
+                }
+            }
         }
         let mut cmd = Command::new(&spec.args[0]);
         cmd.args(&spec.args[1..]).env_clear();
@@ -132,7 +195,8 @@ impl Agent {
         }
         let mut pty_master = None;
         if spec.tty {
-            let (master, slave) = open_pty().map_err(|e| format!("openpty: {e}"))?;
+            let root = Path::new(std::ffi::OsStr::from_bytes(setup.root.as_bytes()));
+            let (master, slave) = open_pty(root).map_err(|e| format!("openpty: {e}"))?;
             let slave = File::from(slave);
             cmd.stdin(slave.try_clone().map_err(|e| e.to_string())?);
             cmd.stdout(slave.try_clone().map_err(|e| e.to_string())?);
@@ -350,6 +414,8 @@ struct ChildSetup {
     uid: u32,
     gid: u32,
     tty: bool,
+    /// Set for a process joining a running container.
+    join: Option<JoinNs>,
 }
 
 impl ChildSetup {
@@ -364,27 +430,35 @@ impl ChildSetup {
         // SAFETY: each call gets valid NUL-terminated strings owned by `self`, which lives
         // until exec; none of these calls allocates.
         unsafe {
-            check(libc::unshare(
-                libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC,
-            ))?;
-            check(libc::mount(
-                std::ptr::null(),
-                c"/".as_ptr(),
-                std::ptr::null(),
-                libc::MS_REC | libc::MS_PRIVATE,
-                std::ptr::null(),
-            ))?;
-            check(libc::mount(
-                c"proc".as_ptr(),
-                self.proc_dir.as_ptr(),
-                c"proc".as_ptr(),
-                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-                std::ptr::null(),
-            ))?;
-            if let Some(h) = &self.hostname {
-                check(libc::sethostname(h.as_ptr(), h.as_bytes().len()))?;
+            if let Some(ns) = &self.join {
+                // The container's mount namespace already has its /proc and hostname.
+                setns(&ns.mnt, libc::CLONE_NEWNS)?;
+                setns(&ns.uts, libc::CLONE_NEWUTS)?;
+                setns(&ns.ipc, libc::CLONE_NEWIPC)?;
+            } else {
+                check(libc::unshare(
+                    libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC,
+                ))?;
+                check(libc::mount(
+                    std::ptr::null(),
+                    c"/".as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                ))?;
+                check(libc::mount(
+                    c"proc".as_ptr(),
+                    self.proc_dir.as_ptr(),
+                    c"proc".as_ptr(),
+                    libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                    std::ptr::null(),
+                ))?;
+                if let Some(h) = &self.hostname {
+                    check(libc::sethostname(h.as_ptr(), h.as_bytes().len()))?;
+                }
             }
             check(libc::chroot(self.root.as_ptr()))?;
+
             check(libc::chdir(self.workdir.as_ptr()))?;
             if self.tty {
                 check(libc::setsid())?;
@@ -398,25 +472,34 @@ impl ChildSetup {
     }
 }
 
-fn open_pty() -> std::io::Result<(OwnedFd, OwnedFd)> {
-    let mut master = -1;
-    let mut slave = -1;
-    // SAFETY: openpty writes two fds into the locals; the name/termios/winsize pointers
-    // may be null.
-    let rc = unsafe {
-        libc::openpty(
-            &mut master,
-            &mut slave,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
+/// A pty pair from the container's own devpts instance (`<root>/dev/pts`), so the
+/// process finds its terminal under its own /dev/pts.
+fn open_pty(root: &Path) -> std::io::Result<(OwnedFd, OwnedFd)> {
+    use std::os::fd::AsRawFd;
+    let pts = root.join("dev/pts");
+    let master = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(pts.join("ptmx"))?;
+    let fd = master.as_raw_fd();
+    let mut n: libc::c_uint = 0;
+    let unlock: libc::c_int = 0;
+    // SAFETY: TIOCSPTLCK reads an int and TIOCGPTN writes an unsigned int; both live for
+    // the calls, and fd is the open ptmx.
+    unsafe {
+        if libc::ioctl(fd, libc::TIOCSPTLCK, &unlock) != 0
+            || libc::ioctl(fd, libc::TIOCGPTN, &mut n) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
     }
-    // SAFETY: openpty succeeded, so both fds are open and owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) })
+    let slave = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(pts.join(n.to_string()))?;
+    Ok((master.into(), slave.into()))
 }
 
 /// `uid[:gid]`, or a name from the container's /etc/passwd (no NSS in a static agent).

@@ -67,7 +67,13 @@ pub fn init_mounts() {
         ("cgroup2", "/sys/fs/cgroup", "cgroup2", ""),
     ] {
         let _ = std::fs::create_dir_all(target);
-        if let Err(e) = mount(src, target, fstype, libc::MS_NOSUID | libc::MS_NODEV, data) {
+        // devpts holds the pty devices: it must allow device access.
+        let nodev = if fstype == "devpts" {
+            0
+        } else {
+            libc::MS_NODEV
+        };
+        if let Err(e) = mount(src, target, fstype, libc::MS_NOSUID | nodev, data) {
             crate::log(&e.to_string());
         }
     }

@@ -2,12 +2,13 @@
 //! (`Upgrade: tcp`, `101 Switching Protocols`) and then carries the container's output
 //! in Docker's stdcopy framing (raw when the container has a tty) one way and its stdin
 //! the other. The server closes the connection when the process exits.
-use super::http::{flag, full, param, query, ApiError, ApiResult, Body};
-use crate::engine::io::{Chunk, IoState};
-use crate::engine::Engine;
+use super::http::{flag, full, param, query, read_body, ApiError, ApiResult, Body, MAX_JSON_BODY};
+use crate::engine::io::{Chunk, ContainerIo, IoState};
+use crate::engine::{Engine, Pod};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -38,74 +39,173 @@ pub fn wants_upgrade(req: &Request<Incoming>) -> bool {
         .is_some_and(|v| v.eq_ignore_ascii_case("tcp"))
 }
 
+/// One side of a hijacked connection: whose output it carries and where its input goes.
+pub struct Session {
+    pub pod: Arc<Pod>,
+    pub io: Arc<ContainerIo>,
+    pub stream: u32,
+    pub tty: bool,
+    pub stdin: bool,
+    pub stdout: bool,
+    pub stderr: bool,
+}
+
+impl Session {
+    /// Which streams the query asks for (`stdin`, `stdout`, `stderr`; all output if
+    /// neither output is named).
+    pub fn from_query(
+        q: &HashMap<String, String>,
+        pod: Arc<Pod>,
+        io: Arc<ContainerIo>,
+        stream: u32,
+        tty: bool,
+    ) -> Session {
+        let all = !q.contains_key("stdout") && !q.contains_key("stderr");
+        Session {
+            pod,
+            io,
+            stream,
+            tty,
+            stdin: flag(q, "stdin"),
+            stdout: all || flag(q, "stdout"),
+            stderr: all || flag(q, "stderr"),
+        }
+    }
+
+    /// Registers the output listener now (before the process starts, nothing is
+    /// missed) and returns the task that serves the connection once it is upgraded.
+    pub fn begin(
+        self,
+        on_upgrade: hyper::upgrade::OnUpgrade,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let output = self.io.attach(self.stdin);
+        async move {
+            let upgraded = match on_upgrade.await {
+                Ok(u) => u,
+                Err(e) => {
+                    tracing::debug!("upgrade failed: {e}");
+                    return;
+                }
+            };
+            let (mut rd, mut wr) = tokio::io::split(TokioIo::new(upgraded));
+            let Session {
+                pod,
+                io,
+                stream,
+                tty,
+                stdin,
+                stdout,
+                stderr,
+            } = self;
+            let stdin_task = stdin.then(|| {
+                tokio::spawn(async move {
+                    let mut state = io.state();
+                    if state.wait_for(|s| *s != IoState::NotStarted).await.is_err() {
+                        return;
+                    }
+                    let Some(vm) = pod.vm() else { return };
+                    let mut buf = vec![0u8; 32 * 1024];
+                    loop {
+                        match rd.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                if vm.agent.stdin(stream, buf[..n].to_vec()).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                    // Closing stdin on a tty would end a shell's session; only pipes see EOF.
+                    if !tty {
+                        let _ = vm.agent.stdin(stream, Vec::new()).await;
+                    }
+                })
+            });
+            if let Some(mut output) = output {
+                while let Some(chunk) = output.recv().await {
+                    let bytes = match (&chunk, tty) {
+                        (Chunk::Stdout(d), true) | (Chunk::Stderr(d), true) => d.to_vec(),
+                        (Chunk::Stdout(d), false) if stdout => stdcopy_frame(1, d),
+                        (Chunk::Stderr(d), false) if stderr => stdcopy_frame(2, d),
+                        _ => continue,
+                    };
+                    if wr.write_all(&bytes).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            let _ = wr.shutdown().await;
+            if let Some(t) = stdin_task {
+                t.abort();
+            }
+        }
+    }
+}
+
+fn need_upgrade(req: &Request<Incoming>) -> Result<(), ApiError> {
+    if wants_upgrade(req) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            "this route needs a hijacked connection (Upgrade: tcp)",
+        ))
+    }
+}
+
 pub async fn attach(engine: &Arc<Engine>, mut req: Request<Incoming>) -> ApiResult {
     let q = query(&req);
     let key = param(&q, &["container", "value"])?;
     let (pod, c) = engine.container(key)?;
-    if !wants_upgrade(&req) {
+    need_upgrade(&req)?;
+    let session = Session::from_query(&q, pod, c.io.clone(), c.stream, c.process.tty);
+    tokio::spawn(session.begin(hyper::upgrade::on(&mut req)));
+    Ok(upgrade_response())
+}
+
+/// `POST /exec/start?exec=ID[&detach=1][&stdin=1]` (or those as a JSON body): starts the
+/// exec; without `detach`, on a hijacked connection carrying its stdio.
+pub async fn exec_start(engine: &Arc<Engine>, mut req: Request<Incoming>) -> ApiResult {
+    let mut q = query(&req);
+    let upgrade = wants_upgrade(&req);
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let body = read_body(req.into_body(), MAX_JSON_BODY).await?;
+    if !body.iter().all(u8::is_ascii_whitespace) {
+        let v: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+        for (k, key) in [
+            ("exec", "exec"),
+            ("exec", "execId"),
+            ("detach", "detach"),
+            ("detach", "Detach"),
+            ("stdin", "stdin"),
+        ] {
+            match &v[key] {
+                serde_json::Value::String(s) => drop(q.insert(k.to_string(), s.clone())),
+                serde_json::Value::Bool(b) => drop(q.insert(k.to_string(), b.to_string())),
+                _ => {}
+            }
+        }
+    }
+    let (pod, exec) = engine.exec(param(&q, &["exec"])?)?;
+    if flag(&q, "detach") {
+        engine.start_exec(&pod, &exec).await?;
+        return super::http::ok_json(serde_json::json!({ "ID": exec.id }));
+    }
+    if !upgrade {
         return Err(ApiError::bad_request(
-            "attach needs a hijacked connection (Upgrade: tcp)",
+            "exec start needs a hijacked connection (Upgrade: tcp) or detach",
         ));
     }
-    let all = !q.contains_key("stdout") && !q.contains_key("stderr");
-    let (want_out, want_err) = (all || flag(&q, "stdout"), all || flag(&q, "stderr"));
-    let want_in = flag(&q, "stdin");
-    let tty = c.process.tty;
-    let output = c.io.attach(want_in);
-    let on_upgrade = hyper::upgrade::on(&mut req);
-    tokio::spawn(async move {
-        let upgraded = match on_upgrade.await {
-            Ok(u) => u,
-            Err(e) => {
-                tracing::debug!("attach upgrade failed: {e}");
-                return;
-            }
-        };
-        let (mut rd, mut wr) = tokio::io::split(TokioIo::new(upgraded));
-        let stdin_task = want_in.then(|| {
-            let c = c.clone();
-            let pod = pod.clone();
-            tokio::spawn(async move {
-                let mut state = c.io.state();
-                if state.wait_for(|s| *s != IoState::NotStarted).await.is_err() {
-                    return;
-                }
-                let Some(vm) = pod.vm() else { return };
-                let mut buf = vec![0u8; 32 * 1024];
-                loop {
-                    match rd.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            if vm.agent.stdin(c.stream, buf[..n].to_vec()).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-                // Closing stdin on a tty would end a shell's session; only pipes see EOF.
-                if !tty {
-                    let _ = vm.agent.stdin(c.stream, Vec::new()).await;
-                }
-            })
-        });
-        if let Some(mut output) = output {
-            while let Some(chunk) = output.recv().await {
-                let bytes = match (&chunk, tty) {
-                    (Chunk::Stdout(d), true) | (Chunk::Stderr(d), true) => d.to_vec(),
-                    (Chunk::Stdout(d), false) if want_out => stdcopy_frame(1, d),
-                    (Chunk::Stderr(d), false) if want_err => stdcopy_frame(2, d),
-                    _ => continue,
-                };
-                if wr.write_all(&bytes).await.is_err() {
-                    break;
-                }
-            }
-        }
-        let _ = wr.shutdown().await;
-        if let Some(t) = stdin_task {
-            t.abort();
-        }
-    });
+    let session = Session::from_query(
+        &q,
+        pod.clone(),
+        exec.io.clone(),
+        exec.stream,
+        exec.process.tty,
+    );
+    let serve = session.begin(on_upgrade);
+    engine.start_exec(&pod, &exec).await?;
+    tokio::spawn(serve);
     Ok(upgrade_response())
 }
 

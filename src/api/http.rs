@@ -61,6 +61,21 @@ impl From<crate::image::ImageError> for ApiError {
     }
 }
 
+/// A response that streams the chunks sent into the channel, as they come.
+pub fn stream_chunks(
+    rx: tokio::sync::mpsc::UnboundedReceiver<Bytes>,
+    content_type: &str,
+) -> Response<Body> {
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        let b = rx.recv().await?;
+        Some((Ok::<_, std::io::Error>(hyper::body::Frame::data(b)), rx))
+    });
+    Response::builder()
+        .header("Content-Type", content_type)
+        .body(BodyExt::boxed(http_body_util::StreamBody::new(stream)))
+        .expect("valid response")
+}
+
 /// A response that streams JSON lines as they are sent into the channel; the stream ends
 /// when every sender is gone.
 pub fn json_lines(rx: tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>) -> Response<Body> {

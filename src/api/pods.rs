@@ -126,14 +126,23 @@ pub fn list(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
 /// `GET /exitcode?container=ID`: `{"ExitCode": n}` once the container has exited.
 pub fn exitcode(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
     let q = query(req);
-    let id = param(&q, &["container"])?;
-    let (_, c) = engine.container(id)?;
-    let code = c.status.lock().unwrap().exit_code;
+    let (code, what) = match q.get("exec").filter(|e| !e.is_empty()) {
+        Some(exec) => {
+            let (_, e) = engine.exec(exec)?;
+            let code = e.status.lock().unwrap().exit_code;
+            (code, format!("exec {exec}"))
+        }
+        None => {
+            let (_, c) = engine.container(param(&q, &["container"])?)?;
+            let code = c.status.lock().unwrap().exit_code;
+            (code, format!("container {}", c.name))
+        }
+    };
     match code {
         Some(code) => ok_json(json!({ "ExitCode": code })),
         None => Err(ApiError::new(
             hyper::StatusCode::CONFLICT,
-            format!("container {} has not exited", c.name),
+            format!("{what} has not exited"),
         )),
     }
 }

@@ -1,6 +1,6 @@
 //! The listener and the router.
 use super::http::{error_response, ApiError, ApiResult, Body};
-use super::{attach, images, pods, system};
+use super::{attach, containers, images, pods, system};
 use crate::engine::Engine;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -114,6 +114,16 @@ async fn route(
         (&Method::GET, "/list") => pods::list(engine, &req),
         (&Method::GET, "/exitcode") => pods::exitcode(engine, &req),
         (&Method::POST, "/attach") => attach::attach(engine, req).await,
+        (&Method::POST, "/exec/create") => containers::exec_create(engine, req).await,
+        (&Method::POST, "/exec/start") => attach::exec_start(engine, req).await,
+        (&Method::POST, "/tty/resize") => containers::tty_resize(engine, &req).await,
+        (&Method::POST, "/container/kill") => containers::container_kill(engine, &req).await,
+        (&Method::GET, "/container/info") => containers::container_info(engine, &req),
+        (&Method::GET, "/container/logs") => containers::container_logs(engine, &req),
+        (&Method::POST, "/pod/kill") => containers::pod_kill(engine, &req).await,
+        (&Method::POST, "/pod/pause") => containers::pod_pause(engine, &req, true).await,
+        (&Method::POST, "/pod/unpause") => containers::pod_pause(engine, &req, false).await,
+
         (&Method::POST, "/image/create") => images::create(engine, req).await,
         (&Method::POST, "/image/tag") => images::tag(engine, &req),
         (&Method::POST, "/image/push") => images::push(engine, req).await,

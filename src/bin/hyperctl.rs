@@ -53,6 +53,55 @@ enum Cmd {
         #[arg(required = true)]
         pods: Vec<String>,
     },
+    /// Run a command in a running container (or a pod's first container).
+    Exec {
+        /// Give the command a terminal.
+        #[arg(short, long)]
+        tty: bool,
+        /// Keep standard input open.
+        #[arg(short, long)]
+        interactive: bool,
+        /// Start it and return at once.
+        #[arg(short, long)]
+        detach: bool,
+        /// POD or CONTAINER.
+        target: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Attach to a running container's output (and input with -i).
+    Attach {
+        #[arg(short, long)]
+        interactive: bool,
+        /// POD or CONTAINER.
+        target: String,
+    },
+    /// Print a container's output.
+    Logs {
+        #[arg(short, long)]
+        follow: bool,
+        /// Only the last N lines.
+        #[arg(long)]
+        tail: Option<String>,
+        #[arg(short, long)]
+        timestamps: bool,
+        /// Only lines since a time (Unix seconds or RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        /// POD or CONTAINER.
+        target: String,
+    },
+    /// Send a signal to a pod's containers (or one container).
+    Kill {
+        #[arg(short, long, default_value = "KILL")]
+        signal: String,
+        /// POD or CONTAINER.
+        target: String,
+    },
+    /// Freeze a running pod's VM.
+    Pause { pod: String },
+    /// Thaw a paused pod's VM.
+    Unpause { pod: String },
     /// Import a root filesystem tarball (optionally gzipped) as an image.
     Import {
         /// The tarball; `-` reads standard input.
@@ -282,6 +331,168 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             println!("{}", id.unwrap_or_default());
             Ok(0)
         }
+        Cmd::Exec {
+            tty,
+            interactive,
+            detach,
+            target,
+            command,
+        } => {
+            let container = resolve_container(&client, &target).await?;
+            let body = json!({ "container": container.0, "command": command, "tty": tty });
+            let id = client
+                .json(Method::POST, "/exec/create", Some(&body))
+                .await?["ID"]
+                .as_str()
+                .context("no exec id")?
+                .to_string();
+            if detach {
+                client
+                    .json(
+                        Method::POST,
+                        &format!("/exec/start?exec={id}&detach=1"),
+                        None,
+                    )
+                    .await?;
+                println!("{id}");
+                return Ok(0);
+            }
+            let stdin = interactive || tty;
+            let conn = client
+                .hijack(
+                    Method::POST,
+                    &format!("/exec/start?exec={id}&stdin={}", u8::from(stdin)),
+                    vec![],
+                )
+                .await?;
+            let resize = tty
+                .then(|| tokio::spawn(forward_window_size(client.clone(), format!("exec={id}"))));
+            pump(conn, tty, stdin).await?;
+            if let Some(r) = resize {
+                r.abort();
+            }
+            exit_code(&client, &format!("exec={id}")).await
+        }
+        Cmd::Attach {
+            interactive,
+            target,
+        } => {
+            let (container, tty) = resolve_container(&client, &target).await?;
+            let stdin = interactive || tty;
+            let conn = client
+                .hijack(
+                    Method::POST,
+                    &format!(
+                        "/attach?container={}&stdin={}",
+                        enc(&container),
+                        u8::from(stdin)
+                    ),
+                    vec![],
+                )
+                .await?;
+            pump(conn, tty, stdin).await?;
+            Ok(0)
+        }
+        Cmd::Logs {
+            follow,
+            tail,
+            timestamps,
+            since,
+            target,
+        } => {
+            let (container, tty) = resolve_container(&client, &target).await?;
+            let mut path = format!(
+                "/container/logs?container={}&follow={}&timestamps={}",
+                enc(&container),
+                u8::from(follow),
+                u8::from(timestamps)
+            );
+            if let Some(t) = &tail {
+                path.push_str(&format!("&tail={}", enc(t)));
+            }
+            if let Some(s) = &since {
+                path.push_str(&format!("&since={}", enc(s)));
+            }
+            let resp = client
+                .send(Method::GET, &path, vec![], "application/json")
+                .await?;
+            let mut body = resp.into_body();
+            let mut buf = Vec::new();
+            use http_body_util::BodyExt;
+            while let Some(frame) = body.frame().await {
+                let frame = frame?;
+                let Some(data) = frame.data_ref() else {
+                    continue;
+                };
+                if tty {
+                    std::io::stdout().write_all(data)?;
+                    continue;
+                }
+                buf.extend_from_slice(data);
+                let (frames, used) = parse_stdcopy(&buf);
+                for (stream, d) in frames {
+                    if stream == 2 {
+                        std::io::stderr().write_all(d)?;
+                    } else {
+                        std::io::stdout().write_all(d)?;
+                    }
+                }
+                buf.drain(..used);
+                std::io::stdout().flush()?;
+            }
+            Ok(0)
+        }
+        Cmd::Kill { signal, target } => {
+            match client
+                .json(
+                    Method::POST,
+                    &format!("/pod/kill?podId={}&signal={}", enc(&target), enc(&signal)),
+                    None,
+                )
+                .await
+            {
+                Err(ClientError::Api { status, .. }) if status == hyper::StatusCode::NOT_FOUND => {
+                    client
+                        .json(
+                            Method::POST,
+                            &format!(
+                                "/container/kill?container={}&signal={}",
+                                enc(&target),
+                                enc(&signal)
+                            ),
+                            None,
+                        )
+                        .await?;
+                }
+                other => {
+                    other?;
+                }
+            }
+            println!("{target}");
+            Ok(0)
+        }
+        Cmd::Pause { pod } => {
+            client
+                .json(
+                    Method::POST,
+                    &format!("/pod/pause?podId={}", enc(&pod)),
+                    None,
+                )
+                .await?;
+            println!("{pod}");
+            Ok(0)
+        }
+        Cmd::Unpause { pod } => {
+            client
+                .json(
+                    Method::POST,
+                    &format!("/pod/unpause?podId={}", enc(&pod)),
+                    None,
+                )
+                .await?;
+            println!("{pod}");
+            Ok(0)
+        }
         Cmd::Pull { image, quiet } => {
             let resp = client
                 .send(
@@ -498,6 +709,43 @@ async fn list(client: &Client, item: &str, quiet: bool) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+/// A container id (and whether it has a tty) from a container key or a pod's id or name
+/// (its first container).
+async fn resolve_container(client: &Client, target: &str) -> anyhow::Result<(String, bool)> {
+    match client
+        .json(
+            Method::GET,
+            &format!("/container/info?container={}", enc(target)),
+            None,
+        )
+        .await
+    {
+        Ok(v) => Ok((
+            v["containerID"].as_str().unwrap_or(target).to_string(),
+            v["tty"].as_bool().unwrap_or(false),
+        )),
+        Err(ClientError::Api { status, .. }) if status == hyper::StatusCode::NOT_FOUND => {
+            let info = client
+                .json(
+                    Method::GET,
+                    &format!("/pod/info?podName={}", enc(target)),
+                    None,
+                )
+                .await?;
+            let c = &info["status"]["containerStatus"][0];
+            let id = c["containerID"]
+                .as_str()
+                .context("pod has no container")?
+                .to_string();
+            let tty = info["spec"]["containers"][0]["tty"]
+                .as_bool()
+                .unwrap_or(false);
+            Ok((id, tty))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 fn pod_spec(args: &RunArgs) -> anyhow::Result<Value> {
     if let Some(file) = &args.podfile {
         let text = std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?;
@@ -595,6 +843,33 @@ async fn run_pod(client: &Client, args: RunArgs) -> anyhow::Result<i32> {
         }
         return Err(e.into());
     }
+    let resize = tty.then(|| {
+        tokio::spawn(forward_window_size(
+            client.clone(),
+            format!("container={}", enc(&container)),
+        ))
+    });
+    pump(conn, tty, stdin).await?;
+    if let Some(r) = resize {
+        r.abort();
+    }
+    let code = exit_code(client, &format!("container={}", enc(&container))).await?;
+    if args.rm {
+        client
+            .json(
+                Method::DELETE,
+                &format!("/pod?podId={}", enc(&pod_id)),
+                None,
+            )
+            .await?;
+    }
+    Ok(code)
+}
+
+/// Copies a hijacked connection to the terminal (stdcopy frames to stdout and stderr,
+/// or raw with a tty, the terminal in raw mode meanwhile) and, with `stdin`, standard
+/// input to the connection. Returns when the daemon closes the connection.
+async fn pump(conn: hyperd::client::Hijacked, tty: bool, stdin: bool) -> anyhow::Result<()> {
     let _raw = if tty { RawTerminal::enter() } else { None };
     let (mut rd, mut wr) = tokio::io::split(conn);
     if stdin {
@@ -619,7 +894,7 @@ async fn run_pod(client: &Client, args: RunArgs) -> anyhow::Result<i32> {
     loop {
         let n = rd.read(&mut chunk).await.unwrap_or(0);
         if n == 0 {
-            break;
+            return Ok(());
         }
         if tty {
             let mut out = std::io::stdout();
@@ -642,24 +917,49 @@ async fn run_pod(client: &Client, args: RunArgs) -> anyhow::Result<i32> {
         }
         buf.drain(..used);
     }
-    drop(_raw);
-    let code = exit_code(client, &container).await?;
-    if args.rm {
-        client
-            .json(
-                Method::DELETE,
-                &format!("/pod?podId={}", enc(&pod_id)),
-                None,
-            )
-            .await?;
-    }
-    Ok(code)
 }
 
-/// The container's exit code; it is recorded just before its output ends, so a short
-/// retry covers the gap.
-async fn exit_code(client: &Client, container: &str) -> anyhow::Result<i32> {
-    let path = format!("/exitcode?container={}", enc(container));
+/// The local terminal's size (rows, columns), if standard output is a terminal.
+fn window_size() -> Option<(u16, u16)> {
+    let mut ws = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes a winsize into the local, which outlives the call.
+    let rc = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut ws) };
+    (rc == 0 && ws.ws_row > 0).then_some((ws.ws_row, ws.ws_col))
+}
+
+/// Sends the terminal's size now and after every SIGWINCH (`target` is
+/// `container=ID` or `exec=ID`).
+async fn forward_window_size(client: Client, target: String) {
+    let Ok(mut winch) =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())
+    else {
+        return;
+    };
+    loop {
+        if let Some((h, w)) = window_size() {
+            let _ = client
+                .json(
+                    Method::POST,
+                    &format!("/tty/resize?{target}&h={h}&w={w}"),
+                    None,
+                )
+                .await;
+        }
+        if winch.recv().await.is_none() {
+            return;
+        }
+    }
+}
+
+/// A process's exit code (`target` is `container=ID` or `exec=ID`); it is recorded
+/// just before its output ends, so a short retry covers the gap.
+async fn exit_code(client: &Client, target: &str) -> anyhow::Result<i32> {
+    let path = format!("/exitcode?{target}");
     for _ in 0..100 {
         match client.json(Method::GET, &path, None).await {
             Ok(v) => return Ok(v["ExitCode"].as_i64().unwrap_or(255) as i32),
@@ -669,7 +969,7 @@ async fn exit_code(client: &Client, container: &str) -> anyhow::Result<i32> {
             Err(e) => return Err(e.into()),
         }
     }
-    bail!("container {container} did not report an exit code")
+    bail!("{target} did not report an exit code")
 }
 
 /// Puts the local terminal in raw mode while a `-t` container is attached.

@@ -67,6 +67,28 @@ impl ContainerIo {
         Some(rx)
     }
 
+    /// The log so far and, with `follow` and while the process runs, what comes next;
+    /// taken under the log's lock so that no line is missed or seen twice.
+    pub fn log_and_follow(
+        &self,
+        follow: bool,
+    ) -> (Vec<LogEntry>, Option<mpsc::UnboundedReceiver<Chunk>>) {
+        let _log = self.log.lock().unwrap();
+        let entries = std::fs::read_to_string(&self.log_path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        let rx = if follow && *self.state_tx.borrow() != IoState::Exited {
+            let (tx, rx) = mpsc::unbounded_channel();
+            self.attachers.lock().unwrap().push(tx);
+            Some(rx)
+        } else {
+            None
+        };
+        (entries, rx)
+    }
+
     /// Records output: a JSON line in the log (as Docker's json-file driver writes), and a
     /// copy to each attached client still listening.
     pub fn output(&self, chunk: Chunk) {
@@ -97,6 +119,14 @@ impl ContainerIo {
             .unwrap()
             .retain(|tx| tx.send(chunk.clone()).is_ok());
     }
+}
+
+/// A line of a container's log file.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct LogEntry {
+    pub log: String,
+    pub stream: String,
+    pub time: String,
 }
 
 /// RFC 3339 time with nanoseconds, UTC.

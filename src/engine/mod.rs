@@ -1,5 +1,6 @@
 //! Pods and their containers: creation, start (boot a VM, create and start the
 //! containers through its agent), the stream of output and exits, stop and removal.
+pub mod exec;
 pub mod io;
 
 use crate::config::Config;
@@ -51,6 +52,7 @@ pub enum PodPhase {
     Running,
     Succeeded,
     Failed,
+    Paused,
 }
 
 impl PodPhase {
@@ -60,6 +62,7 @@ impl PodPhase {
             PodPhase::Running => "running",
             PodPhase::Succeeded => "succeeded",
             PodPhase::Failed => "failed",
+            PodPhase::Paused => "paused",
         }
     }
 }
@@ -78,7 +81,7 @@ pub struct Container {
     pub image_ref: String,
     pub process: ProcessSpec,
     pub stream: u32,
-    pub io: ContainerIo,
+    pub io: Arc<ContainerIo>,
     pub status: Mutex<ContainerStatus>,
 }
 
@@ -116,6 +119,10 @@ pub struct Pod {
     vm: Mutex<Option<Arc<VmRuntime>>>,
     /// Serializes start, stop and removal.
     op: tokio::sync::Mutex<()>,
+    /// Extra processes run in the pod's containers, by exec id.
+    pub execs: Mutex<HashMap<String, Arc<exec::Exec>>>,
+    /// Stream numbers for execs (containers use 1..=n).
+    next_stream: std::sync::atomic::AtomicU32,
 }
 
 impl Pod {
@@ -320,7 +327,7 @@ impl Engine {
                 cs.name.clone()
             };
             containers.push(Arc::new(Container {
-                io: ContainerIo::new(dir.join(format!("{cid}.log"))),
+                io: Arc::new(ContainerIo::new(dir.join(format!("{cid}.log")))),
                 id: cid,
                 name: cname,
                 image,
@@ -345,6 +352,8 @@ impl Engine {
             phase: Mutex::new(PodPhase::Pending),
             vm: Mutex::new(None),
             op: tokio::sync::Mutex::new(()),
+            execs: Mutex::new(HashMap::new()),
+            next_stream: std::sync::atomic::AtomicU32::new(1000),
         });
         let mut pods = self.pods.lock().unwrap();
         if pods.values().any(|p| p.name == pod.name) {
@@ -447,7 +456,7 @@ impl Engine {
                 c.io.output(Chunk::Stderr(bytes::Bytes::from(format!(
                     "hyperd: {msg}\n"
                 ))));
-                mark_exited(c, 127);
+                mark_exited(&c.io, &c.status, 127);
                 failures.push(msg);
             }
         }
@@ -485,6 +494,14 @@ impl Engine {
     /// Asks the agent to power off, then kills the VM if it does not go in time.
     async fn stop_vm(&self, pod: &Arc<Pod>) {
         let Some(vm) = pod.vm() else { return };
+        if pod.phase() == PodPhase::Paused {
+            // A frozen guest cannot power itself off: thaw it first.
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(vm.pid as i32),
+                nix::sys::signal::Signal::SIGCONT,
+            );
+            pod.set_phase(PodPhase::Running);
+        }
         stop_runtime(&vm).await;
     }
 
@@ -525,15 +542,16 @@ async fn stop_runtime(vm: &VmRuntime) {
     }
 }
 
-fn mark_exited(c: &Container, code: i32) {
+/// Records a process's exit (the first report wins) and ends its attached streams.
+fn mark_exited(io: &ContainerIo, status: &Mutex<ContainerStatus>, code: i32) {
     {
-        let mut st = c.status.lock().unwrap();
+        let mut st = status.lock().unwrap();
         if st.exit_code.is_none() {
             st.exit_code = Some(code);
             st.finished_at = Some(io::chrono_now());
         }
     }
-    c.io.set_state(IoState::Exited);
+    io.set_state(IoState::Exited);
 }
 
 /// Follows a VM: routes its output to the containers, records exits, powers the VM off
@@ -551,19 +569,26 @@ async fn monitor(pod: Arc<Pod>, mut vm: RunningVm, gone: watch::Sender<bool>, di
             stderr,
             data,
         } => {
+            let chunk = if stderr {
+                Chunk::Stderr(data)
+            } else {
+                Chunk::Stdout(data)
+            };
             if let Some(c) = by_stream.get(&stream) {
-                c.io.output(if stderr {
-                    Chunk::Stderr(data)
-                } else {
-                    Chunk::Stdout(data)
-                });
+                c.io.output(chunk);
+            } else if let Some(e) = pod.exec_by_stream(stream) {
+                e.io.output(chunk);
             }
         }
         AgentEvent::Exited { stream, code } => {
             if let Some(c) = by_stream.get(&stream) {
                 tracing::info!(pod = %pod.id, container = %c.name, code, "container exited");
-                mark_exited(c, code);
+                mark_exited(&c.io, &c.status, code);
+            } else if let Some(e) = pod.exec_by_stream(stream) {
+                mark_exited(&e.io, &e.status, code);
+                return;
             }
+
             let all_done = pod
                 .containers
                 .iter()
@@ -597,7 +622,12 @@ async fn monitor(pod: Arc<Pod>, mut vm: RunningVm, gone: watch::Sender<bool>, di
     tracing::info!(pod = %pod.id, "VM exited: {status:?}");
     for c in &pod.containers {
         if *c.io.state().borrow() != IoState::Exited {
-            mark_exited(c, 137);
+            mark_exited(&c.io, &c.status, 137);
+        }
+    }
+    for e in pod.execs.lock().unwrap().values() {
+        if *e.io.state().borrow() == IoState::Running {
+            mark_exited(&e.io, &e.status, 137);
         }
     }
     pod.set_phase(pod.finished_phase());

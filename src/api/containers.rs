@@ -1,0 +1,229 @@
+//! Container and process routes: `/container/info|logs|kill`, `/exec/create`,
+//! `/tty/resize`, `/pod/kill|pause|unpause`.
+use super::attach::stdcopy_frame;
+use super::http::{
+    flag, ok_json, param, query, read_body, stream_chunks, ApiError, ApiResult, MAX_JSON_BODY,
+};
+use crate::engine::exec::ExecRequest;
+use crate::engine::io::{Chunk, LogEntry};
+use crate::engine::Engine;
+use hyper::body::Incoming;
+use hyper::Request;
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+/// `POST /exec/create`: body `{"container": ID, "command": [..] | "cmd", "tty": bool,
+/// "env": [..], "workdir": .., "user": ..}` → `{"ID": exec id}`.
+pub async fn exec_create(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
+    let body = read_body(req.into_body(), MAX_JSON_BODY).await?;
+    let v: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("invalid exec config: {e}")))?;
+    let container = v["container"]
+        .as_str()
+        .or(v["Container"].as_str())
+        .ok_or_else(|| ApiError::bad_request("missing container"))?;
+    let strings = |x: &Value| -> Vec<String> {
+        x.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let command = match (&v["command"], &v["Cmd"]) {
+        (Value::Array(_), _) => strings(&v["command"]),
+        (_, Value::Array(_)) => strings(&v["Cmd"]),
+        // hyperd's clients sent the command as a JSON-encoded array, or a shell line.
+        (Value::String(s), _) => serde_json::from_str::<Vec<String>>(s)
+            .unwrap_or_else(|_| vec!["/bin/sh".into(), "-c".into(), s.clone()]),
+        _ => vec![],
+    };
+    let request = ExecRequest {
+        command,
+        tty: v["tty"].as_bool().or(v["Tty"].as_bool()).unwrap_or(false),
+        env: strings(if v["env"].is_array() {
+            &v["env"]
+        } else {
+            &v["Env"]
+        }),
+        workdir: v["workdir"]
+            .as_str()
+            .or(v["WorkingDir"].as_str())
+            .unwrap_or_default()
+            .to_string(),
+        user: v["user"]
+            .as_str()
+            .or(v["User"].as_str())
+            .unwrap_or_default()
+            .to_string(),
+    };
+    let (_, exec) = engine.create_exec(container, request)?;
+    ok_json(json!({ "ID": exec.id }))
+}
+
+pub async fn container_kill(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
+    let q = query(req);
+    let key = param(&q, &["container"])?;
+    engine
+        .kill_container(key, q.get("signal").map(String::as_str).unwrap_or("KILL"))
+        .await?;
+    ok_json(json!({ "ID": key }))
+}
+
+pub async fn pod_kill(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
+    let q = query(req);
+    let pod = engine
+        .kill_pod(
+            param(&q, &["podId", "podName"])?,
+            q.get("signal").map(String::as_str).unwrap_or("KILL"),
+        )
+        .await?;
+    ok_json(json!({ "ID": pod.id, "Code": 0, "Cause": "" }))
+}
+
+pub async fn pod_pause(engine: &Arc<Engine>, req: &Request<Incoming>, pause: bool) -> ApiResult {
+    let q = query(req);
+    let pod = engine
+        .pause_pod(param(&q, &["podId", "podName"])?, pause)
+        .await?;
+    ok_json(json!({ "ID": pod.id, "Code": 0, "Cause": "" }))
+}
+
+/// `POST /tty/resize?container=ID[&exec=ID]&h=ROWS&w=COLS`.
+pub async fn tty_resize(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
+    let q = query(req);
+    let num = |k: &str| -> Result<u16, ApiError> {
+        param(&q, &[k])?
+            .parse()
+            .map_err(|_| ApiError::bad_request(format!("{k} must be a number from 0 to 65535")))
+    };
+    let (rows, cols) = (num("h")?, num("w")?);
+    let container = q.get("container").map(String::as_str).unwrap_or_default();
+    if container.is_empty() && q.get("exec").is_none_or(|e| e.is_empty()) {
+        return Err(ApiError::bad_request("missing query parameter container"));
+    }
+    engine
+        .resize(container, q.get("exec").map(String::as_str), rows, cols)
+        .await?;
+    ok_json(json!({}))
+}
+
+/// `GET /container/info?container=ID`: hyperd's ContainerInfo.
+pub fn container_info(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
+    let q = query(req);
+    let (pod, c) = engine.container(param(&q, &["container"])?)?;
+    let st = c.status.lock().unwrap().clone();
+    ok_json(json!({
+        "name": c.name,
+        "containerID": c.id,
+        "podID": pod.id,
+        "image": c.image_ref,
+        "imageID": c.image.id,
+        "commands": c.process.args,
+        "workingDir": c.process.workdir,
+        "env": c.process.env,
+        "user": c.process.user,
+        "tty": c.process.tty,
+        "status": {
+            "phase": c.phase(),
+            "running": { "startedAt": st.started_at },
+            "terminated": { "exitCode": st.exit_code, "startedAt": st.started_at, "finishedAt": st.finished_at },
+        },
+    }))
+}
+
+fn since_secs(v: &str) -> Result<f64, ApiError> {
+    if v.is_empty() {
+        return Ok(0.0);
+    }
+    v.parse::<f64>()
+        .ok()
+        .or_else(|| crate::image::parse_rfc3339(v).map(|s| s as f64))
+        .ok_or_else(|| {
+            ApiError::bad_request(format!("since must be a Unix time or RFC 3339, not {v:?}"))
+        })
+}
+
+/// `GET /container/logs?container=ID[&follow=1][&tail=N|all][&since=T][&timestamps=1]
+/// [&stdout=1][&stderr=1]`: the log as stdcopy frames (raw for a tty), then, with
+/// `follow`, what the container writes until it exits.
+pub fn container_logs(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
+    let q = query(req);
+    let (_, c) = engine.container(param(&q, &["container"])?)?;
+    let both = !q.contains_key("stdout") && !q.contains_key("stderr");
+    let (want_out, want_err) = (both || flag(&q, "stdout"), both || flag(&q, "stderr"));
+    let timestamps = flag(&q, "timestamps");
+    let since = since_secs(q.get("since").map(String::as_str).unwrap_or(""))?;
+    let tail: Option<usize> = match q.get("tail").map(String::as_str) {
+        None | Some("") | Some("all") => None,
+        Some(n) => Some(n.parse().map_err(|_| {
+            ApiError::bad_request(format!("tail must be a number or all, not {n:?}"))
+        })?),
+    };
+    let tty = c.process.tty;
+    let frame = move |stderr: bool, data: &[u8], time: Option<&str>| -> Option<bytes::Bytes> {
+        if (stderr && !want_err) || (!stderr && !want_out) {
+            return None;
+        }
+        let mut payload = Vec::new();
+        if let Some(t) = time.filter(|_| timestamps) {
+            payload.extend_from_slice(t.as_bytes());
+            payload.push(b' ');
+        }
+        payload.extend_from_slice(data);
+        Some(bytes::Bytes::from(if tty {
+            payload
+        } else {
+            stdcopy_frame(if stderr { 2 } else { 1 }, &payload)
+        }))
+    };
+    let (entries, follow) = c.io.log_and_follow(flag(&q, "follow"));
+    let mut picked: Vec<&LogEntry> = entries
+        .iter()
+        .filter(|e| {
+            since <= 0.0
+                || crate::image::parse_rfc3339(&e.time)
+                    .map(|t| t as f64 >= since)
+                    .unwrap_or(true)
+        })
+        .collect();
+    if let Some(n) = tail {
+        let skip = picked.len().saturating_sub(n);
+        picked.drain(..skip);
+    }
+    let mut head: Vec<bytes::Bytes> = Vec::new();
+    for e in picked {
+        if let Some(b) = frame(e.stream == "stderr", e.log.as_bytes(), Some(&e.time)) {
+            head.push(b);
+        }
+    }
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    for b in head {
+        let _ = tx.send(b);
+    }
+    if let Some(mut follow) = follow {
+        tokio::spawn(async move {
+            while let Some(chunk) = follow.recv().await {
+                let now = crate::engine::io::chrono_now();
+                let b = match &chunk {
+                    Chunk::Stdout(d) => frame(false, d, Some(&now)),
+                    Chunk::Stderr(d) => frame(true, d, Some(&now)),
+                };
+                if let Some(b) = b {
+                    if tx.send(b).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+    }
+    Ok(stream_chunks(
+        rx,
+        if tty {
+            "application/vnd.docker.raw-stream"
+        } else {
+            "application/vnd.docker.multiplexed-stream"
+        },
+    ))
+}

@@ -1,0 +1,301 @@
+//! Extra processes in running containers (`exec`), and signals, terminal sizes and
+//! pause/unpause for the processes and VMs of pods.
+use super::io::{ContainerIo, IoState};
+use super::{Container, ContainerStatus, Engine, EngineError, Pod, PodPhase, AGENT_TIMEOUT};
+use hyperd_agent::protocol::{Op, ProcessSpec};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+pub struct Exec {
+    pub id: String,
+    pub container: Arc<Container>,
+    pub process: ProcessSpec,
+    pub stream: u32,
+    pub io: Arc<ContainerIo>,
+    pub status: Mutex<ContainerStatus>,
+}
+
+/// What `POST /exec/create` asks for.
+#[derive(Debug, Clone, Default)]
+pub struct ExecRequest {
+    pub command: Vec<String>,
+    pub tty: bool,
+    pub env: Vec<String>,
+    pub workdir: String,
+    pub user: String,
+}
+
+/// A signal by name (`KILL`, `SIGKILL`) or number.
+pub fn parse_signal(s: &str) -> Result<i32, EngineError> {
+    let up = s.trim().to_ascii_uppercase();
+    let name = up.strip_prefix("SIG").unwrap_or(&up);
+    if let Ok(n) = name.parse::<i32>() {
+        if (1..=64).contains(&n) {
+            return Ok(n);
+        }
+    }
+    let n = match name {
+        "HUP" => libc::SIGHUP,
+        "INT" => libc::SIGINT,
+        "QUIT" => libc::SIGQUIT,
+        "KILL" => libc::SIGKILL,
+        "USR1" => libc::SIGUSR1,
+        "USR2" => libc::SIGUSR2,
+        "TERM" => libc::SIGTERM,
+        "STOP" => libc::SIGSTOP,
+        "CONT" => libc::SIGCONT,
+        "WINCH" => libc::SIGWINCH,
+        "ALRM" => libc::SIGALRM,
+        _ => return Err(EngineError::BadRequest(format!("unknown signal {s:?}"))),
+    };
+    Ok(n)
+}
+
+impl Pod {
+    pub fn exec_by_stream(&self, stream: u32) -> Option<Arc<Exec>> {
+        self.execs
+            .lock()
+            .unwrap()
+            .values()
+            .find(|e| e.stream == stream)
+            .cloned()
+    }
+
+    fn running_agent(&self) -> Result<crate::vm::agent::AgentClient, EngineError> {
+        match (self.phase(), self.vm()) {
+            (PodPhase::Running, Some(vm)) => Ok(vm.agent.clone()),
+            (PodPhase::Paused, _) => {
+                Err(EngineError::Conflict(format!("pod {} is paused", self.id)))
+            }
+            _ => Err(EngineError::Conflict(format!(
+                "pod {} is not running",
+                self.id
+            ))),
+        }
+    }
+}
+
+fn agent_err(e: crate::vm::agent::AgentError) -> EngineError {
+    match e {
+        crate::vm::agent::AgentError::Failed(m) => EngineError::Conflict(m),
+        other => EngineError::Internal(other.to_string()),
+    }
+}
+
+async fn signal_stream(
+    agent: &crate::vm::agent::AgentClient,
+    stream: u32,
+    signal: i32,
+) -> Result<(), EngineError> {
+    agent
+        .call(Op::Signal { stream, signal }, AGENT_TIMEOUT)
+        .await
+        .map_err(agent_err)?;
+    Ok(())
+}
+
+impl Engine {
+    /// A container by key, or the first container of a pod by its id or name.
+    pub fn container_or_pod(&self, key: &str) -> Result<(Arc<Pod>, Arc<Container>), EngineError> {
+        match self.container(key) {
+            Err(EngineError::NotFound(m)) => match self.pod(key) {
+                Ok(p) => {
+                    let c = p
+                        .containers
+                        .first()
+                        .cloned()
+                        .ok_or(EngineError::NotFound(m))?;
+                    Ok((p, c))
+                }
+                Err(_) => Err(EngineError::NotFound(m)),
+            },
+            other => other,
+        }
+    }
+
+    pub fn create_exec(
+        &self,
+        key: &str,
+        req: ExecRequest,
+    ) -> Result<(Arc<Pod>, Arc<Exec>), EngineError> {
+        let (pod, c) = self.container_or_pod(key)?;
+        if req.command.is_empty() {
+            return Err(EngineError::BadRequest("exec needs a command".into()));
+        }
+        if *c.io.state().borrow() != IoState::Running {
+            return Err(EngineError::Conflict(format!(
+                "container {} is not running",
+                c.name
+            )));
+        }
+        pod.running_agent()?;
+        let mut env = c.process.env.clone();
+        for kv in &req.env {
+            let key = kv.split('=').next().unwrap_or_default();
+            env.retain(|e| e.split('=').next() != Some(key));
+            env.push(kv.clone());
+        }
+        let id = crate::ids::random_hex(32);
+        let exec = Arc::new(Exec {
+            io: Arc::new(ContainerIo::new(pod.dir.join(format!("exec-{id}.log")))),
+            id: id.clone(),
+            process: ProcessSpec {
+                args: req.command,
+                env,
+                workdir: if req.workdir.is_empty() {
+                    c.process.workdir.clone()
+                } else {
+                    req.workdir
+                },
+                user: if req.user.is_empty() {
+                    c.process.user.clone()
+                } else {
+                    req.user
+                },
+                tty: req.tty,
+                stdin: req.tty,
+            },
+            stream: pod.next_stream.fetch_add(1, Ordering::SeqCst),
+            container: c,
+            status: Mutex::new(ContainerStatus::default()),
+        });
+        pod.execs.lock().unwrap().insert(id, exec.clone());
+        Ok((pod, exec))
+    }
+
+    pub fn exec(&self, id: &str) -> Result<(Arc<Pod>, Arc<Exec>), EngineError> {
+        for p in self.pods() {
+            if let Some(e) = p.execs.lock().unwrap().get(id) {
+                return Ok((p.clone(), e.clone()));
+            }
+        }
+        Err(EngineError::NotFound(format!("no such exec: {id}")))
+    }
+
+    /// Starts a created exec; its output goes to whoever attached to its io.
+    pub async fn start_exec(&self, pod: &Pod, exec: &Exec) -> Result<(), EngineError> {
+        if *exec.io.state().borrow() != IoState::NotStarted {
+            return Err(EngineError::Conflict(format!(
+                "exec {} was already started",
+                exec.id
+            )));
+        }
+        let agent = pod.running_agent()?;
+        let mut process = exec.process.clone();
+        process.stdin |= exec.io.stdin_wanted.load(Ordering::SeqCst);
+        exec.status.lock().unwrap().started_at = Some(super::io::chrono_now());
+        exec.io.set_state(IoState::Running);
+        let op = Op::StartProcess {
+            container: exec.container.id.clone(),
+            stream: exec.stream,
+            process,
+        };
+        if let Err(e) = agent.call(op, AGENT_TIMEOUT).await {
+            super::mark_exited(&exec.io, &exec.status, 126);
+            return Err(agent_err(e));
+        }
+        Ok(())
+    }
+
+    /// Signals a container's main process.
+    pub async fn kill_container(&self, key: &str, signal: &str) -> Result<(), EngineError> {
+        let sig = parse_signal(signal)?;
+        let (pod, c) = self.container(key)?;
+        if *c.io.state().borrow() != IoState::Running {
+            return Err(EngineError::Conflict(format!(
+                "container {} is not running",
+                c.name
+            )));
+        }
+        signal_stream(&pod.running_agent()?, c.stream, sig).await
+    }
+
+    /// Signals every running container of a pod.
+    pub async fn kill_pod(&self, key: &str, signal: &str) -> Result<Arc<Pod>, EngineError> {
+        let sig = parse_signal(signal)?;
+        let pod = self.pod(key)?;
+        let agent = pod.running_agent()?;
+        for c in pod
+            .containers
+            .iter()
+            .filter(|c| *c.io.state().borrow() == IoState::Running)
+        {
+            signal_stream(&agent, c.stream, sig).await?;
+        }
+        Ok(pod)
+    }
+
+    /// Resizes the terminal of a container's main process or of an exec.
+    pub async fn resize(
+        &self,
+        container: &str,
+        exec: Option<&str>,
+        rows: u16,
+        cols: u16,
+    ) -> Result<(), EngineError> {
+        let (pod, stream) = match exec.filter(|e| !e.is_empty()) {
+            Some(id) => {
+                let (pod, e) = self.exec(id)?;
+                (pod, e.stream)
+            }
+            None => {
+                let (pod, c) = self.container(container)?;
+                (pod, c.stream)
+            }
+        };
+        let agent = pod.running_agent()?;
+        agent
+            .call(Op::ResizeTty { stream, rows, cols }, AGENT_TIMEOUT)
+            .await
+            .map_err(agent_err)?;
+        Ok(())
+    }
+
+    /// Freezes a running pod's VM (its process stops being scheduled), or thaws it.
+    pub async fn pause_pod(&self, key: &str, pause: bool) -> Result<Arc<Pod>, EngineError> {
+        let pod = self.pod(key)?;
+        let _op = pod.op.lock().await;
+        let vm = pod
+            .vm()
+            .ok_or_else(|| EngineError::Conflict(format!("pod {} is not running", pod.id)))?;
+        let (from, to, sig) = if pause {
+            (
+                PodPhase::Running,
+                PodPhase::Paused,
+                nix::sys::signal::Signal::SIGSTOP,
+            )
+        } else {
+            (
+                PodPhase::Paused,
+                PodPhase::Running,
+                nix::sys::signal::Signal::SIGCONT,
+            )
+        };
+        if pod.phase() != from {
+            return Err(EngineError::Conflict(format!(
+                "pod {} is {}, not {}",
+                pod.id,
+                pod.phase().as_str(),
+                from.as_str()
+            )));
+        }
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(vm.pid as i32), sig)
+            .map_err(|e| EngineError::Internal(format!("{sig}: {e}")))?;
+        pod.set_phase(to);
+        drop(_op);
+        Ok(pod)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn parses_signals() {
+        assert_eq!(super::parse_signal("KILL").unwrap(), 9);
+        assert_eq!(super::parse_signal("sigterm").unwrap(), 15);
+        assert_eq!(super::parse_signal("SIGUSR1").unwrap(), libc::SIGUSR1);
+        assert_eq!(super::parse_signal("2").unwrap(), 2);
+        assert!(super::parse_signal("BOGUS").is_err());
+        assert!(super::parse_signal("0").is_err());
+    }
+}

@@ -1,0 +1,229 @@
+//! Pods beyond the first run, with real micro-VMs: exec (output, exit code, stdin, a tty
+//! through a pty), logs after exit, signals, pause/unpause, two containers in one VM.
+mod common;
+use common::{json_lines, Daemon};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn out_ok(o: &std::process::Output) -> String {
+    assert!(
+        o.status.success(),
+        "status={:?} stdout={} stderr={}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+fn wait_phase(d: &Daemon, pod: &str, phase: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let info = d.json("GET", &format!("/pod/info?podName={pod}"), None);
+        if info["status"]["phase"] == phase {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pod {pod} never became {phase}: {info}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn exec_logs_signals_and_pause() {
+    let d = Daemon::start();
+    d.import_busybox();
+    let script =
+        "trap 'echo got-usr1' USR1; i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done";
+    out_ok(&d.hyperctl(&["run", "-d", "--name", "web", "busybox", "sh", "-c", script]));
+
+    // exec joins the container: its PID namespace (PID 1 is the container's shell), its
+    // hostname; its output, stdin and exit code are its own.
+    let out = d.hyperctl(&[
+        "exec",
+        "web",
+        "sh",
+        "-c",
+        "cat /proc/1/cmdline | tr '\\0' ' '; hostname; echo oops >&2; exit 5",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.starts_with("sh -c trap"), "{stdout}");
+    assert!(stdout.ends_with("web\n"), "{stdout}");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "oops\n");
+    let out = d.hyperctl_with_stdin(&["exec", "-i", "web", "tr", "a-z", "A-Z"], Some(b"shout\n"));
+    assert_eq!(out_ok(&out), "SHOUT");
+
+    // A tty through a real pty: the process sees a terminal, and output comes raw.
+    let out = Command::new("script")
+        .args(["-qec"])
+        .arg(format!(
+            "{} -H {} exec -t web sh -c 'tty; stty size'",
+            env!("CARGO_BIN_EXE_hyperctl"),
+            d.socket.display()
+        ))
+        .arg("/dev/null")
+        .env("COLUMNS", "100")
+        .env("LINES", "40")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("/dev/pts/"), "{text}");
+    assert!(out.status.success(), "{text}");
+
+    // Through the API: exec create, exec start detached, exit code by exec id.
+    let v = d.json(
+        "POST",
+        "/exec/create",
+        Some(r#"{"container":"web","command":["sh","-c","exit 7"]}"#),
+    );
+    let exec = v["ID"].as_str().unwrap().to_string();
+    d.json("POST", &format!("/exec/start?exec={exec}&detach=1"), None);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, text) = d.curl("GET", &format!("/exitcode?exec={exec}"), None);
+        if code == 200 {
+            assert_eq!(
+                serde_json::from_str::<serde_json::Value>(&text).unwrap()["ExitCode"],
+                7
+            );
+            break;
+        }
+        assert_eq!(code, 409, "{text}");
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        d.curl("POST", "/exec/start?exec=nosuch&detach=1", None).0,
+        404
+    );
+    assert_eq!(
+        d.curl(
+            "POST",
+            "/exec/create",
+            Some(r#"{"container":"web","command":[]}"#)
+        )
+        .0,
+        400
+    );
+
+    // A signal the process handles.
+    out_ok(&d.hyperctl(&["kill", "-s", "USR1", "web"]));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !out_ok(&d.hyperctl(&["logs", "web"])).contains("got-usr1") {
+        assert!(Instant::now() < deadline, "USR1 not handled");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        d.curl(
+            "POST",
+            "/container/kill?container=web-busybox-0&signal=BOGUS",
+            None
+        )
+        .0,
+        400
+    );
+
+    // Pause freezes the VM: no ticks while paused, exec refused; unpause resumes.
+    out_ok(&d.hyperctl(&["pause", "web"]));
+    wait_phase(&d, "web", "paused");
+    let before = out_ok(&d.hyperctl(&["logs", "web"])).lines().count();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        out_ok(&d.hyperctl(&["logs", "web"])).lines().count(),
+        before
+    );
+    assert_eq!(
+        d.curl(
+            "POST",
+            "/exec/create",
+            Some(r#"{"container":"web","command":["true"]}"#)
+        )
+        .0,
+        409
+    );
+    assert_eq!(d.curl("POST", "/pod/pause?podId=web", None).0, 409);
+    out_ok(&d.hyperctl(&["unpause", "web"]));
+    wait_phase(&d, "web", "running");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while out_ok(&d.hyperctl(&["logs", "web"])).lines().count() <= before {
+        assert!(Instant::now() < deadline, "no output after unpause");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // KILL ends it; logs stay readable after the exit, with tail and timestamps.
+    out_ok(&d.hyperctl(&["kill", "web"]));
+    wait_phase(&d, "web", "failed");
+    let info = d.json("GET", "/container/info?container=web-busybox-0", None);
+    assert_eq!(info["status"]["terminated"]["exitCode"], 137, "{info}");
+    let last = out_ok(&d.hyperctl(&["logs", "--tail", "1", "-t", "web"]));
+    assert_eq!(last.lines().count(), 1);
+    let (ts, rest) = last.split_once(' ').unwrap();
+    assert!(hyperd::image::parse_rfc3339(ts).is_some(), "{last}");
+    assert!(rest.starts_with("tick ") || rest == "got-usr1", "{last}");
+    let (code, text) = d.curl(
+        "GET",
+        "/container/logs?container=web-busybox-0&stdout=1&tail=all",
+        None,
+    );
+    assert_eq!(code, 200);
+    assert!(text.contains("tick 0"), "{text}");
+    assert_eq!(
+        d.curl(
+            "GET",
+            "/container/logs?container=web-busybox-0&tail=x",
+            None
+        )
+        .0,
+        400
+    );
+    assert_eq!(
+        d.curl("GET", "/container/logs?container=nosuch", None).0,
+        404
+    );
+    let _ = json_lines;
+}
+
+#[test]
+fn two_containers_share_one_vm() {
+    let d = Daemon::start();
+    d.import_busybox();
+    let spec = serde_json::json!({
+        "id": "duo",
+        "containers": [
+            { "name": "a", "image": "busybox", "command": ["sh", "-c", "cat /proc/sys/kernel/random/boot_id; echo a > /tmp/mine; sleep 1; ls /tmp"] },
+            { "name": "b", "image": "busybox", "command": ["sh", "-c", "cat /proc/sys/kernel/random/boot_id; sleep 1; ls /tmp"] },
+        ],
+    })
+    .to_string();
+    d.json("POST", "/pod/create", Some(&spec));
+    d.json("POST", "/pod/start?podId=duo", None);
+    assert_eq!(
+        d.json("GET", "/list?item=vm", None)["vmData"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    wait_phase(&d, "duo", "succeeded");
+    let a = out_ok(&d.hyperctl(&["logs", "a"]));
+    let b = out_ok(&d.hyperctl(&["logs", "b"]));
+    let (boot_a, files_a) = a.split_once('\n').unwrap();
+    let (boot_b, files_b) = b.split_once('\n').unwrap_or((&b, ""));
+    assert_eq!(boot_a, boot_b, "one kernel, one VM");
+    assert_eq!(files_a.trim(), "mine");
+    assert_eq!(
+        files_b.trim(),
+        "",
+        "each container has its own root filesystem"
+    );
+    let list = d.json("GET", "/list?item=container&pod=duo", None);
+    assert_eq!(list["cData"].as_array().unwrap().len(), 2, "{list}");
+}
