@@ -12,6 +12,7 @@ pub mod engine;
 pub mod ids;
 pub mod image;
 pub mod spec;
+pub mod store;
 pub mod vm;
 
 /// The daemon's version, reported by `/version` and `/info`.

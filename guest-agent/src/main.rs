@@ -70,6 +70,9 @@ fn handle(agent: &Arc<process::Agent>, chan: &channel::Channel, req: Request) {
             .start_process(&container, stream, process)
             .map(|pid| Some(serde_json::json!({ "pid": pid }))),
         Op::Signal { stream, signal } => agent.signal(stream, signal).map(|_| None),
+        Op::Status => Ok(Some(
+            serde_json::to_value(agent.status()).expect("status serializes"),
+        )),
         Op::ResizeTty { stream, rows, cols } => agent.resize(stream, rows, cols).map(|_| None),
         Op::RemoveContainer { container } => {
             agent.remove_container(&container);

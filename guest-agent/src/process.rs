@@ -75,6 +75,8 @@ pub struct Agent {
     containers: Mutex<HashMap<String, ContainerState>>,
     procs: Mutex<HashMap<u32, Proc>>,
     pids: Mutex<PidTable>,
+    /// Exit codes by stream, for a host that missed the `exited` events.
+    exited: Mutex<HashMap<u32, i32>>,
 }
 
 impl Agent {
@@ -84,6 +86,7 @@ impl Agent {
             containers: Mutex::new(HashMap::new()),
             procs: Mutex::new(HashMap::new()),
             pids: Mutex::new(PidTable::default()),
+            exited: Mutex::new(HashMap::new()),
         }
     }
 
@@ -276,6 +279,9 @@ impl Agent {
             for r in readers {
                 let _ = r.join();
             }
+            // Recorded before the process leaves the running set: a status query never
+            // sees it in neither.
+            me.exited.lock().unwrap().insert(stream, code);
             me.procs.lock().unwrap().remove(&stream);
             me.chan.send(&Frame::json(
                 FrameKind::Event,
@@ -302,6 +308,19 @@ impl Agent {
                 }
             }
         })
+    }
+
+    pub fn status(&self) -> hyperd_agent::protocol::Status {
+        hyperd_agent::protocol::Status {
+            running: self.procs.lock().unwrap().keys().copied().collect(),
+            exited: self
+                .exited
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(s, c)| (*s, *c))
+                .collect(),
+        }
     }
 
     pub fn write_stdin(&self, stream: u32, data: Vec<u8>) {

@@ -3,12 +3,14 @@
 //! One byte stream (a virtio-serial port or a vsock connection) carries frames:
 //!
 //! ```text
-//! +-----------+--------+-------------+-------------------+
-//! | len: u32  | kind:u8| stream: u32 | payload: len bytes|
-//! +-----------+--------+-------------+-------------------+
+//! +-----------+-----------+--------+-------------+-------------------+
+//! | 0xA5 (u8) | len: u32  | kind:u8| stream: u32 | payload: len bytes|
+//! +-----------+-----------+--------+-------------+-------------------+
 //! ```
 //!
-//! integers big-endian. `Request`, `Response` and `Event` frames carry JSON
+//! integers big-endian. The magic byte lets a reader find the next frame again when it
+//! joins a stream in the middle (a daemon restarted while a frame was on its way): it
+//! skips bytes until a header decodes. `Request`, `Response` and `Event` frames carry JSON
 //! ([`Request`], [`Response`], [`Event`]); `Stdout`, `Stderr` and `Stdin` frames carry raw
 //! bytes of the process whose stream number is in the header (an empty `Stdin` payload
 //! closes the process's stdin). Stream numbers are chosen by the host, one per process, so
@@ -57,7 +59,9 @@ pub struct Frame {
     pub payload: Vec<u8>,
 }
 
-pub const HEADER_LEN: usize = 9;
+pub const HEADER_LEN: usize = 10;
+/// First byte of every frame.
+pub const MAGIC: u8 = 0xA5;
 
 impl Frame {
     pub fn json<T: Serialize>(kind: FrameKind, value: &T) -> Self {
@@ -79,6 +83,7 @@ impl Frame {
     /// The frame as bytes on the wire.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(HEADER_LEN + self.payload.len());
+        out.push(MAGIC);
         out.extend_from_slice(&(self.payload.len() as u32).to_be_bytes());
         out.push(self.kind as u8);
         out.extend_from_slice(&self.stream.to_be_bytes());
@@ -88,36 +93,50 @@ impl Frame {
 
     /// Parses a header; returns (kind, stream, payload length).
     pub fn decode_header(h: &[u8; HEADER_LEN]) -> Result<(FrameKind, u32, u32), ProtocolError> {
-        let len = u32::from_be_bytes([h[0], h[1], h[2], h[3]]);
-        let kind = FrameKind::from_u8(h[4]).ok_or(ProtocolError::BadKind(h[4]))?;
-        let stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]);
+        if h[0] != MAGIC {
+            return Err(ProtocolError::BadMagic);
+        }
+        let len = u32::from_be_bytes([h[1], h[2], h[3], h[4]]);
+        let kind = FrameKind::from_u8(h[5]).ok_or(ProtocolError::BadKind(h[5]))?;
+        let stream = u32::from_be_bytes([h[6], h[7], h[8], h[9]]);
         if len > MAX_PAYLOAD {
             return Err(ProtocolError::TooLarge(len));
         }
         Ok((kind, stream, len))
     }
 
-    /// Reads one frame from a blocking reader. `Ok(None)` at a clean end of stream.
+    /// Reads one frame from a blocking reader, skipping bytes that do not start a valid
+    /// header. `Ok(None)` at a clean end of stream.
     pub fn read_from<R: Read>(r: &mut R) -> Result<Option<Frame>, ProtocolError> {
         let mut h = [0u8; HEADER_LEN];
         let mut got = 0;
-        while got < HEADER_LEN {
-            match r.read(&mut h[got..]) {
-                Ok(0) if got == 0 => return Ok(None),
-                Ok(0) => return Err(ProtocolError::Io(io::ErrorKind::UnexpectedEof.into())),
-                Ok(n) => got += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(ProtocolError::Io(e)),
+        loop {
+            while got < HEADER_LEN {
+                match r.read(&mut h[got..]) {
+                    Ok(0) if got == 0 => return Ok(None),
+                    Ok(0) => return Err(ProtocolError::Io(io::ErrorKind::UnexpectedEof.into())),
+                    Ok(n) => got += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(ProtocolError::Io(e)),
+                }
+            }
+            match Self::decode_header(&h) {
+                Ok((kind, stream, len)) => {
+                    let mut payload = vec![0u8; len as usize];
+                    r.read_exact(&mut payload).map_err(ProtocolError::Io)?;
+                    return Ok(Some(Frame {
+                        kind,
+                        stream,
+                        payload,
+                    }));
+                }
+                Err(_) => {
+                    // Resynchronize: drop one byte and look again.
+                    h.copy_within(1.., 0);
+                    got = HEADER_LEN - 1;
+                }
             }
         }
-        let (kind, stream, len) = Self::decode_header(&h)?;
-        let mut payload = vec![0u8; len as usize];
-        r.read_exact(&mut payload).map_err(ProtocolError::Io)?;
-        Ok(Some(Frame {
-            kind,
-            stream,
-            payload,
-        }))
     }
 
     pub fn write_to<W: Write>(&self, w: &mut W) -> io::Result<()> {
@@ -133,6 +152,7 @@ impl Frame {
 #[derive(Debug)]
 pub enum ProtocolError {
     Io(io::Error),
+    BadMagic,
     BadKind(u8),
     TooLarge(u32),
     Json(String),
@@ -142,6 +162,7 @@ impl std::fmt::Display for ProtocolError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Io(e) => write!(f, "agent channel: {e}"),
+            Self::BadMagic => write!(f, "agent channel: not at a frame boundary"),
             Self::BadKind(k) => write!(f, "agent channel: unknown frame kind {k}"),
             Self::TooLarge(n) => write!(f, "agent channel: frame of {n} bytes is too large"),
             Self::Json(e) => write!(f, "agent channel: bad message: {e}"),
@@ -187,6 +208,9 @@ pub enum Op {
     RemoveContainer { container: String },
     /// Sync file systems and power the VM off.
     Shutdown,
+    /// What runs and what has exited: answered with a [`Status`] (used by a daemon that
+    /// reconnects after a restart).
+    Status,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -213,6 +237,15 @@ pub struct Response {
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<serde_json::Value>,
+}
+
+/// The answer to [`Op::Status`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Status {
+    /// Streams of processes still running.
+    pub running: Vec<u32>,
+    /// Exit codes of processes that have exited, by stream.
+    pub exited: Vec<(u32, i32)>,
 }
 
 /// Something the agent reports on its own.
@@ -277,18 +310,30 @@ mod tests {
     #[test]
     fn rejects_oversized_and_unknown_frames() {
         let mut h = [0u8; HEADER_LEN];
-        h[0..4].copy_from_slice(&(MAX_PAYLOAD + 1).to_be_bytes());
-        h[4] = 4;
+        h[0] = MAGIC;
+        h[1..5].copy_from_slice(&(MAX_PAYLOAD + 1).to_be_bytes());
+        h[5] = 4;
         assert!(matches!(
             Frame::decode_header(&h),
             Err(ProtocolError::TooLarge(_))
         ));
-        h[0..4].copy_from_slice(&1u32.to_be_bytes());
-        h[4] = 99;
+        h[1..5].copy_from_slice(&1u32.to_be_bytes());
+        h[5] = 99;
         assert!(matches!(
             Frame::decode_header(&h),
             Err(ProtocolError::BadKind(99))
         ));
+    }
+
+    #[test]
+    fn resynchronizes_after_a_partial_frame() {
+        let a = Frame::data(FrameKind::Stdout, 1, b"first".to_vec()).encode();
+        let b = Frame::data(FrameKind::Stderr, 2, b"second".to_vec()).encode();
+        // A reader that joins in the middle of `a` finds `b`.
+        let mut stream = a[3..].to_vec();
+        stream.extend_from_slice(&b);
+        let f = Frame::read_from(&mut &stream[..]).unwrap().unwrap();
+        assert_eq!(f.payload, b"second");
     }
 
     #[test]

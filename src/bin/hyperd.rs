@@ -91,6 +91,7 @@ async fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.root)
         .with_context(|| format!("creating {}", cfg.root.display()))?;
     let engine = Arc::new(Engine::new(cfg, driver).map_err(|e| anyhow::anyhow!("{e}"))?);
+    engine.recover().await;
     let listener = hyperd::api::server::bind(&socket)
         .with_context(|| format!("binding {}", socket.display()))?;
     tracing::info!(
@@ -107,8 +108,8 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     hyperd::api::serve(engine.clone(), listener, shutdown).await;
-    tracing::info!("shutting down: stopping VMs");
-    engine.shutdown().await;
+    // Pods keep running: the next daemon re-attaches to their VMs.
+    tracing::info!("shutting down; running pods stay up");
     let _ = std::fs::remove_file(&socket);
     Ok(())
 }

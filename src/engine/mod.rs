@@ -2,6 +2,7 @@
 //! containers through its agent), the stream of output and exits, stop and removal.
 pub mod exec;
 pub mod io;
+mod recovery;
 
 use crate::config::Config;
 use crate::image::{ImageError, ImageRecord, ImageStore};
@@ -45,7 +46,7 @@ impl From<ImageError> for EngineError {
 const AGENT_TIMEOUT: Duration = Duration::from_secs(60);
 const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PodPhase {
     Pending,
@@ -67,7 +68,7 @@ impl PodPhase {
     }
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct ContainerStatus {
     pub exit_code: Option<i32>,
     pub started_at: Option<String>,
@@ -117,6 +118,8 @@ pub struct Pod {
     pub containers: Vec<Arc<Container>>,
     phase: Mutex<PodPhase>,
     vm: Mutex<Option<Arc<VmRuntime>>>,
+    /// The VM a reloaded pod had, until it is re-attached or found dead.
+    recorded_vm: Mutex<Option<recovery::VmRecord>>,
     /// Serializes start, stop and removal.
     op: tokio::sync::Mutex<()>,
     /// Extra processes run in the pod's containers, by exec id.
@@ -156,6 +159,7 @@ pub struct Engine {
     pub cfg: Config,
     pub images: Arc<ImageStore>,
     pub credentials: crate::image::auth::CredentialStore,
+    pub store: crate::store::Store,
     pub driver: Driver,
     pods: Mutex<HashMap<String, Arc<Pod>>>,
 }
@@ -217,41 +221,59 @@ impl Engine {
             std::fs::create_dir_all(cfg.root.join(d))
                 .map_err(|e| EngineError::Internal(e.to_string()))?;
         }
+        let store = crate::store::Store::open(&cfg.root)
+            .map_err(|e| EngineError::Internal(e.to_string()))?;
         let engine = Engine {
             credentials: crate::image::auth::CredentialStore::new(&cfg.root),
+            store,
             cfg,
             images: Arc::new(images),
             driver,
             pods: Mutex::new(HashMap::new()),
         };
+        engine.load_pods();
         engine.clean_leftovers();
         Ok(engine)
     }
 
-    /// Pods do not survive a daemon restart yet: kill VMs and remove files a previous
-    /// daemon left behind, so nothing leaks.
+    /// Removes what no pod record accounts for: VM directories (killing their VM process,
+    /// after checking its command line names the directory) and pod directories.
     fn clean_leftovers(&self) {
-        if let Ok(dir) = std::fs::read_dir(self.cfg.root.join("vm")) {
-            for e in dir.flatten() {
-                if let Some(pid) = std::fs::read_to_string(e.path().join("pid"))
-                    .ok()
-                    .and_then(|s| s.trim().parse().ok())
-                {
-                    if is_our_vm(pid, &e.path()) {
-                        tracing::warn!(
-                            "killing VM {} left by a previous daemon",
-                            e.file_name().to_string_lossy()
-                        );
-                        crate::vm::kill_process(pid);
-                    }
-                }
-                let _ = std::fs::remove_dir_all(e.path());
-            }
-        }
+        let known_vms: std::collections::HashSet<PathBuf> = self
+            .pods()
+            .iter()
+            .filter_map(|p| {
+                p.recorded_vm
+                    .lock()
+                    .unwrap()
+                    .as_ref()
+                    .map(|v| v.dir.clone())
+            })
+            .collect();
+        let known_pods: std::collections::HashSet<PathBuf> =
+            self.pods().iter().map(|p| p.dir.clone()).collect();
         if let Ok(dir) = std::fs::read_dir(self.cfg.root.join("pods")) {
             for e in dir.flatten() {
-                let _ = std::fs::remove_dir_all(e.path());
+                if !known_pods.contains(&e.path()) {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
             }
+        }
+        let Ok(dir) = std::fs::read_dir(self.cfg.root.join("vm")) else {
+            return;
+        };
+        for e in dir.flatten().filter(|e| !known_vms.contains(&e.path())) {
+            let pid = std::fs::read_to_string(e.path().join("pid"))
+                .ok()
+                .and_then(|s| s.trim().parse().ok());
+            if let Some(pid) = pid.filter(|pid| is_our_vm(*pid, &e.path())) {
+                tracing::warn!(
+                    "killing VM {} that no pod owns",
+                    e.file_name().to_string_lossy()
+                );
+                crate::vm::kill_process(pid);
+            }
+            let _ = std::fs::remove_dir_all(e.path());
         }
     }
 
@@ -351,6 +373,7 @@ impl Engine {
             containers,
             phase: Mutex::new(PodPhase::Pending),
             vm: Mutex::new(None),
+            recorded_vm: Mutex::new(None),
             op: tokio::sync::Mutex::new(()),
             execs: Mutex::new(HashMap::new()),
             next_stream: std::sync::atomic::AtomicU32::new(1000),
@@ -365,6 +388,7 @@ impl Engine {
         }
         pods.insert(id, pod.clone());
         tracing::info!(pod = %pod.id, name = %pod.name, "pod created");
+        self.persist(&pod);
         Ok(pod)
     }
 
@@ -407,6 +431,7 @@ impl Engine {
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&vm_cfg.dir);
                 pod.set_phase(PodPhase::Failed);
+                self.persist(&pod);
                 return Err(EngineError::Internal(format!("pod {}: {e}", pod.id)));
             }
         };
@@ -422,7 +447,13 @@ impl Engine {
         });
         *pod.vm.lock().unwrap() = Some(runtime.clone());
         pod.set_phase(PodPhase::Running);
-        tokio::spawn(monitor(pod.clone(), vm, gone_tx, vm_cfg.dir.clone()));
+        tokio::spawn(monitor(
+            self.clone(),
+            pod.clone(),
+            vm,
+            gone_tx,
+            vm_cfg.dir.clone(),
+        ));
         let mut failures = Vec::new();
         for c in &pod.containers {
             let hostname = if pod.spec.hostname.is_empty() {
@@ -472,6 +503,7 @@ impl Engine {
                 pod.id
             )));
         }
+        self.persist(&pod);
         drop(_op);
         Ok(pod)
     }
@@ -511,18 +543,12 @@ impl Engine {
         let _op = pod.op.lock().await;
         self.stop_vm(&pod).await;
         self.pods.lock().unwrap().remove(&pod.id);
+        if let Err(e) = self.store.delete_pod(&pod.id) {
+            tracing::error!(pod = %pod.id, "cannot delete the pod record: {e}");
+        }
         let _ = std::fs::remove_dir_all(&pod.dir);
         tracing::info!(pod = %pod.id, "pod removed");
         Ok(())
-    }
-
-    /// Stops every VM; used when the daemon shuts down.
-    pub async fn shutdown(&self) {
-        let mut stops = tokio::task::JoinSet::new();
-        for vm in self.pods().iter().filter_map(|p| p.vm()) {
-            stops.spawn(async move { stop_runtime(&vm).await });
-        }
-        while stops.join_next().await.is_some() {}
     }
 }
 
@@ -556,7 +582,13 @@ fn mark_exited(io: &ContainerIo, status: &Mutex<ContainerStatus>, code: i32) {
 
 /// Follows a VM: routes its output to the containers, records exits, powers the VM off
 /// when every container has exited, and cleans up when the VM process is gone.
-async fn monitor(pod: Arc<Pod>, mut vm: RunningVm, gone: watch::Sender<bool>, dir: PathBuf) {
+async fn monitor(
+    engine: Arc<Engine>,
+    pod: Arc<Pod>,
+    mut vm: RunningVm,
+    gone: watch::Sender<bool>,
+    dir: PathBuf,
+) {
     let by_stream: HashMap<u32, Arc<Container>> = pod
         .containers
         .iter()
@@ -584,6 +616,7 @@ async fn monitor(pod: Arc<Pod>, mut vm: RunningVm, gone: watch::Sender<bool>, di
             if let Some(c) = by_stream.get(&stream) {
                 tracing::info!(pod = %pod.id, container = %c.name, code, "container exited");
                 mark_exited(&c.io, &c.status, code);
+                engine.persist(&pod);
             } else if let Some(e) = pod.exec_by_stream(stream) {
                 mark_exited(&e.io, &e.status, code);
                 return;
@@ -635,6 +668,7 @@ async fn monitor(pod: Arc<Pod>, mut vm: RunningVm, gone: watch::Sender<bool>, di
     // The guest console stays with the pod, for `hyperctl inspect` readers and bug reports.
     let _ = std::fs::rename(dir.join("console.log"), pod.dir.join("console.log"));
     let _ = std::fs::remove_dir_all(&dir);
+    engine.persist(&pod);
     let _ = gone.send(true);
 }
 

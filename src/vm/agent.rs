@@ -154,19 +154,35 @@ fn op_name(op: &Op) -> String {
         .unwrap_or_else(|| "request".into())
 }
 
+/// Reads the next frame, skipping bytes until a header decodes (see the protocol's
+/// magic byte).
 async fn read_frame(
     rd: &mut (impl AsyncReadExt + Unpin),
 ) -> Result<Frame, Box<dyn std::error::Error + Send + Sync>> {
     let mut h = [0u8; HEADER_LEN];
     rd.read_exact(&mut h).await?;
-    let (kind, stream, len) = Frame::decode_header(&h)?;
-    let mut payload = vec![0u8; len as usize];
-    rd.read_exact(&mut payload).await?;
-    Ok(Frame {
-        kind,
-        stream,
-        payload,
-    })
+    let mut skipped = 0usize;
+    loop {
+        match Frame::decode_header(&h) {
+            Ok((kind, stream, len)) => {
+                if skipped > 0 {
+                    tracing::warn!("agent channel: skipped {skipped} bytes to the next frame");
+                }
+                let mut payload = vec![0u8; len as usize];
+                rd.read_exact(&mut payload).await?;
+                return Ok(Frame {
+                    kind,
+                    stream,
+                    payload,
+                });
+            }
+            Err(_) => {
+                h.copy_within(1.., 0);
+                rd.read_exact(&mut h[HEADER_LEN - 1..]).await?;
+                skipped += 1;
+            }
+        }
+    }
 }
 
 #[cfg(test)]

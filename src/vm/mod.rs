@@ -86,7 +86,44 @@ pub struct RunningVm {
     pub pid: u32,
     pub agent: agent::AgentClient,
     pub events: tokio::sync::mpsc::UnboundedReceiver<agent::AgentEvent>,
-    pub process: tokio::process::Child,
+    pub process: VmProcess,
+}
+
+/// The process of a VM: a child of this daemon, or one adopted from a previous daemon
+/// (followed through a pidfd, since only a parent can wait for it).
+pub enum VmProcess {
+    Child(tokio::process::Child),
+    Adopted(u32, tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>),
+}
+
+impl VmProcess {
+    /// Follows a process this daemon did not start.
+    pub fn adopt(pid: u32) -> std::io::Result<VmProcess> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: the syscall returned a fresh fd that nothing else owns.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+        // SAFETY: the AsyncFd owns the OwnedFd, which stays open and the same fd until the
+        // AsyncFd is dropped.
+        let fd = unsafe { tokio::io::unix::AsyncFd::register(fd) }
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        Ok(VmProcess::Adopted(pid, fd))
+    }
+
+    /// Waits until the process has exited (cancel-safe); describes how.
+    pub async fn wait(&mut self) -> String {
+        match self {
+            VmProcess::Child(c) => format!("{:?}", c.wait().await),
+            VmProcess::Adopted(pid, fd) => {
+                let _ = fd.readable().await;
+                format!("adopted VM process {pid} exited")
+            }
+        }
+    }
 }
 
 /// Whether a process is still there (and not a zombie of ours).

@@ -129,7 +129,7 @@ impl QemuDriver {
                 pid,
                 agent,
                 events,
-                process: child,
+                process: super::VmProcess::Child(child),
             }),
             Err(e) => {
                 let _ = child.start_kill();

@@ -155,6 +155,44 @@ impl Daemon {
         );
     }
 
+    /// kill -9 the daemon (its VMs keep running).
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts a daemon again on the same socket and state directory.
+    pub fn restart(&mut self) {
+        self.kill9();
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.path().join("hyperd.log"))
+            .unwrap();
+        let _ = std::fs::remove_file(&self.socket);
+        let child = Command::new(env!("CARGO_BIN_EXE_hyperd"))
+            .arg("--host")
+            .arg(&self.socket)
+            .arg("--root")
+            .arg(&self.root)
+            .env("HYPERD_LOG", "debug")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("hyperd starts");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.socket.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "hyperd did not listen again: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// SIGTERM and wait.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -175,9 +213,47 @@ impl Daemon {
     }
 }
 
+/// Kills every VM process whose command line names `dir` (a test's state directory).
+pub fn kill_vms_under(dir: &Path) {
+    let needle = dir.to_string_lossy().to_string();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(&needle)
+            && String::from_utf8_lossy(&cmdline).contains("qemu")
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
+        // Pods outlive the daemon by design: remove them, then make sure no VM is left.
+        if self.child.is_some() {
+            let (_, text) = self.curl("GET", "/list?item=pod", None);
+            let pods: Vec<String> = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v["podData"].as_array().cloned())
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|p| {
+                    p.as_str()
+                        .and_then(|s| s.split(':').next())
+                        .map(str::to_string)
+                })
+                .collect();
+            for p in pods {
+                let _ = self.curl("DELETE", &format!("/pod?podId={p}"), None);
+            }
+        }
         self.stop();
+        kill_vms_under(self.dir.path());
         if std::thread::panicking() {
             eprintln!("--- hyperd log ---\n{}", self.log());
         }

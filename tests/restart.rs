@@ -1,0 +1,143 @@
+//! The daemon is killed with SIGKILL and started again: running pods keep running and
+//! can be attached to, finished pods keep their exit codes and logs, nothing is listed
+//! twice, and a pod whose VM died meanwhile is exited with its resources freed.
+mod common;
+use common::{pid_alive, Daemon};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn out_ok(o: &std::process::Output) -> String {
+    assert!(
+        o.status.success(),
+        "status={:?} stdout={} stderr={}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+#[test]
+fn pods_survive_a_daemon_kill() {
+    let mut d = Daemon::start();
+    d.import_busybox();
+    out_ok(&d.hyperctl(&[
+        "run",
+        "-d",
+        "--name",
+        "runner",
+        "busybox",
+        "sh",
+        "-c",
+        "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.3; done",
+    ]));
+    out_ok(&d.hyperctl(&["run", "-d", "--name", "victim", "busybox", "sleep", "1000"]));
+    let done = d.hyperctl(&[
+        "run",
+        "--name",
+        "done",
+        "busybox",
+        "sh",
+        "-c",
+        "echo finished-output; exit 4",
+    ]);
+    assert_eq!(done.status.code(), Some(4));
+    let runner_pid = d.json("GET", "/pod/info?podName=runner", None)["vmPid"]
+        .as_u64()
+        .unwrap() as u32;
+    let victim = d.json("GET", "/pod/info?podName=victim", None);
+    let victim_pid = victim["vmPid"].as_u64().unwrap() as u32;
+    let victim_dir = d.root.join("vm").join(victim["vm"].as_str().unwrap());
+
+    d.kill9();
+    assert!(pid_alive(runner_pid), "the VM outlives the daemon");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(victim_pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    d.restart();
+
+    // Nothing twice, everything once.
+    let pods = d.json("GET", "/list?item=pod", None);
+    let names: Vec<String> = pods["podData"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().split(':').nth(1).unwrap().to_string())
+        .collect();
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(sorted, vec!["done", "runner", "victim"], "{pods}");
+    assert_eq!(
+        d.json("GET", "/list?item=container", None)["cData"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+
+    // The running pod still runs, in the same VM, and can be attached to and exec'd in.
+    let info = d.json("GET", "/pod/info?podName=runner", None);
+    assert_eq!(info["status"]["phase"], "running", "{info}");
+    assert_eq!(info["vmPid"].as_u64().unwrap() as u32, runner_pid);
+    let mut attach = Command::new(env!("CARGO_BIN_EXE_hyperctl"))
+        .args(["-H", d.socket.to_str().unwrap(), "attach", "runner"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(attach.stdout.take().unwrap()).lines();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let first = lines.next().expect("attach gives output").unwrap();
+    assert!(first.starts_with("tick "), "{first}");
+    assert!(Instant::now() < deadline);
+    let _ = attach.kill();
+    let _ = attach.wait();
+    assert_eq!(
+        out_ok(&d.hyperctl(&["exec", "runner", "echo", "still-here"])),
+        "still-here"
+    );
+    let logs = out_ok(&d.hyperctl(&["logs", "runner"]));
+    assert!(
+        logs.starts_with("tick 0\n"),
+        "logs from before the restart are kept"
+    );
+
+    // The finished pod kept its exit code and its logs.
+    let info = d.json("GET", "/pod/info?podName=done", None);
+    assert_eq!(info["status"]["phase"], "failed");
+    let cid = info["status"]["containerStatus"][0]["containerID"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        d.json("GET", &format!("/exitcode?container={cid}"), None)["ExitCode"],
+        4
+    );
+    assert_eq!(out_ok(&d.hyperctl(&["logs", "done"])), "finished-output");
+
+    // The pod whose VM was killed is exited, and its VM's files are gone.
+    let info = d.json("GET", "/pod/info?podName=victim", None);
+    assert_eq!(info["status"]["phase"], "failed", "{info}");
+    assert_eq!(
+        info["status"]["containerStatus"][0]["terminated"]["exitCode"],
+        137
+    );
+    assert!(!victim_dir.exists(), "{}", victim_dir.display());
+    let vms = d.json("GET", "/list?item=vm", None);
+    assert_eq!(vms["vmData"].as_array().unwrap().len(), 1, "{vms}");
+
+    // A stop after the restart still powers the adopted VM off.
+    out_ok(&d.hyperctl(&["stop", "runner"]));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pid_alive(runner_pid) {
+        assert!(
+            Instant::now() < deadline,
+            "adopted VM still alive after stop"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
