@@ -4,21 +4,11 @@
 //! from a pulled image.
 mod common;
 use common::{
-    json_lines, skopeo_push, tar_of, tree, write_oci_layout, Compression, Daemon, Registry,
+    json_lines, out_ok, skopeo_push, tar_of, tree, write_oci_layout, Compression, Daemon, Registry,
 };
 use serde_json::{json, Value};
 use std::path::Path;
 use std::process::Command;
-
-fn out_ok(o: &std::process::Output) -> String {
-    assert!(
-        o.status.success(),
-        "stdout={} stderr={}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).trim().to_string()
-}
 
 /// Three layers: busybox (gzip), a file (zstd), a whiteout (plain).
 fn multi_layer_layout(dir: &Path, busybox_tar: &[u8]) -> String {

@@ -1,20 +1,9 @@
 //! Pods beyond the first run, with real micro-VMs: exec (output, exit code, stdin, a tty
 //! through a pty), logs after exit, signals, pause/unpause, two containers in one VM.
 mod common;
-use common::{json_lines, Daemon};
+use common::{json_lines, out_ok, Daemon};
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-fn out_ok(o: &std::process::Output) -> String {
-    assert!(
-        o.status.success(),
-        "status={:?} stdout={} stderr={}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).trim().to_string()
-}
 
 fn wait_phase(d: &Daemon, pod: &str, phase: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);

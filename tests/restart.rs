@@ -2,21 +2,10 @@
 //! can be attached to, finished pods keep their exit codes and logs, nothing is listed
 //! twice, and a pod whose VM died meanwhile is exited with its resources freed.
 mod common;
-use common::{pid_alive, Daemon};
+use common::{out_ok, pid_alive, Daemon};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn out_ok(o: &std::process::Output) -> String {
-    assert!(
-        o.status.success(),
-        "status={:?} stdout={} stderr={}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).trim().to_string()
-}
 
 #[test]
 fn pods_survive_a_daemon_kill() {

@@ -35,6 +35,26 @@ fn check_guest_assets() {
     }
 }
 
+/// Starts hyperd on `socket` and `root`, logging (appending) to `log`.
+fn spawn_hyperd(socket: &Path, root: &Path, extra: &[&str], log: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Command::new(env!("CARGO_BIN_EXE_hyperd"))
+        .arg("--host")
+        .arg(socket)
+        .arg("--root")
+        .arg(root)
+        .args(extra)
+        .env("HYPERD_LOG", "debug")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("hyperd starts")
+}
+
 impl Daemon {
     pub fn start() -> Daemon {
         Self::start_with(&[])
@@ -48,18 +68,7 @@ impl Daemon {
             .unwrap();
         let socket = dir.path().join("hyper.sock");
         let root = dir.path().join("root");
-        let log = std::fs::File::create(dir.path().join("hyperd.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_hyperd"))
-            .arg("--host")
-            .arg(&socket)
-            .arg("--root")
-            .arg(&root)
-            .args(extra)
-            .env("HYPERD_LOG", "debug")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("hyperd starts");
+        let child = spawn_hyperd(&socket, &root, extra, &dir.path().join("hyperd.log"));
         let d = Daemon {
             dir,
             socket,
@@ -166,21 +175,13 @@ impl Daemon {
     /// Starts a daemon again on the same socket and state directory.
     pub fn restart(&mut self) {
         self.kill9();
-        let log = std::fs::OpenOptions::new()
-            .append(true)
-            .open(self.dir.path().join("hyperd.log"))
-            .unwrap();
         let _ = std::fs::remove_file(&self.socket);
-        let child = Command::new(env!("CARGO_BIN_EXE_hyperd"))
-            .arg("--host")
-            .arg(&self.socket)
-            .arg("--root")
-            .arg(&self.root)
-            .env("HYPERD_LOG", "debug")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("hyperd starts");
+        let child = spawn_hyperd(
+            &self.socket,
+            &self.root,
+            &[],
+            &self.dir.path().join("hyperd.log"),
+        );
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(60);
         while !self.socket.exists() {
@@ -505,4 +506,16 @@ pub fn skopeo_push(layout: &Path, tag: &str, dest: &str) {
         "skopeo: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The trimmed stdout of a command that must have succeeded.
+pub fn out_ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "status={:?} stdout={} stderr={}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
 }
