@@ -34,6 +34,25 @@ pub struct ContainerSpec {
     pub user: String,
     #[serde(default)]
     pub tty: bool,
+    /// `never` (default), `onFailure` or `always`: whether the daemon starts the
+    /// container's process again when it exits.
+    #[serde(
+        default,
+        rename = "restartPolicy",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub restart_policy: String,
+}
+
+impl ContainerSpec {
+    /// Whether an exit with `code` calls for a restart under the container's policy.
+    pub fn restarts_after(&self, code: i32) -> bool {
+        match self.restart_policy.as_str() {
+            "always" => true,
+            "onFailure" => code != 0,
+            _ => false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -130,6 +149,15 @@ impl PodSpec {
                     return Err(format!("invalid environment variable name {:?}", e.env));
                 }
             }
+            if !matches!(
+                c.restart_policy.as_str(),
+                "" | "never" | "onFailure" | "always"
+            ) {
+                return Err(format!(
+                    "invalid restartPolicy {:?} (never, onFailure, always)",
+                    c.restart_policy
+                ));
+            }
             if !c.workdir.is_empty() && !c.workdir.starts_with('/') {
                 return Err(format!("workdir must be absolute, not {:?}", c.workdir));
             }
@@ -172,6 +200,7 @@ mod tests {
             br#"{"containers":[{"image":"b"}],"resource":{"memory":1}}"#,
             br#"{"containers":[{"image":"b","workdir":"rel"}]}"#,
             br#"{"containers":[{"image":"b","envs":[{"env":"A=B"}]}]}"#,
+            br#"{"containers":[{"image":"b","restartPolicy":"sometimes"}]}"#,
             br#"{"containers": "#,
         ] {
             assert!(

@@ -103,6 +103,34 @@ fn exec_logs_signals_and_pause() {
         400
     );
 
+    // Stats come from the guest; labels are set, guarded, overridden.
+    let stats = d.json("GET", "/pod/stats?podId=web", None);
+    assert!(
+        stats["cpu"]["usage"]["total"].as_u64().unwrap() > 0,
+        "{stats}"
+    );
+    assert!(
+        stats["memory"]["limit"].as_u64().unwrap() > 32 << 20,
+        "{stats}"
+    );
+    let v = d.json("POST", "/pod/labels?podId=web", Some(r#"{"tier":"front"}"#));
+    assert_eq!(v["labels"]["tier"], "front");
+    assert_eq!(
+        d.curl("POST", "/pod/labels?podId=web", Some(r#"{"tier":"back"}"#))
+            .0,
+        409
+    );
+    d.json(
+        "POST",
+        "/pod/labels?podId=web&override=yes",
+        Some(r#"{"tier":"back"}"#),
+    );
+    assert_eq!(
+        d.json("GET", "/pod/info?podName=web", None)["labels"]["tier"],
+        "back"
+    );
+    assert_eq!(d.curl("POST", "/pod/labels?podId=web", Some("[1]")).0, 400);
+
     // A signal the process handles.
     out_ok(&d.hyperctl(&["kill", "-s", "USR1", "web"]));
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -215,4 +243,47 @@ fn two_containers_share_one_vm() {
     );
     let list = d.json("GET", "/list?item=container&pod=duo", None);
     assert_eq!(list["cData"].as_array().unwrap().len(), 2, "{list}");
+}
+
+#[test]
+fn restart_policy_on_failure_restarts_until_success() {
+    let d = Daemon::start();
+    d.import_busybox();
+    // Fails twice, succeeds the third time; /tmp survives restarts of the same container.
+    let script = "n=$(cat /tmp/n 2>/dev/null || echo 0); n=$((n+1)); echo $n > /tmp/n; echo run $n; [ $n -ge 3 ]";
+    out_ok(&d.hyperctl(&[
+        "run",
+        "-d",
+        "--name",
+        "flaky",
+        "--restart",
+        "onFailure",
+        "busybox",
+        "sh",
+        "-c",
+        script,
+    ]));
+    wait_phase(&d, "flaky", "succeeded");
+    assert_eq!(
+        out_ok(&d.hyperctl(&["logs", "flaky"])),
+        "run 1\nrun 2\nrun 3"
+    );
+    let info = d.json("GET", "/container/info?container=flaky-busybox-0", None);
+    assert_eq!(info["restartCount"], 2, "{info}");
+    assert_eq!(info["status"]["terminated"]["exitCode"], 0);
+    // never (the default) leaves a failure alone.
+    out_ok(&d.hyperctl(&[
+        "run",
+        "-d",
+        "--name",
+        "once",
+        "busybox",
+        "sh",
+        "-c",
+        "echo once; exit 1",
+    ]));
+    wait_phase(&d, "once", "failed");
+    assert_eq!(out_ok(&d.hyperctl(&["logs", "once"])), "once");
+    let (code, _) = d.curl("POST", "/pod/create", Some(r#"{"containers":[{"image":"busybox","command":["true"],"restartPolicy":"sometimes"}]}"#));
+    assert_eq!(code, 400);
 }

@@ -70,6 +70,9 @@ fn handle(agent: &Arc<process::Agent>, chan: &channel::Channel, req: Request) {
             .start_process(&container, stream, process)
             .map(|pid| Some(serde_json::json!({ "pid": pid }))),
         Op::Signal { stream, signal } => agent.signal(stream, signal).map(|_| None),
+        Op::Stats => Ok(Some(
+            serde_json::to_value(sys::stats()).expect("stats serialize"),
+        )),
         Op::Status => Ok(Some(
             serde_json::to_value(agent.status()).expect("status serializes"),
         )),

@@ -125,14 +125,13 @@ impl Agent {
             (c.root.clone(), c.hostname.clone(), c.init)
         };
         // A container whose first process still runs: join its namespaces (an exec).
+        // Otherwise this process starts the container (again, after a restart) in new
+        // namespaces.
         let join = match init {
-            Some((init_stream, pid)) => {
-                if !self.procs.lock().unwrap().contains_key(&init_stream) {
-                    return Err(format!("container {container} is not running"));
-                }
+            Some((init_stream, pid)) if self.procs.lock().unwrap().contains_key(&init_stream) => {
                 Some(JoinNs::open(pid).map_err(|e| format!("container {container}: {e}"))?)
             }
-            None => None,
+            _ => None,
         };
         let (uid, gid) = resolve_user(&root, &spec.user)?;
         let setup = ChildSetup {
@@ -265,6 +264,7 @@ impl Agent {
                 )
             });
         }
+        self.exited.lock().unwrap().remove(&stream);
         self.procs.lock().unwrap().insert(
             stream,
             Proc {

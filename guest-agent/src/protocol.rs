@@ -211,6 +211,19 @@ pub enum Op {
     /// What runs and what has exited: answered with a [`Status`] (used by a daemon that
     /// reconnects after a restart).
     Status,
+    /// Resource use of the VM: answered with [`Stats`].
+    Stats,
+}
+
+/// The answer to [`Op::Stats`], read from the guest's /proc.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Stats {
+    /// CPU time spent by the guest outside idle, in nanoseconds, since boot.
+    pub cpu_ns: u64,
+    pub memory_total: u64,
+    pub memory_available: u64,
+    pub load1: f64,
+    pub processes: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]

@@ -89,3 +89,51 @@ pub fn power_off() -> ! {
     }
     std::process::exit(1)
 }
+
+/// The guest's resource use, from /proc.
+pub fn stats() -> hyperd_agent::protocol::Stats {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem = |key: &str| -> u64 {
+        meminfo
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .unwrap_or(0)
+    };
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    // SAFETY: sysconf takes a constant and returns a number.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let cpu_ticks: u64 = stat
+        .lines()
+        .next()
+        .map(|l| {
+            l.split_whitespace()
+                .skip(1)
+                .enumerate()
+                .filter(|(i, _)| *i != 3 && *i != 4) // idle, iowait
+                .filter_map(|(_, v)| v.parse::<u64>().ok())
+                .sum()
+        })
+        .unwrap_or(0);
+    let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let processes = std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+                .count() as u64
+        })
+        .unwrap_or(0);
+    hyperd_agent::protocol::Stats {
+        cpu_ns: cpu_ticks * 1_000_000_000 / hz,
+        memory_total: mem("MemTotal:"),
+        memory_available: mem("MemAvailable:"),
+        load1: loadavg
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0),
+        processes,
+    }
+}

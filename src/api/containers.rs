@@ -125,6 +125,7 @@ pub fn container_info(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResul
         "env": c.process.env,
         "user": c.process.user,
         "tty": c.process.tty,
+        "restartCount": st.restart_count,
         "status": {
             "phase": c.phase(),
             "running": { "startedAt": st.started_at },

@@ -57,6 +57,7 @@ fn container_json(c: &Container) -> serde_json::Value {
         "image": c.image_ref,
         "imageID": c.image.id,
         "phase": c.phase(),
+        "restartCount": st.restart_count,
         "running": { "startedAt": st.started_at },
         "terminated": { "exitCode": st.exit_code, "finishedAt": st.finished_at },
     })
@@ -72,6 +73,7 @@ pub fn pod_json(pod: &Pod) -> serde_json::Value {
         "vm": vm.as_ref().map(|v| v.id.clone()).unwrap_or_default(),
         "vmPid": vm.as_ref().map(|v| v.pid),
         "createdAt": pod.created,
+        "labels": *pod.labels.lock().unwrap(),
         "spec": pod.spec,
         "status": {
             "phase": pod.phase().as_str(),
@@ -145,4 +147,38 @@ pub fn exitcode(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
             format!("{what} has not exited"),
         )),
     }
+}
+
+/// `POST /pod/labels?podId=ID&labels={"k":"v"}[&override=yes]` (labels also as the body).
+pub async fn labels(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
+    let q = query(&req);
+    let id = param(&q, &["podId", "podName"])?.to_string();
+    let overwrite = super::http::flag(&q, "override");
+    let body = read_body(req.into_body(), MAX_JSON_BODY).await?;
+    let raw = match q.get("labels") {
+        Some(l) if body.is_empty() => l.as_bytes().to_vec(),
+        _ => body.to_vec(),
+    };
+    let labels: std::collections::BTreeMap<String, String> =
+        serde_json::from_slice(&raw).map_err(|e| {
+            ApiError::bad_request(format!("labels must be a JSON object of strings: {e}"))
+        })?;
+    let pod = engine.label_pod(&id, labels, overwrite)?;
+    let labels = pod.labels.lock().unwrap().clone();
+    ok_json(json!({ "ID": pod.id, "labels": labels }))
+}
+
+/// `GET /pod/stats?podId=ID`: the VM's CPU and memory use.
+pub async fn stats(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
+    let q = query(req);
+    let (pod, s) = engine.pod_stats(param(&q, &["podId", "podName"])?).await?;
+    ok_json(json!({
+        "podID": pod.id,
+        "timestamp": crate::engine::io::chrono_now(),
+        "cpu": { "usage": { "total": s.cpu_ns } },
+        "memory": { "usage": s.memory_total.saturating_sub(s.memory_available), "available": s.memory_available, "limit": s.memory_total },
+        "load": s.load1,
+        "processes": s.processes,
+        "containers": pod.containers.iter().map(|c| json!({ "containerID": c.id, "name": c.name, "phase": c.phase() })).collect::<Vec<_>>(),
+    }))
 }

@@ -120,6 +120,8 @@ async fn route(
         (&Method::POST, "/container/kill") => containers::container_kill(engine, &req).await,
         (&Method::GET, "/container/info") => containers::container_info(engine, &req),
         (&Method::GET, "/container/logs") => containers::container_logs(engine, &req),
+        (&Method::POST, "/pod/labels") => pods::labels(engine, req).await,
+        (&Method::GET, "/pod/stats") => pods::stats(engine, &req).await,
         (&Method::POST, "/pod/kill") => containers::pod_kill(engine, &req).await,
         (&Method::POST, "/pod/pause") => containers::pod_pause(engine, &req, true).await,
         (&Method::POST, "/pod/unpause") => containers::pod_pause(engine, &req, false).await,

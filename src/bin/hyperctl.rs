@@ -200,6 +200,12 @@ struct RunArgs {
     entrypoint: Option<String>,
     #[arg(short, long)]
     workdir: Option<String>,
+    /// Restart policy: never, onFailure or always.
+    #[arg(long, default_value = "never")]
+    restart: String,
+    /// A pod label KEY=VALUE (repeatable).
+    #[arg(short, long = "label")]
+    label: Vec<String>,
     /// vCPUs of the pod's VM.
     #[arg(long, default_value_t = 1)]
     cpu: u32,
@@ -767,6 +773,7 @@ fn pod_spec(args: &RunArgs) -> anyhow::Result<Value> {
         "command": args.command,
         "envs": envs,
         "tty": args.tty,
+        "restartPolicy": args.restart,
     });
     if let Some(e) = &args.entrypoint {
         container["entrypoint"] = json!([e]);
@@ -781,6 +788,15 @@ fn pod_spec(args: &RunArgs) -> anyhow::Result<Value> {
     if let Some(n) = &args.name {
         spec["id"] = json!(n);
     }
+    let labels: serde_json::Map<String, Value> = args
+        .label
+        .iter()
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (k.to_string(), json!(v))
+        })
+        .collect();
+    spec["labels"] = Value::Object(labels);
     Ok(spec)
 }
 

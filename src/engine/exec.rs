@@ -251,6 +251,48 @@ impl Engine {
         Ok(())
     }
 
+    /// The VM's resource use, as its agent reads it.
+    pub async fn pod_stats(
+        &self,
+        key: &str,
+    ) -> Result<(Arc<Pod>, hyperd_agent::protocol::Stats), EngineError> {
+        let pod = self.pod(key)?;
+        let agent = pod.running_agent()?;
+        let v = agent
+            .call(Op::Stats, AGENT_TIMEOUT)
+            .await
+            .map_err(agent_err)?;
+        let stats = serde_json::from_value(v.unwrap_or_default())
+            .map_err(|e| EngineError::Internal(format!("bad stats from the agent: {e}")))?;
+        Ok((pod, stats))
+    }
+
+    /// Sets labels on a pod; an existing label changes only with `overwrite`.
+    pub fn label_pod(
+        &self,
+        key: &str,
+        labels: std::collections::BTreeMap<String, String>,
+        overwrite: bool,
+    ) -> Result<Arc<Pod>, EngineError> {
+        let pod = self.pod(key)?;
+        {
+            let mut current = pod.labels.lock().unwrap();
+            for (k, v) in &labels {
+                if k.is_empty() || k.len() > 253 {
+                    return Err(EngineError::BadRequest(format!("invalid label key {k:?}")));
+                }
+                if !overwrite && current.get(k).is_some_and(|old| old != v) {
+                    return Err(EngineError::Conflict(format!(
+                        "label {k} is already set; use override to change it"
+                    )));
+                }
+            }
+            current.extend(labels);
+        }
+        self.persist(&pod);
+        Ok(pod)
+    }
+
     /// Freezes a running pod's VM (its process stops being scheduled), or thaws it.
     pub async fn pause_pod(&self, key: &str, pause: bool) -> Result<Arc<Pod>, EngineError> {
         let pod = self.pod(key)?;

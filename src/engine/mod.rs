@@ -73,6 +73,9 @@ pub struct ContainerStatus {
     pub exit_code: Option<i32>,
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
+    /// How often the daemon restarted the process under its restart policy.
+    #[serde(default)]
+    pub restart_count: u32,
 }
 
 pub struct Container {
@@ -84,6 +87,8 @@ pub struct Container {
     pub stream: u32,
     pub io: Arc<ContainerIo>,
     pub status: Mutex<ContainerStatus>,
+    /// Exited, with a restart under its policy on the way.
+    pub restarting: std::sync::atomic::AtomicBool,
 }
 
 impl Container {
@@ -122,6 +127,8 @@ pub struct Pod {
     recorded_vm: Mutex<Option<recovery::VmRecord>>,
     /// Serializes start, stop and removal.
     op: tokio::sync::Mutex<()>,
+    /// The pod's labels (from its spec, then `POST /pod/labels`).
+    pub labels: Mutex<std::collections::BTreeMap<String, String>>,
     /// Extra processes run in the pod's containers, by exec id.
     pub execs: Mutex<HashMap<String, Arc<exec::Exec>>>,
     /// Stream numbers for execs (containers use 1..=n).
@@ -139,6 +146,14 @@ impl Pod {
 
     fn set_phase(&self, p: PodPhase) {
         *self.phase.lock().unwrap() = p;
+    }
+
+    /// Whether every container has exited for good (none is waiting for a restart).
+    fn all_done(&self) -> bool {
+        self.containers.iter().all(|c| {
+            *c.io.state().borrow() == IoState::Exited
+                && !c.restarting.load(std::sync::atomic::Ordering::SeqCst)
+        })
     }
 
     /// The phase once every container has exited.
@@ -357,6 +372,7 @@ impl Engine {
                 process,
                 stream: i as u32 + 1,
                 status: Mutex::new(ContainerStatus::default()),
+                restarting: Default::default(),
             }));
         }
         std::fs::create_dir_all(&dir).map_err(|e| EngineError::Internal(e.to_string()))?;
@@ -364,6 +380,7 @@ impl Engine {
             &dir.join("spec.json"),
             &serde_json::to_vec_pretty(&spec).unwrap_or_default(),
         );
+        let labels = Mutex::new(spec.labels.clone());
         let pod = Arc::new(Pod {
             id: id.clone(),
             name,
@@ -374,6 +391,7 @@ impl Engine {
             phase: Mutex::new(PodPhase::Pending),
             vm: Mutex::new(None),
             recorded_vm: Mutex::new(None),
+            labels,
             op: tokio::sync::Mutex::new(()),
             execs: Mutex::new(HashMap::new()),
             next_stream: std::sync::atomic::AtomicU32::new(1000),
@@ -568,6 +586,57 @@ async fn stop_runtime(vm: &VmRuntime) {
     }
 }
 
+/// Starts a container's process again under its restart policy, after a delay that
+/// doubles with each restart (100 ms up to 10 s).
+async fn restart_container(
+    engine: Arc<Engine>,
+    pod: Arc<Pod>,
+    c: Arc<Container>,
+    agent: AgentClient,
+) {
+    let n = c.status.lock().unwrap().restart_count;
+    tokio::time::sleep(
+        Duration::from_millis(100u64.saturating_mul(1 << n.min(7))).min(Duration::from_secs(10)),
+    )
+    .await;
+    let result = if pod.phase() == PodPhase::Running && pod.vm().is_some() {
+        {
+            let mut st = c.status.lock().unwrap();
+            st.exit_code = None;
+            st.finished_at = None;
+            st.started_at = Some(io::chrono_now());
+            st.restart_count += 1;
+        }
+        c.io.set_state(IoState::Running);
+        let op = Op::StartProcess {
+            container: c.id.clone(),
+            stream: c.stream,
+            process: c.process.clone(),
+        };
+        agent
+            .call(op, AGENT_TIMEOUT)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    } else {
+        Err("the pod is no longer running".into())
+    };
+    c.restarting
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    match result {
+        Ok(()) => tracing::info!(pod = %pod.id, container = %c.name, "container restarted"),
+        Err(e) => {
+            tracing::warn!(pod = %pod.id, container = %c.name, "restart failed: {e}");
+            mark_exited(&c.io, &c.status, 127);
+            if pod.all_done() {
+                pod.set_phase(pod.finished_phase());
+                let _ = agent.call(Op::Shutdown, Duration::from_secs(10)).await;
+            }
+        }
+    }
+    engine.persist(&pod);
+}
+
 /// Records a process's exit (the first report wins) and ends its attached streams.
 fn mark_exited(io: &ContainerIo, status: &Mutex<ContainerStatus>, code: i32) {
     {
@@ -616,17 +685,25 @@ async fn monitor(
             if let Some(c) = by_stream.get(&stream) {
                 tracing::info!(pod = %pod.id, container = %c.name, code, "container exited");
                 mark_exited(&c.io, &c.status, code);
+                let policy = pod.spec.containers.get(c.stream as usize - 1);
+                if policy.is_some_and(|p| p.restarts_after(code))
+                    && pod.phase() == PodPhase::Running
+                {
+                    c.restarting
+                        .store(true, std::sync::atomic::Ordering::SeqCst);
+                    tokio::spawn(restart_container(
+                        engine.clone(),
+                        pod.clone(),
+                        c.clone(),
+                        vm.agent.clone(),
+                    ));
+                }
                 engine.persist(&pod);
             } else if let Some(e) = pod.exec_by_stream(stream) {
                 mark_exited(&e.io, &e.status, code);
                 return;
             }
-
-            let all_done = pod
-                .containers
-                .iter()
-                .all(|c| *c.io.state().borrow() == IoState::Exited);
-            if all_done && !*shutting_down {
+            if pod.all_done() && !*shutting_down {
                 *shutting_down = true;
                 pod.set_phase(pod.finished_phase());
                 let agent = vm.agent.clone();

@@ -47,6 +47,8 @@ struct PodRecord {
     phase: PodPhase,
     vm: Option<VmRecord>,
     containers: Vec<ContainerRecord>,
+    #[serde(default)]
+    labels: std::collections::BTreeMap<String, String>,
 }
 
 impl Engine {
@@ -67,6 +69,7 @@ impl Engine {
             created: pod.created.clone(),
             phase: pod.phase(),
             vm,
+            labels: pod.labels.lock().unwrap().clone(),
             containers: pod
                 .containers
                 .iter()
@@ -124,6 +127,7 @@ impl Engine {
                         stream: c.stream,
                         io,
                         status: Mutex::new(c.status),
+                        restarting: Default::default(),
                     })
                 })
                 .collect();
@@ -137,6 +141,7 @@ impl Engine {
                 phase: Mutex::new(r.phase),
                 vm: Mutex::new(None),
                 recorded_vm: Mutex::new(r.vm),
+                labels: Mutex::new(r.labels),
                 op: tokio::sync::Mutex::new(()),
                 execs: Mutex::new(HashMap::new()),
                 next_stream: std::sync::atomic::AtomicU32::new(1000),
