@@ -164,6 +164,11 @@ impl Daemon {
         );
     }
 
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("daemon running").id()
+    }
+
     /// kill -9 the daemon (its VMs keep running).
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {

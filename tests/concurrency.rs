@@ -1,0 +1,100 @@
+//! Twenty pods created, started and deleted in parallel leave no processes, sockets,
+//! mounts or files behind.
+mod common;
+use common::{tree, Daemon};
+use std::time::Duration;
+
+const PODS: usize = 20;
+
+/// Processes other than `except` whose command line mentions `needle`.
+fn processes_mentioning(needle: &str, except: u32) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .parse::<u32>()
+                .is_ok_and(|p| p != except)
+        })
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(needle))
+        .collect()
+}
+
+#[test]
+fn twenty_pods_in_parallel_leave_nothing_behind() {
+    let d = Daemon::start();
+    d.import_busybox();
+    let root = d.root.to_string_lossy().to_string();
+    std::thread::scope(|s| {
+        for i in 0..PODS {
+            let d = &d;
+            s.spawn(move || {
+                let name = format!("p{i}");
+                let spec = serde_json::json!({
+                    "id": name,
+                    "containers": [{ "image": "busybox", "command": ["sh", "-c", "echo up; sleep 1000"] }],
+                    "resource": { "vcpu": 1, "memory": 64 },
+                })
+                .to_string();
+                d.json("POST", "/pod/create", Some(&spec));
+                d.json("POST", &format!("/pod/start?podId={name}"), None);
+                let info = d.json("GET", &format!("/pod/info?podName={name}"), None);
+                assert_eq!(info["status"]["phase"], "running", "{info}");
+                // Half are stopped first, half deleted while running.
+                if i % 2 == 0 {
+                    d.json("POST", &format!("/pod/stop?podId={name}"), None);
+                }
+                let (code, text) = d.curl("DELETE", &format!("/pod?podId={name}"), None);
+                assert_eq!(code, 200, "{name}: {text}");
+            });
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        d.json("GET", "/list?item=pod", None)["podData"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+    assert_eq!(
+        d.json("GET", "/list?item=vm", None)["vmData"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+    let left = processes_mentioning(&root, d.pid());
+    assert!(left.is_empty(), "processes left: {left:?}");
+    assert!(
+        tree(&d.root.join("vm")).is_empty(),
+        "{:?}",
+        tree(&d.root.join("vm"))
+    );
+    assert!(
+        tree(&d.root.join("pods")).is_empty(),
+        "{:?}",
+        tree(&d.root.join("pods"))
+    );
+    let socks: Vec<_> = tree(&d.root)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "sock"))
+        .collect();
+    assert!(socks.is_empty(), "{socks:?}");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&root), "mounts under the root: {mounts}");
+    // The daemon holds no descriptors to deleted VM files.
+    let pid = d.pid();
+    let fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .map(|p| p.to_string_lossy().to_string())
+        .filter(|p| p.contains("/vm/") || p.contains("/pods/"))
+        .collect();
+    assert!(fds.is_empty(), "{fds:?}");
+}
