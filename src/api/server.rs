@@ -96,45 +96,81 @@ async fn handle(engine: Arc<Engine>, req: Request<Incoming>) -> Response<Body> {
     }
 }
 
+type HandlerFuture = std::pin::Pin<Box<dyn Future<Output = ApiResult> + Send>>;
+
+/// One route of the API: every route hyperd serves is in [`ROUTES`], which the router
+/// and the OpenAPI check (docs/openapi.json) both read.
+pub struct Route {
+    pub method: &'static str,
+    pub path: &'static str,
+    handler: fn(Arc<Engine>, Request<Incoming>) -> HandlerFuture,
+}
+
+macro_rules! route {
+    ($method:ident $path:literal => |$e:ident, $r:ident| $body:expr) => {
+        Route {
+            method: stringify!($method),
+            path: $path,
+            handler: |$e: Arc<Engine>, $r: Request<Incoming>| -> HandlerFuture {
+                Box::pin(async move {
+                    let (_e, _r) = (&$e, &$r);
+                    $body
+                })
+            },
+        }
+    };
+}
+
+pub static ROUTES: &[Route] = &[
+    route!(GET "/_ping" => |e, r| system::ping()),
+    route!(GET "/version" => |e, r| system::version()),
+    route!(GET "/info" => |e, r| system::info(&e)),
+    route!(POST "/pod/create" => |e, r| pods::create(&e, r).await),
+    route!(POST "/pod/start" => |e, r| pods::start(&e, r).await),
+    route!(POST "/pod/stop" => |e, r| pods::stop(&e, r).await),
+    route!(POST "/pod/kill" => |e, r| containers::pod_kill(&e, &r).await),
+    route!(POST "/pod/pause" => |e, r| containers::pod_pause(&e, &r, true).await),
+    route!(POST "/pod/unpause" => |e, r| containers::pod_pause(&e, &r, false).await),
+    route!(POST "/pod/labels" => |e, r| pods::labels(&e, r).await),
+    route!(DELETE "/pod" => |e, r| pods::remove(&e, r).await),
+    route!(GET "/pod/info" => |e, r| pods::info(&e, &r)),
+    route!(GET "/pod/stats" => |e, r| pods::stats(&e, &r).await),
+    route!(GET "/list" => |e, r| pods::list(&e, &r)),
+    route!(GET "/container/info" => |e, r| containers::container_info(&e, &r)),
+    route!(GET "/container/logs" => |e, r| containers::container_logs(&e, &r)),
+    route!(POST "/container/kill" => |e, r| containers::container_kill(&e, &r).await),
+    route!(POST "/attach" => |e, r| attach::attach(&e, r).await),
+    route!(POST "/exec/create" => |e, r| containers::exec_create(&e, r).await),
+    route!(POST "/exec/start" => |e, r| attach::exec_start(&e, r).await),
+    route!(GET "/exitcode" => |e, r| pods::exitcode(&e, &r)),
+    route!(POST "/tty/resize" => |e, r| containers::tty_resize(&e, &r).await),
+    route!(POST "/image/create" => |e, r| images::create(&e, r).await),
+    route!(POST "/image/tag" => |e, r| images::tag(&e, &r)),
+    route!(POST "/image/push" => |e, r| images::push(&e, r).await),
+    route!(POST "/image/load" => |e, r| images::load(&e, r).await),
+    route!(GET "/images/save" => |e, r| images::save(&e, &r).await),
+    route!(GET "/images/get" => |e, r| images::list(&e)),
+    route!(DELETE "/image" => |e, r| images::remove(&e, &r)),
+    route!(POST "/auth" => |e, r| images::auth(&e, r).await),
+];
+
 async fn route(
     engine: &Arc<Engine>,
     method: &Method,
     path: &str,
     req: Request<Incoming>,
 ) -> ApiResult {
-    match (method, path) {
-        (&Method::GET | &Method::HEAD, "/_ping") => system::ping(),
-        (&Method::GET, "/version") => system::version(),
-        (&Method::GET, "/info") => system::info(engine),
-        (&Method::POST, "/pod/create") => pods::create(engine, req).await,
-        (&Method::POST, "/pod/start") => pods::start(engine, req).await,
-        (&Method::POST, "/pod/stop") => pods::stop(engine, req).await,
-        (&Method::DELETE, "/pod") => pods::remove(engine, req).await,
-        (&Method::GET, "/pod/info") => pods::info(engine, &req),
-        (&Method::GET, "/list") => pods::list(engine, &req),
-        (&Method::GET, "/exitcode") => pods::exitcode(engine, &req),
-        (&Method::POST, "/attach") => attach::attach(engine, req).await,
-        (&Method::POST, "/exec/create") => containers::exec_create(engine, req).await,
-        (&Method::POST, "/exec/start") => attach::exec_start(engine, req).await,
-        (&Method::POST, "/tty/resize") => containers::tty_resize(engine, &req).await,
-        (&Method::POST, "/container/kill") => containers::container_kill(engine, &req).await,
-        (&Method::GET, "/container/info") => containers::container_info(engine, &req),
-        (&Method::GET, "/container/logs") => containers::container_logs(engine, &req),
-        (&Method::POST, "/pod/labels") => pods::labels(engine, req).await,
-        (&Method::GET, "/pod/stats") => pods::stats(engine, &req).await,
-        (&Method::POST, "/pod/kill") => containers::pod_kill(engine, &req).await,
-        (&Method::POST, "/pod/pause") => containers::pod_pause(engine, &req, true).await,
-        (&Method::POST, "/pod/unpause") => containers::pod_pause(engine, &req, false).await,
-
-        (&Method::POST, "/image/create") => images::create(engine, req).await,
-        (&Method::POST, "/image/tag") => images::tag(engine, &req),
-        (&Method::POST, "/image/push") => images::push(engine, req).await,
-        (&Method::POST, "/image/load") => images::load(engine, req).await,
-        (&Method::GET, "/images/save") => images::save(engine, &req).await,
-        (&Method::POST, "/auth") => images::auth(engine, req).await,
-        (&Method::GET, "/images/get") => images::list(engine),
-        (&Method::DELETE, "/image") => images::remove(engine, &req),
-        _ => Err(not_found(method, path)),
+    let method_name = if method == Method::HEAD {
+        "GET"
+    } else {
+        method.as_str()
+    };
+    match ROUTES
+        .iter()
+        .find(|r| r.path == path && r.method == method_name)
+    {
+        Some(r) => (r.handler)(engine.clone(), req).await,
+        None => Err(not_found(method, path)),
     }
 }
 
@@ -148,6 +184,46 @@ fn not_found(method: &Method, path: &str) -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::route_path;
+
+    /// docs/openapi.json documents exactly the routes the router serves.
+    #[test]
+    fn openapi_matches_the_router() {
+        let doc: serde_json::Value = serde_json::from_str(include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/docs/openapi.json"
+        )))
+        .unwrap();
+        let mut documented: Vec<(String, String)> = doc["paths"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .flat_map(|(path, ops)| {
+                ops.as_object()
+                    .unwrap()
+                    .keys()
+                    .map(move |m| (m.to_ascii_uppercase(), path.clone()))
+            })
+            .collect();
+        let mut served: Vec<(String, String)> = super::ROUTES
+            .iter()
+            .map(|r| (r.method.to_string(), r.path.to_string()))
+            .collect();
+        documented.sort();
+        served.sort();
+        let missing: Vec<_> = served.iter().filter(|r| !documented.contains(r)).collect();
+        let extra: Vec<_> = documented.iter().filter(|r| !served.contains(r)).collect();
+        assert!(
+            missing.is_empty(),
+            "routes not in docs/openapi.json: {missing:?}"
+        );
+        assert!(
+            extra.is_empty(),
+            "documented routes the router does not serve: {extra:?}"
+        );
+        let mut dedup = served.clone();
+        dedup.dedup();
+        assert_eq!(dedup.len(), served.len(), "a route is listed twice");
+    }
 
     #[test]
     fn strips_version_prefixes() {
