@@ -51,6 +51,7 @@ pub fn create(id: &str, serial: &str, fstype: &str) -> io::Result<PathBuf> {
         ));
     }
     let disk = find_disk(serial)?;
+    flush_buffers(&disk)?;
     let b = base(id);
     let (image, rw, root) = (b.join("image"), b.join("rw"), b.join("rootfs"));
     for d in [&image, &rw, &root] {
@@ -95,6 +96,19 @@ pub fn create(id: &str, serial: &str, fstype: &str) -> io::Result<PathBuf> {
         "",
     )?;
     Ok(root)
+}
+
+/// Drops the guest's cached blocks of a disk: the host may have written a new image into
+/// it since the kernel last read it (a slot disk reused for another container).
+fn flush_buffers(disk: &str) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    const BLKFLSBUF: libc::c_ulong = 0x1261; // _IO(0x12, 97)
+    let f = std::fs::File::open(disk)?;
+    // SAFETY: BLKFLSBUF takes no argument; the fd is an open block device.
+    if unsafe { libc::ioctl(f.as_raw_fd(), BLKFLSBUF, 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 pub fn remove(id: &str) -> io::Result<()> {

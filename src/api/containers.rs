@@ -115,7 +115,7 @@ pub fn container_info(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResul
     let (pod, c) = engine.container(param(&q, &["container"])?)?;
     let st = c.status.lock().unwrap().clone();
     ok_json(json!({
-        "name": c.name,
+        "name": c.name(),
         "containerID": c.id,
         "podID": pod.id,
         "image": c.image_ref,

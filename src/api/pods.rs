@@ -30,7 +30,9 @@ pub async fn create(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
 pub async fn start(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
     let q = query(&req);
     let id = param(&q, &["podId", "podName"])?;
-    let pod = engine.start_pod(id).await?;
+    let pod = engine
+        .start_pod(id, q.get("vmId").map(String::as_str))
+        .await?;
     reply(&pod.id)
 }
 
@@ -53,7 +55,7 @@ fn container_json(c: &Container) -> serde_json::Value {
     let st = c.status.lock().unwrap().clone();
     json!({
         "containerID": c.id,
-        "name": c.name,
+        "name": c.name(),
         "image": c.image_ref,
         "imageID": c.image.id,
         "phase": c.phase(),
@@ -77,7 +79,7 @@ pub fn pod_json(pod: &Pod) -> serde_json::Value {
         "spec": pod.spec,
         "status": {
             "phase": pod.phase().as_str(),
-            "containerStatus": pod.containers.iter().map(|c| container_json(c)).collect::<Vec<_>>(),
+            "containerStatus": pod.containers().iter().map(|c| container_json(c)).collect::<Vec<_>>(),
         },
     })
 }
@@ -113,7 +115,7 @@ pub fn list(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
         })),
         "container" => ok_json(json!({
             "item": "container",
-            "cData": pods.iter().flat_map(|p| p.containers.iter().map(move |c| format!("{}:{}:{}:{}", c.id, c.name, p.id, c.phase()))).collect::<Vec<_>>(),
+            "cData": pods.iter().flat_map(|p| p.containers().into_iter().map(move |c| format!("{}:{}:{}:{}", c.id, c.name(), p.id, c.phase()))).collect::<Vec<_>>(),
         })),
         "vm" => ok_json(json!({
             "item": "vm",
@@ -137,7 +139,7 @@ pub fn exitcode(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
         None => {
             let (_, c) = engine.container(param(&q, &["container"])?)?;
             let code = c.status.lock().unwrap().exit_code;
-            (code, format!("container {}", c.name))
+            (code, format!("container {}", c.name()))
         }
     };
     match code {
@@ -179,6 +181,6 @@ pub async fn stats(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
         "memory": { "usage": s.memory_total.saturating_sub(s.memory_available), "available": s.memory_available, "limit": s.memory_total },
         "load": s.load1,
         "processes": s.processes,
-        "containers": pod.containers.iter().map(|c| json!({ "containerID": c.id, "name": c.name, "phase": c.phase() })).collect::<Vec<_>>(),
+        "containers": pod.containers().iter().map(|c| json!({ "containerID": c.id, "name": c.name(), "phase": c.phase() })).collect::<Vec<_>>(),
     }))
 }

@@ -22,7 +22,7 @@ pub fn version() -> ApiResult {
 
 pub fn info(engine: &Arc<Engine>) -> ApiResult {
     let pods = engine.pods();
-    let containers: usize = pods.iter().map(|p| p.containers.len()).sum();
+    let containers: usize = pods.iter().map(|p| p.containers().len()).sum();
     let running = pods.iter().filter(|p| p.vm().is_some()).count();
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let mem_total = std::fs::read_to_string("/proc/meminfo")

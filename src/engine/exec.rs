@@ -101,7 +101,7 @@ impl Engine {
             Err(EngineError::NotFound(m)) => match self.pod(key) {
                 Ok(p) => {
                     let c = p
-                        .containers
+                        .containers()
                         .first()
                         .cloned()
                         .ok_or(EngineError::NotFound(m))?;
@@ -125,7 +125,7 @@ impl Engine {
         if *c.io.state().borrow() != IoState::Running {
             return Err(EngineError::Conflict(format!(
                 "container {} is not running",
-                c.name
+                c.name()
             )));
         }
         pod.running_agent()?;
@@ -204,7 +204,7 @@ impl Engine {
         if *c.io.state().borrow() != IoState::Running {
             return Err(EngineError::Conflict(format!(
                 "container {} is not running",
-                c.name
+                c.name()
             )));
         }
         signal_stream(&pod.running_agent()?, c.stream, sig).await
@@ -216,7 +216,7 @@ impl Engine {
         let pod = self.pod(key)?;
         let agent = pod.running_agent()?;
         for c in pod
-            .containers
+            .containers()
             .iter()
             .filter(|c| *c.io.state().borrow() == IoState::Running)
         {

@@ -2,13 +2,15 @@
 //! containers through its agent), the stream of output and exits, stop and removal.
 pub mod exec;
 pub mod io;
+mod pool;
 mod recovery;
+pub mod slots;
 
 use crate::config::Config;
 use crate::image::{ImageError, ImageRecord, ImageStore};
 use crate::spec::{ContainerSpec, PodSpec};
 use crate::vm::agent::{AgentClient, AgentEvent};
-use crate::vm::{DiskConfig, Driver, RunningVm, VmConfig};
+use crate::vm::{Driver, RunningVm};
 use hyperd_agent::protocol::{Op, ProcessSpec};
 use io::{Chunk, ContainerIo, IoState};
 use std::collections::HashMap;
@@ -80,7 +82,7 @@ pub struct ContainerStatus {
 
 pub struct Container {
     pub id: String,
-    pub name: String,
+    name: Mutex<String>,
     pub image: ImageRecord,
     pub image_ref: String,
     pub process: ProcessSpec,
@@ -92,6 +94,14 @@ pub struct Container {
 }
 
 impl Container {
+    pub fn name(&self) -> String {
+        self.name.lock().unwrap().clone()
+    }
+
+    pub fn set_name(&self, name: String) {
+        *self.name.lock().unwrap() = name;
+    }
+
     pub fn phase(&self) -> &'static str {
         match *self.io.state().borrow() {
             IoState::NotStarted => "pending",
@@ -112,6 +122,10 @@ pub struct VmRuntime {
     pub agent: AgentClient,
     /// Becomes true once the VM process is gone and its files are cleaned up.
     pub gone: watch::Receiver<bool>,
+    /// Which container holds each disk slot.
+    pub slots: Mutex<Vec<Option<String>>>,
+    pub vcpus: u32,
+    pub memory_mib: u32,
 }
 
 pub struct Pod {
@@ -120,7 +134,7 @@ pub struct Pod {
     pub spec: PodSpec,
     pub created: String,
     pub dir: PathBuf,
-    pub containers: Vec<Arc<Container>>,
+    containers: std::sync::RwLock<Vec<Arc<Container>>>,
     phase: Mutex<PodPhase>,
     vm: Mutex<Option<Arc<VmRuntime>>>,
     /// The VM a reloaded pod had, until it is re-attached or found dead.
@@ -136,6 +150,11 @@ pub struct Pod {
 }
 
 impl Pod {
+    /// The pod's containers, in order.
+    pub fn containers(&self) -> Vec<Arc<Container>> {
+        self.containers.read().unwrap().clone()
+    }
+
     pub fn phase(&self) -> PodPhase {
         *self.phase.lock().unwrap()
     }
@@ -150,7 +169,7 @@ impl Pod {
 
     /// Whether every container has exited for good (none is waiting for a restart).
     fn all_done(&self) -> bool {
-        self.containers.iter().all(|c| {
+        self.containers().iter().all(|c| {
             *c.io.state().borrow() == IoState::Exited
                 && !c.restarting.load(std::sync::atomic::Ordering::SeqCst)
         })
@@ -159,7 +178,7 @@ impl Pod {
     /// The phase once every container has exited.
     fn finished_phase(&self) -> PodPhase {
         let all_ok = self
-            .containers
+            .containers()
             .iter()
             .all(|c| c.status.lock().unwrap().exit_code == Some(0));
         if all_ok {
@@ -176,6 +195,8 @@ pub struct Engine {
     pub credentials: crate::image::auth::CredentialStore,
     pub store: crate::store::Store,
     pub driver: Driver,
+    /// VMs booted ahead of their pods.
+    pool: Mutex<Vec<pool::Booted>>,
     pods: Mutex<HashMap<String, Arc<Pod>>>,
 }
 
@@ -244,6 +265,7 @@ impl Engine {
             cfg,
             images: Arc::new(images),
             driver,
+            pool: Mutex::new(Vec::new()),
             pods: Mutex::new(HashMap::new()),
         };
         engine.load_pods();
@@ -312,8 +334,8 @@ impl Engine {
         let pods = self.pods.lock().unwrap();
         let mut found = Vec::new();
         for p in pods.values() {
-            for c in &p.containers {
-                if c.id == key || c.name == key || (key.len() >= 4 && c.id.starts_with(key)) {
+            for c in &p.containers() {
+                if c.id == key || c.name() == key || (key.len() >= 4 && c.id.starts_with(key)) {
                     found.push((p.clone(), c.clone()));
                 }
             }
@@ -332,7 +354,7 @@ impl Engine {
             .lock()
             .unwrap()
             .values()
-            .any(|p| p.containers.iter().any(|c| c.image.id == image_id))
+            .any(|p| p.containers().iter().any(|c| c.image.id == image_id))
     }
 
     pub fn create_pod(&self, spec: PodSpec) -> Result<Arc<Pod>, EngineError> {
@@ -366,7 +388,7 @@ impl Engine {
             containers.push(Arc::new(Container {
                 io: Arc::new(ContainerIo::new(dir.join(format!("{cid}.log")))),
                 id: cid,
-                name: cname,
+                name: cname.into(),
                 image,
                 image_ref: cs.image.clone(),
                 process,
@@ -387,7 +409,7 @@ impl Engine {
             spec,
             created: io::chrono_now(),
             dir,
-            containers,
+            containers: containers.into(),
             phase: Mutex::new(PodPhase::Pending),
             vm: Mutex::new(None),
             recorded_vm: Mutex::new(None),
@@ -411,7 +433,13 @@ impl Engine {
     }
 
     /// Boots the pod's VM and starts its containers.
-    pub async fn start_pod(self: &Arc<Self>, key: &str) -> Result<Arc<Pod>, EngineError> {
+    /// Boots the pod's VM (or takes a VM booted ahead, `vm_hint` naming one) and starts
+    /// its containers.
+    pub async fn start_pod(
+        self: &Arc<Self>,
+        key: &str,
+        vm_hint: Option<&str>,
+    ) -> Result<Arc<Pod>, EngineError> {
         let pod = self.pod(key)?;
         let _op = pod.op.lock().await;
         if pod.phase() == PodPhase::Running || pod.vm().is_some() {
@@ -420,49 +448,27 @@ impl Engine {
                 pod.id
             )));
         }
-        let vm_id = crate::ids::vm_id();
-        let vm_cfg = VmConfig {
-            id: vm_id.clone(),
-            dir: self.cfg.root.join("vm").join(&vm_id),
-            vcpus: pod.spec.resource.vcpu,
-            memory_mib: pod.spec.resource.memory,
-            kernel: self.cfg.kernel.clone(),
-            initrd: self.cfg.initrd.clone(),
-            disks: pod
-                .containers
-                .iter()
-                .map(|c| DiskConfig {
-                    path: self.images.rootfs_path(&c.image),
-                    serial: format!("hyper-c{}", c.stream),
-                    read_only: true,
-                })
-                .collect(),
-            boot_timeout: self.cfg.boot_timeout,
-        };
-        for c in &pod.containers {
+        for c in &pod.containers() {
             c.io.set_state(IoState::NotStarted);
             *c.status.lock().unwrap() = ContainerStatus::default();
         }
-        let started = std::time::Instant::now();
-        let vm = match self.driver.boot(&vm_cfg).await {
-            Ok(vm) => vm,
+        let count = pod.containers().len();
+        let (vm, runtime, gone_tx) = match self.take_vm(&pod, vm_hint).await {
+            Ok(v) => v,
             Err(e) => {
-                let _ = std::fs::remove_dir_all(&vm_cfg.dir);
                 pod.set_phase(PodPhase::Failed);
                 self.persist(&pod);
-                return Err(EngineError::Internal(format!("pod {}: {e}", pod.id)));
+                return Err(e);
             }
         };
-        tracing::info!(pod = %pod.id, vm = %vm_id, pid = vm.pid, "VM booted in {:?}", started.elapsed());
-        let agent = vm.agent.clone();
-        let (gone_tx, gone_rx) = watch::channel(false);
-        let runtime = Arc::new(VmRuntime {
-            id: vm_id,
-            pid: vm.pid,
-            dir: vm_cfg.dir.clone(),
-            agent: agent.clone(),
-            gone: gone_rx,
-        });
+        if runtime.slots.lock().unwrap().len() < count {
+            crate::vm::kill_process(runtime.pid);
+            return Err(EngineError::Conflict(format!(
+                "VM {} has fewer disk slots than the pod has containers",
+                runtime.id
+            )));
+        }
+        let agent = runtime.agent.clone();
         *pod.vm.lock().unwrap() = Some(runtime.clone());
         pod.set_phase(PodPhase::Running);
         tokio::spawn(monitor(
@@ -470,21 +476,10 @@ impl Engine {
             pod.clone(),
             vm,
             gone_tx,
-            vm_cfg.dir.clone(),
+            runtime.dir.clone(),
         ));
         let mut failures = Vec::new();
-        for c in &pod.containers {
-            let hostname = if pod.spec.hostname.is_empty() {
-                pod.name.clone()
-            } else {
-                pod.spec.hostname.clone()
-            };
-            let create = Op::CreateContainer {
-                container: c.id.clone(),
-                image_disk_serial: format!("hyper-c{}", c.stream),
-                fstype: "erofs".into(),
-                hostname: Some(hostname.chars().take(63).collect()),
-            };
+        for c in &pod.containers() {
             let mut process = c.process.clone();
             process.stdin |= c.io.stdin_wanted.load(std::sync::atomic::Ordering::SeqCst);
             let start = Op::StartProcess {
@@ -493,14 +488,19 @@ impl Engine {
                 process,
             };
             let res = async {
-                agent.call(create, AGENT_TIMEOUT).await?;
+                self.place(&pod, &runtime, c)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 c.status.lock().unwrap().started_at = Some(io::chrono_now());
                 c.io.set_state(IoState::Running);
-                agent.call(start, AGENT_TIMEOUT).await
+                agent
+                    .call(start, AGENT_TIMEOUT)
+                    .await
+                    .map_err(|e| e.to_string())
             }
             .await;
             if let Err(e) = res {
-                let msg = format!("container {}: {e}", c.name);
+                let msg = format!("container {}: {e}", c.name());
                 tracing::warn!(pod = %pod.id, "{msg}");
                 c.io.output(Chunk::Stderr(bytes::Bytes::from(format!(
                     "hyperd: {msg}\n"
@@ -510,7 +510,7 @@ impl Engine {
             }
         }
         if pod
-            .containers
+            .containers()
             .iter()
             .all(|c| *c.io.state().borrow() == IoState::Exited)
         {
@@ -575,14 +575,25 @@ async fn stop_runtime(vm: &VmRuntime) {
     if *gone.borrow() {
         return;
     }
+    stop_runtime_with(vm, async move {
+        let _ = gone.wait_for(|g| *g).await;
+        String::new()
+    })
+    .await;
+}
+
+/// Asks the agent to power off, waits for `exited` (the VM is gone), kills the VM if it
+/// takes longer than STOP_TIMEOUT.
+async fn stop_runtime_with(vm: &VmRuntime, exited: impl std::future::Future<Output = String>) {
     let _ = vm.agent.call(Op::Shutdown, Duration::from_secs(5)).await;
-    if tokio::time::timeout(STOP_TIMEOUT, gone.wait_for(|g| *g))
+    tokio::pin!(exited);
+    if tokio::time::timeout(STOP_TIMEOUT, &mut exited)
         .await
         .is_err()
     {
         tracing::warn!(vm = %vm.id, "VM did not power off; killing it");
         crate::vm::kill_process(vm.pid);
-        let _ = tokio::time::timeout(STOP_TIMEOUT, gone.wait_for(|g| *g)).await;
+        let _ = tokio::time::timeout(STOP_TIMEOUT, exited).await;
     }
 }
 
@@ -624,9 +635,9 @@ async fn restart_container(
     c.restarting
         .store(false, std::sync::atomic::Ordering::SeqCst);
     match result {
-        Ok(()) => tracing::info!(pod = %pod.id, container = %c.name, "container restarted"),
+        Ok(()) => tracing::info!(pod = %pod.id, container = %c.name(), "container restarted"),
         Err(e) => {
-            tracing::warn!(pod = %pod.id, container = %c.name, "restart failed: {e}");
+            tracing::warn!(pod = %pod.id, container = %c.name(), "restart failed: {e}");
             mark_exited(&c.io, &c.status, 127);
             if pod.all_done() {
                 pod.set_phase(pod.finished_phase());
@@ -659,7 +670,7 @@ async fn monitor(
     dir: PathBuf,
 ) {
     let by_stream: HashMap<u32, Arc<Container>> = pod
-        .containers
+        .containers()
         .iter()
         .map(|c| (c.stream, c.clone()))
         .collect();
@@ -683,7 +694,7 @@ async fn monitor(
         }
         AgentEvent::Exited { stream, code } => {
             if let Some(c) = by_stream.get(&stream) {
-                tracing::info!(pod = %pod.id, container = %c.name, code, "container exited");
+                tracing::info!(pod = %pod.id, container = %c.name(), code, "container exited");
                 mark_exited(&c.io, &c.status, code);
                 let policy = pod.spec.containers.get(c.stream as usize - 1);
                 if policy.is_some_and(|p| p.restarts_after(code))
@@ -730,7 +741,7 @@ async fn monitor(
         }
     };
     tracing::info!(pod = %pod.id, "VM exited: {status:?}");
-    for c in &pod.containers {
+    for c in &pod.containers() {
         if *c.io.state().borrow() != IoState::Exited {
             mark_exited(&c.io, &c.status, 137);
         }

@@ -25,6 +25,9 @@ pub struct VmRecord {
     pub id: String,
     pub pid: u32,
     pub dir: PathBuf,
+    /// Which container holds each disk slot.
+    #[serde(default)]
+    pub slots: Vec<Option<String>>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -60,6 +63,7 @@ impl Engine {
                 id: v.id.clone(),
                 pid: v.pid,
                 dir: v.dir.clone(),
+                slots: v.slots.lock().unwrap().clone(),
             })
             .or_else(|| pod.recorded_vm.lock().unwrap().clone());
         let record = PodRecord {
@@ -71,11 +75,11 @@ impl Engine {
             vm,
             labels: pod.labels.lock().unwrap().clone(),
             containers: pod
-                .containers
+                .containers()
                 .iter()
                 .map(|c| ContainerRecord {
                     id: c.id.clone(),
-                    name: c.name.clone(),
+                    name: c.name().clone(),
                     image: c.image.clone(),
                     image_ref: c.image_ref.clone(),
                     process: c.process.clone(),
@@ -120,7 +124,7 @@ impl Engine {
                     });
                     Arc::new(Container {
                         id: c.id,
-                        name: c.name,
+                        name: c.name.into(),
                         image: c.image,
                         image_ref: c.image_ref,
                         process: c.process,
@@ -130,14 +134,14 @@ impl Engine {
                         restarting: Default::default(),
                     })
                 })
-                .collect();
+                .collect::<Vec<_>>();
             let pod = Arc::new(Pod {
                 id: r.id.clone(),
                 name: r.name,
                 spec: r.spec,
                 created: r.created,
                 dir,
-                containers,
+                containers: containers.into(),
                 phase: Mutex::new(r.phase),
                 vm: Mutex::new(None),
                 recorded_vm: Mutex::new(r.vm),
@@ -175,14 +179,14 @@ impl Engine {
                         if alive {
                             crate::vm::kill_process(vm.pid);
                         }
-                        for c in &pod.containers {
+                        for c in &pod.containers() {
                             if *c.io.state().borrow() != IoState::Exited {
                                 mark_exited(&c.io, &c.status, 137);
                             }
                         }
                         pod.set_phase(
                             if pod
-                                .containers
+                                .containers()
                                 .iter()
                                 .any(|c| c.status.lock().unwrap().started_at.is_some())
                             {
@@ -228,7 +232,7 @@ impl Engine {
         let status: Status = serde_json::from_value(status.unwrap_or_default())
             .map_err(|e| format!("bad status: {e}"))?;
         let exited: HashMap<u32, i32> = status.exited.into_iter().collect();
-        for c in &pod.containers {
+        for c in &pod.containers() {
             if status.running.contains(&c.stream) {
                 c.io.set_state(IoState::Running);
             } else if let Some(code) = exited.get(&c.stream) {
@@ -244,6 +248,9 @@ impl Engine {
             dir: vm.dir.clone(),
             agent: agent.clone(),
             gone: gone_rx,
+            slots: Mutex::new(vm.slots.clone()),
+            vcpus: pod.spec.resource.vcpu,
+            memory_mib: pod.spec.resource.memory,
         }));
         *pod.recorded_vm.lock().unwrap() = None;
         let stopped = std::fs::read_to_string(format!("/proc/{}/stat", vm.pid))
@@ -254,7 +261,7 @@ impl Engine {
             })
             .unwrap_or(false);
         let all_done = pod
-            .containers
+            .containers()
             .iter()
             .all(|c| *c.io.state().borrow() == IoState::Exited);
         pod.set_phase(if all_done {

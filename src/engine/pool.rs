@@ -1,0 +1,150 @@
+//! VMs: booting one for a pod, and VMs booted ahead (`POST /vm/create`) that the next
+//! pod which fits takes, as hyperd's VM factory did.
+use super::{slots, Engine, EngineError, VmRuntime};
+use crate::vm::{RunningVm, VmConfig};
+use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
+
+/// A booted VM and what its pod's monitor will need.
+pub struct Booted {
+    pub vm: RunningVm,
+    pub runtime: Arc<VmRuntime>,
+    pub gone: watch::Sender<bool>,
+}
+
+impl Engine {
+    /// Boots a VM with `n_slots` empty disk slots.
+    pub async fn boot_vm(
+        &self,
+        vcpus: u32,
+        memory_mib: u32,
+        n_slots: usize,
+    ) -> Result<Booted, EngineError> {
+        let id = crate::ids::vm_id();
+        let dir = self.cfg.root.join("vm").join(&id);
+        let disks = slots::make(&dir, n_slots)
+            .map_err(|e| EngineError::Internal(format!("disk slots: {e}")))?;
+        let cfg = VmConfig {
+            id: id.clone(),
+            dir: dir.clone(),
+            vcpus,
+            memory_mib,
+            kernel: self.cfg.kernel.clone(),
+            initrd: self.cfg.initrd.clone(),
+            disks,
+            boot_timeout: self.cfg.boot_timeout,
+        };
+        let started = std::time::Instant::now();
+        let vm = match self.driver.boot(&cfg).await {
+            Ok(vm) => vm,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(EngineError::Internal(e.to_string()));
+            }
+        };
+        tracing::info!(vm = %id, pid = vm.pid, "VM booted in {:?}", started.elapsed());
+        let (gone, gone_rx) = watch::channel(false);
+        let runtime = Arc::new(VmRuntime {
+            id,
+            pid: vm.pid,
+            dir,
+            agent: vm.agent.clone(),
+            gone: gone_rx,
+            slots: Mutex::new(vec![None; n_slots]),
+            vcpus,
+            memory_mib,
+        });
+        Ok(Booted { vm, runtime, gone })
+    }
+
+    /// `POST /vm/create`: boots a VM ahead of its pod.
+    pub async fn create_vm(&self, vcpus: u32, memory_mib: u32) -> Result<String, EngineError> {
+        if vcpus == 0
+            || vcpus > crate::spec::MAX_VCPU
+            || !(crate::spec::MIN_MEMORY..=crate::spec::MAX_MEMORY).contains(&memory_mib)
+        {
+            return Err(EngineError::BadRequest(format!(
+                "invalid VM size: {vcpus} vCPUs, {memory_mib} MiB"
+            )));
+        }
+        let booted = self.boot_vm(vcpus, memory_mib, slots::MIN_SLOTS).await?;
+        let id = booted.runtime.id.clone();
+        self.pool.lock().unwrap().push(booted);
+        Ok(id)
+    }
+
+    /// Idle VMs: (id, vCPUs, MiB).
+    pub fn idle_vms(&self) -> Vec<(String, u32, u32)> {
+        self.pool
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|b| (b.runtime.id.clone(), b.runtime.vcpus, b.runtime.memory_mib))
+            .collect()
+    }
+
+    /// `DELETE /vm?vm=ID`: powers off an idle VM, or the VM of a pod (stopping the pod).
+    pub async fn delete_vm(&self, id: &str) -> Result<(), EngineError> {
+        let taken = {
+            let mut pool = self.pool.lock().unwrap();
+            pool.iter()
+                .position(|b| b.runtime.id == id)
+                .map(|i| pool.remove(i))
+        };
+        if let Some(mut b) = taken {
+            super::stop_runtime_with(&b.runtime, async { b.vm.process.wait().await }).await;
+            let _ = std::fs::remove_dir_all(&b.runtime.dir);
+            return Ok(());
+        }
+        let pod = self
+            .pods()
+            .into_iter()
+            .find(|p| p.vm().is_some_and(|v| v.id == id))
+            .ok_or_else(|| EngineError::NotFound(format!("no such VM: {id}")))?;
+        self.stop_pod(&pod.id).await.map(|_| ())
+    }
+
+    /// A VM for a pod: the idle VM named by `hint`, else an idle one of the pod's size,
+    /// else a new one.
+    pub(super) async fn take_vm(
+        &self,
+        pod: &super::Pod,
+        hint: Option<&str>,
+    ) -> Result<(RunningVm, Arc<VmRuntime>, watch::Sender<bool>), EngineError> {
+        let r = &pod.spec.resource;
+        let need = pod.containers().len();
+        let taken = {
+            let mut pool = self.pool.lock().unwrap();
+            let i = match hint.filter(|h| !h.is_empty()) {
+                Some(h) => Some(
+                    pool.iter()
+                        .position(|b| b.runtime.id == h)
+                        .ok_or_else(|| EngineError::NotFound(format!("no idle VM {h}")))?,
+                ),
+                None => pool.iter().position(|b| {
+                    b.runtime.vcpus == r.vcpu
+                        && b.runtime.memory_mib == r.memory
+                        && b.runtime.slots.lock().unwrap().len() >= need
+                }),
+            };
+            i.map(|i| pool.remove(i))
+        };
+        if let Some(b) = taken {
+            if crate::vm::process_alive(b.runtime.pid) && !b.runtime.agent.is_closed() {
+                tracing::info!(pod = %pod.id, vm = %b.runtime.id, "pod takes a VM booted ahead");
+                return Ok((b.vm, b.runtime, b.gone));
+            }
+            let _ = std::fs::remove_dir_all(&b.runtime.dir);
+            if hint.is_some_and(|h| !h.is_empty()) {
+                return Err(EngineError::Conflict(format!(
+                    "VM {} is gone",
+                    b.runtime.id
+                )));
+            }
+        }
+        let b = self
+            .boot_vm(r.vcpu, r.memory, need.max(slots::MIN_SLOTS))
+            .await?;
+        Ok((b.vm, b.runtime, b.gone))
+    }
+}

@@ -1,0 +1,120 @@
+//! Disk slots: every VM boots with a few empty, read-only virtio-blk disks (sparse files
+//! in its directory). A container's image is copied into a free slot when the container
+//! is placed in the VM, and the agent drops its cached blocks before mounting it. So a VM
+//! can take containers after it booted (`POST /container/create` on a running pod, VMs
+//! booted ahead by `POST /vm/create`) although qemu's microvm has no disk hotplug.
+use super::{Container, Engine, EngineError, Pod, VmRuntime, AGENT_TIMEOUT};
+use crate::vm::DiskConfig;
+use hyperd_agent::protocol::Op;
+use std::path::{Path, PathBuf};
+
+/// Size of every slot disk; sparse, so it costs what the image written into it costs.
+pub const SLOT_BYTES: u64 = 8 << 30;
+/// Slots a VM gets at least.
+pub const MIN_SLOTS: usize = 4;
+
+pub fn serial(i: usize) -> String {
+    format!("hyper-s{i}")
+}
+
+fn path(dir: &Path, i: usize) -> PathBuf {
+    dir.join(format!("slot-{i}.img"))
+}
+
+/// Creates `n` empty slot files in a VM directory; returns their disks.
+pub fn make(dir: &Path, n: usize) -> std::io::Result<Vec<DiskConfig>> {
+    std::fs::create_dir_all(dir)?;
+    (0..n)
+        .map(|i| {
+            let p = path(dir, i);
+            std::fs::File::create(&p)?.set_len(SLOT_BYTES)?;
+            Ok(DiskConfig {
+                path: p,
+                serial: serial(i),
+                read_only: true,
+            })
+        })
+        .collect()
+}
+
+/// Writes an image's root filesystem into a slot (keeping the slot's size).
+fn fill(dir: &Path, i: usize, image: &Path) -> std::io::Result<()> {
+    let size = std::fs::metadata(image)?.len();
+    if size > SLOT_BYTES {
+        return Err(std::io::Error::other(format!(
+            "image of {size} bytes is larger than a disk slot ({SLOT_BYTES})"
+        )));
+    }
+    let p = path(dir, i);
+    std::fs::copy(image, &p)?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&p)?
+        .set_len(SLOT_BYTES)
+}
+
+impl Engine {
+    /// Puts a container into a running VM: a free slot gets its image, the agent mounts
+    /// it as the container's root filesystem.
+    pub(super) async fn place(
+        &self,
+        pod: &Pod,
+        vm: &VmRuntime,
+        c: &Container,
+    ) -> Result<(), EngineError> {
+        let slot = {
+            let mut slots = vm.slots.lock().unwrap();
+            let i = slots.iter().position(Option::is_none).ok_or_else(|| {
+                EngineError::Conflict(format!("VM {} has no free disk slot", vm.id))
+            })?;
+            slots[i] = Some(c.id.clone());
+            i
+        };
+        let result = async {
+            let (dir, image) = (vm.dir.clone(), self.images.rootfs_path(&c.image));
+            tokio::task::spawn_blocking(move || fill(&dir, slot, &image))
+                .await
+                .map_err(|e| EngineError::Internal(e.to_string()))?
+                .map_err(|e| EngineError::Internal(format!("slot {slot}: {e}")))?;
+            let hostname = if pod.spec.hostname.is_empty() {
+                pod.name.clone()
+            } else {
+                pod.spec.hostname.clone()
+            };
+            let create = Op::CreateContainer {
+                container: c.id.clone(),
+                image_disk_serial: serial(slot),
+                fstype: "erofs".into(),
+                hostname: Some(hostname.chars().take(63).collect()),
+            };
+            vm.agent
+                .call(create, AGENT_TIMEOUT)
+                .await
+                .map_err(|e| EngineError::Internal(e.to_string()))?;
+            Ok(())
+        }
+        .await;
+        if result.is_err() {
+            vm.slots.lock().unwrap()[slot] = None;
+        }
+        result
+    }
+
+    /// Takes a container out of a running VM and frees its slot.
+    pub(super) async fn unplace(&self, vm: &VmRuntime, c: &Container) {
+        let _ = vm
+            .agent
+            .call(
+                Op::RemoveContainer {
+                    container: c.id.clone(),
+                },
+                AGENT_TIMEOUT,
+            )
+            .await;
+        for s in vm.slots.lock().unwrap().iter_mut() {
+            if s.as_deref() == Some(c.id.as_str()) {
+                *s = None;
+            }
+        }
+    }
+}
