@@ -45,6 +45,35 @@ pub struct ContainerSpec {
 }
 
 impl ContainerSpec {
+    /// hyperd's rules for one container.
+    pub fn validate(&self) -> Result<(), String> {
+        let c = self;
+        if c.image.trim().is_empty() {
+            return Err("every container needs an image".into());
+        }
+        if !c.name.is_empty() && !valid_name(&c.name) {
+            return Err(format!("invalid container name {:?}", c.name));
+        }
+        for e in &c.envs {
+            if e.env.is_empty() || e.env.contains('=') {
+                return Err(format!("invalid environment variable name {:?}", e.env));
+            }
+        }
+        if !matches!(
+            c.restart_policy.as_str(),
+            "" | "never" | "onFailure" | "always"
+        ) {
+            return Err(format!(
+                "invalid restartPolicy {:?} (never, onFailure, always)",
+                c.restart_policy
+            ));
+        }
+        if !c.workdir.is_empty() && !c.workdir.starts_with('/') {
+            return Err(format!("workdir must be absolute, not {:?}", c.workdir));
+        }
+        Ok(())
+    }
+
     /// Whether an exit with `code` calls for a restart under the container's policy.
     pub fn restarts_after(&self, code: i32) -> bool {
         match self.restart_policy.as_str() {
@@ -133,33 +162,9 @@ impl PodSpec {
         }
         let mut names = std::collections::HashSet::new();
         for c in &self.containers {
-            if c.image.trim().is_empty() {
-                return Err("every container needs an image".into());
-            }
-            if !c.name.is_empty() {
-                if !valid_name(&c.name) {
-                    return Err(format!("invalid container name {:?}", c.name));
-                }
-                if !names.insert(c.name.as_str()) {
-                    return Err(format!("duplicate container name {:?}", c.name));
-                }
-            }
-            for e in &c.envs {
-                if e.env.is_empty() || e.env.contains('=') {
-                    return Err(format!("invalid environment variable name {:?}", e.env));
-                }
-            }
-            if !matches!(
-                c.restart_policy.as_str(),
-                "" | "never" | "onFailure" | "always"
-            ) {
-                return Err(format!(
-                    "invalid restartPolicy {:?} (never, onFailure, always)",
-                    c.restart_policy
-                ));
-            }
-            if !c.workdir.is_empty() && !c.workdir.starts_with('/') {
-                return Err(format!("workdir must be absolute, not {:?}", c.workdir));
+            c.validate()?;
+            if !c.name.is_empty() && !names.insert(c.name.as_str()) {
+                return Err(format!("duplicate container name {:?}", c.name));
             }
         }
         Ok(())

@@ -287,3 +287,133 @@ fn restart_policy_on_failure_restarts_until_success() {
     let (code, _) = d.curl("POST", "/pod/create", Some(r#"{"containers":[{"image":"busybox","command":["true"],"restartPolicy":"sometimes"}]}"#));
     assert_eq!(code, 400);
 }
+
+fn wait_logs(d: &Daemon, container: &str, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !String::from_utf8_lossy(&d.hyperctl(&["logs", container]).stdout).contains(want) {
+        assert!(
+            Instant::now() < deadline,
+            "{container} never printed {want}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn containers_come_and_go_and_vms_boot_ahead() {
+    let d = Daemon::start();
+    d.import_busybox();
+    // A VM booted ahead is taken by the next pod of its size.
+    let vm = d.json("POST", "/vm/create?cpu=1&mem=128", None)["ID"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let vms = d.json("GET", "/list?item=vm", None);
+    assert_eq!(vms["vmData"][0], format!("{vm}::idle"), "{vms}");
+    out_ok(&d.hyperctl(&["run", "-d", "--name", "host", "busybox", "sleep", "1000"]));
+    assert_eq!(
+        d.json("GET", "/pod/info?podName=host", None)["vm"],
+        vm.as_str()
+    );
+
+    // A container added to the running pod goes into a free disk slot of its VM.
+    let spec = r#"{"name":"side","image":"busybox","command":["sh","-c","echo side-up; while true; do sleep 1; done"]}"#;
+    d.json("POST", "/container/create?podId=host", Some(spec));
+    assert_eq!(
+        d.json("GET", "/container/info?container=side", None)["status"]["phase"],
+        "pending"
+    );
+    assert_eq!(
+        d.curl("POST", "/container/create?podId=host", Some(spec)).0,
+        409,
+        "names are unique"
+    );
+    d.json("POST", "/container/start?container=side", None);
+    wait_logs(&d, "side", "side-up");
+    let pid1 = out_ok(&d.hyperctl(&["exec", "side", "cat", "/proc/1/cmdline"]));
+    assert!(pid1.contains("echo side-up"), "{pid1}");
+    assert_eq!(
+        d.curl("POST", "/container/start?container=side", None).0,
+        409
+    );
+
+    d.json(
+        "POST",
+        "/container/rename?container=side&newName=side2",
+        None,
+    );
+    assert_eq!(d.curl("GET", "/container/info?container=side", None).0, 404);
+    assert_eq!(
+        d.curl(
+            "POST",
+            "/container/rename?container=side2&newName=bad%20name",
+            None
+        )
+        .0,
+        400
+    );
+    assert_eq!(
+        d.curl("POST", "/container/remove?container=side2", None).0,
+        409,
+        "running"
+    );
+    // PID 1 without a TERM handler ignores SIGTERM: SIGKILL follows after the grace time.
+    d.json("POST", "/container/stop?container=side2&time=1", None);
+    assert_eq!(
+        d.json("GET", "/container/info?container=side2", None)["status"]["terminated"]["exitCode"],
+        137
+    );
+    d.json("POST", "/container/remove?container=side2", None);
+    assert_eq!(
+        d.json("GET", "/list?item=container&pod=host", None)["cData"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        d.json("GET", "/pod/info?podName=host", None)["status"]["phase"],
+        "running",
+        "the pod's other container runs on"
+    );
+
+    // The freed slot takes the next container.
+    for i in 0..4 {
+        let spec =
+            format!(r#"{{"name":"extra{i}","image":"busybox","command":["echo","extra{i}-ran"]}}"#);
+        d.json("POST", "/container/create?podId=host", Some(&spec));
+        d.json(
+            "POST",
+            &format!("/container/start?container=extra{i}"),
+            None,
+        );
+        wait_logs(&d, &format!("extra{i}"), &format!("extra{i}-ran"));
+        d.json(
+            "POST",
+            &format!("/container/remove?container=extra{i}"),
+            None,
+        );
+    }
+
+    // VMs booted ahead can be deleted; so can a pod's VM (stopping the pod).
+    let idle = d.json("POST", "/vm/create", None)["ID"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    d.json("DELETE", &format!("/vm?vm={idle}"), None);
+    assert!(!d.root.join("vm").join(&idle).exists());
+    d.json("DELETE", &format!("/vm?vm={vm}"), None);
+    assert_eq!(
+        d.json("GET", "/pod/info?podName=host", None)["status"]["phase"],
+        "failed"
+    );
+    assert_eq!(
+        d.json("GET", "/list?item=vm", None)["vmData"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+    assert_eq!(d.curl("DELETE", "/vm?vm=vm-nosuch", None).0, 404);
+    assert_eq!(d.curl("POST", "/vm/create?cpu=0", None).0, 400);
+}

@@ -228,3 +228,78 @@ pub fn container_logs(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResul
         },
     ))
 }
+
+/// `POST /container/create?podId=ID` with a container spec (hyperd's JSON) as the body.
+pub async fn container_create(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
+    let q = query(&req);
+    let pod = param(&q, &["podId", "podName"])?.to_string();
+    let body = read_body(req.into_body(), MAX_JSON_BODY).await?;
+    let spec: crate::spec::ContainerSpec = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("invalid container spec: {e}")))?;
+    let (pod, c) = engine.create_container(&pod, spec).await?;
+    ok_json(json!({ "ID": c.id, "Name": c.name(), "PodID": pod.id }))
+}
+
+pub async fn container_start(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
+    let q = query(req);
+    let c = engine.start_container(param(&q, &["container"])?).await?;
+    ok_json(json!({ "ID": c.id }))
+}
+
+/// `POST /container/stop?container=ID[&time=SECONDS]`: SIGTERM, then SIGKILL after
+/// `time` (default 10).
+pub async fn container_stop(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
+    let q = query(req);
+    let secs: u64 = match q.get("time").or(q.get("t")).filter(|t| !t.is_empty()) {
+        Some(t) => t.parse().map_err(|_| {
+            ApiError::bad_request(format!("time must be a number of seconds, not {t:?}"))
+        })?,
+        None => 10,
+    };
+    let c = engine
+        .stop_container(
+            param(&q, &["container"])?,
+            std::time::Duration::from_secs(secs),
+        )
+        .await?;
+    ok_json(json!({ "ID": c.id }))
+}
+
+pub async fn container_remove(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
+    let q = query(req);
+    let key = param(&q, &["container"])?;
+    engine.remove_container(key).await?;
+    ok_json(json!({ "ID": key }))
+}
+
+/// `POST /container/rename?container=OLD&newName=NEW` (`oldName` also names it).
+pub async fn container_rename(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
+    let q = query(req);
+    let c = engine.rename_container(
+        param(&q, &["container", "oldName"])?,
+        param(&q, &["newName"])?,
+    )?;
+    ok_json(json!({ "ID": c.id, "Name": c.name() }))
+}
+
+/// `POST /vm/create[?cpu=N][&mem=MiB]`: a VM booted ahead of its pod.
+pub async fn vm_create(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
+    let q = query(req);
+    let num = |k: &str, d: u32| -> Result<u32, ApiError> {
+        match q.get(k).filter(|v| !v.is_empty()) {
+            Some(v) => v
+                .parse()
+                .map_err(|_| ApiError::bad_request(format!("{k} must be a number, not {v:?}"))),
+            None => Ok(d),
+        }
+    };
+    let id = engine.create_vm(num("cpu", 1)?, num("mem", 128)?).await?;
+    ok_json(json!({ "ID": id }))
+}
+
+pub async fn vm_delete(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
+    let q = query(req);
+    let id = param(&q, &["vm"])?;
+    engine.delete_vm(id).await?;
+    ok_json(json!({ "ID": id }))
+}

@@ -119,7 +119,11 @@ pub fn list(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
         })),
         "vm" => ok_json(json!({
             "item": "vm",
-            "vmData": pods.iter().filter_map(|p| p.vm().map(|v| format!("{}:{}:{}", v.id, p.id, "associated"))).collect::<Vec<_>>(),
+            "vmData": pods
+                .iter()
+                .filter_map(|p| p.vm().map(|v| format!("{}:{}:{}", v.id, p.id, "associated")))
+                .chain(engine.idle_vms().into_iter().filter(|_| !q.contains_key("pod")).map(|(id, _, _)| format!("{id}::idle")))
+                .collect::<Vec<_>>(),
         })),
         other => Err(ApiError::bad_request(format!(
             "unknown item {other:?} (pod, container or vm)"

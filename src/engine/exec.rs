@@ -207,6 +207,10 @@ impl Engine {
                 c.name()
             )));
         }
+        if sig == libc::SIGKILL || sig == libc::SIGTERM {
+            c.stop_requested
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
         signal_stream(&pod.running_agent()?, c.stream, sig).await
     }
 

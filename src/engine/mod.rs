@@ -1,5 +1,6 @@
 //! Pods and their containers: creation, start (boot a VM, create and start the
 //! containers through its agent), the stream of output and exits, stop and removal.
+mod containers;
 pub mod exec;
 pub mod io;
 mod pool;
@@ -91,9 +92,38 @@ pub struct Container {
     pub status: Mutex<ContainerStatus>,
     /// Exited, with a restart under its policy on the way.
     pub restarting: std::sync::atomic::AtomicBool,
+    /// What the container was created from.
+    pub spec: ContainerSpec,
+    /// Stopped or killed on purpose: its restart policy does not apply until it starts.
+    pub stop_requested: std::sync::atomic::AtomicBool,
 }
 
 impl Container {
+    /// A container not started yet, its log in `pod_dir`.
+    pub fn new(
+        id: String,
+        name: String,
+        image: ImageRecord,
+        spec: ContainerSpec,
+        process: ProcessSpec,
+        stream: u32,
+        pod_dir: &std::path::Path,
+    ) -> Arc<Container> {
+        Arc::new(Container {
+            io: Arc::new(ContainerIo::new(pod_dir.join(format!("{id}.log")))),
+            id,
+            name: name.into(),
+            image,
+            image_ref: spec.image.clone(),
+            process,
+            stream,
+            status: Mutex::new(ContainerStatus::default()),
+            restarting: Default::default(),
+            spec,
+            stop_requested: Default::default(),
+        })
+    }
+
     pub fn name(&self) -> String {
         self.name.lock().unwrap().clone()
     }
@@ -385,17 +415,15 @@ impl Engine {
             } else {
                 cs.name.clone()
             };
-            containers.push(Arc::new(Container {
-                io: Arc::new(ContainerIo::new(dir.join(format!("{cid}.log")))),
-                id: cid,
-                name: cname.into(),
+            containers.push(Container::new(
+                cid,
+                cname,
                 image,
-                image_ref: cs.image.clone(),
+                cs.clone(),
                 process,
-                stream: i as u32 + 1,
-                status: Mutex::new(ContainerStatus::default()),
-                restarting: Default::default(),
-            }));
+                i as u32 + 1,
+                &dir,
+            ));
         }
         std::fs::create_dir_all(&dir).map_err(|e| EngineError::Internal(e.to_string()))?;
         let _ = crate::image::write_atomic(
@@ -669,11 +697,8 @@ async fn monitor(
     gone: watch::Sender<bool>,
     dir: PathBuf,
 ) {
-    let by_stream: HashMap<u32, Arc<Container>> = pod
-        .containers()
-        .iter()
-        .map(|c| (c.stream, c.clone()))
-        .collect();
+    // Containers come and go while the VM runs: look them up at each event.
+    let container_of = |stream: u32| pod.containers().into_iter().find(|c| c.stream == stream);
     let mut shutting_down = false;
     let handle = |ev: AgentEvent, shutting_down: &mut bool| match ev {
         AgentEvent::Output {
@@ -686,18 +711,18 @@ async fn monitor(
             } else {
                 Chunk::Stdout(data)
             };
-            if let Some(c) = by_stream.get(&stream) {
+            if let Some(c) = container_of(stream) {
                 c.io.output(chunk);
             } else if let Some(e) = pod.exec_by_stream(stream) {
                 e.io.output(chunk);
             }
         }
         AgentEvent::Exited { stream, code } => {
-            if let Some(c) = by_stream.get(&stream) {
+            if let Some(c) = container_of(stream) {
                 tracing::info!(pod = %pod.id, container = %c.name(), code, "container exited");
                 mark_exited(&c.io, &c.status, code);
-                let policy = pod.spec.containers.get(c.stream as usize - 1);
-                if policy.is_some_and(|p| p.restarts_after(code))
+                if c.spec.restarts_after(code)
+                    && !c.stop_requested.load(std::sync::atomic::Ordering::SeqCst)
                     && pod.phase() == PodPhase::Running
                 {
                     c.restarting

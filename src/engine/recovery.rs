@@ -5,7 +5,7 @@
 use super::io::{ContainerIo, IoState};
 use super::{mark_exited, monitor, Container, ContainerStatus, Engine, Pod, PodPhase, VmRuntime};
 use crate::image::ImageRecord;
-use crate::spec::PodSpec;
+use crate::spec::{ContainerSpec, PodSpec};
 use crate::vm::agent::AgentClient;
 use crate::vm::{RunningVm, VmProcess};
 use hyperd_agent::protocol::{Op, ProcessSpec, Status};
@@ -39,6 +39,8 @@ struct ContainerRecord {
     process: ProcessSpec,
     stream: u32,
     status: ContainerStatus,
+    #[serde(default)]
+    spec: Option<ContainerSpec>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -85,6 +87,7 @@ impl Engine {
                     process: c.process.clone(),
                     stream: c.stream,
                     status: c.status.lock().unwrap().clone(),
+                    spec: Some(c.spec.clone()),
                 })
                 .collect(),
         };
@@ -132,6 +135,11 @@ impl Engine {
                         io,
                         status: Mutex::new(c.status),
                         restarting: Default::default(),
+                        stop_requested: Default::default(),
+                        spec: c
+                            .spec
+                            .or_else(|| r.spec.containers.get(c.stream as usize - 1).cloned())
+                            .unwrap_or_default(),
                     })
                 })
                 .collect::<Vec<_>>();
