@@ -15,6 +15,78 @@ pub struct PodSpec {
     pub resource: Resource,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Name servers written to every container's /etc/resolv.conf.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns: Vec<String>,
+    /// Files the containers can have inserted (`containers[].files`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<PodFile>,
+    /// Pod-level port mappings (recorded and validated; see docs/decisions.md).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub portmappings: Vec<Port>,
+}
+
+/// A file of the pod, by name, with its content.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct PodFile {
+    pub name: String,
+    /// `raw` (default) or `base64`.
+    #[serde(default)]
+    pub encoding: String,
+    #[serde(default)]
+    pub content: String,
+}
+
+impl PodFile {
+    pub fn bytes(&self) -> Result<Vec<u8>, String> {
+        match self.encoding.as_str() {
+            "" | "raw" => Ok(self.content.clone().into_bytes()),
+            "base64" => {
+                use base64::Engine as _;
+                base64::engine::general_purpose::STANDARD
+                    .decode(self.content.trim())
+                    .map_err(|e| format!("file {}: bad base64: {e}", self.name))
+            }
+            other => Err(format!(
+                "file {}: unknown encoding {other:?} (raw, base64)",
+                self.name
+            )),
+        }
+    }
+}
+
+/// Where a pod file goes in a container.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ContainerFile {
+    /// The pod file's name.
+    pub filename: String,
+    /// Absolute path in the container.
+    pub path: String,
+    /// Octal mode, default 0644.
+    #[serde(default)]
+    pub perm: String,
+}
+
+impl ContainerFile {
+    pub fn mode(&self) -> Result<u32, String> {
+        if self.perm.is_empty() {
+            return Ok(0o644);
+        }
+        u32::from_str_radix(self.perm.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|m| *m <= 0o7777)
+            .ok_or_else(|| format!("invalid perm {:?} for {}", self.perm, self.path))
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Port {
+    #[serde(default, rename = "containerPort")]
+    pub container_port: u32,
+    #[serde(default, rename = "hostPort")]
+    pub host_port: u32,
+    #[serde(default)]
+    pub protocol: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -42,6 +114,12 @@ pub struct ContainerSpec {
         skip_serializing_if = "String::is_empty"
     )]
     pub restart_policy: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<ContainerFile>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<Port>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 impl ContainerSpec {
@@ -70,6 +148,15 @@ impl ContainerSpec {
         }
         if !c.workdir.is_empty() && !c.workdir.starts_with('/') {
             return Err(format!("workdir must be absolute, not {:?}", c.workdir));
+        }
+        for f in &c.files {
+            if !f.path.starts_with('/') || f.path.split('/').any(|p| p == "..") {
+                return Err(format!(
+                    "file path must be absolute and stay inside, not {:?}",
+                    f.path
+                ));
+            }
+            f.mode()?;
         }
         Ok(())
     }
@@ -167,6 +254,56 @@ impl PodSpec {
                 return Err(format!("duplicate container name {:?}", c.name));
             }
         }
+        // As hyperd: a host port is used once in a pod.
+        let mut host_ports = std::collections::HashSet::new();
+        let ports = self
+            .portmappings
+            .iter()
+            .chain(self.containers.iter().flat_map(|c| c.ports.iter()));
+        for p in ports {
+            if p.container_port == 0 || p.container_port > 65535 || p.host_port > 65535 {
+                return Err(format!("invalid port {}:{}", p.host_port, p.container_port));
+            }
+            if !matches!(p.protocol.as_str(), "" | "tcp" | "udp") {
+                return Err(format!("invalid protocol {:?} (tcp, udp)", p.protocol));
+            }
+            let key = (
+                p.host_port,
+                if p.protocol.is_empty() {
+                    "tcp"
+                } else {
+                    p.protocol.as_str()
+                },
+            );
+            if p.host_port != 0 && !host_ports.insert(key) {
+                return Err(format!("port {} has already been used", p.host_port));
+            }
+        }
+        let mut file_names = std::collections::HashSet::new();
+        for f in &self.files {
+            if f.name.is_empty() || !file_names.insert(f.name.as_str()) {
+                return Err(format!(
+                    "file names must be unique and not empty: {:?}",
+                    f.name
+                ));
+            }
+            f.bytes()?;
+        }
+        for c in &self.containers {
+            for f in &c.files {
+                if !file_names.contains(f.filename.as_str()) {
+                    return Err(format!(
+                        "container file {} names no pod file {:?}",
+                        f.path, f.filename
+                    ));
+                }
+            }
+        }
+        for d in &self.dns {
+            if d.parse::<std::net::IpAddr>().is_err() {
+                return Err(format!("invalid DNS server {d:?}"));
+            }
+        }
         Ok(())
     }
 }
@@ -206,6 +343,12 @@ mod tests {
             br#"{"containers":[{"image":"b","workdir":"rel"}]}"#,
             br#"{"containers":[{"image":"b","envs":[{"env":"A=B"}]}]}"#,
             br#"{"containers":[{"image":"b","restartPolicy":"sometimes"}]}"#,
+            br#"{"containers":[{"image":"b","ports":[{"containerPort":80,"hostPort":8080},{"containerPort":81,"hostPort":8080}]}]}"#,
+            br#"{"containers":[{"image":"b","ports":[{"containerPort":0}]}]}"#,
+            br#"{"containers":[{"image":"b","files":[{"filename":"nope","path":"/x"}]}]}"#,
+            br#"{"files":[{"name":"f","content":"x"}],"containers":[{"image":"b","files":[{"filename":"f","path":"/../x"}]}]}"#,
+            br#"{"files":[{"name":"f","encoding":"base64","content":"!!"}],"containers":[{"image":"b"}]}"#,
+            br#"{"dns":["not-an-ip"],"containers":[{"image":"b"}]}"#,
             br#"{"containers": "#,
         ] {
             assert!(

@@ -417,3 +417,39 @@ fn containers_come_and_go_and_vms_boot_ahead() {
     assert_eq!(d.curl("DELETE", "/vm?vm=vm-nosuch", None).0, 404);
     assert_eq!(d.curl("POST", "/vm/create?cpu=0", None).0, 400);
 }
+
+#[test]
+fn pod_files_dns_user_and_workdir_reach_the_container() {
+    let d = Daemon::start();
+    d.import_busybox();
+    let spec = serde_json::json!({
+        "id": "full",
+        "hostname": "full-host",
+        "dns": ["10.0.0.53"],
+        "files": [
+            { "name": "conf", "content": "key=value\n" },
+            { "name": "bin", "encoding": "base64", "content": "IyEvYmluL3NoCmVjaG8gZnJvbS1zY3JpcHQK" },
+        ],
+        "containers": [{
+            "image": "busybox",
+            "user": "nobody",
+            "workdir": "/tmp",
+            "envs": [{ "env": "GREETING", "value": "hi" }],
+            "files": [
+                { "filename": "conf", "path": "/etc/app/app.conf" },
+                { "filename": "bin", "path": "/usr/local/bin/hello", "perm": "0755" },
+            ],
+            "ports": [{ "containerPort": 80, "hostPort": 8080 }],
+            "command": ["sh", "-c", "cat /etc/app/app.conf; hello; cat /etc/resolv.conf; id -u; pwd; hostname; echo $GREETING"],
+        }],
+    })
+    .to_string();
+    d.json("POST", "/pod/create", Some(&spec));
+    d.json("POST", "/pod/start?podId=full", None);
+    wait_phase(&d, "full", "succeeded");
+    let logs = out_ok(&d.hyperctl(&["logs", "full"]));
+    assert_eq!(
+        logs,
+        "key=value\nfrom-script\nnameserver 10.0.0.53\n65534\n/tmp\nfull-host\nhi"
+    );
+}

@@ -111,6 +111,66 @@ fn flush_buffers(disk: &str) -> io::Result<()> {
     Ok(())
 }
 
+/// Writes a file at `path` inside a container's root, never following a symlink: the
+/// image must not be able to point the write outside the container.
+pub fn write_file(root: &Path, path: &str, data: &[u8], mode: u32) -> io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let rel = Path::new(path.trim_start_matches('/'));
+    let mut cur = root.to_path_buf();
+    let comps: Vec<_> = rel.components().collect();
+    let Some((last, parents)) = comps.split_last() else {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty path"));
+    };
+    for c in parents {
+        match c {
+            std::path::Component::Normal(p) => cur.push(p),
+            _ => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "path leaves the container",
+                ))
+            }
+        }
+        match std::fs::symlink_metadata(&cur) {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "a parent directory is a symbolic link",
+                ))
+            }
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "a parent is not a directory",
+                ))
+            }
+            Err(_) => std::fs::create_dir(&cur)?,
+        }
+    }
+    let std::path::Component::Normal(name) = last else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "path leaves the container",
+        ));
+    };
+    cur.push(name);
+    if std::fs::symlink_metadata(&cur).is_ok_and(|m| m.file_type().is_symlink()) {
+        std::fs::remove_file(&cur)?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .mode(mode)
+        .open(&cur)?;
+    f.write_all(data)?;
+    f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+    Ok(())
+}
+
 pub fn remove(id: &str) -> io::Result<()> {
     valid_id(id)?;
     let b = base(id);

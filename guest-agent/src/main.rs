@@ -70,6 +70,17 @@ fn handle(agent: &Arc<process::Agent>, chan: &channel::Channel, req: Request) {
             .start_process(&container, stream, process)
             .map(|pid| Some(serde_json::json!({ "pid": pid }))),
         Op::Signal { stream, signal } => agent.signal(stream, signal).map(|_| None),
+        Op::WriteFile {
+            container,
+            path,
+            data,
+            mode,
+        } => agent
+            .container_root(&container)
+            .and_then(|root| {
+                container::write_file(&root, &path, &data, mode).map_err(|e| format!("{path}: {e}"))
+            })
+            .map(|_| None),
         Op::Stats => Ok(Some(
             serde_json::to_value(sys::stats()).expect("stats serialize"),
         )),

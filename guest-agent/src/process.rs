@@ -101,6 +101,15 @@ impl Agent {
         );
     }
 
+    pub fn container_root(&self, id: &str) -> Result<PathBuf, String> {
+        self.containers
+            .lock()
+            .unwrap()
+            .get(id)
+            .map(|c| c.root.clone())
+            .ok_or_else(|| format!("no container {id}"))
+    }
+
     pub fn remove_container(&self, id: &str) {
         self.containers.lock().unwrap().remove(id);
     }

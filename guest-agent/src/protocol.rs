@@ -213,6 +213,14 @@ pub enum Op {
     Status,
     /// Resource use of the VM: answered with [`Stats`].
     Stats,
+    /// Writes a file into a created container's root filesystem (its writable layer).
+    WriteFile {
+        container: String,
+        /// Absolute path inside the container.
+        path: String,
+        data: Vec<u8>,
+        mode: u32,
+    },
 }
 
 /// The answer to [`Op::Stats`], read from the guest's /proc.

@@ -31,6 +31,12 @@ struct Cli {
 enum Cmd {
     /// Create a pod with one container (or from a pod file), start it and attach to it.
     Run(RunArgs),
+    /// Create a pod from a pod file (hyperd's pod JSON) without starting it.
+    Create {
+        /// The pod file; `-` reads standard input.
+        #[arg(short = 'p', long = "podfile")]
+        podfile: String,
+    },
     /// List pods, containers or VMs.
     List {
         /// pod, container or vm.
@@ -262,6 +268,20 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 )
                 .await?;
             println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(0)
+        }
+        Cmd::Create { podfile } => {
+            let text = if podfile == "-" {
+                std::io::read_to_string(std::io::stdin())?
+            } else {
+                std::fs::read_to_string(&podfile).with_context(|| format!("reading {podfile}"))?
+            };
+            let spec: Value =
+                serde_json::from_str(&text).with_context(|| format!("parsing {podfile}"))?;
+            let v = client
+                .json(Method::POST, "/pod/create", Some(&spec))
+                .await?;
+            println!("{}", v["ID"].as_str().unwrap_or_default());
             Ok(0)
         }
         Cmd::Start { pod } => {

@@ -91,6 +91,44 @@ impl Engine {
                 .call(create, AGENT_TIMEOUT)
                 .await
                 .map_err(|e| EngineError::Internal(e.to_string()))?;
+            // The pod's files and name servers, into the container's writable layer.
+            let mut files = Vec::new();
+            if !pod.spec.dns.is_empty() {
+                let conf: String = pod
+                    .spec
+                    .dns
+                    .iter()
+                    .map(|d| format!("nameserver {d}\n"))
+                    .collect();
+                files.push(("/etc/resolv.conf".to_string(), conf.into_bytes(), 0o644));
+            }
+            for f in &c.spec.files {
+                let src = pod
+                    .spec
+                    .files
+                    .iter()
+                    .find(|p| p.name == f.filename)
+                    .ok_or_else(|| {
+                        EngineError::BadRequest(format!("no pod file {}", f.filename))
+                    })?;
+                files.push((
+                    f.path.clone(),
+                    src.bytes().map_err(EngineError::BadRequest)?,
+                    f.mode().map_err(EngineError::BadRequest)?,
+                ));
+            }
+            for (path, data, mode) in files {
+                let op = Op::WriteFile {
+                    container: c.id.clone(),
+                    path: path.clone(),
+                    data,
+                    mode,
+                };
+                vm.agent
+                    .call(op, AGENT_TIMEOUT)
+                    .await
+                    .map_err(|e| EngineError::BadRequest(format!("file {path}: {e}")))?;
+            }
             Ok(())
         }
         .await;
