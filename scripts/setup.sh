@@ -15,6 +15,9 @@ missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# The docker CLI (a client of hyperd's Docker API, used by the tests): Debian's docker.io
+# when no docker is installed.
+command -v docker >/dev/null 2>&1 || missing+=(docker.io)
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "installing: ${missing[*]}" >&2
     sudo=""

@@ -18,4 +18,4 @@ pub mod vm;
 /// The daemon's version, reported by `/version` and `/info`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// The API version hyperd speaks; clients may prefix routes with `/v{any version}/`.
-pub const API_VERSION: &str = "1.24";
+pub const API_VERSION: &str = "1.41";

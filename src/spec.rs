@@ -21,6 +21,13 @@ pub struct PodSpec {
     /// Files the containers can have inserted (`containers[].files`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<PodFile>,
+    /// Remove the pod once it has finished (hyperd's `autoremove`, Docker's `--rm`).
+    #[serde(
+        default,
+        rename = "autoRemove",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub auto_remove: bool,
     /// Pod-level port mappings (recorded and validated; see docs/decisions.md).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub portmappings: Vec<Port>,

@@ -77,7 +77,12 @@ pub struct Agent {
     pids: Mutex<PidTable>,
     /// Exit codes by stream, for a host that missed the `exited` events.
     exited: Mutex<HashMap<u32, i32>>,
+    /// Input for streams whose process has not started yet.
+    early_stdin: Mutex<HashMap<u32, Vec<Vec<u8>>>>,
 }
+
+/// Bytes of input kept for processes not started yet.
+const EARLY_STDIN_LIMIT: usize = 1 << 20;
 
 impl Agent {
     pub fn new(chan: Arc<Channel>) -> Self {
@@ -87,6 +92,7 @@ impl Agent {
             procs: Mutex::new(HashMap::new()),
             pids: Mutex::new(PidTable::default()),
             exited: Mutex::new(HashMap::new()),
+            early_stdin: Mutex::new(HashMap::new()),
         }
     }
 
@@ -274,14 +280,29 @@ impl Agent {
             });
         }
         self.exited.lock().unwrap().remove(&stream);
-        self.procs.lock().unwrap().insert(
-            stream,
-            Proc {
-                pid,
-                stdin: stdin_tx,
-                pty: pty_master,
-            },
-        );
+        {
+            let mut procs = self.procs.lock().unwrap();
+            // Input the host sent before the process existed goes first, in order.
+            for data in self
+                .early_stdin
+                .lock()
+                .unwrap()
+                .remove(&stream)
+                .unwrap_or_default()
+            {
+                if let Some(tx) = &stdin_tx {
+                    let _ = tx.send(data);
+                }
+            }
+            procs.insert(
+                stream,
+                Proc {
+                    pid,
+                    stdin: stdin_tx,
+                    pty: pty_master,
+                },
+            );
+        }
         let me = self.clone();
         std::thread::spawn(move || {
             let code = exit_rx.recv().unwrap_or(255);
@@ -341,6 +362,13 @@ impl Agent {
             if data.is_empty() && p.pty.is_none() {
                 p.stdin = None;
             }
+            return;
+        }
+        // The process is about to start: keep its input (bounded) until it does.
+        let mut early = self.early_stdin.lock().unwrap();
+        let queued: usize = early.values().flatten().map(Vec::len).sum();
+        if queued + data.len() <= EARLY_STDIN_LIMIT {
+            early.entry(stream).or_default().push(data);
         }
     }
 

@@ -152,6 +152,16 @@ fn since_secs(v: &str) -> Result<f64, ApiError> {
 pub fn container_logs(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
     let q = query(req);
     let (_, c) = engine.container(param(&q, &["container"])?)?;
+    logs_of(&c, &q)
+}
+
+/// A container's log as a response, for the query's `follow`, `tail`, `since`,
+/// `timestamps`, `stdout`, `stderr` (shared with the Docker API).
+pub fn logs_of(
+    c: &crate::engine::Container,
+    q: &std::collections::HashMap<String, String>,
+) -> ApiResult {
+    let q = q.clone();
     let both = !q.contains_key("stdout") && !q.contains_key("stderr");
     let (want_out, want_err) = (both || flag(&q, "stdout"), both || flag(&q, "stderr"));
     let timestamps = flag(&q, "timestamps");

@@ -22,7 +22,8 @@ pub async fn create(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
     if json.is_empty() {
         return Err(ApiError::bad_request("missing pod spec (JSON body)"));
     }
-    let spec = PodSpec::parse(&json).map_err(ApiError::bad_request)?;
+    let mut spec = PodSpec::parse(&json).map_err(ApiError::bad_request)?;
+    spec.auto_remove |= super::http::flag(&q, "autoremove");
     let pod = engine.create_pod(spec)?;
     reply(&pod.id)
 }

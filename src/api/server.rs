@@ -85,7 +85,7 @@ async fn handle(engine: Arc<Engine>, req: Request<Incoming>) -> Response<Body> {
         .trim_end_matches('/')
         .to_string();
     tracing::debug!("{method} {path}");
-    match route(&engine, &method, &path, req).await {
+    let mut resp = match route(&engine, &method, &path, req).await {
         Ok(r) => r,
         Err(e) => {
             if e.status.is_server_error() {
@@ -93,7 +93,23 @@ async fn handle(engine: Arc<Engine>, req: Request<Incoming>) -> Response<Body> {
             }
             error_response(&e)
         }
-    }
+    };
+    // What Docker clients read to negotiate their API version.
+    let h = resp.headers_mut();
+    h.insert(
+        "Api-Version",
+        hyper::header::HeaderValue::from_static(crate::API_VERSION),
+    );
+    h.insert(
+        "Docker-Experimental",
+        hyper::header::HeaderValue::from_static("false"),
+    );
+    h.insert("Ostype", hyper::header::HeaderValue::from_static("linux"));
+    h.insert(
+        hyper::header::SERVER,
+        hyper::header::HeaderValue::from_static(concat!("hyperd/", env!("CARGO_PKG_VERSION"))),
+    );
+    resp
 }
 
 type HandlerFuture = std::pin::Pin<Box<dyn Future<Output = ApiResult> + Send>>;
@@ -177,7 +193,10 @@ async fn route(
         .find(|r| r.path == path && r.method == method_name)
     {
         Some(r) => (r.handler)(engine.clone(), req).await,
-        None => Err(not_found(method, path)),
+        None => match super::compat::docker::route(engine, method, path, req).await {
+            Some(result) => result,
+            None => Err(not_found(method, path)),
+        },
     }
 }
 

@@ -12,11 +12,18 @@ pub fn ping() -> ApiResult {
 }
 
 pub fn version() -> ApiResult {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     ok_json(serde_json::json!({
         "Version": crate::VERSION,
         "ApiVersion": crate::API_VERSION,
+        "MinAPIVersion": "1.24",
+        "GitCommit": "",
+        "GoVersion": "",
         "Os": "linux",
         "Arch": std::env::consts::ARCH,
+        "KernelVersion": kernel.trim(),
+        "Components": [{ "Name": "hyperd", "Version": crate::VERSION }],
+        "Platform": { "Name": "hyperd" },
     }))
 }
 

@@ -783,6 +783,13 @@ async fn monitor(
     let _ = std::fs::remove_dir_all(&dir);
     engine.persist(&pod);
     let _ = gone.send(true);
+    if pod.spec.auto_remove && pod.phase() != PodPhase::Running {
+        let id = pod.id.clone();
+        drop(pod);
+        if let Err(e) = engine.remove_pod(&id).await {
+            tracing::warn!(pod = %id, "auto-remove: {e}");
+        }
+    }
 }
 
 /// Whether `pid` is a VM process started for the VM directory `dir`.

@@ -1,0 +1,590 @@
+//! The Docker Engine API subset the `docker` CLI needs for images, ps, run, exec, logs,
+//! stop, rm (and the remote API of seed 002). A Docker container is a one-container pod;
+//! its id is the container's id, its name the container's (and the pod's) name.
+use crate::api::attach::{upgrade_response, wants_upgrade, Session};
+use crate::api::http::{flag, ok_json, query, read_body, ApiError, ApiResult, MAX_JSON_BODY};
+use crate::engine::io::IoState;
+use crate::engine::{Container, Engine, Pod, PodPhase};
+use crate::spec::{ContainerSpec, EnvVar, PodSpec, Resource};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+/// The API version hyperd answers the Docker CLI with.
+pub const DOCKER_API_VERSION: &str = "1.41";
+
+fn no_such_container(id: &str) -> ApiError {
+    ApiError::not_found(format!("No such container: {id}"))
+}
+
+/// Routes with path parameters; `None` when the path is not Docker's.
+pub async fn route(
+    engine: &Arc<Engine>,
+    method: &Method,
+    path: &str,
+    req: Request<Incoming>,
+) -> Option<ApiResult> {
+    let seg: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    Some(match (method.as_str(), seg.as_slice()) {
+        ("GET", ["images", "json"]) => images_json(engine, &req),
+        ("POST", ["images", "create"]) => crate::api::images::create(engine, req).await,
+        ("GET", ["images", rest @ .., "json"]) if !rest.is_empty() => {
+            image_inspect(engine, &rest.join("/"))
+        }
+        ("DELETE", ["images", rest @ ..]) if !rest.is_empty() && is_versioned(&req) => {
+            image_delete(engine, &rest.join("/"), &req)
+        }
+        ("POST", ["containers", "create"]) => create(engine, req).await,
+        ("GET", ["containers", "json"]) => list(engine, &req),
+        ("GET", ["containers", id, "json"]) => inspect(engine, id),
+        ("POST", ["containers", id, "start"]) => start(engine, id).await,
+        ("POST", ["containers", id, "stop"]) => stop(engine, id).await,
+        ("POST", ["containers", id, "kill"]) => kill(engine, id, &req).await,
+        ("POST", ["containers", id, "wait"]) => wait(engine, id, &req).await,
+        ("GET", ["containers", id, "logs"]) => logs(engine, id, &req),
+        ("POST", ["containers", id, "attach"]) => attach(engine, id, req).await,
+        ("POST", ["containers", id, "resize"]) => resize(engine, id, None, &req).await,
+        ("DELETE", ["containers", id]) => remove(engine, id, &req).await,
+        ("POST", ["containers", id, "exec"]) => exec_create(engine, id, req).await,
+        ("POST", ["exec", id, "start"]) => exec_start(engine, id, req).await,
+        ("POST", ["exec", id, "resize"]) => {
+            let (_, e) = match engine.exec(id) {
+                Ok(x) => x,
+                Err(e) => return Some(Err(e.into())),
+            };
+            resize(engine, &e.container.id.clone(), Some(id), &req).await
+        }
+        ("GET", ["exec", id, "json"]) => exec_inspect(engine, id),
+        _ => return None,
+    })
+}
+
+/// Whether the request came with a `/v{version}` prefix (the Docker CLI always sends one).
+fn is_versioned(req: &Request<Incoming>) -> bool {
+    crate::api::server::route_path(req.uri().path()) != req.uri().path()
+}
+
+/// A Docker container: the pod and its (only or named) container.
+fn find(engine: &Engine, id: &str) -> Result<(Arc<Pod>, Arc<Container>), ApiError> {
+    let id = id.trim_start_matches('/');
+    engine
+        .container_or_pod(id)
+        .map_err(|_| no_such_container(id))
+}
+
+fn rfc3339_of(secs: u64) -> String {
+    crate::engine::io::rfc3339(secs as i64, 0)
+}
+
+fn image_json(engine: &Engine, rec: &crate::image::ImageRecord) -> Value {
+    let containers = engine
+        .pods()
+        .iter()
+        .flat_map(|p| p.containers())
+        .filter(|c| c.image.id == rec.id)
+        .count();
+    json!({
+        "Id": rec.id,
+        "ParentId": "",
+        "RepoTags": rec.repo_tags,
+        "RepoDigests": rec.repo_digests,
+        "Created": rec.created,
+        "Size": rec.size,
+        "VirtualSize": rec.size,
+        "SharedSize": -1,
+        "Labels": {},
+        "Containers": containers,
+    })
+}
+
+/// `GET /images/json[?all=][&filters={"dangling":["true"],"reference":["busybox"]}]`.
+fn images_json(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
+    let q = query(req);
+    let filters: Value = match q.get("filters").filter(|f| !f.is_empty()) {
+        Some(f) => serde_json::from_str(f)
+            .map_err(|e| ApiError::bad_request(format!("invalid filters: {e}")))?,
+        None => json!({}),
+    };
+    let dangling = filters["dangling"]
+        .as_array()
+        .and_then(|a| a.first())
+        .and_then(|v| v.as_str())
+        .map(|v| v == "true" || v == "1");
+    let reference: Vec<String> = filters["reference"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect();
+    let list: Vec<Value> = engine
+        .images
+        .list()?
+        .iter()
+        .filter(|r| dangling.is_none_or(|d| d == r.repo_tags.is_empty()))
+        .filter(|r| {
+            reference.is_empty()
+                || r.repo_tags.iter().any(|t| {
+                    reference
+                        .iter()
+                        .any(|want| t == want || t.split(':').next() == Some(want.as_str()))
+                })
+        })
+        .map(|r| image_json(engine, r))
+        .collect();
+    ok_json(json!(list))
+}
+
+fn image_inspect(engine: &Arc<Engine>, name: &str) -> ApiResult {
+    let rec = engine
+        .images
+        .resolve(name)
+        .map_err(|_| ApiError::not_found(format!("No such image: {name}")))?;
+    let c = &rec.config;
+    ok_json(json!({
+        "Id": rec.id,
+        "RepoTags": rec.repo_tags,
+        "RepoDigests": rec.repo_digests,
+        "Parent": "",
+        "Created": rfc3339_of(rec.created),
+        "Size": rec.size,
+        "VirtualSize": rec.size,
+        "Os": "linux",
+        "Architecture": "amd64",
+        "Config": { "Cmd": c.cmd, "Entrypoint": c.entrypoint, "Env": c.env, "WorkingDir": c.working_dir, "User": c.user, "Labels": {} },
+        "RootFS": { "Type": "layers", "Layers": rec.layers.iter().map(|l| l.diff_id.clone()).collect::<Vec<_>>() },
+        "Metadata": { "LastTagTime": "" },
+    }))
+}
+
+fn image_delete(engine: &Arc<Engine>, name: &str, req: &Request<Incoming>) -> ApiResult {
+    let q = query(req);
+    let force = flag(&q, "force");
+    let removed = engine
+        .images
+        .remove(
+            name,
+            |img| !force && engine.image_in_use(img),
+            flag(&q, "noprune"),
+        )
+        .map_err(|e| match e {
+            crate::image::ImageError::NotFound(_) => {
+                ApiError::not_found(format!("No such image: {name}"))
+            }
+            other => other.into(),
+        })?;
+    ok_json(json!(removed
+        .iter()
+        .map(|r| {
+            let (k, v) = r.split_once(": ").unwrap_or(("Deleted", r));
+            json!({ k: v })
+        })
+        .collect::<Vec<_>>()))
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    match v {
+        Value::Array(a) => a
+            .iter()
+            .filter_map(|s| s.as_str().map(str::to_string))
+            .collect(),
+        Value::String(s) => vec!["/bin/sh".into(), "-c".into(), s.clone()],
+        _ => vec![],
+    }
+}
+
+/// `POST /containers/create[?name=NAME]`: a one-container pod from Docker's config.
+async fn create(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
+    let q = query(&req);
+    let body = read_body(req.into_body(), MAX_JSON_BODY).await?;
+    let cfg: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("invalid container config: {e}")))?;
+    let image = cfg["Image"]
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| ApiError::bad_request("config has no Image"))?
+        .to_string();
+    let name = q
+        .get("name")
+        .map(|n| n.trim_start_matches('/').to_string())
+        .unwrap_or_default();
+    let host = &cfg["HostConfig"];
+    let memory_mib = host["Memory"]
+        .as_u64()
+        .filter(|m| *m > 0)
+        .map(|m| (m >> 20).max(u64::from(crate::spec::MIN_MEMORY)) as u32)
+        .unwrap_or(128);
+    let vcpu = host["NanoCpus"]
+        .as_u64()
+        .filter(|n| *n > 0)
+        .map(|n| n.div_ceil(1_000_000_000) as u32)
+        .unwrap_or(1);
+    let envs = strings(&cfg["Env"])
+        .into_iter()
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((&kv, ""));
+            EnvVar {
+                env: k.to_string(),
+                value: v.to_string(),
+            }
+        })
+        .collect();
+    let restart = match host["RestartPolicy"]["Name"].as_str().unwrap_or("") {
+        "always" | "unless-stopped" => "always",
+        "on-failure" => "onFailure",
+        _ => "",
+    };
+    let spec = PodSpec {
+        id: name.clone(),
+        hostname: cfg["Hostname"].as_str().unwrap_or_default().to_string(),
+        containers: vec![ContainerSpec {
+            name: name.clone(),
+            image,
+            command: strings(&cfg["Cmd"]),
+            entrypoint: strings(&cfg["Entrypoint"]),
+            workdir: cfg["WorkingDir"].as_str().unwrap_or_default().to_string(),
+            envs,
+            user: cfg["User"].as_str().unwrap_or_default().to_string(),
+            tty: cfg["Tty"].as_bool().unwrap_or(false),
+            restart_policy: restart.to_string(),
+            ..Default::default()
+        }],
+        resource: Resource {
+            vcpu,
+            memory: memory_mib,
+        },
+        auto_remove: host["AutoRemove"].as_bool().unwrap_or(false),
+        labels: cfg["Labels"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        ..Default::default()
+    };
+    let pod = engine.create_pod(spec).map_err(|e| match e {
+        crate::engine::EngineError::NotFound(_) => ApiError::not_found(format!(
+            "No such image: {}",
+            cfg["Image"].as_str().unwrap_or_default()
+        )),
+        other => other.into(),
+    })?;
+    let c = pod.containers().first().cloned().expect("one container");
+    let resp = json!({ "Id": c.id, "Warnings": [] });
+    Ok(crate::api::http::json_response(StatusCode::CREATED, &resp))
+}
+
+/// Docker's state of a container.
+fn state(pod: &Pod, c: &Container) -> &'static str {
+    match (*c.io.state().borrow(), pod.phase()) {
+        (IoState::Running, PodPhase::Paused) => "paused",
+        (IoState::Running, _) => "running",
+        (IoState::NotStarted, _) => "created",
+        (IoState::Exited, _) => "exited",
+    }
+}
+
+fn status_line(pod: &Pod, c: &Container) -> String {
+    let st = c.status.lock().unwrap().clone();
+    match state(pod, c) {
+        "running" => "Up".to_string(),
+        "paused" => "Up (Paused)".to_string(),
+        "created" => "Created".to_string(),
+        _ => format!("Exited ({})", st.exit_code.unwrap_or(0)),
+    }
+}
+
+fn created_secs(pod: &Pod) -> u64 {
+    crate::image::parse_rfc3339(&pod.created).unwrap_or(0)
+}
+
+/// `GET /containers/json[?all=1]`.
+fn list(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
+    let q = query(req);
+    let all = flag(&q, "all");
+    let mut out = Vec::new();
+    for pod in engine.pods().iter().rev() {
+        for c in pod.containers() {
+            let st = state(pod, &c);
+            if !all && st != "running" && st != "paused" {
+                continue;
+            }
+            out.push(json!({
+                "Id": c.id,
+                "Names": [format!("/{}", c.name())],
+                "Image": c.image_ref,
+                "ImageID": c.image.id,
+                "Command": c.process.args.join(" "),
+                "Created": created_secs(pod),
+                "State": st,
+                "Status": status_line(pod, &c),
+                "Ports": [],
+                "Labels": *pod.labels.lock().unwrap(),
+                "HostConfig": { "NetworkMode": "none" },
+                "Mounts": [],
+            }));
+        }
+    }
+    ok_json(json!(out))
+}
+
+fn inspect(engine: &Arc<Engine>, id: &str) -> ApiResult {
+    let (pod, c) = find(engine, id)?;
+    let st = c.status.lock().unwrap().clone();
+    let s = state(&pod, &c);
+    let zero = "0001-01-01T00:00:00Z".to_string();
+    ok_json(json!({
+        "Id": c.id,
+        "Created": pod.created,
+        "Path": c.process.args.first().cloned().unwrap_or_default(),
+        "Args": c.process.args.iter().skip(1).collect::<Vec<_>>(),
+        "State": {
+            "Status": s,
+            "Running": s == "running" || s == "paused",
+            "Paused": s == "paused",
+            "Restarting": c.restarting.load(std::sync::atomic::Ordering::SeqCst),
+            "OOMKilled": false,
+            "Dead": false,
+            "Pid": 0,
+            "ExitCode": st.exit_code.unwrap_or(0),
+            "Error": "",
+            "StartedAt": st.started_at.clone().unwrap_or_else(|| zero.clone()),
+            "FinishedAt": st.finished_at.clone().unwrap_or(zero),
+        },
+        "Image": c.image.id,
+        "Name": format!("/{}", c.name()),
+        "RestartCount": st.restart_count,
+        "Driver": engine.driver.describe(),
+        "Platform": "linux",
+        "HostConfig": {
+            "AutoRemove": pod.spec.auto_remove,
+            "Memory": u64::from(pod.spec.resource.memory) << 20,
+            "NanoCpus": u64::from(pod.spec.resource.vcpu) * 1_000_000_000,
+            "RestartPolicy": { "Name": match c.spec.restart_policy.as_str() { "always" => "always", "onFailure" => "on-failure", _ => "no" } },
+            "NetworkMode": "none",
+        },
+        "Config": {
+            "Hostname": pod.spec.hostname,
+            "User": c.process.user,
+            "Tty": c.process.tty,
+            "OpenStdin": c.process.tty,
+            "Env": c.process.env,
+            "Cmd": c.spec.command,
+            "Entrypoint": c.spec.entrypoint,
+            "Image": c.image_ref,
+            "WorkingDir": c.process.workdir,
+            "Labels": *pod.labels.lock().unwrap(),
+        },
+        "NetworkSettings": { "Ports": {}, "Networks": {} },
+        "Mounts": [],
+        "HyperPodID": pod.id,
+    }))
+}
+
+fn no_content() -> ApiResult {
+    Ok(Response::builder()
+        .status(StatusCode::NO_CONTENT)
+        .body(crate::api::http::full(""))
+        .expect("valid response"))
+}
+
+async fn start(engine: &Arc<Engine>, id: &str) -> ApiResult {
+    let (pod, c) = find(engine, id)?;
+    match state(&pod, &c) {
+        "running" | "paused" => Ok(Response::builder()
+            .status(StatusCode::NOT_MODIFIED)
+            .body(crate::api::http::full(""))
+            .expect("valid response")),
+        _ => {
+            engine.start_pod(&pod.id, None).await?;
+            no_content()
+        }
+    }
+}
+
+async fn stop(engine: &Arc<Engine>, id: &str) -> ApiResult {
+    let (pod, _) = find(engine, id)?;
+    if pod.vm().is_none() {
+        return Ok(Response::builder()
+            .status(StatusCode::NOT_MODIFIED)
+            .body(crate::api::http::full(""))
+            .expect("valid response"));
+    }
+    engine.stop_pod(&pod.id).await?;
+    no_content()
+}
+
+async fn kill(engine: &Arc<Engine>, id: &str, req: &Request<Incoming>) -> ApiResult {
+    let (_, c) = find(engine, id)?;
+    let q = query(req);
+    engine
+        .kill_container(&c.id, q.get("signal").map(String::as_str).unwrap_or("KILL"))
+        .await?;
+    no_content()
+}
+
+/// `POST /containers/{id}/wait[?condition=not-running|next-exit|removed]`: the headers
+/// go out at once (clients wait for them before starting the container), the body
+/// `{"StatusCode": n}` when the condition holds.
+async fn wait(engine: &Arc<Engine>, id: &str, req: &Request<Incoming>) -> ApiResult {
+    let (pod, c) = find(engine, id)?;
+    let condition = query(req)
+        .get("condition")
+        .cloned()
+        .unwrap_or_else(|| "not-running".into());
+    if !matches!(condition.as_str(), "not-running" | "next-exit" | "removed") {
+        return Err(ApiError::bad_request(format!(
+            "invalid condition {condition:?}"
+        )));
+    }
+    let mut state = c.io.state();
+    // "next-exit" waits for an exit that has not happened yet.
+    let skip_current = condition != "not-running" && *state.borrow() == IoState::Exited;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let engine = engine.clone();
+    tokio::spawn(async move {
+        if skip_current {
+            let _ = state.changed().await;
+        }
+        let _ = match condition.as_str() {
+            "not-running" => state.wait_for(|s| *s != IoState::Running).await.map(|_| ()),
+            _ => state.wait_for(|s| *s == IoState::Exited).await.map(|_| ()),
+        };
+        if condition == "removed" {
+            while engine.pod(&pod.id).is_ok() {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+        let code = c.status.lock().unwrap().exit_code.unwrap_or(0);
+        let _ = tx.send(bytes::Bytes::from(format!(
+            "{}\n",
+            json!({ "StatusCode": code, "Error": null })
+        )));
+    });
+    Ok(crate::api::http::stream_chunks(rx, "application/json"))
+}
+
+fn logs(engine: &Arc<Engine>, id: &str, req: &Request<Incoming>) -> ApiResult {
+    let (_, c) = find(engine, id)?;
+    crate::api::containers::logs_of(&c, &query(req))
+}
+
+async fn attach(engine: &Arc<Engine>, id: &str, mut req: Request<Incoming>) -> ApiResult {
+    let (pod, c) = find(engine, id)?;
+    if !wants_upgrade(&req) {
+        return Err(ApiError::bad_request("attach needs Upgrade: tcp"));
+    }
+    let q = query(&req);
+    let session = Session::from_query(&q, pod, c.io.clone(), c.stream, c.process.tty);
+    tokio::spawn(session.begin(hyper::upgrade::on(&mut req)));
+    Ok(upgrade_response())
+}
+
+async fn resize(
+    engine: &Arc<Engine>,
+    container: &str,
+    exec: Option<&str>,
+    req: &Request<Incoming>,
+) -> ApiResult {
+    let q = query(req);
+    let num = |k: &str| q.get(k).and_then(|v| v.parse::<u16>().ok()).unwrap_or(0);
+    let id = match exec {
+        Some(_) => container.to_string(),
+        None => find(engine, container)?.1.id.clone(),
+    };
+    match engine.resize(&id, exec, num("h"), num("w")).await {
+        Ok(()) | Err(crate::engine::EngineError::Conflict(_)) => ok_json(json!({})),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn remove(engine: &Arc<Engine>, id: &str, req: &Request<Incoming>) -> ApiResult {
+    let (pod, c) = find(engine, id)?;
+    let q = query(req);
+    if matches!(state(&pod, &c), "running" | "paused") && !flag(&q, "force") {
+        return Err(ApiError::new(StatusCode::CONFLICT, format!("You cannot remove a running container {}. Stop the container before attempting removal or force remove", c.id)));
+    }
+    engine.remove_pod(&pod.id).await?;
+    no_content()
+}
+
+async fn exec_create(engine: &Arc<Engine>, id: &str, req: Request<Incoming>) -> ApiResult {
+    let (_, c) = find(engine, id)?;
+    let body = read_body(req.into_body(), MAX_JSON_BODY).await?;
+    let cfg: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("invalid exec config: {e}")))?;
+    let request = crate::engine::exec::ExecRequest {
+        command: strings(&cfg["Cmd"]),
+        tty: cfg["Tty"].as_bool().unwrap_or(false),
+        env: strings(&cfg["Env"])
+            .into_iter()
+            .filter(|e| e.contains('='))
+            .collect(),
+        workdir: cfg["WorkingDir"].as_str().unwrap_or_default().to_string(),
+        user: cfg["User"].as_str().unwrap_or_default().to_string(),
+    };
+    let (_, exec) = engine.create_exec(&c.id, request)?;
+    if cfg["AttachStdin"].as_bool().unwrap_or(false) {
+        exec.io
+            .stdin_wanted
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+    Ok(crate::api::http::json_response(
+        StatusCode::CREATED,
+        &json!({ "Id": exec.id }),
+    ))
+}
+
+/// `POST /exec/{id}/start` with `{"Detach": bool, "Tty": bool}`.
+async fn exec_start(engine: &Arc<Engine>, id: &str, mut req: Request<Incoming>) -> ApiResult {
+    let upgrade = wants_upgrade(&req);
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let body = read_body(req.into_body(), MAX_JSON_BODY).await?;
+    let cfg: Value = if body.iter().all(u8::is_ascii_whitespace) {
+        json!({})
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?
+    };
+    let (pod, exec) = engine.exec(id)?;
+    if cfg["Detach"].as_bool().unwrap_or(false) || !upgrade {
+        engine.start_exec(&pod, &exec).await?;
+        return ok_json(json!({}));
+    }
+    let stdin = exec
+        .io
+        .stdin_wanted
+        .load(std::sync::atomic::Ordering::SeqCst);
+    let session = Session {
+        pod: pod.clone(),
+        io: exec.io.clone(),
+        stream: exec.stream,
+        tty: exec.process.tty,
+        stdin,
+        stdout: true,
+        stderr: true,
+    };
+    let serve = session.begin(on_upgrade);
+    engine.start_exec(&pod, &exec).await?;
+    tokio::spawn(serve);
+    Ok(upgrade_response())
+}
+
+fn exec_inspect(engine: &Arc<Engine>, id: &str) -> ApiResult {
+    let (_, e) = engine.exec(id)?;
+    let st = e.status.lock().unwrap().clone();
+    let running = *e.io.state().borrow() == IoState::Running;
+    ok_json(json!({
+        "ID": e.id,
+        "Running": running,
+        "ExitCode": if running { Value::Null } else { json!(st.exit_code.unwrap_or(0)) },
+        "ProcessConfig": { "tty": e.process.tty, "entrypoint": e.process.args.first(), "arguments": e.process.args.iter().skip(1).collect::<Vec<_>>(), "user": e.process.user },
+        "OpenStdin": e.io.stdin_wanted.load(std::sync::atomic::Ordering::SeqCst),
+        "OpenStdout": true,
+        "OpenStderr": true,
+        "ContainerID": e.container.id,
+        "Pid": 0,
+    }))
+}
