@@ -322,11 +322,16 @@ pub fn remove(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
         |img| !force && engine.image_in_use(img),
         flag(&q, "noprune"),
     )?;
-    ok_json(json!(removed
+    ok_json(removal_json(&removed))
+}
+
+/// `Untagged: x` / `Deleted: y` lines as Docker's `[{"Untagged": x}, {"Deleted": y}]`.
+pub fn removal_json(removed: &[String]) -> serde_json::Value {
+    json!(removed
         .iter()
         .map(|r| {
             let (k, v) = r.split_once(": ").unwrap_or(("Deleted", r));
             json!({ k: v })
         })
-        .collect::<Vec<_>>()))
+        .collect::<Vec<_>>())
 }

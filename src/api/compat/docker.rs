@@ -173,13 +173,7 @@ fn image_delete(engine: &Arc<Engine>, name: &str, req: &Request<Incoming>) -> Ap
             }
             other => other.into(),
         })?;
-    ok_json(json!(removed
-        .iter()
-        .map(|r| {
-            let (k, v) = r.split_once(": ").unwrap_or(("Deleted", r));
-            json!({ k: v })
-        })
-        .collect::<Vec<_>>()))
+    ok_json(crate::api::images::removal_json(&removed))
 }
 
 fn strings(v: &Value) -> Vec<String> {
