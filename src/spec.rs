@@ -192,6 +192,35 @@ pub struct Resource {
     /// MiB.
     #[serde(default = "default_memory")]
     pub memory: u32,
+    /// Cap on the VM's CPU time, percent of one vCPU (0: none).
+    #[serde(default, rename = "cpuPercent", skip_serializing_if = "is_zero")]
+    pub cpu_percent: u32,
+    /// Rate limits of the VM's disks (0: none).
+    #[serde(default, skip_serializing_if = "DiskLimits::is_none")]
+    pub disk: DiskLimits,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
+}
+
+/// Token-bucket limits on a VM's disk I/O.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+pub struct DiskLimits {
+    #[serde(default, rename = "readBps")]
+    pub read_bps: u64,
+    #[serde(default, rename = "readIops")]
+    pub read_iops: u64,
+    #[serde(default, rename = "writeBps")]
+    pub write_bps: u64,
+    #[serde(default, rename = "writeIops")]
+    pub write_iops: u64,
+}
+
+impl DiskLimits {
+    pub fn is_none(&self) -> bool {
+        *self == DiskLimits::default()
+    }
 }
 
 fn default_vcpu() -> u32 {
@@ -206,6 +235,8 @@ impl Default for Resource {
         Resource {
             vcpu: default_vcpu(),
             memory: default_memory(),
+            cpu_percent: 0,
+            disk: DiskLimits::default(),
         }
     }
 }

@@ -193,11 +193,26 @@ async fn route(
         .find(|r| r.path == path && r.method == method_name)
     {
         Some(r) => (r.handler)(engine.clone(), req).await,
-        None => match super::compat::docker::route(engine, method, path, req).await {
-            Some(result) => result,
-            None => Err(not_found(method, path)),
-        },
+        None => route_compat(engine, method, path, req).await,
     }
+}
+
+/// The seed APIs. A versioned path (`/v1.41/...`, as the docker CLI sends) is Docker's;
+/// an unversioned one is mCM's where mCM has it (`/images`, `/containers`, and their
+/// `/{id}`), else Docker's remote API (`/images/json`, `/containers/{id}/json`, ...).
+async fn route_compat(engine: &Arc<Engine>, method: &Method, path: &str, req: Request<Incoming>) -> ApiResult {
+    let versioned = route_path(req.uri().path()) != req.uri().path();
+    let is_mcm = !versioned
+        && matches!(
+            (method.as_str(), path.trim_start_matches('/').split('/').collect::<Vec<_>>().as_slice()),
+            ("GET" | "POST", ["images"] | ["containers"]) | ("DELETE", ["images", ..]) | ("PUT" | "DELETE", ["containers", _])
+        );
+    let routed = if is_mcm {
+        super::compat::mcm::route(engine, method, path, req).await
+    } else {
+        super::compat::docker::route(engine, method, path, req).await
+    };
+    routed.unwrap_or_else(|| Err(not_found(method, path)))
 }
 
 fn not_found(method: &Method, path: &str) -> ApiError {

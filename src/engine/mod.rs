@@ -781,6 +781,9 @@ async fn monitor(
     // The guest console stays with the pod, for `hyperctl inspect` readers and bug reports.
     let _ = std::fs::rename(dir.join("console.log"), pod.dir.join("console.log"));
     let _ = std::fs::remove_dir_all(&dir);
+    if let Some(vm_id) = dir.file_name() {
+        crate::vm::host::remove_cpu_cgroup(&vm_id.to_string_lossy());
+    }
     engine.persist(&pod);
     let _ = gone.send(true);
     if pod.spec.auto_remove && pod.phase() != PodPhase::Running {

@@ -13,13 +13,9 @@ pub struct Booted {
 }
 
 impl Engine {
-    /// Boots a VM with `n_slots` empty disk slots.
-    pub async fn boot_vm(
-        &self,
-        vcpus: u32,
-        memory_mib: u32,
-        n_slots: usize,
-    ) -> Result<Booted, EngineError> {
+    /// Boots a VM of `resource`'s size and limits with `n_slots` empty disk slots.
+    pub async fn boot_vm(&self, resource: &crate::spec::Resource, n_slots: usize) -> Result<Booted, EngineError> {
+        let (vcpus, memory_mib) = (resource.vcpu, resource.memory);
         let id = crate::ids::vm_id();
         let dir = self.cfg.root.join("vm").join(&id);
         let disks = slots::make(&dir, n_slots)
@@ -33,6 +29,7 @@ impl Engine {
             initrd: self.cfg.initrd.clone(),
             disks,
             boot_timeout: self.cfg.boot_timeout,
+            disk_limits: resource.disk,
         };
         let started = std::time::Instant::now();
         let vm = match self.driver.boot(&cfg).await {
@@ -43,6 +40,11 @@ impl Engine {
             }
         };
         tracing::info!(vm = %id, pid = vm.pid, "VM booted in {:?}", started.elapsed());
+        if resource.cpu_percent > 0 {
+            if let Err(e) = crate::vm::host::cap_cpu(&id, vm.pid, resource.cpu_percent) {
+                tracing::warn!(vm = %id, "{e}");
+            }
+        }
         let (gone, gone_rx) = watch::channel(false);
         let runtime = Arc::new(VmRuntime {
             id,
@@ -67,7 +69,8 @@ impl Engine {
                 "invalid VM size: {vcpus} vCPUs, {memory_mib} MiB"
             )));
         }
-        let booted = self.boot_vm(vcpus, memory_mib, slots::MIN_SLOTS).await?;
+        let size = crate::spec::Resource { vcpu: vcpus, memory: memory_mib, ..Default::default() };
+        let booted = self.boot_vm(&size, slots::MIN_SLOTS).await?;
         let id = booted.runtime.id.clone();
         self.pool.lock().unwrap().push(booted);
         Ok(id)
@@ -121,6 +124,8 @@ impl Engine {
                         .position(|b| b.runtime.id == h)
                         .ok_or_else(|| EngineError::NotFound(format!("no idle VM {h}")))?,
                 ),
+                // Pooled VMs have no limits: a pod with limits boots its own.
+                None if r.cpu_percent > 0 || !r.disk.is_none() => None,
                 None => pool.iter().position(|b| {
                     b.runtime.vcpus == r.vcpu
                         && b.runtime.memory_mib == r.memory
@@ -143,7 +148,7 @@ impl Engine {
             }
         }
         let b = self
-            .boot_vm(r.vcpu, r.memory, need.max(slots::MIN_SLOTS))
+            .boot_vm(r, need.max(slots::MIN_SLOTS))
             .await?;
         Ok((b.vm, b.runtime, b.gone))
     }

@@ -74,3 +74,30 @@ mod tests {
         assert_eq!(choose_accel("tcg").unwrap(), Accel::Tcg);
     }
 }
+
+/// The cgroup (v2) that caps a VM's CPU time.
+pub fn cpu_cgroup(vm_id: &str) -> std::path::PathBuf {
+    std::path::Path::new("/sys/fs/cgroup/hyperd").join(vm_id)
+}
+
+/// Caps a VM process at `percent` of one CPU through a cgroup v2 `cpu.max`.
+pub fn cap_cpu(vm_id: &str, pid: u32, percent: u32) -> Result<(), String> {
+    let parent = std::path::Path::new("/sys/fs/cgroup/hyperd");
+    let setup = || -> std::io::Result<()> {
+        std::fs::create_dir_all(parent)?;
+        // The cpu controller must be enabled for the children of both levels.
+        let _ = std::fs::write("/sys/fs/cgroup/cgroup.subtree_control", "+cpu");
+        std::fs::write(parent.join("cgroup.subtree_control"), "+cpu")?;
+        let dir = cpu_cgroup(vm_id);
+        std::fs::create_dir_all(&dir)?;
+        let period = 100_000u64;
+        std::fs::write(dir.join("cpu.max"), format!("{} {period}", u64::from(percent) * period / 100))?;
+        std::fs::write(dir.join("cgroup.procs"), pid.to_string())
+    };
+    setup().map_err(|e| format!("cannot cap CPU time through cgroup v2 on this host: {e}"))
+}
+
+/// Removes a VM's CPU cgroup (after the VM exited).
+pub fn remove_cpu_cgroup(vm_id: &str) {
+    let _ = std::fs::remove_dir(cpu_cgroup(vm_id));
+}

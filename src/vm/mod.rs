@@ -43,6 +43,8 @@ pub struct VmConfig {
     pub initrd: PathBuf,
     pub disks: Vec<DiskConfig>,
     pub boot_timeout: Duration,
+    /// Rate limits applied to every disk.
+    pub disk_limits: crate::spec::DiskLimits,
 }
 
 impl VmConfig {

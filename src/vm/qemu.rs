@@ -75,8 +75,15 @@ impl QemuDriver {
         ];
         for (i, d) in cfg.disks.iter().enumerate() {
             a.push("-drive".into());
+            let l = &cfg.disk_limits;
+            let mut throttle = String::new();
+            for (key, v) in [("bps-read", l.read_bps), ("iops-read", l.read_iops), ("bps-write", l.write_bps), ("iops-write", l.write_iops)] {
+                if v > 0 {
+                    throttle.push_str(&format!(",throttling.{key}={v}"));
+                }
+            }
             a.push(format!(
-                "id=disk{i},file={},format=raw,if=none,readonly={}",
+                "id=disk{i},file={},format=raw,if=none,readonly={}{throttle}",
                 d.path.display(),
                 if d.read_only { "on" } else { "off" }
             ));

@@ -246,6 +246,7 @@ async fn create(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
         resource: Resource {
             vcpu,
             memory: memory_mib,
+            ..Default::default()
         },
         auto_remove: host["AutoRemove"].as_bool().unwrap_or(false),
         labels: cfg["Labels"]
