@@ -200,14 +200,34 @@ async fn route(
 /// The seed APIs. A versioned path (`/v1.41/...`, as the docker CLI sends) is Docker's;
 /// an unversioned one is mCM's where mCM has it (`/images`, `/containers`, and their
 /// `/{id}`), else Docker's remote API (`/images/json`, `/containers/{id}/json`, ...).
-async fn route_compat(engine: &Arc<Engine>, method: &Method, path: &str, req: Request<Incoming>) -> ApiResult {
+async fn route_compat(
+    engine: &Arc<Engine>,
+    method: &Method,
+    path: &str,
+    req: Request<Incoming>,
+) -> ApiResult {
     let versioned = route_path(req.uri().path()) != req.uri().path();
     let is_mcm = !versioned
         && matches!(
-            (method.as_str(), path.trim_start_matches('/').split('/').collect::<Vec<_>>().as_slice()),
-            ("GET" | "POST", ["images"] | ["containers"]) | ("DELETE", ["images", ..]) | ("PUT" | "DELETE", ["containers", _])
+            (
+                method.as_str(),
+                path.trim_start_matches('/')
+                    .split('/')
+                    .collect::<Vec<_>>()
+                    .as_slice()
+            ),
+            ("GET" | "POST", ["images"] | ["containers"])
+                | ("DELETE", ["images", ..])
+                | ("PUT" | "DELETE", ["containers", _])
         );
-    let routed = if is_mcm {
+    let is_flask = !versioned
+        && matches!(
+            path.trim_start_matches('/').split('/').next(),
+            Some("container" | "image")
+        );
+    let routed = if is_flask {
+        super::compat::flask::route(engine, method, path, req).await
+    } else if is_mcm {
         super::compat::mcm::route(engine, method, path, req).await
     } else {
         super::compat::docker::route(engine, method, path, req).await

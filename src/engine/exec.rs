@@ -52,6 +52,29 @@ pub fn parse_signal(s: &str) -> Result<i32, EngineError> {
 }
 
 impl Pod {
+    /// CPU use since the previous sample, percent of one CPU (0 at the first sample).
+    pub fn cpu_percent(&self, cpu_ns: u64) -> f64 {
+        let now = std::time::Instant::now();
+        let mut last = self.cpu_sample.lock().unwrap();
+        let pct = match *last {
+            Some((t, ns)) if cpu_ns >= ns && now > t => {
+                (cpu_ns - ns) as f64 / now.duration_since(t).as_nanos() as f64 * 100.0
+            }
+            _ => 0.0,
+        };
+        *last = Some((now, cpu_ns));
+        (pct * 100.0).round() / 100.0
+    }
+
+    /// Records a memory reading (MiB); returns the largest seen.
+    pub fn note_memory(&self, mib: f64) -> f64 {
+        let mut max = self.mem_max.lock().unwrap();
+        if mib > *max {
+            *max = mib;
+        }
+        *max
+    }
+
     pub fn exec_by_stream(&self, stream: u32) -> Option<Arc<Exec>> {
         self.execs
             .lock()

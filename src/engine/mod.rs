@@ -175,6 +175,9 @@ pub struct Pod {
     pub labels: Mutex<std::collections::BTreeMap<String, String>>,
     /// Extra processes run in the pod's containers, by exec id.
     pub execs: Mutex<HashMap<String, Arc<exec::Exec>>>,
+    /// The last CPU sample (for percentages) and the largest memory use seen (MiB).
+    cpu_sample: Mutex<Option<(std::time::Instant, u64)>>,
+    mem_max: Mutex<f64>,
     /// Stream numbers for execs (containers use 1..=n).
     next_stream: std::sync::atomic::AtomicU32,
 }
@@ -379,6 +382,25 @@ impl Engine {
         }
     }
 
+    /// Pulls an image without progress messages, with the credentials stored for its
+    /// registry (for the seed APIs, whose pulls answer once done).
+    pub async fn pull_image(
+        &self,
+        reference: &str,
+    ) -> Result<crate::image::ImageRecord, crate::image::ImageError> {
+        use crate::image::registry;
+        let image = crate::image::ImageRef::parse(reference)?;
+        let creds = self.credentials.get(&image.registry).unwrap_or_default();
+        let r = Arc::new(registry::Registry::new(
+            image,
+            creds.registry_auth(),
+            &self.cfg.insecure_registries,
+        ));
+        let resolved = registry::resolve(&r).await?;
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        registry::pull(self.images.clone(), r, resolved, tx).await
+    }
+
     pub fn image_in_use(&self, image_id: &str) -> bool {
         self.pods
             .lock()
@@ -444,6 +466,8 @@ impl Engine {
             labels,
             op: tokio::sync::Mutex::new(()),
             execs: Mutex::new(HashMap::new()),
+            cpu_sample: Mutex::new(None),
+            mem_max: Mutex::new(0.0),
             next_stream: std::sync::atomic::AtomicU32::new(1000),
         });
         let mut pods = self.pods.lock().unwrap();

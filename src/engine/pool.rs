@@ -14,7 +14,11 @@ pub struct Booted {
 
 impl Engine {
     /// Boots a VM of `resource`'s size and limits with `n_slots` empty disk slots.
-    pub async fn boot_vm(&self, resource: &crate::spec::Resource, n_slots: usize) -> Result<Booted, EngineError> {
+    pub async fn boot_vm(
+        &self,
+        resource: &crate::spec::Resource,
+        n_slots: usize,
+    ) -> Result<Booted, EngineError> {
         let (vcpus, memory_mib) = (resource.vcpu, resource.memory);
         let id = crate::ids::vm_id();
         let dir = self.cfg.root.join("vm").join(&id);
@@ -69,7 +73,11 @@ impl Engine {
                 "invalid VM size: {vcpus} vCPUs, {memory_mib} MiB"
             )));
         }
-        let size = crate::spec::Resource { vcpu: vcpus, memory: memory_mib, ..Default::default() };
+        let size = crate::spec::Resource {
+            vcpu: vcpus,
+            memory: memory_mib,
+            ..Default::default()
+        };
         let booted = self.boot_vm(&size, slots::MIN_SLOTS).await?;
         let id = booted.runtime.id.clone();
         self.pool.lock().unwrap().push(booted);
@@ -147,9 +155,7 @@ impl Engine {
                 )));
             }
         }
-        let b = self
-            .boot_vm(r, need.max(slots::MIN_SLOTS))
-            .await?;
+        let b = self.boot_vm(r, need.max(slots::MIN_SLOTS)).await?;
         Ok((b.vm, b.runtime, b.gone))
     }
 }

@@ -156,6 +156,8 @@ impl Engine {
                 labels: Mutex::new(r.labels),
                 op: tokio::sync::Mutex::new(()),
                 execs: Mutex::new(HashMap::new()),
+                cpu_sample: Mutex::new(None),
+                mem_max: Mutex::new(0.0),
                 next_stream: std::sync::atomic::AtomicU32::new(1000),
             });
             pods.insert(r.id, pod);

@@ -61,20 +61,6 @@ pub fn choose_accel(setting: &str) -> Result<Accel, String> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_cpu_flags() {
-        assert!(cpuinfo_has_hw_virt("flags\t\t: fpu vme svm lm\n"));
-        assert!(cpuinfo_has_hw_virt("flags\t: fpu vmx\n"));
-        assert!(!cpuinfo_has_hw_virt("flags\t: fpu hypervisor lm\n"));
-        assert!(choose_accel("bogus").is_err());
-        assert_eq!(choose_accel("tcg").unwrap(), Accel::Tcg);
-    }
-}
-
 /// The cgroup (v2) that caps a VM's CPU time.
 pub fn cpu_cgroup(vm_id: &str) -> std::path::PathBuf {
     std::path::Path::new("/sys/fs/cgroup/hyperd").join(vm_id)
@@ -91,7 +77,10 @@ pub fn cap_cpu(vm_id: &str, pid: u32, percent: u32) -> Result<(), String> {
         let dir = cpu_cgroup(vm_id);
         std::fs::create_dir_all(&dir)?;
         let period = 100_000u64;
-        std::fs::write(dir.join("cpu.max"), format!("{} {period}", u64::from(percent) * period / 100))?;
+        std::fs::write(
+            dir.join("cpu.max"),
+            format!("{} {period}", u64::from(percent) * period / 100),
+        )?;
         std::fs::write(dir.join("cgroup.procs"), pid.to_string())
     };
     setup().map_err(|e| format!("cannot cap CPU time through cgroup v2 on this host: {e}"))
@@ -100,4 +89,18 @@ pub fn cap_cpu(vm_id: &str, pid: u32, percent: u32) -> Result<(), String> {
 /// Removes a VM's CPU cgroup (after the VM exited).
 pub fn remove_cpu_cgroup(vm_id: &str) {
     let _ = std::fs::remove_dir(cpu_cgroup(vm_id));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_cpu_flags() {
+        assert!(cpuinfo_has_hw_virt("flags\t\t: fpu vme svm lm\n"));
+        assert!(cpuinfo_has_hw_virt("flags\t: fpu vmx\n"));
+        assert!(!cpuinfo_has_hw_virt("flags\t: fpu hypervisor lm\n"));
+        assert!(choose_accel("bogus").is_err());
+        assert_eq!(choose_accel("tcg").unwrap(), Accel::Tcg);
+    }
 }

@@ -77,7 +77,12 @@ impl QemuDriver {
             a.push("-drive".into());
             let l = &cfg.disk_limits;
             let mut throttle = String::new();
-            for (key, v) in [("bps-read", l.read_bps), ("iops-read", l.read_iops), ("bps-write", l.write_bps), ("iops-write", l.write_iops)] {
+            for (key, v) in [
+                ("bps-read", l.read_bps),
+                ("iops-read", l.read_iops),
+                ("bps-write", l.write_bps),
+                ("iops-write", l.write_iops),
+            ] {
                 if v > 0 {
                     throttle.push_str(&format!(",throttling.{key}={v}"));
                 }

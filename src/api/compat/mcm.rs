@@ -16,7 +16,10 @@ const MAX_IMAGE_BYTES: usize = 1 << 30;
 
 fn err(status: StatusCode, message: impl Into<String>) -> Response<crate::api::http::Body> {
     let message = message.into();
-    json_response(status, &json!({ "error": { "code": status.as_u16(), "message": message } }))
+    json_response(
+        status,
+        &json!({ "error": { "code": status.as_u16(), "message": message } }),
+    )
 }
 
 fn from_api(e: ApiError) -> Response<crate::api::http::Body> {
@@ -24,12 +27,19 @@ fn from_api(e: ApiError) -> Response<crate::api::http::Body> {
 }
 
 /// mCM routes; `None` when the path is not mCM's.
-pub async fn route(engine: &Arc<Engine>, method: &Method, path: &str, req: Request<Incoming>) -> Option<ApiResult> {
+pub async fn route(
+    engine: &Arc<Engine>,
+    method: &Method,
+    path: &str,
+    req: Request<Incoming>,
+) -> Option<ApiResult> {
     let seg: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let resp = match (method.as_str(), seg.as_slice()) {
         ("GET", ["images"]) => list_images(engine),
         ("POST", ["images"]) => create_image(engine, req).await,
-        ("DELETE", ["images", rest @ ..]) if !rest.is_empty() => delete_image(engine, &rest.join("/")),
+        ("DELETE", ["images", rest @ ..]) if !rest.is_empty() => {
+            delete_image(engine, &rest.join("/"))
+        }
         ("GET", ["containers"]) => list_containers(engine),
         ("POST", ["containers"]) => create_container(engine, req).await,
         ("PUT", ["containers", id]) => update_container(engine, id, req).await,
@@ -40,8 +50,17 @@ pub async fn route(engine: &Arc<Engine>, method: &Method, path: &str, req: Reque
 }
 
 fn image_json(engine: &Engine, rec: &ImageRecord) -> Value {
-    let containers = engine.pods().iter().flat_map(|p| p.containers()).filter(|c| c.image.id == rec.id).count();
-    let name = rec.repo_tags.first().map(|t| t.rsplit_once(':').map(|(n, _)| n).unwrap_or(t).to_string()).unwrap_or_default();
+    let containers = engine
+        .pods()
+        .iter()
+        .flat_map(|p| p.containers())
+        .filter(|c| c.image.id == rec.id)
+        .count();
+    let name = rec
+        .repo_tags
+        .first()
+        .map(|t| t.rsplit_once(':').map(|(n, _)| n).unwrap_or(t).to_string())
+        .unwrap_or_default();
     json!({
         "id": format!("sha256:{}", rec.short_id()),
         "name": name,
@@ -53,7 +72,12 @@ fn image_json(engine: &Engine, rec: &ImageRecord) -> Value {
 }
 
 fn list_images(engine: &Arc<Engine>) -> Result<Response<crate::api::http::Body>, ApiError> {
-    let data: Vec<Value> = engine.images.list()?.iter().map(|r| image_json(engine, r)).collect();
+    let data: Vec<Value> = engine
+        .images
+        .list()?
+        .iter()
+        .map(|r| image_json(engine, r))
+        .collect();
     Ok(json_response(StatusCode::OK, &json!({ "data": data })))
 }
 
@@ -61,13 +85,22 @@ fn list_images(engine: &Arc<Engine>) -> Result<Response<crate::api::http::Body>,
 /// `base64Image` is an image archive (docker save or OCI layout); `url` is, in `reference`
 /// mode (the default), an image reference to pull, in `payload` mode, where to download
 /// an image archive from.
-async fn create_image(engine: &Arc<Engine>, req: Request<Incoming>) -> Result<Response<crate::api::http::Body>, ApiError> {
-    let mode = query(&req).get("mode").cloned().unwrap_or_else(|| "reference".into());
+async fn create_image(
+    engine: &Arc<Engine>,
+    req: Request<Incoming>,
+) -> Result<Response<crate::api::http::Body>, ApiError> {
+    let mode = query(&req)
+        .get("mode")
+        .cloned()
+        .unwrap_or_else(|| "reference".into());
     if !matches!(mode.as_str(), "reference" | "payload") {
-        return Err(ApiError::bad_request(format!("mode must be payload or reference, not {mode:?}")));
+        return Err(ApiError::bad_request(format!(
+            "mode must be payload or reference, not {mode:?}"
+        )));
     }
     let body = read_body(req.into_body(), MAX_IMAGE_BYTES * 4 / 3 + 1024).await?;
-    let v: Value = serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
+    let v: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
     let archive: Vec<u8> = if let Some(b64) = v["base64Image"].as_str().filter(|s| !s.is_empty()) {
         use base64::Engine as _;
         base64::engine::general_purpose::STANDARD
@@ -76,19 +109,25 @@ async fn create_image(engine: &Arc<Engine>, req: Request<Incoming>) -> Result<Re
     } else if let Some(url) = v["url"].as_str().filter(|s| !s.is_empty()) {
         if mode == "reference" {
             let reference = url.trim_start_matches("docker://");
-            let image = crate::image::ImageRef::parse(reference)?;
-            let creds = engine.credentials.get(&image.registry).unwrap_or_default();
-            let r = Arc::new(crate::image::registry::Registry::new(image, creds.registry_auth(), &engine.cfg.insecure_registries));
-            let resolved = crate::image::registry::resolve(&r).await?;
-            let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-            let rec = crate::image::registry::pull(engine.images.clone(), r, resolved, tx).await?;
-            return Ok(json_response(StatusCode::CREATED, &image_json(engine, &rec)));
+            let rec = engine.pull_image(reference).await?;
+            return Ok(json_response(
+                StatusCode::CREATED,
+                &image_json(engine, &rec),
+            ));
         }
-        let resp = reqwest::get(url).await.map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, format!("{url}: {e}")))?;
+        let resp = reqwest::get(url)
+            .await
+            .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, format!("{url}: {e}")))?;
         if !resp.status().is_success() {
-            return Err(ApiError::new(StatusCode::BAD_GATEWAY, format!("{url}: {}", resp.status())));
+            return Err(ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                format!("{url}: {}", resp.status()),
+            ));
         }
-        let bytes = resp.bytes().await.map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, format!("{url}: {e}")))?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, format!("{url}: {e}")))?;
         if bytes.len() > MAX_IMAGE_BYTES {
             return Err(ApiError::bad_request("image payload too large"));
         }
@@ -97,19 +136,37 @@ async fn create_image(engine: &Arc<Engine>, req: Request<Incoming>) -> Result<Re
         return Err(ApiError::bad_request("give url or base64Image"));
     };
     let images = engine.images.clone();
-    let work = engine.cfg.root.join("image/tmp").join(crate::ids::random_hex(8));
+    let work = engine
+        .cfg
+        .root
+        .join("image/tmp")
+        .join(crate::ids::random_hex(8));
     let w2 = work.clone();
-    let result = tokio::task::spawn_blocking(move || crate::image::archive::load(&images, std::io::Cursor::new(archive), &w2)).await;
+    let result = tokio::task::spawn_blocking(move || {
+        crate::image::archive::load(&images, std::io::Cursor::new(archive), &w2)
+    })
+    .await;
     let _ = std::fs::remove_dir_all(&work);
-    let recs = result.map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
-    let rec = recs.first().ok_or_else(|| ApiError::bad_request("the archive holds no image"))?;
+    let recs =
+        result.map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    let rec = recs
+        .first()
+        .ok_or_else(|| ApiError::bad_request("the archive holds no image"))?;
     Ok(json_response(StatusCode::CREATED, &image_json(engine, rec)))
 }
 
-fn delete_image(engine: &Arc<Engine>, id: &str) -> Result<Response<crate::api::http::Body>, ApiError> {
-    let rec = engine.images.resolve(id).map_err(|_| ApiError::not_found(format!("image {id} cannot be found")))?;
+fn delete_image(
+    engine: &Arc<Engine>,
+    id: &str,
+) -> Result<Response<crate::api::http::Body>, ApiError> {
+    let rec = engine
+        .images
+        .resolve(id)
+        .map_err(|_| ApiError::not_found(format!("image {id} cannot be found")))?;
     let body = image_json(engine, &rec);
-    engine.images.remove(&rec.id, |img| engine.image_in_use(img), false)?;
+    engine
+        .images
+        .remove(&rec.id, |img| engine.image_in_use(img), false)?;
     Ok(json_response(StatusCode::OK, &body))
 }
 
@@ -134,44 +191,81 @@ fn container_json(pod: &Pod, c: &Container) -> Value {
 }
 
 fn list_containers(engine: &Arc<Engine>) -> Result<Response<crate::api::http::Body>, ApiError> {
-    let data: Vec<Value> = engine.pods().iter().flat_map(|p| p.containers().into_iter().map(move |c| container_json(p, &c))).collect();
+    let data: Vec<Value> = engine
+        .pods()
+        .iter()
+        .flat_map(|p| {
+            p.containers()
+                .into_iter()
+                .map(move |c| container_json(p, &c))
+        })
+        .collect();
     Ok(json_response(StatusCode::OK, &json!({ "data": data })))
 }
 
-async fn create_container(engine: &Arc<Engine>, req: Request<Incoming>) -> Result<Response<crate::api::http::Body>, ApiError> {
+async fn create_container(
+    engine: &Arc<Engine>,
+    req: Request<Incoming>,
+) -> Result<Response<crate::api::http::Body>, ApiError> {
     let body = read_body(req.into_body(), MAX_JSON_BODY).await?;
-    let v: Value = serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
-    let image = v["image"].as_str().filter(|s| !s.is_empty()).ok_or_else(|| ApiError::bad_request("image is required"))?;
+    let v: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
+    let image = v["image"]
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| ApiError::bad_request("image is required"))?;
     let name = v["name"].as_str().unwrap_or_default().to_string();
     let mut envs = Vec::new();
     for e in v["env"].as_array().into_iter().flatten() {
-        let s = e.as_str().ok_or_else(|| ApiError::bad_request("env entries are strings"))?;
+        let s = e
+            .as_str()
+            .ok_or_else(|| ApiError::bad_request("env entries are strings"))?;
         // "A variable without = is removed from the environment."
         if let Some((k, val)) = s.split_once('=') {
-            envs.push(EnvVar { env: k.to_string(), value: val.to_string() });
+            envs.push(EnvVar {
+                env: k.to_string(),
+                value: val.to_string(),
+            });
         }
     }
     let spec = PodSpec {
         id: name.clone(),
-        containers: vec![ContainerSpec { name, image: image.to_string(), envs, ..Default::default() }],
+        containers: vec![ContainerSpec {
+            name,
+            image: image.to_string(),
+            envs,
+            ..Default::default()
+        }],
         ..Default::default()
     };
     let pod = engine.create_pod(spec)?;
     let c = pod.containers().first().cloned().expect("one container");
-    Ok(json_response(StatusCode::CREATED, &container_json(&pod, &c)))
+    Ok(json_response(
+        StatusCode::CREATED,
+        &container_json(&pod, &c),
+    ))
 }
 
 fn find(engine: &Engine, id: &str) -> Result<(Arc<Pod>, Arc<Container>), ApiError> {
-    engine.container_or_pod(id).map_err(|_| ApiError::not_found(format!("container {id} not found")))
+    engine
+        .container_or_pod(id)
+        .map_err(|_| ApiError::not_found(format!("container {id} not found")))
 }
 
 /// `PUT /containers/{id}` with `{"action": "start"|"stop"}`.
-async fn update_container(engine: &Arc<Engine>, id: &str, req: Request<Incoming>) -> Result<Response<crate::api::http::Body>, ApiError> {
+async fn update_container(
+    engine: &Arc<Engine>,
+    id: &str,
+    req: Request<Incoming>,
+) -> Result<Response<crate::api::http::Body>, ApiError> {
     let body = read_body(req.into_body(), MAX_JSON_BODY).await?;
-    let v: Value = serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
+    let v: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
     let action = v["action"].as_str().unwrap_or("start").to_string();
     if !matches!(action.as_str(), "start" | "stop") {
-        return Err(ApiError::bad_request(format!("action must be start or stop, not {action:?}")));
+        return Err(ApiError::bad_request(format!(
+            "action must be start or stop, not {action:?}"
+        )));
     }
     let (pod, c) = find(engine, id)?;
     match (action.as_str(), pod.vm().is_some()) {
@@ -179,10 +273,16 @@ async fn update_container(engine: &Arc<Engine>, id: &str, req: Request<Incoming>
         ("stop", true) => drop(engine.stop_pod(&pod.id).await?),
         _ => {}
     }
-    Ok(json_response(StatusCode::OK, &json!({ "data": container_json(&pod, &c) })))
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "data": container_json(&pod, &c) }),
+    ))
 }
 
-async fn delete_container(engine: &Arc<Engine>, id: &str) -> Result<Response<crate::api::http::Body>, ApiError> {
+async fn delete_container(
+    engine: &Arc<Engine>,
+    id: &str,
+) -> Result<Response<crate::api::http::Body>, ApiError> {
     let (pod, c) = find(engine, id)?;
     let mut body = container_json(&pod, &c);
     body["state"] = json!("removing");
