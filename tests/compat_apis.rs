@@ -71,6 +71,18 @@ fn docker_flask_api() {
             && cmdline.contains("throttling.iops-write=1000"),
         "{cmdline}"
     );
+    // cpu_percent_limit: the VM process sits in a cgroup with half a CPU.
+    let vm = d.json("GET", &format!("/pod/info?podName={pod}"), None)["vm"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let dir = hyperd::vm::host::cpu_cgroup(&vm).expect("a cgroup cpu controller");
+    let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap();
+    assert!(procs.lines().any(|p| p == pid.to_string()), "{procs}");
+    let quota = std::fs::read_to_string(dir.join("cpu.max"))
+        .or_else(|_| std::fs::read_to_string(dir.join("cpu.cfs_quota_us")))
+        .unwrap();
+    assert!(quota.starts_with("50000"), "{quota}");
 
     // GET /container: the seed's fields, per short id.
     let (code, all) = curl_json(&d, "GET", "/container", None);
@@ -189,6 +201,7 @@ fn docker_flask_api() {
         200
     );
     assert_eq!(curl_json(&d, "GET", "/container", None).1, json!({}));
+    assert!(!dir.exists(), "the VM's cgroup goes with it");
     assert_eq!(curl_json(&d, "DELETE", "/image/nosuchimage", None).0, 404);
 }
 

@@ -61,34 +61,55 @@ pub fn choose_accel(setting: &str) -> Result<Accel, String> {
     }
 }
 
-/// The cgroup (v2) that caps a VM's CPU time.
-pub fn cpu_cgroup(vm_id: &str) -> std::path::PathBuf {
-    std::path::Path::new("/sys/fs/cgroup/hyperd").join(vm_id)
+/// Where a VM's CPU cgroup lives: under the unified hierarchy (cgroup v2) when the host
+/// has one, else under the v1 `cpu` controller.
+pub fn cpu_cgroup(vm_id: &str) -> Option<std::path::PathBuf> {
+    let root = std::path::Path::new("/sys/fs/cgroup");
+    if root.join("cgroup.controllers").exists() {
+        Some(root.join("hyperd").join(vm_id))
+    } else if root.join("cpu/cpu.cfs_quota_us").exists() {
+        Some(root.join("cpu/hyperd").join(vm_id))
+    } else {
+        None
+    }
 }
 
-/// Caps a VM process at `percent` of one CPU through a cgroup v2 `cpu.max`.
+/// Caps a VM process at `percent` of one CPU: `cpu.max` (v2) or CFS quota (v1).
 pub fn cap_cpu(vm_id: &str, pid: u32, percent: u32) -> Result<(), String> {
-    let parent = std::path::Path::new("/sys/fs/cgroup/hyperd");
+    let dir = cpu_cgroup(vm_id).ok_or("this host has no cgroup cpu controller")?;
+    let v2 = dir.starts_with("/sys/fs/cgroup/hyperd");
+    let period = 100_000u64;
+    let quota = u64::from(percent) * period / 100;
     let setup = || -> std::io::Result<()> {
+        let parent = dir.parent().expect("cgroup parent");
         std::fs::create_dir_all(parent)?;
-        // The cpu controller must be enabled for the children of both levels.
-        let _ = std::fs::write("/sys/fs/cgroup/cgroup.subtree_control", "+cpu");
-        std::fs::write(parent.join("cgroup.subtree_control"), "+cpu")?;
-        let dir = cpu_cgroup(vm_id);
+        if v2 {
+            // The cpu controller must be enabled for the children of both levels.
+            std::fs::write("/sys/fs/cgroup/cgroup.subtree_control", "+cpu")?;
+            std::fs::write(parent.join("cgroup.subtree_control"), "+cpu")?;
+        }
         std::fs::create_dir_all(&dir)?;
-        let period = 100_000u64;
-        std::fs::write(
-            dir.join("cpu.max"),
-            format!("{} {period}", u64::from(percent) * period / 100),
-        )?;
+        if v2 {
+            std::fs::write(dir.join("cpu.max"), format!("{quota} {period}"))?;
+        } else {
+            std::fs::write(dir.join("cpu.cfs_period_us"), period.to_string())?;
+            std::fs::write(dir.join("cpu.cfs_quota_us"), quota.to_string())?;
+        }
         std::fs::write(dir.join("cgroup.procs"), pid.to_string())
     };
-    setup().map_err(|e| format!("cannot cap CPU time through cgroup v2 on this host: {e}"))
+    setup().map_err(|e| {
+        format!(
+            "cannot cap the VM's CPU time through {}: {e}",
+            dir.display()
+        )
+    })
 }
 
 /// Removes a VM's CPU cgroup (after the VM exited).
 pub fn remove_cpu_cgroup(vm_id: &str) {
-    let _ = std::fs::remove_dir(cpu_cgroup(vm_id));
+    if let Some(dir) = cpu_cgroup(vm_id) {
+        let _ = std::fs::remove_dir(dir);
+    }
 }
 
 #[cfg(test)]
