@@ -14,6 +14,7 @@ pub mod image;
 pub mod spec;
 pub mod store;
 pub mod vm;
+pub mod vmm;
 
 /// The daemon's version, reported by `/version` and `/info`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

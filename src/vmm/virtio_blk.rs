@@ -1,0 +1,409 @@
+//! virtio-blk requests: parsed from a descriptor chain without trusting the guest (every
+//! address and length is checked against guest memory, chains have a bounded length and
+//! loops are refused), then executed against a backing file.
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use virtio_queue::desc::split::Descriptor;
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, Permissions};
+
+pub const SECTOR_SIZE: u64 = 512;
+/// Request types and statuses (virtio 1.2, 5.2.6).
+pub const T_IN: u32 = 0;
+pub const T_OUT: u32 = 1;
+pub const T_FLUSH: u32 = 4;
+pub const T_GET_ID: u32 = 8;
+pub const S_OK: u8 = 0;
+pub const S_IOERR: u8 = 1;
+pub const S_UNSUPP: u8 = 2;
+/// Bytes of the device id GET_ID returns.
+pub const ID_BYTES: usize = 20;
+/// The request header: type, reserved, sector.
+const HEADER_LEN: u32 = 16;
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum RequestError {
+    #[error("descriptor chain too short")]
+    TooShort,
+    #[error("descriptor chain loops or exceeds the queue size")]
+    Loop,
+    #[error("request header is {0} bytes, needs 16")]
+    ShortHeader(u32),
+    #[error("descriptor at {0:#x} (+{1}) is outside guest memory")]
+    OutOfMemory(u64, u32),
+    #[error("descriptor of zero length")]
+    ZeroLength,
+    #[error("descriptor has the wrong direction")]
+    Direction,
+    #[error("status descriptor must be writable and at least 1 byte")]
+    Status,
+    #[error("data length {0} is not a multiple of 512")]
+    NotSectorMultiple(u64),
+}
+
+#[derive(Debug, PartialEq)]
+pub struct Request {
+    pub kind: u32,
+    pub sector: u64,
+    /// Data buffers in guest memory, in order.
+    pub data: Vec<(GuestAddress, u32)>,
+    pub status: GuestAddress,
+}
+
+impl Request {
+    pub fn data_len(&self) -> u64 {
+        self.data.iter().map(|(_, l)| u64::from(*l)).sum()
+    }
+}
+
+/// Parses the request a descriptor chain carries. `max_len` bounds the chain (the queue
+/// size): a chain that still points on after that many descriptors is a loop.
+pub fn parse<M: GuestMemory>(
+    chain: impl Iterator<Item = Descriptor>,
+    mem: &M,
+    max_len: usize,
+) -> Result<Request, RequestError> {
+    let descs: Vec<Descriptor> = chain.take(max_len + 1).collect();
+    if descs.len() > max_len || descs.last().is_some_and(|d| d.has_next()) {
+        return Err(RequestError::Loop);
+    }
+    if descs.len() < 2 {
+        return Err(RequestError::TooShort);
+    }
+    for d in &descs {
+        if d.len() == 0 {
+            return Err(RequestError::ZeroLength);
+        }
+        let access = if d.is_write_only() {
+            Permissions::Write
+        } else {
+            Permissions::Read
+        };
+        if !mem.check_range(d.addr(), d.len() as usize, access) {
+            return Err(RequestError::OutOfMemory(d.addr().raw_value(), d.len()));
+        }
+    }
+    let head = &descs[0];
+    if head.is_write_only() {
+        return Err(RequestError::Direction);
+    }
+    if head.len() < HEADER_LEN {
+        return Err(RequestError::ShortHeader(head.len()));
+    }
+    let kind: u32 = mem
+        .read_obj(head.addr())
+        .map_err(|_| RequestError::OutOfMemory(head.addr().raw_value(), 4))?;
+    let sector: u64 = mem
+        .read_obj(
+            head.addr()
+                .checked_add(8)
+                .ok_or(RequestError::OutOfMemory(head.addr().raw_value(), 16))?,
+        )
+        .map_err(|_| RequestError::OutOfMemory(head.addr().raw_value(), 16))?;
+    let status = descs.last().expect("two or more");
+    if !status.is_write_only() {
+        return Err(RequestError::Status);
+    }
+    let data_descs = &descs[1..descs.len() - 1];
+    // Reads fill guest buffers (writable); writes take them (readable).
+    let want_writable = kind == T_IN || kind == T_GET_ID;
+    if data_descs
+        .iter()
+        .any(|d| d.is_write_only() != want_writable)
+    {
+        return Err(RequestError::Direction);
+    }
+    let req = Request {
+        kind,
+        sector,
+        data: data_descs.iter().map(|d| (d.addr(), d.len())).collect(),
+        status: status.addr(),
+    };
+    if (kind == T_IN || kind == T_OUT) && !req.data_len().is_multiple_of(SECTOR_SIZE) {
+        return Err(RequestError::NotSectorMultiple(req.data_len()));
+    }
+    Ok(req)
+}
+
+/// The file behind a virtio-blk device.
+pub struct Backend {
+    pub file: File,
+    pub sectors: u64,
+    pub read_only: bool,
+    pub serial: String,
+}
+
+impl Backend {
+    /// Runs a parsed request; writes its status byte and returns the bytes written into
+    /// guest memory (for the used ring).
+    pub fn execute<M: GuestMemory>(&self, req: &Request, mem: &M) -> u32 {
+        let (status, written) = match self.run(req, mem) {
+            Ok(n) => (S_OK, n),
+            Err(s) => (s, 0),
+        };
+        let _ = mem.write_obj(status, req.status);
+        written + 1
+    }
+
+    fn run<M: GuestMemory>(&self, req: &Request, mem: &M) -> Result<u32, u8> {
+        let in_range = || {
+            let end = req
+                .sector
+                .checked_add(req.data_len() / SECTOR_SIZE)
+                .ok_or(S_IOERR)?;
+            if end > self.sectors {
+                return Err(S_IOERR);
+            }
+            Ok(req.sector * SECTOR_SIZE)
+        };
+        match req.kind {
+            T_IN => {
+                let mut offset = in_range()?;
+                for (addr, len) in &req.data {
+                    let mut buf = vec![0u8; *len as usize];
+                    self.file
+                        .read_exact_at(&mut buf, offset)
+                        .map_err(|_| S_IOERR)?;
+                    mem.write_slice(&buf, *addr).map_err(|_| S_IOERR)?;
+                    offset += u64::from(*len);
+                }
+                Ok(req.data_len() as u32)
+            }
+            T_OUT => {
+                if self.read_only {
+                    return Err(S_IOERR);
+                }
+                let mut offset = in_range()?;
+                for (addr, len) in &req.data {
+                    let mut buf = vec![0u8; *len as usize];
+                    mem.read_slice(&mut buf, *addr).map_err(|_| S_IOERR)?;
+                    self.file.write_all_at(&buf, offset).map_err(|_| S_IOERR)?;
+                    offset += u64::from(*len);
+                }
+                Ok(0)
+            }
+            T_FLUSH => self.file.sync_data().map(|_| 0).map_err(|_| S_IOERR),
+            T_GET_ID => {
+                let (addr, len) = *req.data.first().ok_or(S_IOERR)?;
+                let mut id = [0u8; ID_BYTES];
+                let s = self.serial.as_bytes();
+                id[..s.len().min(ID_BYTES)].copy_from_slice(&s[..s.len().min(ID_BYTES)]);
+                let n = (len as usize).min(ID_BYTES);
+                mem.write_slice(&id[..n], addr).map_err(|_| S_IOERR)?;
+                Ok(n as u32)
+            }
+            _ => Err(S_UNSUPP),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use virtio_queue::{Queue, QueueT};
+    use vm_memory::GuestMemoryMmap;
+
+    const W: u16 = VRING_DESC_F_WRITE as u16;
+    const HDR: u64 = 0x10_0000;
+    const DATA: u64 = 0x20_0000;
+    const STATUS: u64 = 0x30_0000;
+
+    fn mem() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x40_0000)]).unwrap()
+    }
+
+    fn desc(addr: u64, len: u32, flags: u16) -> RawDescriptor {
+        RawDescriptor::from(SplitDescriptor::new(addr, len, flags, 0))
+    }
+
+    fn header(m: &GuestMemoryMmap, kind: u32, sector: u64) {
+        m.write_obj(kind, GuestAddress(HDR)).unwrap();
+        m.write_obj(0u32, GuestAddress(HDR + 4)).unwrap();
+        m.write_obj(sector, GuestAddress(HDR + 8)).unwrap();
+    }
+
+    fn backend(sectors: u64, read_only: bool) -> Backend {
+        let f = tempfile::tempfile().unwrap();
+        let data: Vec<u8> = (0..sectors * SECTOR_SIZE)
+            .map(|i| (i / SECTOR_SIZE) as u8)
+            .collect();
+        f.write_all_at(&data, 0).unwrap();
+        Backend {
+            file: f,
+            sectors,
+            read_only,
+            serial: "hyper-s0".into(),
+        }
+    }
+
+    fn parse_chain(m: &GuestMemoryMmap, descs: &[RawDescriptor]) -> Result<Request, RequestError> {
+        let q = MockSplitQueue::new(m, 16);
+        let chain = q.build_desc_chain(descs).unwrap();
+        parse(chain, m, 16)
+    }
+
+    #[test]
+    fn chained_read_fills_every_buffer() {
+        let m = mem();
+        header(&m, T_IN, 2);
+        let req = parse_chain(
+            &m,
+            &[
+                desc(HDR, 16, 0),
+                desc(DATA, 512, W),
+                desc(DATA + 4096, 1024, W),
+                desc(STATUS, 1, W),
+            ],
+        )
+        .unwrap();
+        assert_eq!(req.data.len(), 2);
+        let b = backend(8, true);
+        assert_eq!(b.execute(&req, &m), 1536 + 1);
+        assert_eq!(m.read_obj::<u8>(GuestAddress(STATUS)).unwrap(), S_OK);
+        assert_eq!(m.read_obj::<u8>(GuestAddress(DATA)).unwrap(), 2);
+        assert_eq!(m.read_obj::<u8>(GuestAddress(DATA + 4096)).unwrap(), 3);
+        assert_eq!(
+            m.read_obj::<u8>(GuestAddress(DATA + 4096 + 512)).unwrap(),
+            4
+        );
+    }
+
+    #[test]
+    fn writes_flush_and_id() {
+        let m = mem();
+        let b = backend(4, false);
+        header(&m, T_OUT, 1);
+        m.write_slice(&[0xab; 512], GuestAddress(DATA)).unwrap();
+        let req = parse_chain(
+            &m,
+            &[desc(HDR, 16, 0), desc(DATA, 512, 0), desc(STATUS, 1, W)],
+        )
+        .unwrap();
+        b.execute(&req, &m);
+        assert_eq!(m.read_obj::<u8>(GuestAddress(STATUS)).unwrap(), S_OK);
+        let mut back = [0u8; 1];
+        b.file.read_exact_at(&mut back, 512).unwrap();
+        assert_eq!(back[0], 0xab);
+        header(&m, T_FLUSH, 0);
+        let req = parse_chain(&m, &[desc(HDR, 16, 0), desc(STATUS, 1, W)]).unwrap();
+        b.execute(&req, &m);
+        assert_eq!(m.read_obj::<u8>(GuestAddress(STATUS)).unwrap(), S_OK);
+        header(&m, T_GET_ID, 0);
+        let req = parse_chain(
+            &m,
+            &[desc(HDR, 16, 0), desc(DATA, 20, W), desc(STATUS, 1, W)],
+        )
+        .unwrap();
+        b.execute(&req, &m);
+        let mut id = [0u8; 8];
+        m.read_slice(&mut id, GuestAddress(DATA)).unwrap();
+        assert_eq!(&id, b"hyper-s0");
+    }
+
+    #[test]
+    fn refuses_malformed_chains() {
+        let m = mem();
+        header(&m, T_IN, 0);
+        let end = 0x40_0000u64;
+        let cases: Vec<(Vec<RawDescriptor>, RequestError)> = vec![
+            (vec![desc(HDR, 16, 0)], RequestError::TooShort),
+            (
+                vec![desc(end - 8, 16, 0), desc(STATUS, 1, W)],
+                RequestError::OutOfMemory(end - 8, 16),
+            ),
+            (
+                vec![desc(HDR, 16, 0), desc(end, 512, W), desc(STATUS, 1, W)],
+                RequestError::OutOfMemory(end, 512),
+            ),
+            (
+                vec![
+                    desc(HDR, 16, 0),
+                    desc(u64::MAX - 10, 512, W),
+                    desc(STATUS, 1, W),
+                ],
+                RequestError::OutOfMemory(u64::MAX - 10, 512),
+            ),
+            (
+                vec![desc(HDR, 16, 0), desc(DATA, 0, W), desc(STATUS, 1, W)],
+                RequestError::ZeroLength,
+            ),
+            (
+                vec![desc(HDR, 8, 0), desc(STATUS, 1, W)],
+                RequestError::ShortHeader(8),
+            ),
+            (
+                vec![desc(HDR, 16, W), desc(STATUS, 1, W)],
+                RequestError::Direction,
+            ),
+            (
+                vec![desc(HDR, 16, 0), desc(DATA, 512, 0), desc(STATUS, 1, W)],
+                RequestError::Direction,
+            ),
+            (
+                vec![desc(HDR, 16, 0), desc(DATA, 512, W), desc(STATUS, 1, 0)],
+                RequestError::Status,
+            ),
+            (
+                vec![desc(HDR, 16, 0), desc(DATA, 100, W), desc(STATUS, 1, W)],
+                RequestError::NotSectorMultiple(100),
+            ),
+        ];
+        for (descs, want) in cases {
+            assert_eq!(parse_chain(&m, &descs), Err(want));
+        }
+    }
+
+    #[test]
+    fn refuses_descriptor_loops() {
+        let m = mem();
+        header(&m, T_IN, 0);
+        let q = MockSplitQueue::new(&m, 16);
+        let next = VRING_DESC_F_NEXT as u16;
+        // 0 -> 1 -> 2 -> 1 -> ...: never ends.
+        let descs = [
+            RawDescriptor::from(SplitDescriptor::new(HDR, 16, next, 1)),
+            RawDescriptor::from(SplitDescriptor::new(DATA, 512, W | next, 2)),
+            RawDescriptor::from(SplitDescriptor::new(DATA + 512, 512, W | next, 1)),
+        ];
+        q.add_desc_chains(&descs, 0).unwrap();
+        let mut queue: Queue = q.create_queue().unwrap();
+        let chain = queue.pop_descriptor_chain(&m).expect("a chain");
+        assert_eq!(parse(chain, &m, 16), Err(RequestError::Loop));
+    }
+
+    #[test]
+    fn out_of_range_sectors_and_read_only_writes_fail_with_ioerr() {
+        let m = mem();
+        let b = backend(4, true);
+        header(&m, T_IN, 4);
+        let req = parse_chain(
+            &m,
+            &[desc(HDR, 16, 0), desc(DATA, 512, W), desc(STATUS, 1, W)],
+        )
+        .unwrap();
+        b.execute(&req, &m);
+        assert_eq!(m.read_obj::<u8>(GuestAddress(STATUS)).unwrap(), S_IOERR);
+        header(&m, T_IN, u64::MAX);
+        let req = parse_chain(
+            &m,
+            &[desc(HDR, 16, 0), desc(DATA, 512, W), desc(STATUS, 1, W)],
+        )
+        .unwrap();
+        b.execute(&req, &m);
+        assert_eq!(m.read_obj::<u8>(GuestAddress(STATUS)).unwrap(), S_IOERR);
+        header(&m, T_OUT, 0);
+        let req = parse_chain(
+            &m,
+            &[desc(HDR, 16, 0), desc(DATA, 512, 0), desc(STATUS, 1, W)],
+        )
+        .unwrap();
+        b.execute(&req, &m);
+        assert_eq!(m.read_obj::<u8>(GuestAddress(STATUS)).unwrap(), S_IOERR);
+        header(&m, 99, 0);
+        let req = parse_chain(&m, &[desc(HDR, 16, 0), desc(STATUS, 1, W)]).unwrap();
+        b.execute(&req, &m);
+        assert_eq!(m.read_obj::<u8>(GuestAddress(STATUS)).unwrap(), S_UNSUPP);
+    }
+}
