@@ -377,30 +377,26 @@ mod tests {
     fn out_of_range_sectors_and_read_only_writes_fail_with_ioerr() {
         let m = mem();
         let b = backend(4, true);
-        header(&m, T_IN, 4);
-        let req = parse_chain(
-            &m,
-            &[desc(HDR, 16, 0), desc(DATA, 512, W), desc(STATUS, 1, W)],
-        )
-        .unwrap();
-        b.execute(&req, &m);
-        assert_eq!(m.read_obj::<u8>(GuestAddress(STATUS)).unwrap(), S_IOERR);
-        header(&m, T_IN, u64::MAX);
-        let req = parse_chain(
-            &m,
-            &[desc(HDR, 16, 0), desc(DATA, 512, W), desc(STATUS, 1, W)],
-        )
-        .unwrap();
-        b.execute(&req, &m);
-        assert_eq!(m.read_obj::<u8>(GuestAddress(STATUS)).unwrap(), S_IOERR);
-        header(&m, T_OUT, 0);
-        let req = parse_chain(
-            &m,
-            &[desc(HDR, 16, 0), desc(DATA, 512, 0), desc(STATUS, 1, W)],
-        )
-        .unwrap();
-        b.execute(&req, &m);
-        assert_eq!(m.read_obj::<u8>(GuestAddress(STATUS)).unwrap(), S_IOERR);
+        // (type, sector, data descriptor flags) -> the status the device must write.
+        let cases = [
+            (T_IN, 4, W, S_IOERR),
+            (T_IN, u64::MAX, W, S_IOERR),
+            (T_OUT, 0, 0, S_IOERR),
+        ];
+        for (kind, sector, flags, want) in cases {
+            header(&m, kind, sector);
+            let req = parse_chain(
+                &m,
+                &[desc(HDR, 16, 0), desc(DATA, 512, flags), desc(STATUS, 1, W)],
+            )
+            .unwrap();
+            b.execute(&req, &m);
+            assert_eq!(
+                m.read_obj::<u8>(GuestAddress(STATUS)).unwrap(),
+                want,
+                "type {kind} sector {sector}"
+            );
+        }
         header(&m, 99, 0);
         let req = parse_chain(&m, &[desc(HDR, 16, 0), desc(STATUS, 1, W)]).unwrap();
         b.execute(&req, &m);
