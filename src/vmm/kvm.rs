@@ -1,5 +1,6 @@
 //! A KVM virtual machine: guest memory registered with KVM and vCPUs run on their
 //! threads, through kvm-ioctls (as Firecracker and Cloud Hypervisor do).
+use super::legacy::PioBus;
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
@@ -50,14 +51,20 @@ impl KvmVm {
 pub enum Stop {
     Halted,
     Shutdown,
+    /// The guest asked for a reset (i8042): the VM ends.
+    Reset,
 }
 
-/// Runs a vCPU until it halts or shuts down; port writes go to `on_out`.
-pub fn run_vcpu(vcpu: &mut VcpuFd, mut on_out: impl FnMut(u16, &[u8])) -> Result<Stop, KvmError> {
+/// Runs a vCPU until it halts, shuts down or asks for a reset; its port I/O goes to `bus`.
+pub fn run_vcpu(vcpu: &mut VcpuFd, bus: &mut impl PioBus) -> Result<Stop, KvmError> {
     loop {
         match vcpu.run()? {
-            VcpuExit::IoOut(port, data) => on_out(port, data),
-            VcpuExit::IoIn(_, data) => data.fill(0),
+            VcpuExit::IoOut(port, data) => {
+                if bus.write(port, data) {
+                    return Ok(Stop::Reset);
+                }
+            }
+            VcpuExit::IoIn(port, data) => bus.read(port, data),
             VcpuExit::Hlt => return Ok(Stop::Halted),
             VcpuExit::Shutdown => return Ok(Stop::Shutdown),
             other => return Err(KvmError::UnhandledExit(format!("{other:?}"))),
@@ -68,20 +75,27 @@ pub fn run_vcpu(vcpu: &mut VcpuFd, mut on_out: impl FnMut(u16, &[u8])) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vmm::legacy::LegacyDevices;
     use vm_memory::Bytes;
 
-    /// A real-mode guest writes "hi" to the serial port and halts.
-    #[test]
-    fn a_guest_runs_through_kvm() {
-        if !crate::vm::host::kvm_usable() {
-            eprintln!("skipped: /dev/kvm is not usable here");
-            return;
+    /// Collects what the guest writes to the console.
+    #[derive(Clone, Default)]
+    struct Console(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Console {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
         }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn real_mode_vm(code: &[u8]) -> (KvmVm, VcpuFd) {
         let vm = KvmVm::new(1 << 20).unwrap();
-        // mov dx, 0x3f8; mov al, 'h'; out dx, al; mov al, 'i'; out dx, al; hlt
-        let code = [0xba, 0xf8, 0x03, 0xb0, b'h', 0xee, 0xb0, b'i', 0xee, 0xf4];
-        vm.mem.write_slice(&code, GuestAddress(0x1000)).unwrap();
-        let mut vcpu = vm.fd.create_vcpu(0).unwrap();
+        vm.mem.write_slice(code, GuestAddress(0x1000)).unwrap();
+        let vcpu = vm.fd.create_vcpu(0).unwrap();
         let mut sregs = vcpu.get_sregs().unwrap();
         sregs.cs.base = 0;
         sregs.cs.selector = 0;
@@ -90,14 +104,27 @@ mod tests {
         regs.rip = 0x1000;
         regs.rflags = 2;
         vcpu.set_regs(&regs).unwrap();
-        let mut serial = Vec::new();
-        let stop = run_vcpu(&mut vcpu, |port, data| {
-            if port == 0x3f8 {
-                serial.extend_from_slice(data);
-            }
-        })
-        .unwrap();
-        assert_eq!(stop, Stop::Halted);
-        assert_eq!(serial, b"hi");
+        (vm, vcpu)
+    }
+
+    /// A real-mode guest writes to the 8250 console, then halts; another resets the VM
+    /// through the i8042.
+    #[test]
+    fn guests_run_through_kvm_with_console_and_reset() {
+        if !crate::vm::host::kvm_usable() {
+            eprintln!("skipped: /dev/kvm is not usable here");
+            return;
+        }
+        // mov dx, 0x3f8; mov al, 'h'; out dx, al; mov al, 'i'; out dx, al; hlt
+        let (_vm, mut vcpu) =
+            real_mode_vm(&[0xba, 0xf8, 0x03, 0xb0, b'h', 0xee, 0xb0, b'i', 0xee, 0xf4]);
+        let console = Console::default();
+        let mut bus = LegacyDevices::new(Box::new(console.clone()));
+        assert_eq!(run_vcpu(&mut vcpu, &mut bus).unwrap(), Stop::Halted);
+        assert_eq!(*console.0.lock().unwrap(), b"hi");
+        // mov al, 0xfe; out 0x64, al; hlt (never reached)
+        let (_vm, mut vcpu) = real_mode_vm(&[0xb0, 0xfe, 0xe6, 0x64, 0xf4]);
+        let mut bus = LegacyDevices::new(Box::new(std::io::sink()));
+        assert_eq!(run_vcpu(&mut vcpu, &mut bus).unwrap(), Stop::Reset);
     }
 }
