@@ -4,9 +4,11 @@
 //! the i8042 reset on the port I/O bus ([`legacy`]; checked with tiny real-mode guests
 //! that write to the console and reset the VM), and the virtio-blk request engine
 //! ([`virtio_blk`]), driven through virtio-queue's split queues and checked without a VM.
-//! Still to come: 64-bit boot of vmlinux (linux-loader, boot params, e820, CPUID/MSRs),
-//! the MMIO transport, the agent channel, the host detection
+//! The virtio-mmio transport registers ([`mmio`]) are in place, tested with a driver's
+//! bring-up and misbehaviour. Still to come: 64-bit boot of vmlinux (linux-loader, boot
+//! params, e820, CPUID/MSRs), wiring MMIO exits and queue notifications to the devices, the agent channel, the host detection
 //! for emulated KVM, and the VMM process the daemon drives as a `Driver`.
 pub mod kvm;
 pub mod legacy;
+pub mod mmio;
 pub mod virtio_blk;
