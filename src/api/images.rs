@@ -197,9 +197,12 @@ pub async fn auth(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
     ok_json(json!({ "Status": "Login Succeeded", "IdentityToken": "" }))
 }
 
-/// `POST /image/load`: a `docker save` archive or an OCI layout (tar) in the body.
-pub async fn load(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
-    let reader = body_reader(req);
+/// Loads an image archive (docker save or OCI layout, maybe compressed) on a blocking
+/// thread, in a work directory that goes away afterwards.
+pub async fn load_archive(
+    engine: &Arc<Engine>,
+    archive: impl std::io::Read + Send + 'static,
+) -> Result<Vec<crate::image::ImageRecord>, ApiError> {
     let images = engine.images.clone();
     let work = engine
         .cfg
@@ -208,11 +211,15 @@ pub async fn load(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
         .join(crate::ids::random_hex(8));
     let w2 = work.clone();
     let result =
-        tokio::task::spawn_blocking(move || crate::image::archive::load(&images, reader, &w2))
-            .await
-            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()));
+        tokio::task::spawn_blocking(move || crate::image::archive::load(&images, archive, &w2))
+            .await;
     let _ = std::fs::remove_dir_all(&work);
-    let recs = result??;
+    Ok(result.map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??)
+}
+
+/// `POST /image/load`: a `docker save` archive or an OCI layout (tar) in the body.
+pub async fn load(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
+    let recs = load_archive(engine, body_reader(req)).await?;
     let mut body = String::new();
     for rec in recs {
         let names = if rec.repo_tags.is_empty() {

@@ -135,20 +135,7 @@ async fn create_image(
     } else {
         return Err(ApiError::bad_request("give url or base64Image"));
     };
-    let images = engine.images.clone();
-    let work = engine
-        .cfg
-        .root
-        .join("image/tmp")
-        .join(crate::ids::random_hex(8));
-    let w2 = work.clone();
-    let result = tokio::task::spawn_blocking(move || {
-        crate::image::archive::load(&images, std::io::Cursor::new(archive), &w2)
-    })
-    .await;
-    let _ = std::fs::remove_dir_all(&work);
-    let recs =
-        result.map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    let recs = crate::api::images::load_archive(engine, std::io::Cursor::new(archive)).await?;
     let rec = recs
         .first()
         .ok_or_else(|| ApiError::bad_request("the archive holds no image"))?;
