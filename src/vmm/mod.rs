@@ -5,9 +5,11 @@
 //! that write to the console and reset the VM), and the virtio-blk request engine
 //! ([`virtio_blk`]), driven through virtio-queue's split queues and checked without a VM.
 //! The virtio-mmio transport registers ([`mmio`]) are in place, tested with a driver's
-//! bring-up and misbehaviour. Still to come: 64-bit boot of vmlinux (linux-loader, boot
-//! params, e820, CPUID/MSRs), wiring MMIO exits and queue notifications to the devices, the agent channel, the host detection
+//! bring-up and misbehaviour, and the kernel loader ([`boot`]: vmlinux with its PVH entry,
+//! command line, e820). Still to come: the vCPU's boot state (PVH start info, GDT, CPUID,
+//! MSRs), wiring MMIO exits and queue notifications to the devices, the agent channel, the host detection
 //! for emulated KVM, and the VMM process the daemon drives as a `Driver`.
+pub mod boot;
 pub mod kvm;
 pub mod legacy;
 pub mod mmio;
