@@ -1,7 +1,7 @@
 //! Twenty pods created, started and deleted in parallel leave no processes, sockets,
 //! mounts or files behind.
 mod common;
-use common::{tree, Daemon};
+use common::{assert_no_leftovers, Daemon};
 use std::time::Duration;
 
 const PODS: usize = 20;
@@ -70,21 +70,7 @@ fn twenty_pods_in_parallel_leave_nothing_behind() {
     );
     let left = processes_mentioning(&root, d.pid());
     assert!(left.is_empty(), "processes left: {left:?}");
-    assert!(
-        tree(&d.root.join("vm")).is_empty(),
-        "{:?}",
-        tree(&d.root.join("vm"))
-    );
-    assert!(
-        tree(&d.root.join("pods")).is_empty(),
-        "{:?}",
-        tree(&d.root.join("pods"))
-    );
-    let socks: Vec<_> = tree(&d.root)
-        .into_iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "sock"))
-        .collect();
-    assert!(socks.is_empty(), "{socks:?}");
+    assert_no_leftovers(&d);
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(&root), "mounts under the root: {mounts}");
     // The daemon holds no descriptors to deleted VM files.

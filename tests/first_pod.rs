@@ -1,8 +1,7 @@
 //! End to end, with real micro-VMs: a busybox pod's output and exit code through hyperctl,
 //! stop and delete of a running pod leaving nothing behind, and bad input refused.
 mod common;
-use common::{pid_alive, tree, Daemon};
-use std::time::{Duration, Instant};
+use common::{assert_no_leftovers, pid_alive, tree, wait_gone, Daemon};
 
 #[test]
 fn run_prints_output_and_returns_exit_code() {
@@ -28,8 +27,7 @@ fn run_prints_output_and_returns_exit_code() {
     // --rm removed the pod; nothing of it is listed or left on disk.
     let list = d.json("GET", "/list?item=pod", None);
     assert_eq!(list["podData"].as_array().unwrap().len(), 0, "{list}");
-    assert!(tree(&d.root.join("pods")).is_empty());
-    assert!(tree(&d.root.join("vm")).is_empty());
+    assert_no_leftovers(&d);
 
     // The container runs in its own PID namespace, as PID 1, with the pod's hostname,
     // and stdin reaches it.
@@ -96,14 +94,7 @@ fn stop_and_delete_leave_nothing_behind() {
         None,
     );
     assert_eq!(code, 200, "{body}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while pid_alive(pid) {
-        assert!(
-            Instant::now() < deadline,
-            "VM process {pid} still alive after stop"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_gone(pid, "the VM process after stop");
     assert!(
         !vm_dir.exists(),
         "VM directory left behind: {:?}",
@@ -147,21 +138,7 @@ fn stop_and_delete_leave_nothing_behind() {
             .len(),
         0
     );
-    assert!(
-        tree(&d.root.join("pods")).is_empty(),
-        "{:?}",
-        tree(&d.root.join("pods"))
-    );
-    assert!(
-        tree(&d.root.join("vm")).is_empty(),
-        "{:?}",
-        tree(&d.root.join("vm"))
-    );
-    let socks: Vec<_> = tree(&d.root)
-        .into_iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "sock"))
-        .collect();
-    assert!(socks.is_empty(), "{socks:?}");
+    assert_no_leftovers(&d);
 }
 
 #[test]
@@ -218,8 +195,7 @@ fn bad_input_is_refused_and_changes_nothing() {
             .len(),
         0
     );
-    assert!(tree(&d.root.join("pods")).is_empty());
-    assert!(tree(&d.root.join("vm")).is_empty());
+    assert_no_leftovers(&d);
 
     // hyperctl says what is wrong and fails.
     let out = d.hyperctl(&["run", "nosuchimage", "true"]);

@@ -2,7 +2,7 @@
 //! can be attached to, finished pods keep their exit codes and logs, nothing is listed
 //! twice, and a pod whose VM died meanwhile is exited with its resources freed.
 mod common;
-use common::{out_ok, pid_alive, Daemon};
+use common::{out_ok, pid_alive, wait_gone, Daemon};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -121,12 +121,5 @@ fn pods_survive_a_daemon_kill() {
 
     // A stop after the restart still powers the adopted VM off.
     out_ok(&d.hyperctl(&["stop", "runner"]));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while pid_alive(runner_pid) {
-        assert!(
-            Instant::now() < deadline,
-            "adopted VM still alive after stop"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_gone(runner_pid, "the adopted VM after stop");
 }

@@ -524,3 +524,25 @@ pub fn out_ok(o: &Output) -> String {
     );
     String::from_utf8_lossy(&o.stdout).trim().to_string()
 }
+
+/// Asserts that the daemon's root holds no pod files, no VM directories and no sockets.
+pub fn assert_no_leftovers(d: &Daemon) {
+    for dir in ["pods", "vm"] {
+        let left = tree(&d.root.join(dir));
+        assert!(left.is_empty(), "left in {dir}: {left:?}");
+    }
+    let socks: Vec<_> = tree(&d.root)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "sock"))
+        .collect();
+    assert!(socks.is_empty(), "sockets left: {socks:?}");
+}
+
+/// Waits (up to 30 s) for a process to be gone; `what` names it in the failure.
+pub fn wait_gone(pid: u32, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pid_alive(pid) {
+        assert!(Instant::now() < deadline, "{what} (pid {pid}) still alive");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
