@@ -31,7 +31,7 @@ struct Args {
     /// Guest initramfs with the agent; default: the one guest-agent/build-initrd.sh cached.
     #[arg(long, env = "HYPERD_INITRD")]
     initrd: Option<PathBuf>,
-    /// VM driver: auto or qemu.
+    /// VM driver: auto (hyper-vmm where the CPU runs KVM guests, else qemu), hyper-vmm, qemu.
     #[arg(long, env = "HYPERD_DRIVER", default_value = "auto")]
     driver: String,
     /// How qemu runs guests: auto (KVM where the CPU has VT-x/AMD-V, else TCG), kvm, tcg.

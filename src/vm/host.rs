@@ -45,6 +45,12 @@ fn cpuinfo_has_hw_virt(cpuinfo: &str) -> bool {
         .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
 }
 
+/// Whether this host's KVM interprets guest ring 0 instead of running it (nested,
+/// software-assisted KVM): `/dev/kvm` opens but the CPU shows no `vmx`/`svm`.
+pub fn kvm_emulates_ring0() -> bool {
+    kvm_usable() && !cpu_has_hw_virt()
+}
+
 /// The accelerator for a setting of `auto`, `kvm` or `tcg`.
 pub fn choose_accel(setting: &str) -> Result<Accel, String> {
     match setting {

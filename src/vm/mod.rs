@@ -1,10 +1,11 @@
 //! Virtual machines: one interface, several drivers.
 //!
 //! A driver turns a [`VmConfig`] into a running VM process and a connected agent channel
-//! ([`agent::AgentClient`]). Today's driver is qemu's `microvm` machine ([`qemu`]); the
-//! own KVM VMM slots in as another [`Driver`] variant.
+//! ([`agent::AgentClient`]). Two drivers: hyperd's own VMM ([`hyper_vmm`], KVM only) and
+//! qemu's `microvm` machine ([`qemu`], KVM or TCG). [`Driver::select`] picks one.
 pub mod agent;
 pub mod host;
+pub mod hyper_vmm;
 pub mod qemu;
 
 use std::path::PathBuf;
@@ -56,21 +57,39 @@ impl VmConfig {
 /// The VM drivers hyperd knows.
 #[derive(Debug, Clone)]
 pub enum Driver {
+    Vmm(hyper_vmm::VmmDriver),
     Qemu(qemu::QemuDriver),
 }
 
 impl Driver {
-    /// Picks the driver from the setting (`auto` or a driver name).
+    /// Picks the driver from the setting: `hyper-vmm`, `qemu`, or `auto`, which is
+    /// hyper-vmm wherever KVM runs guests on the CPU (`/dev/kvm` and VT-x/AMD-V) and
+    /// qemu otherwise. On hosts whose KVM emulates guest ring 0 hyper-vmm works but boots
+    /// slower than qemu's TCG (docs/decisions.md), so `auto` takes qemu there.
     pub fn select(setting: &str, accel: &str) -> Result<Driver, String> {
         match setting {
-            "auto" | "qemu" => Ok(Driver::Qemu(qemu::QemuDriver::new(accel)?)),
-            other => Err(format!("unknown VM driver {other:?} (known: auto, qemu)")),
+            "hyper-vmm" => Ok(Driver::Vmm(hyper_vmm::VmmDriver::new()?)),
+            "qemu" => Ok(Driver::Qemu(qemu::QemuDriver::new(accel)?)),
+            "auto" if host::kvm_usable() && host::cpu_has_hw_virt() => {
+                match hyper_vmm::VmmDriver::new() {
+                    Ok(d) => Ok(Driver::Vmm(d)),
+                    Err(e) => {
+                        tracing::warn!("hyper-vmm unavailable ({e}); using qemu");
+                        Ok(Driver::Qemu(qemu::QemuDriver::new(accel)?))
+                    }
+                }
+            }
+            "auto" => Ok(Driver::Qemu(qemu::QemuDriver::new(accel)?)),
+            other => Err(format!(
+                "unknown VM driver {other:?} (known: auto, hyper-vmm, qemu)"
+            )),
         }
     }
 
-    /// `qemu-tcg`, `qemu-kvm`: shown in `/info`.
+    /// `hyper-vmm`, `qemu-tcg`, `qemu-kvm`: shown in `/info`.
     pub fn describe(&self) -> String {
         match self {
+            Driver::Vmm(_) => "hyper-vmm".to_string(),
             Driver::Qemu(q) => format!("qemu-{}", q.accel.as_str()),
         }
     }
@@ -78,7 +97,72 @@ impl Driver {
     /// Boots a VM and returns once its agent answered.
     pub async fn boot(&self, cfg: &VmConfig) -> Result<RunningVm, VmError> {
         match self {
+            Driver::Vmm(v) => v.boot(cfg).await,
             Driver::Qemu(q) => q.boot(cfg).await,
+        }
+    }
+}
+
+/// What both drivers do to boot: listen on `<vm dir>/agent.sock`, start the VM process
+/// (`cmd`, output into `<vm dir>/<log>`, its own process group), run `setup` (the
+/// driver's own steps once the process is there), then wait until the agent answers a
+/// ping. On any failure the process is killed and reaped.
+pub(crate) async fn launch<F>(
+    cfg: &VmConfig,
+    mut cmd: tokio::process::Command,
+    log: &str,
+    setup: F,
+) -> Result<RunningVm, VmError>
+where
+    F: std::future::Future<Output = Result<(), VmError>>,
+{
+    std::fs::create_dir_all(&cfg.dir)?;
+    let sock = cfg.dir.join("agent.sock");
+    let _ = std::fs::remove_file(&sock);
+    let listener = tokio::net::UnixListener::bind(&sock)?;
+    let log_path = cfg.dir.join(log);
+    let log = std::fs::File::create(&log_path)?;
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        // Its own process group: a Ctrl-C meant for the daemon does not reach the VM.
+        .process_group(0)
+        .kill_on_drop(false);
+    let program = cmd.as_std().get_program().to_string_lossy().into_owned();
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| VmError::Launch(format!("{program}: {e}")))?;
+    let pid = child.id().unwrap_or(0);
+    std::fs::write(cfg.dir.join("pid"), pid.to_string())?;
+    let boot = async {
+        setup.await?;
+        let (stream, _) = listener.accept().await?;
+        let (agent, events) = agent::AgentClient::new(stream);
+        agent
+            .call(hyperd_agent::protocol::Op::Ping, cfg.boot_timeout)
+            .await?;
+        Ok::<_, VmError>((agent, events))
+    };
+    let result = tokio::select! {
+        r = tokio::time::timeout(cfg.boot_timeout + Duration::from_secs(5), boot) => match r {
+            Ok(r) => r,
+            Err(_) => Err(VmError::BootTimeout(cfg.boot_timeout, cfg.console_log())),
+        },
+        _ = child.wait() => Err(VmError::DiedDuringBoot(log_path.clone())),
+    };
+    drop(listener);
+    let _ = std::fs::remove_file(&sock);
+    match result {
+        Ok((agent, events)) => Ok(RunningVm {
+            pid,
+            agent,
+            events,
+            process: VmProcess::Child(child),
+        }),
+        Err(e) => {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            Err(e)
         }
     }
 }

@@ -7,13 +7,9 @@
 //!   reconnecting if the daemon restarts;
 //! - disks: virtio-blk over virtio-mmio, found by the agent through their serials;
 //! - KVM where the CPU has hardware virtualization, TCG otherwise ([`super::host`]).
-use super::agent::AgentClient;
 use super::host::{choose_accel, Accel};
 use super::{RunningVm, VmConfig, VmError};
-use hyperd_agent::protocol::{Op, SERIAL_PORT_NAME};
-use std::process::Stdio;
-use std::time::Duration;
-use tokio::net::UnixListener;
+use hyperd_agent::protocol::SERIAL_PORT_NAME;
 
 #[derive(Debug, Clone)]
 pub struct QemuDriver {
@@ -33,6 +29,16 @@ impl QemuDriver {
             accel: choose_accel(accel)?,
             binary: std::env::var("HYPERD_QEMU").unwrap_or_else(|_| "qemu-system-x86_64".into()),
         })
+    }
+
+    /// The kernel command line: on a host whose KVM emulates guest ring 0, qemu's KVM
+    /// mode needs what keeps unsupported instructions out, as hyper-vmm does.
+    pub fn cmdline(&self) -> String {
+        let mut c = kernel_cmdline();
+        if self.accel == Accel::Kvm && super::host::kvm_emulates_ring0() {
+            c.push_str(crate::vmm::machine::EMULATED_RING0_CMDLINE);
+        }
+        c
     }
 
     /// The qemu command line for a VM.
@@ -60,7 +66,7 @@ impl QemuDriver {
             "-initrd".into(),
             cfg.initrd.display().to_string(),
             "-append".into(),
-            kernel_cmdline(),
+            self.cmdline(),
             "-serial".into(),
             format!("file:{}", cfg.console_log().display()),
             "-device".into(),
@@ -102,52 +108,8 @@ impl QemuDriver {
     }
 
     pub async fn boot(&self, cfg: &VmConfig) -> Result<RunningVm, VmError> {
-        std::fs::create_dir_all(&cfg.dir)?;
-        let sock = cfg.dir.join("agent.sock");
-        let _ = std::fs::remove_file(&sock);
-        let listener = UnixListener::bind(&sock)?;
-        let log = std::fs::File::create(cfg.dir.join("qemu.log"))?;
         let mut cmd = tokio::process::Command::new(&self.binary);
-        cmd.args(self.args(cfg))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            // Its own process group: a Ctrl-C meant for the daemon does not reach the VM.
-            .process_group(0)
-            .kill_on_drop(false);
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| VmError::Launch(format!("{}: {e}", self.binary)))?;
-        let pid = child.id().unwrap_or(0);
-        std::fs::write(cfg.dir.join("pid"), pid.to_string())?;
-        let console = cfg.console_log();
-        let boot = async {
-            let (stream, _) = listener.accept().await?;
-            let (agent, events) = AgentClient::new(stream);
-            agent.call(Op::Ping, cfg.boot_timeout).await?;
-            Ok::<_, VmError>((agent, events))
-        };
-        let result = tokio::select! {
-            r = tokio::time::timeout(cfg.boot_timeout + Duration::from_secs(5), boot) => match r {
-                Ok(r) => r,
-                Err(_) => Err(VmError::BootTimeout(cfg.boot_timeout, console.clone())),
-            },
-            _ = child.wait() => Err(VmError::DiedDuringBoot(cfg.dir.join("qemu.log"))),
-        };
-        drop(listener);
-        let _ = std::fs::remove_file(&sock);
-        match result {
-            Ok((agent, events)) => Ok(RunningVm {
-                pid,
-                agent,
-                events,
-                process: super::VmProcess::Child(child),
-            }),
-            Err(e) => {
-                let _ = child.start_kill();
-                let _ = child.wait().await;
-                Err(e)
-            }
-        }
+        cmd.args(self.args(cfg));
+        super::launch(cfg, cmd, "qemu.log", async { Ok(()) }).await
     }
 }

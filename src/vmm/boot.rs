@@ -1,10 +1,12 @@
-//! Loading the guest: hyperd's uncompressed ELF vmlinux (linux-loader) with its PVH entry
-//! point, the kernel command line, and the e820 map of guest memory.
+//! Loading the guest: hyperd's uncompressed ELF vmlinux (linux-loader), its 64-bit entry
+//! (and the PVH entry qemu uses), the initramfs, the kernel command line, and the zero
+//! page with the e820 map of guest memory (Linux's 64-bit boot protocol).
 use linux_loader::cmdline::Cmdline;
+use linux_loader::loader::bootparam::boot_params;
 use linux_loader::loader::elf::{Elf, PvhBootCapability};
 use linux_loader::loader::{load_cmdline, KernelLoader};
 use std::path::Path;
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 /// Where the kernel goes (1 MiB, above the legacy area) and the command line (below it).
 pub const HIMEM_START: u64 = 0x10_0000;
@@ -19,6 +21,10 @@ pub enum BootError {
     NoPvhEntry,
     #[error("command line: {0}")]
     Cmdline(String),
+    #[error("initramfs {0}: {1}")]
+    Initrd(String, String),
+    #[error("guest memory: {0}")]
+    Memory(String),
 }
 
 /// The loaded kernel.
@@ -26,6 +32,7 @@ pub enum BootError {
 pub struct LoadedKernel {
     /// The PVH 32-bit entry point.
     pub entry: GuestAddress,
+    /// The ELF entry: `startup_64`, where the 64-bit boot protocol starts.
     pub kernel_load: GuestAddress,
     pub kernel_end: u64,
 }
@@ -54,6 +61,68 @@ pub fn load_kernel(
         kernel_load: loaded.kernel_load,
         kernel_end: loaded.kernel_end,
     })
+}
+
+/// Where an initramfs was put.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadedInitrd {
+    pub addr: GuestAddress,
+    pub size: u32,
+}
+
+/// Loads an initramfs at the top of guest RAM (below `ram_end`), page aligned, above the
+/// kernel.
+pub fn load_initrd(
+    mem: &GuestMemoryMmap,
+    path: &Path,
+    kernel_end: u64,
+    ram_end: u64,
+) -> Result<LoadedInitrd, BootError> {
+    let err = |e: String| BootError::Initrd(path.display().to_string(), e);
+    let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+    let size = bytes.len() as u64;
+    let addr = ram_end
+        .checked_sub(size)
+        .map(|a| a & !0xfff)
+        .filter(|a| *a >= kernel_end)
+        .ok_or_else(|| err(format!("{size} bytes do not fit in guest memory")))?;
+    mem.write_slice(&bytes, GuestAddress(addr))
+        .map_err(|e| err(e.to_string()))?;
+    Ok(LoadedInitrd {
+        addr: GuestAddress(addr),
+        size: size as u32,
+    })
+}
+
+/// Writes the zero page (`struct boot_params`) the 64-bit entry reads: loader id, command
+/// line, initramfs and the e820 map.
+pub fn write_zero_page(
+    mem: &GuestMemoryMmap,
+    at: GuestAddress,
+    cmdline_len: usize,
+    initrd: Option<LoadedInitrd>,
+    ram_bytes: u64,
+) -> Result<(), BootError> {
+    let mut params = boot_params::default();
+    params.hdr.type_of_loader = 0xff;
+    params.hdr.boot_flag = 0xaa55;
+    params.hdr.header = 0x5372_6448; // "HdrS"
+    params.hdr.kernel_alignment = 0x100_0000;
+    params.hdr.cmd_line_ptr = CMDLINE_START as u32;
+    params.hdr.cmdline_size = cmdline_len as u32 + 1;
+    if let Some(i) = initrd {
+        params.hdr.ramdisk_image = i.addr.0 as u32;
+        params.hdr.ramdisk_size = i.size;
+    }
+    let map = e820(ram_bytes);
+    for (slot, (addr, size)) in params.e820_table.iter_mut().zip(&map) {
+        slot.addr = *addr;
+        slot.size = *size;
+        slot.r#type = 1; // E820_RAM
+    }
+    params.e820_entries = map.len() as u8;
+    mem.write_obj(params, at)
+        .map_err(|e| BootError::Memory(e.to_string()))
 }
 
 /// The e820 map of `mem_bytes` of guest RAM: the low 640 KiB, then everything from 1 MiB.

@@ -6,25 +6,33 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use vm_superio::serial::NoEvents;
 use vm_superio::{I8042Device, Serial, Trigger};
+use vmm_sys_util::eventfd::EventFd;
 
 pub const SERIAL_PORT: u16 = 0x3f8;
 pub const I8042_DATA: u16 = 0x60;
 pub const I8042_COMMAND: u16 = 0x64;
 
-/// A line a device raises (the i8042's reset; the UART's interrupt, not wired yet).
+/// A line a device raises: remembered (the i8042's reset) and, when wired to an
+/// interrupt (the UART's IRQ 4 through an irqfd), signalled to KVM.
 #[derive(Clone, Default)]
-pub struct Flag(Arc<AtomicBool>);
+pub struct Flag(Arc<AtomicBool>, Option<Arc<EventFd>>);
 
 impl Flag {
+    pub fn irq(evt: Arc<EventFd>) -> Flag {
+        Flag(Arc::default(), Some(evt))
+    }
     pub fn is_set(&self) -> bool {
         self.0.load(Ordering::SeqCst)
     }
 }
 
 impl Trigger for Flag {
-    type E = std::convert::Infallible;
+    type E = std::io::Error;
     fn trigger(&self) -> Result<(), Self::E> {
         self.0.store(true, Ordering::SeqCst);
+        if let Some(e) = &self.1 {
+            e.write(1)?;
+        }
         Ok(())
     }
 }
@@ -44,9 +52,13 @@ pub struct LegacyDevices {
 
 impl LegacyDevices {
     pub fn new(console: Box<dyn Write + Send>) -> LegacyDevices {
+        Self::with_serial_irq(console, Flag::default())
+    }
+
+    pub fn with_serial_irq(console: Box<dyn Write + Send>, irq: Flag) -> LegacyDevices {
         let reset = Flag::default();
         LegacyDevices {
-            serial: Serial::new(Flag::default(), console),
+            serial: Serial::new(irq, console),
             i8042: I8042Device::new(reset.clone()),
             reset,
         }

@@ -13,6 +13,8 @@ pub const DRIVER: u32 = 2;
 pub const DRIVER_OK: u32 = 4;
 pub const FEATURES_OK: u32 = 8;
 pub const FAILED: u32 = 128;
+/// Interrupt status bit: a used ring changed.
+pub const INT_USED_RING: u32 = 1;
 /// VIRTIO_F_VERSION_1: a modern device.
 pub const F_VERSION_1: u64 = 1 << 32;
 
@@ -24,6 +26,14 @@ pub trait VirtioDevice {
     fn read_config(&self, offset: u64, data: &mut [u8]);
     /// The driver is running: the device takes its queues.
     fn activate(&mut self, queues: Vec<Queue>);
+    /// The driver notified queue `index`: the device works through it and answers whether
+    /// it used buffers (then the driver gets an interrupt).
+    fn process_queue(&mut self, index: u32) -> bool {
+        let _ = index;
+        false
+    }
+    /// The driver reset the device: it gives up its queues.
+    fn reset(&mut self) {}
 }
 
 pub struct MmioTransport<D: VirtioDevice> {
@@ -107,6 +117,31 @@ impl<D: VirtioDevice> MmioTransport<D> {
             _ => 0,
         };
         data.copy_from_slice(&v.to_le_bytes());
+    }
+
+    /// Hands the queue notifications the driver made to the device; answers whether the
+    /// driver is owed an interrupt (and records it in the interrupt status).
+    pub fn process_notifications(&mut self) -> bool {
+        let mut used = false;
+        for q in std::mem::take(&mut self.notified) {
+            used |= self.device.process_queue(q);
+        }
+        if used {
+            self.interrupt_status |= INT_USED_RING;
+        }
+        used
+    }
+
+    /// Runs `f` on the device (an event from outside the guest, such as input arriving);
+    /// answers whether the driver is owed an interrupt.
+    pub fn device_event(&mut self, f: impl FnOnce(&mut D) -> bool) -> bool {
+        // Outside events reach the device even before the driver runs (a host connecting);
+        // only a running driver gets interrupts.
+        if !f(&mut self.device) || !self.activated {
+            return false;
+        }
+        self.interrupt_status |= INT_USED_RING;
+        true
     }
 
     /// A driver write at `offset` in the window.
@@ -193,6 +228,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
             self.interrupt_status = 0;
             self.notified.clear();
             self.activated = false;
+            self.device.reset();
             self.config_generation = self.config_generation.wrapping_add(1);
             return;
         }

@@ -10,7 +10,14 @@
 //! MSRs), wiring MMIO exits and queue notifications to the devices, the agent channel, the host detection
 //! for emulated KVM, and the VMM process the daemon drives as a `Driver`.
 pub mod boot;
+pub mod control;
+pub mod cpu;
 pub mod kvm;
 pub mod legacy;
+pub mod machine;
 pub mod mmio;
+pub mod mptable;
+pub mod privileges;
+pub mod rate_limit;
 pub mod virtio_blk;
+pub mod virtio_console;

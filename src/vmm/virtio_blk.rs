@@ -1,10 +1,14 @@
 //! virtio-blk requests: parsed from a descriptor chain without trusting the guest (every
 //! address and length is checked against guest memory, chains have a bounded length and
 //! loops are refused), then executed against a backing file.
+use super::mmio::VirtioDevice;
+use super::rate_limit::{Limits, RateLimiter};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
+use std::time::Instant;
 use virtio_queue::desc::split::Descriptor;
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, Permissions};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
 
 pub const SECTOR_SIZE: u64 = 512;
 /// Request types and statuses (virtio 1.2, 5.2.6).
@@ -193,6 +197,148 @@ impl Backend {
             }
             _ => Err(S_UNSUPP),
         }
+    }
+}
+
+/// Feature bits (virtio 1.2, 5.2.3).
+pub const F_RO: u64 = 1 << 5;
+pub const F_FLUSH: u64 = 1 << 9;
+pub const QUEUE_SIZE: u16 = 256;
+
+/// The virtio-blk device (type 2): one request queue, worked through when the driver
+/// notifies it.
+pub struct Block {
+    backend: Backend,
+    mem: GuestMemoryMmap,
+    queue: Option<Queue>,
+    /// Requests refused as malformed (they complete with nothing written).
+    pub refused: u64,
+    read_limit: Option<RateLimiter>,
+    write_limit: Option<RateLimiter>,
+    /// Set while a request waits for its rate limiter: when to look again.
+    pub throttled_until: Option<Instant>,
+}
+
+impl Block {
+    pub fn new(backend: Backend, mem: GuestMemoryMmap) -> Block {
+        Block {
+            backend,
+            mem,
+            queue: None,
+            refused: 0,
+            read_limit: None,
+            write_limit: None,
+            throttled_until: None,
+        }
+    }
+
+    /// Limits reads and writes (token buckets of bytes/s and requests/s each).
+    pub fn with_limits(mut self, read: Limits, write: Limits) -> Block {
+        self.read_limit = RateLimiter::new(read);
+        self.write_limit = RateLimiter::new(write);
+        self
+    }
+
+    pub fn is_limited(&self) -> bool {
+        self.read_limit.is_some() || self.write_limit.is_some()
+    }
+
+    /// Whether the rate limiter lets `req` go now (recording when to retry if not).
+    fn admit(&mut self, req: &Request) -> bool {
+        let limiter = match req.kind {
+            T_IN => self.read_limit.as_mut(),
+            T_OUT => self.write_limit.as_mut(),
+            _ => None,
+        };
+        let Some(l) = limiter else { return true };
+        let now = Instant::now();
+        match l.consume(req.data_len(), now) {
+            Ok(()) => true,
+            Err(wait) => {
+                self.throttled_until = Some(now + wait);
+                false
+            }
+        }
+    }
+}
+
+impl VirtioDevice for Block {
+    fn device_type(&self) -> u32 {
+        2
+    }
+    fn features(&self) -> u64 {
+        F_FLUSH | if self.backend.read_only { F_RO } else { 0 }
+    }
+    fn queue_max_sizes(&self) -> Vec<u16> {
+        vec![QUEUE_SIZE]
+    }
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        // Only `capacity` (in 512-byte sectors) is offered; the rest reads as zero.
+        let cap = self.backend.sectors.to_le_bytes();
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = *cap.get(offset as usize + i).unwrap_or(&0);
+        }
+    }
+    fn activate(&mut self, mut queues: Vec<Queue>) {
+        self.queue = queues.pop();
+    }
+    fn reset(&mut self) {
+        self.queue = None;
+    }
+    fn process_queue(&mut self, index: u32) -> bool {
+        if index != 0 {
+            return false;
+        }
+        let limited = self.is_limited();
+        self.throttled_until = None;
+        let mem = self.mem.clone();
+        let mut parsed = Vec::new();
+        {
+            let Some(q) = self.queue.as_mut() else {
+                return false;
+            };
+            let max = usize::from(q.size());
+            if let Ok(iter) = q.iter(&mem) {
+                for chain in iter {
+                    let head = chain.head_index();
+                    parsed.push((head, parse(chain, &mem, max)));
+                    // One request at a time when limited: the next may have to wait.
+                    if limited {
+                        break;
+                    }
+                }
+            }
+        }
+        let mut done = Vec::new();
+        for (head, req) in parsed {
+            let len = match req {
+                Ok(req) => {
+                    if !self.admit(&req) {
+                        // Not yet: the request stays in the ring for the retry.
+                        if let Some(q) = self.queue.as_mut() {
+                            q.go_to_previous_position();
+                        }
+                        break;
+                    }
+                    self.backend.execute(&req, &mem)
+                }
+                Err(e) => {
+                    tracing::debug!("virtio-blk: refused a request: {e}");
+                    self.refused += 1;
+                    0
+                }
+            };
+            done.push((head, len));
+        }
+        let q = self.queue.as_mut().expect("checked above");
+        for (head, len) in &done {
+            let _ = q.add_used(&mem, *head, *len);
+        }
+        if limited && !done.is_empty() && self.throttled_until.is_none() {
+            // More may be waiting behind the one request taken: come back at once.
+            self.throttled_until = Some(Instant::now());
+        }
+        !done.is_empty()
     }
 }
 

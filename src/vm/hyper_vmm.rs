@@ -1,0 +1,154 @@
+//! The hyper-vmm driver: hyperd's own VMM ([`crate::vmm`]), one `hyper-vmm` process per
+//! VM, driven over its control socket (`<vm dir>/vmm.sock`).
+//!
+//! The guest sees what it sees under qemu: the 8250 console into `<vm dir>/console.log`,
+//! virtio-blk disks found by serial, and the virtio-console port `hyper.agent` whose host
+//! end is the daemon's `<vm dir>/agent.sock` (the VMM connects and reconnects, as qemu's
+//! chardev does). The agent cannot tell the two apart.
+use super::{RunningVm, VmConfig, VmError};
+use crate::vmm::control::{Request, Response};
+use crate::vmm::machine::{DiskConfig, MachineConfig};
+use crate::vmm::rate_limit::Limits;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+
+#[derive(Debug, Clone)]
+pub struct VmmDriver {
+    pub binary: PathBuf,
+}
+
+/// The kernel command line for a hyper-vmm guest (the VMM adds its devices and, on hosts
+/// that emulate ring 0, what keeps unsupported instructions out).
+pub fn kernel_cmdline() -> String {
+    // reboot=k: the agent's reboot goes through the i8042, which ends the VMM.
+    "console=ttyS0 reboot=k panic=-1 rdinit=/init loglevel=4 nomodule".to_string()
+}
+
+/// Where the `hyper-vmm` binary is: `HYPERD_VMM`, else next to the running binary.
+pub fn find_binary() -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("HYPERD_VMM") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    // Integration tests run from target/<profile>/deps; the binaries are one level up.
+    for dir in exe.ancestors().skip(1).take(2) {
+        let candidate = dir.join("hyper-vmm");
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    Err(format!(
+        "hyper-vmm not found next to {} (set HYPERD_VMM)",
+        exe.display()
+    ))
+}
+
+impl VmmDriver {
+    pub fn new() -> Result<VmmDriver, String> {
+        if !super::host::kvm_usable() {
+            return Err("the hyper-vmm driver needs a usable /dev/kvm".into());
+        }
+        Ok(VmmDriver {
+            binary: find_binary()?,
+        })
+    }
+
+    /// The machine the VMM is asked to create for a VM.
+    pub fn machine_config(cfg: &VmConfig) -> MachineConfig {
+        MachineConfig {
+            vcpus: cfg
+                .vcpus
+                .clamp(1, u32::from(crate::vmm::mptable::MAX_VCPUS)) as u8,
+            mem_mib: u64::from(cfg.memory_mib),
+            kernel: cfg.kernel.clone(),
+            initrd: Some(cfg.initrd.clone()),
+            cmdline: kernel_cmdline(),
+            disks: cfg
+                .disks
+                .iter()
+                .map(|d| DiskConfig {
+                    path: d.path.clone(),
+                    read_only: d.read_only,
+                    serial: d.serial.clone(),
+                    read_limit: Limits {
+                        bytes_per_sec: cfg.disk_limits.read_bps,
+                        ops_per_sec: cfg.disk_limits.read_iops,
+                    },
+                    write_limit: Limits {
+                        bytes_per_sec: cfg.disk_limits.write_bps,
+                        ops_per_sec: cfg.disk_limits.write_iops,
+                    },
+                })
+                .collect(),
+            agent_socket: Some(cfg.dir.join("agent.sock")),
+            console_log: Some(cfg.console_log()),
+        }
+    }
+
+    pub async fn boot(&self, cfg: &VmConfig) -> Result<RunningVm, VmError> {
+        let api = cfg.dir.join("vmm.sock");
+        let mut cmd = tokio::process::Command::new(&self.binary);
+        cmd.arg("--api-sock").arg(&api);
+        let machine = Self::machine_config(cfg);
+        let setup = async {
+            let mut ctl = Control::connect(&api, Duration::from_secs(10)).await?;
+            ctl.call(&Request::Create {
+                config: Box::new(machine),
+            })
+            .await?;
+            ctl.call(&Request::Start).await?;
+            Ok(())
+        };
+        super::launch(cfg, cmd, "vmm.log", setup).await
+    }
+}
+
+/// A connection to a VMM's control socket.
+pub struct Control {
+    reader: BufReader<tokio::net::unix::OwnedReadHalf>,
+    writer: tokio::net::unix::OwnedWriteHalf,
+}
+
+impl Control {
+    /// Connects, retrying while the VMM is still starting.
+    pub async fn connect(path: &Path, within: Duration) -> Result<Control, VmError> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match UnixStream::connect(path).await {
+                Ok(s) => {
+                    let (r, w) = s.into_split();
+                    return Ok(Control {
+                        reader: BufReader::new(r),
+                        writer: w,
+                    });
+                }
+                Err(e) if tokio::time::Instant::now() >= deadline => {
+                    return Err(VmError::Launch(format!("{}: {e}", path.display())))
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        }
+    }
+
+    /// Sends a request; an answer with `ok: false` is an error.
+    pub async fn call(&mut self, req: &Request) -> Result<Response, VmError> {
+        let mut line = serde_json::to_vec(req).map_err(|e| VmError::Launch(e.to_string()))?;
+        line.push(b'\n');
+        self.writer.write_all(&line).await?;
+        let mut answer = String::new();
+        if self.reader.read_line(&mut answer).await? == 0 {
+            return Err(VmError::Launch("the VMM closed its control socket".into()));
+        }
+        let resp: Response =
+            serde_json::from_str(&answer).map_err(|e| VmError::Launch(e.to_string()))?;
+        if !resp.ok {
+            return Err(VmError::Launch(format!(
+                "hyper-vmm: {}",
+                resp.error.clone().unwrap_or_default()
+            )));
+        }
+        Ok(resp)
+    }
+}

@@ -1,0 +1,546 @@
+//! One micro-VM assembled from the parts: KVM VM with the in-kernel interrupt controllers
+//! and PIT, guest memory, the kernel and initramfs loaded for the 64-bit boot protocol,
+//! the legacy devices on port I/O, virtio-mmio devices (announced on the command line),
+//! and the vCPU threads that run it until the guest powers off or resets.
+use super::boot::{self, LoadedInitrd};
+use super::cpu;
+use super::kvm::KvmVm;
+use super::legacy::{Flag, LegacyDevices, PioBus};
+use super::mmio::{MmioTransport, VirtioDevice};
+use super::mptable;
+use super::rate_limit::Limits;
+use super::virtio_blk::{Backend, Block, SECTOR_SIZE};
+use super::virtio_console::{AgentPort, Console};
+use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Kvm, VcpuExit, VcpuFd};
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
+
+/// The virtio-mmio windows: 4 KiB each from here, IRQ 5 onwards.
+pub const MMIO_BASE: u64 = 0xd000_0000;
+pub const MMIO_WINDOW: u64 = 0x1000;
+pub const FIRST_IRQ: u32 = 5;
+const SERIAL_IRQ: u32 = 4;
+/// Guest RAM must end below the MMIO hole.
+pub const MAX_MEM_MIB: u64 = MMIO_BASE >> 20;
+
+/// What a VM is made of: the `create` of the control socket.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MachineConfig {
+    pub vcpus: u8,
+    pub mem_mib: u64,
+    pub kernel: PathBuf,
+    #[serde(default)]
+    pub initrd: Option<PathBuf>,
+    pub cmdline: String,
+    #[serde(default)]
+    pub disks: Vec<DiskConfig>,
+    /// The daemon's end of the agent channel: a Unix socket the VMM connects to; the
+    /// guest sees it as the virtio-console port `hyper.agent`.
+    #[serde(default)]
+    pub agent_socket: Option<PathBuf>,
+    /// Where the guest's serial console goes.
+    #[serde(default)]
+    pub console_log: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DiskConfig {
+    pub path: PathBuf,
+    #[serde(default)]
+    pub read_only: bool,
+    /// The virtio-blk serial (at most 20 bytes) the guest finds the disk by.
+    #[serde(default)]
+    pub serial: String,
+    #[serde(default)]
+    pub read_limit: Limits,
+    #[serde(default)]
+    pub write_limit: Limits,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MachineError {
+    #[error(transparent)]
+    Kvm(#[from] super::kvm::KvmError),
+    #[error("KVM: {0}")]
+    Ioctl(#[from] kvm_ioctls::Error),
+    #[error(transparent)]
+    Boot(#[from] boot::BootError),
+    #[error(transparent)]
+    Cpu(#[from] cpu::CpuError),
+    #[error("{0}")]
+    Config(String),
+    #[error("{0}: {1}")]
+    Io(String, std::io::Error),
+}
+
+/// A device in an MMIO window.
+trait MmioDevice: Send {
+    fn read(&mut self, offset: u64, data: &mut [u8]);
+    fn write(&mut self, offset: u64, data: &[u8]);
+}
+
+/// A virtio device on its transport, with its interrupt line.
+pub struct VirtioSlot<D: VirtioDevice> {
+    pub transport: MmioTransport<D>,
+    irq: EventFd,
+}
+
+impl<D: VirtioDevice> VirtioSlot<D> {
+    /// Runs an outside event on the device and interrupts the guest if it used buffers.
+    pub fn device_event(&mut self, f: impl FnOnce(&mut D) -> bool) {
+        if self.transport.device_event(f) {
+            let _ = self.irq.write(1);
+        }
+    }
+}
+
+impl<D: VirtioDevice + Send> MmioDevice for VirtioSlot<D> {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        self.transport.read(offset, data);
+    }
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        self.transport.write(offset, data);
+        if self.transport.process_notifications() {
+            let _ = self.irq.write(1);
+        }
+    }
+}
+
+/// Where the vCPUs' exits go.
+struct Bus {
+    legacy: Mutex<LegacyDevices>,
+    mmio: Vec<Arc<Mutex<dyn MmioDevice>>>,
+}
+
+impl Bus {
+    fn mmio(&self, addr: u64) -> Option<(&Arc<Mutex<dyn MmioDevice>>, u64)> {
+        let offset = addr.checked_sub(MMIO_BASE)?;
+        let dev = self.mmio.get((offset / MMIO_WINDOW) as usize)?;
+        Some((dev, offset % MMIO_WINDOW))
+    }
+}
+
+/// Why the VM ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Ending {
+    /// The guest reset or powered off (hyperd's guests do so to stop).
+    Stopped,
+    /// KVM could not run the guest on: the reason, for the log.
+    Failed(String),
+}
+
+/// vCPU pause handshake: the control socket sets `paused`, kicks the threads out of
+/// KVM_RUN with a signal and waits until all of them are parked.
+#[derive(Default)]
+struct PauseGate {
+    paused: AtomicBool,
+    parked: AtomicUsize,
+    lock: Mutex<()>,
+    wake: Condvar,
+}
+
+pub struct Machine {
+    vm: KvmVm,
+    vcpus: Vec<VcpuFd>,
+    bus: Arc<Bus>,
+    pub agent: Option<Arc<Mutex<VirtioSlot<Console>>>>,
+    limited_disks: Vec<Arc<Mutex<VirtioSlot<Block>>>>,
+    agent_socket: Option<PathBuf>,
+    pub ending: Arc<(Mutex<Option<Ending>>, Condvar)>,
+    gate: Arc<PauseGate>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+fn vcpu_kick_signal() -> i32 {
+    libc::SIGRTMIN()
+}
+
+/// What the kernel command line gets on a host whose KVM emulates guest ring 0 (nested,
+/// software-assisted KVM, found by [`crate::vm::host::kvm_emulates_ring0`]): keep the
+/// instructions KVM's emulator cannot run out of the kernel. The guest's CPUID shows the
+/// host's features there, so the VMM cannot hide them; the kernel has to be told.
+/// `clearcpuid=` takes at most 127 characters.
+pub const EMULATED_RING0_CMDLINE: &str = " noxsave mitigations=off clearcpuid=popcnt,cx16,avx,avx2,bmi1,bmi2,smap,smep,fsgsbase,pcid,invpcid,rdrand,rdseed,erms,fsrm,movbe,xsaveopt,rdpid,pku,fma";
+
+/// The command line hyperd adds for its devices: one `virtio_mmio.device=` per window.
+pub fn device_cmdline(count: usize) -> String {
+    (0..count)
+        .map(|i| {
+            format!(
+                " virtio_mmio.device=4K@{:#x}:{}",
+                MMIO_BASE + i as u64 * MMIO_WINDOW,
+                FIRST_IRQ + i as u32
+            )
+        })
+        .collect()
+}
+
+impl Machine {
+    pub fn new(cfg: &MachineConfig) -> Result<Machine, MachineError> {
+        if cfg.vcpus == 0 || cfg.vcpus > mptable::MAX_VCPUS {
+            return Err(MachineError::Config(format!(
+                "{} vCPUs asked: 1 to {} are possible",
+                cfg.vcpus,
+                mptable::MAX_VCPUS
+            )));
+        }
+        if !(16..=MAX_MEM_MIB).contains(&cfg.mem_mib) {
+            return Err(MachineError::Config(format!(
+                "memory must be 16 to {MAX_MEM_MIB} MiB, not {}",
+                cfg.mem_mib
+            )));
+        }
+        let ram = cfg.mem_mib << 20;
+        let kvm = Kvm::new().map_err(super::kvm::KvmError::from)?;
+        let supported = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)?;
+        let vm = KvmVm::new(ram as usize)?;
+        vm.fd.set_tss_address(0xfffb_d000)?;
+        vm.fd.create_irq_chip()?;
+        vm.fd.create_pit2(kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        })?;
+
+        // Devices: disks first, then the agent port.
+        let mut mmio: Vec<Arc<Mutex<dyn MmioDevice>>> = Vec::new();
+        let mut limited_disks = Vec::new();
+        let irq = |i: usize| -> Result<EventFd, MachineError> {
+            let evt = EventFd::new(libc::EFD_NONBLOCK)
+                .map_err(|e| MachineError::Io("eventfd".into(), e))?;
+            vm.fd.register_irqfd(&evt, FIRST_IRQ + i as u32)?;
+            Ok(evt)
+        };
+        for (i, d) in cfg.disks.iter().enumerate() {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(!d.read_only)
+                .open(&d.path)
+                .map_err(|e| MachineError::Io(d.path.display().to_string(), e))?;
+            let len = file
+                .metadata()
+                .map_err(|e| MachineError::Io(d.path.display().to_string(), e))?
+                .len();
+            let backend = Backend {
+                file,
+                sectors: len / SECTOR_SIZE,
+                read_only: d.read_only,
+                serial: if d.serial.is_empty() {
+                    format!("hyperd-disk{i}")
+                } else {
+                    d.serial.clone()
+                },
+            };
+            let block =
+                Block::new(backend, vm.mem.clone()).with_limits(d.read_limit, d.write_limit);
+            let limited = block.is_limited();
+            let slot = Arc::new(Mutex::new(VirtioSlot {
+                transport: MmioTransport::new(block),
+                irq: irq(i)?,
+            }));
+            if limited {
+                limited_disks.push(slot.clone());
+            }
+            mmio.push(slot);
+        }
+        let agent = match &cfg.agent_socket {
+            Some(_) => {
+                let slot = Arc::new(Mutex::new(VirtioSlot {
+                    transport: MmioTransport::new(Console::new(
+                        vm.mem.clone(),
+                        vec![AgentPort::new(hyperd_agent::protocol::SERIAL_PORT_NAME)],
+                    )),
+                    irq: irq(mmio.len())?,
+                }));
+                mmio.push(slot.clone());
+                Some(slot)
+            }
+            None => None,
+        };
+
+        let serial_irq = Arc::new(
+            EventFd::new(libc::EFD_NONBLOCK).map_err(|e| MachineError::Io("eventfd".into(), e))?,
+        );
+        vm.fd.register_irqfd(&serial_irq, SERIAL_IRQ)?;
+        let console: Box<dyn Write + Send> = match &cfg.console_log {
+            Some(p) => Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .map_err(|e| MachineError::Io(p.display().to_string(), e))?,
+            ),
+            None => Box::new(std::io::sink()),
+        };
+        let legacy = LegacyDevices::with_serial_irq(console, Flag::irq(serial_irq));
+
+        // The guest: kernel, command line with the devices, initramfs, zero page.
+        let mut cmdline = format!("{}{}", cfg.cmdline, device_cmdline(mmio.len()));
+        if crate::vm::host::kvm_emulates_ring0() {
+            cmdline.push_str(EMULATED_RING0_CMDLINE);
+        }
+        let kernel = boot::load_kernel(&vm.mem, &cfg.kernel, &cmdline)?;
+        let initrd: Option<LoadedInitrd> = match &cfg.initrd {
+            Some(p) => Some(boot::load_initrd(&vm.mem, p, kernel.kernel_end, ram)?),
+            None => None,
+        };
+        mptable::write(&vm.mem, cfg.vcpus).map_err(|e| MachineError::Config(e.to_string()))?;
+        boot::write_zero_page(
+            &vm.mem,
+            GuestAddress(cpu::ZERO_PAGE_START),
+            cmdline.len(),
+            initrd,
+            ram,
+        )?;
+
+        let mut vcpus = Vec::new();
+        for id in 0..cfg.vcpus {
+            let vcpu = vm.fd.create_vcpu(u64::from(id))?;
+            cpu::setup_vcpu(&vcpu, id, cfg.vcpus, &supported)?;
+            if id == 0 {
+                cpu::setup_boot_vcpu(&vcpu, &vm.mem, kernel.kernel_load.0)?;
+            }
+            vcpus.push(vcpu);
+        }
+        Ok(Machine {
+            vm,
+            vcpus,
+            bus: Arc::new(Bus {
+                legacy: Mutex::new(legacy),
+                mmio,
+            }),
+            agent,
+            limited_disks,
+            agent_socket: cfg.agent_socket.clone(),
+            ending: Arc::new((Mutex::new(None), Condvar::new())),
+            gate: Arc::new(PauseGate::default()),
+            threads: Vec::new(),
+        })
+    }
+
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.vm.mem
+    }
+
+    /// Starts the vCPU threads and the agent channel.
+    pub fn start(&mut self) -> Result<(), MachineError> {
+        // SAFETY: the handler is an empty `extern "C"` function: it only exists so the
+        // signal interrupts KVM_RUN (EINTR) instead of killing the process.
+        unsafe {
+            let mut act: libc::sigaction = std::mem::zeroed();
+            act.sa_sigaction = kick_handler as *const () as usize;
+            libc::sigaction(vcpu_kick_signal(), &act, std::ptr::null_mut());
+        }
+        for disk in &self.limited_disks {
+            retry_throttled(disk.clone(), self.ending.clone());
+        }
+        if let (Some(slot), Some(path)) = (&self.agent, &self.agent_socket) {
+            super::virtio_console::connect_host(slot.clone(), path.clone());
+        }
+        for (id, vcpu) in std::mem::take(&mut self.vcpus).into_iter().enumerate() {
+            let bus = self.bus.clone();
+            let ending = self.ending.clone();
+            let gate = self.gate.clone();
+            let mem = self.vm.mem.clone();
+            let t = std::thread::Builder::new()
+                .name(format!("vcpu{id}"))
+                .spawn(move || {
+                    let end = run_vcpu(vcpu, &bus, &gate, &mem);
+                    let (lock, cv) = &*ending;
+                    let mut e = lock.lock().unwrap();
+                    e.get_or_insert(end);
+                    cv.notify_all();
+                })
+                .map_err(|e| MachineError::Io("vCPU thread".into(), e))?;
+            self.threads.push(t);
+        }
+        start_sampler(
+            self.threads
+                .iter()
+                .map(std::os::unix::thread::JoinHandleExt::as_pthread_t)
+                .collect(),
+        );
+        Ok(())
+    }
+
+    /// Stops the vCPUs at their next exit and waits until they are parked.
+    pub fn pause(&self) {
+        self.gate.paused.store(true, Ordering::SeqCst);
+        while self.gate.parked.load(Ordering::SeqCst) < self.threads.len() {
+            if self.ended().is_some() {
+                return;
+            }
+            for t in &self.threads {
+                // SAFETY: the thread is alive (joined only on drop); the kick signal has a
+                // handler installed in `start`.
+                unsafe {
+                    libc::pthread_kill(
+                        std::os::unix::thread::JoinHandleExt::as_pthread_t(t),
+                        vcpu_kick_signal(),
+                    )
+                };
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
+    pub fn resume(&self) {
+        let _g = self.gate.lock.lock().unwrap();
+        self.gate.paused.store(false, Ordering::SeqCst);
+        self.gate.wake.notify_all();
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.gate.paused.load(Ordering::SeqCst)
+    }
+
+    pub fn ended(&self) -> Option<Ending> {
+        self.ending.0.lock().unwrap().clone()
+    }
+
+    /// Blocks until the guest ends.
+    pub fn wait(&self) -> Ending {
+        let (lock, cv) = &*self.ending;
+        let mut e = lock.lock().unwrap();
+        loop {
+            if let Some(end) = e.clone() {
+                return end;
+            }
+            e = cv.wait(e).unwrap();
+        }
+    }
+}
+
+/// Takes up the requests of a rate-limited disk again when its limiter allows.
+fn retry_throttled(
+    disk: Arc<Mutex<VirtioSlot<Block>>>,
+    ending: Arc<(Mutex<Option<Ending>>, Condvar)>,
+) {
+    std::thread::spawn(move || {
+        while ending.0.lock().unwrap().is_none() {
+            let due = disk.lock().unwrap().transport.device.throttled_until;
+            let now = std::time::Instant::now();
+            match due {
+                Some(t) if t <= now => disk.lock().unwrap().device_event(|b| b.process_queue(0)),
+                Some(t) => std::thread::sleep((t - now).min(std::time::Duration::from_millis(10))),
+                None => std::thread::sleep(std::time::Duration::from_millis(5)),
+            }
+        }
+    });
+}
+
+/// `HYPER_VMM_SAMPLE_MS=n`: every n ms the vCPUs are kicked out of KVM_RUN and print
+/// where the guest was (for following a slow or stuck guest; resolve with `nm vmlinux`).
+fn sampling() -> bool {
+    std::env::var_os("HYPER_VMM_SAMPLE_MS").is_some()
+}
+
+fn start_sampler(threads: Vec<libc::pthread_t>) {
+    let Some(ms) = std::env::var("HYPER_VMM_SAMPLE_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    else {
+        return;
+    };
+    std::thread::spawn(move || loop {
+        std::thread::sleep(std::time::Duration::from_millis(ms.max(1)));
+        for t in &threads {
+            // SAFETY: the vCPU threads live as long as the process; the kick signal has
+            // a handler.
+            unsafe { libc::pthread_kill(*t, vcpu_kick_signal()) };
+        }
+    });
+}
+
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+fn run_vcpu(mut vcpu: VcpuFd, bus: &Bus, gate: &PauseGate, mem: &GuestMemoryMmap) -> Ending {
+    loop {
+        if gate.paused.load(Ordering::SeqCst) {
+            let mut g = gate.lock.lock().unwrap();
+            gate.parked.fetch_add(1, Ordering::SeqCst);
+            while gate.paused.load(Ordering::SeqCst) {
+                g = gate.wake.wait(g).unwrap();
+            }
+            gate.parked.fetch_sub(1, Ordering::SeqCst);
+        }
+        match vcpu.run() {
+            Ok(VcpuExit::IoOut(port, data)) => {
+                if bus.legacy.lock().unwrap().write(port, data) {
+                    return Ending::Stopped;
+                }
+            }
+            Ok(VcpuExit::IoIn(port, data)) => bus.legacy.lock().unwrap().read(port, data),
+            Ok(VcpuExit::MmioRead(addr, data)) => match bus.mmio(addr) {
+                Some((dev, off)) => dev.lock().unwrap().read(off, data),
+                None => data.fill(0),
+            },
+            Ok(VcpuExit::MmioWrite(addr, data)) => {
+                if let Some((dev, off)) = bus.mmio(addr) {
+                    dev.lock().unwrap().write(off, data);
+                }
+            }
+            Ok(VcpuExit::Shutdown) | Ok(VcpuExit::SystemEvent(..)) => return Ending::Stopped,
+            Ok(VcpuExit::Hlt) => return Ending::Stopped,
+            Ok(other) => {
+                let what = format!("{other:?}");
+                return Ending::Failed(with_rip(what, &vcpu, mem));
+            }
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                if sampling() {
+                    if let Ok(r) = vcpu.get_regs() {
+                        let cs = vcpu.get_sregs().map(|s| s.cs.selector).unwrap_or(0);
+                        eprintln!("hyper-vmm: sample rip {:#x} cs {cs:#x}", r.rip);
+                    }
+                }
+            }
+            Err(e) => return Ending::Failed(format!("KVM_RUN: {e}")),
+        }
+    }
+}
+
+/// An exit KVM could not handle, with the guest's instruction pointer and the code bytes
+/// there (KVM's emulation failures name no instruction: these do).
+fn with_rip(exit: String, vcpu: &VcpuFd, mem: &GuestMemoryMmap) -> String {
+    let rip = vcpu.get_regs().map(|r| r.rip).unwrap_or(0);
+    let cr3 = vcpu.get_sregs().map(|s| s.cr3).unwrap_or(0);
+    let code = translate(mem, cr3, rip)
+        .and_then(|pa| {
+            let mut b = [0u8; 16];
+            mem.read_slice(&mut b, GuestAddress(pa)).ok().map(|_| b)
+        })
+        .map(|b| {
+            b.iter()
+                .map(|x| format!("{x:02x}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_else(|| "unreadable".into());
+    format!("{exit} at rip {rip:#x} (code: {code})")
+}
+
+/// Walks the guest's 4-level page tables from `cr3` for `va`.
+fn translate(mem: &GuestMemoryMmap, cr3: u64, va: u64) -> Option<u64> {
+    const ADDR: u64 = 0x000f_ffff_ffff_f000;
+    let mut table = cr3 & ADDR;
+    for (level, shift) in [39u32, 30, 21, 12].into_iter().enumerate() {
+        let index = (va >> shift) & 0x1ff;
+        let entry: u64 = mem.read_obj(GuestAddress(table + index * 8)).ok()?;
+        if entry & 1 == 0 {
+            return None;
+        }
+        // 1 GiB and 2 MiB pages end the walk early.
+        if (level == 1 || level == 2) && entry & 0x80 != 0 {
+            let page = (1u64 << shift) - 1;
+            return Some((entry & ADDR & !page) | (va & page));
+        }
+        table = entry & ADDR;
+    }
+    Some(table | (va & 0xfff))
+}
