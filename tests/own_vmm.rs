@@ -11,7 +11,7 @@
 //! the tests allow for that. Where /dev/kvm cannot be opened at all they fail, except
 //! outside CI where they say why and skip.
 mod common;
-use common::Daemon;
+use common::{out_ok, Daemon};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
@@ -171,10 +171,10 @@ fn a_pod_runs_through_the_hyper_vmm_driver() {
     if !kvm_or_skip() {
         return;
     }
-    let d = Daemon::start_with(&["--driver", "hyper-vmm", "--boot-timeout", "900"]);
+    let mut d = Daemon::start_with(&["--driver", "hyper-vmm", "--boot-timeout", "900"]);
     let info = d.json("GET", "/info", None);
     assert_eq!(info["Driver"], "hyper-vmm", "{info}");
-    let out = common::out_ok(&d.hyperctl(&["info"]));
+    let out = out_ok(&d.hyperctl(&["info"]));
     assert!(out.contains("Driver: hyper-vmm"), "{out}");
     d.import_busybox();
     let out = d.hyperctl(&[
@@ -195,6 +195,22 @@ fn a_pod_runs_through_the_hyper_vmm_driver() {
     );
     assert_eq!(stdout, "hello from Linux\n");
     common::assert_no_leftovers(&d);
+
+    // The VMM outlives a daemon killed with SIGKILL; the new daemon re-attaches through
+    // the same agent socket (the VMM reconnects) and the pod answers.
+    out_ok(&d.hyperctl(&["run", "-d", "--name", "keep", "busybox", "sleep", "1000"]));
+    let vm_pid = d.json("GET", "/pod/info?podName=keep", None)["vmPid"]
+        .as_u64()
+        .unwrap() as u32;
+    d.kill9();
+    assert!(common::pid_alive(vm_pid), "the VM outlives the daemon");
+    d.restart();
+    assert_eq!(
+        out_ok(&d.hyperctl(&["exec", "keep", "echo", "still-here"])),
+        "still-here"
+    );
+    out_ok(&d.hyperctl(&["stop", "keep"]));
+    common::wait_gone(vm_pid, "the adopted hyper-vmm after stop");
     // An unknown driver is refused at start.
     let bad = Command::new(env!("CARGO_BIN_EXE_hyperd"))
         .args(["--driver", "bochs", "--host"])
