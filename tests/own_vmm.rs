@@ -1,9 +1,10 @@
 //! hyperd's own VMM (`hyper-vmm`) on this machine's /dev/kvm, end to end.
 //!
-//! - The VMM, driven over its control socket, boots hyperd's kernel with no initramfs: the
-//!   kernel mounts an erofs root from the virtio-blk disk and runs its /init, which reports
-//!   what the guest sees (a marker file read from the disk, the agent's virtio-console
-//!   port by name) on the serial console, then reboots, which ends the VMM.
+//! - The VMM, driven over its control socket, boots hyperd's kernel with no initramfs on
+//!   two vCPUs: the kernel mounts an erofs root from the virtio-blk disk and runs its
+//!   /init, which reports what the guest sees (a marker file read from the disk, the
+//!   agent's virtio-console port by name, the CPUs online) on the serial console, then
+//!   reboots, which ends the VMM.
 //! - A pod runs through the hyper-vmm driver as through qemu in the first-pod test, and
 //!   `/info` and `hyperctl info` name the driver.
 //!
@@ -53,6 +54,7 @@ fn root_disk(dir: &Path, marker: &str) -> std::path::PathBuf {
         "#!/bin/busybox sh\n\
          /bin/busybox mount -t sysfs sysfs /sys\n\
          echo \"marker: $(/bin/busybox cat /marker)\"\n\
+         echo \"cpus: $(/bin/busybox nproc)\"\n\
          for f in /sys/class/virtio-ports/*/name; do echo \"port: $(/bin/busybox cat $f)\"; done\n\
          /bin/busybox reboot -f\n",
     )
@@ -120,7 +122,7 @@ fn hyper_vmm_boots_the_kernel_from_a_virtio_disk_with_the_agent_port() {
     assert_eq!(call(&mut conn, r#"{"op":"status"}"#)["state"], "empty");
 
     let create = serde_json::json!({"op": "create", "config": {
-        "vcpus": 1,
+        "vcpus": 2,
         "mem_mib": 128,
         "kernel": kernel,
         "cmdline": "console=ttyS0 reboot=k panic=-1 root=/dev/vda rootfstype=erofs ro init=/init",
@@ -163,6 +165,10 @@ fn hyper_vmm_boots_the_kernel_from_a_virtio_disk_with_the_agent_port() {
     );
     assert!(log.contains(&format!("marker: {marker}")), "{log}");
     assert!(log.contains("port: hyper.agent"), "{log}");
+    assert!(
+        log.contains("cpus: 2"),
+        "both vCPUs came up (MP table): {log}"
+    );
     assert!(!api.exists(), "the control socket is removed on exit");
 }
 
