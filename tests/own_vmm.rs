@@ -136,11 +136,13 @@ fn hyper_vmm_boots_the_kernel_from_a_virtio_disk_with_the_agent_port() {
     assert_eq!(call(&mut conn, r#"{"op":"pause"}"#)["state"], "paused");
     assert_eq!(call(&mut conn, r#"{"op":"status"}"#)["state"], "paused");
     assert_eq!(call(&mut conn, r#"{"op":"resume"}"#)["state"], "running");
-    // The VMM runs with no capabilities and cannot gain any.
+    // The VMM runs with no capabilities, cannot gain any, and makes only the system
+    // calls its seccomp filter allows.
     let status = std::fs::read_to_string(format!("/proc/{}/status", vmm.id())).unwrap();
     assert!(status.contains("CapEff:\t0000000000000000"), "{status}");
     assert!(status.contains("CapPrm:\t0000000000000000"), "{status}");
     assert!(status.contains("NoNewPrivs:\t1"), "{status}");
+    assert!(status.contains("Seccomp:\t2"), "a seccomp filter: {status}");
 
     // The guest reboots when its /init is done, which ends the VMM.
     let deadline = Instant::now() + Duration::from_secs(900);

@@ -34,6 +34,7 @@ fn main() -> anyhow::Result<()> {
     let ending = match (args.config, args.api_sock) {
         (Some(cfg_path), _) => {
             let cfg: MachineConfig = serde_json::from_slice(&std::fs::read(&cfg_path)?)?;
+            hyperd::vmm::seccomp::install()?;
             let mut m = Machine::new(&cfg)?;
             m.start()?;
             Some(m.wait())
@@ -42,6 +43,7 @@ fn main() -> anyhow::Result<()> {
             let _ = std::fs::remove_file(&sock);
             let listener = std::os::unix::net::UnixListener::bind(&sock)?;
             std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))?;
+            hyperd::vmm::seccomp::install()?;
             let end = hyperd::vmm::control::serve(listener);
             let _ = std::fs::remove_file(&sock);
             end

@@ -19,5 +19,6 @@ pub mod mmio;
 pub mod mptable;
 pub mod privileges;
 pub mod rate_limit;
+pub mod seccomp;
 pub mod virtio_blk;
 pub mod virtio_console;
