@@ -3,8 +3,8 @@
 //! main thread before any other thread exists, so every vCPU and device thread inherits
 //! it. The list was taken from strace runs of the VMM through boot, pods, daemon
 //! restarts, pause and stop, plus what Rust's runtime needs to report a panic.
-//! `ioctl` is allowed whole: the KVM and eventfd ioctls go through it, and their file
-//! descriptors are the VMM's own.
+//! `ioctl` is allowed for the KVM requests the VMM makes (the numbers computed here as
+//! kvm-ioctls does, since its own are private) and a few terminal/fd requests of std.
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
     SeccompRule, TargetArch,
@@ -21,7 +21,6 @@ const ALLOWED: &[i64] = &[
     libc::SYS_lseek,
     libc::SYS_fsync,
     libc::SYS_fdatasync,
-    libc::SYS_ioctl,
     libc::SYS_fcntl,
     libc::SYS_close,
     libc::SYS_poll,
@@ -84,6 +83,66 @@ const ALLOWED: &[i64] = &[
 #[error("seccomp filter: {0}")]
 pub struct SeccompError(String);
 
+#[allow(non_snake_case)]
+mod kvm {
+    use kvm_bindings::*;
+    use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr, ioctl_iow_nr, ioctl_iowr_nr};
+    ioctl_io_nr!(KVM_CREATE_VM, KVMIO, 0x01);
+    ioctl_io_nr!(KVM_GET_VCPU_MMAP_SIZE, KVMIO, 0x04);
+    ioctl_iowr_nr!(KVM_GET_SUPPORTED_CPUID, KVMIO, 0x05, kvm_cpuid2);
+    ioctl_io_nr!(KVM_CREATE_VCPU, KVMIO, 0x41);
+    ioctl_iow_nr!(
+        KVM_SET_USER_MEMORY_REGION,
+        KVMIO,
+        0x46,
+        kvm_userspace_memory_region
+    );
+    ioctl_io_nr!(KVM_SET_TSS_ADDR, KVMIO, 0x47);
+    ioctl_io_nr!(KVM_CREATE_IRQCHIP, KVMIO, 0x60);
+    ioctl_iow_nr!(KVM_IRQFD, KVMIO, 0x76, kvm_irqfd);
+    ioctl_iow_nr!(KVM_CREATE_PIT2, KVMIO, 0x77, kvm_pit_config);
+    ioctl_io_nr!(KVM_RUN, KVMIO, 0x80);
+    ioctl_ior_nr!(KVM_GET_REGS, KVMIO, 0x81, kvm_regs);
+    ioctl_iow_nr!(KVM_SET_REGS, KVMIO, 0x82, kvm_regs);
+    ioctl_ior_nr!(KVM_GET_SREGS, KVMIO, 0x83, kvm_sregs);
+    ioctl_iow_nr!(KVM_SET_SREGS, KVMIO, 0x84, kvm_sregs);
+    ioctl_iow_nr!(KVM_SET_MSRS, KVMIO, 0x89, kvm_msrs);
+    ioctl_iow_nr!(KVM_SET_FPU, KVMIO, 0x8d, kvm_fpu);
+    ioctl_ior_nr!(KVM_GET_LAPIC, KVMIO, 0x8e, kvm_lapic_state);
+    ioctl_iow_nr!(KVM_SET_LAPIC, KVMIO, 0x8f, kvm_lapic_state);
+    ioctl_iow_nr!(KVM_SET_CPUID2, KVMIO, 0x90, kvm_cpuid2);
+
+    /// Every KVM request hyper-vmm makes (creating the VM, setting vCPUs up, running them,
+    /// reading a failed vCPU's registers).
+    pub fn requests() -> Vec<u64> {
+        [
+            KVM_CREATE_VM(),
+            KVM_GET_VCPU_MMAP_SIZE(),
+            KVM_GET_SUPPORTED_CPUID(),
+            KVM_CREATE_VCPU(),
+            KVM_SET_USER_MEMORY_REGION(),
+            KVM_SET_TSS_ADDR(),
+            KVM_CREATE_IRQCHIP(),
+            KVM_IRQFD(),
+            KVM_CREATE_PIT2(),
+            KVM_RUN(),
+            KVM_GET_REGS(),
+            KVM_SET_REGS(),
+            KVM_GET_SREGS(),
+            KVM_SET_SREGS(),
+            KVM_SET_MSRS(),
+            KVM_SET_FPU(),
+            KVM_GET_LAPIC(),
+            KVM_SET_LAPIC(),
+            KVM_SET_CPUID2(),
+        ]
+        .to_vec()
+    }
+}
+
+/// ioctl requests std may make on the VMM's descriptors: isatty, non-blocking, close-on-exec.
+const STD_IOCTLS: &[u64] = &[libc::TCGETS, libc::FIONBIO, libc::FIOCLEX];
+
 /// The filter program.
 pub fn program() -> Result<BpfProgram, SeccompError> {
     let err = |e: seccompiler::BackendError| SeccompError(e.to_string());
@@ -101,6 +160,17 @@ pub fn program() -> Result<BpfProgram, SeccompError> {
         libc::SYS_prctl,
         vec![SeccompRule::new(vec![set_name]).map_err(err)?],
     );
+    // ioctl only with the requests above.
+    let ioctls = kvm::requests()
+        .into_iter()
+        .chain(STD_IOCTLS.iter().copied())
+        .map(|req| {
+            let cond = SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, req)?;
+            SeccompRule::new(vec![cond])
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(err)?;
+    rules.insert(libc::SYS_ioctl, ioctls);
     let filter = SeccompFilter::new(
         rules,
         SeccompAction::KillProcess,
@@ -126,5 +196,12 @@ mod tests {
         assert!(prog.len() > super::ALLOWED.len(), "{}", prog.len());
         assert!(!super::ALLOWED.contains(&libc::SYS_execve));
         assert!(!super::ALLOWED.contains(&libc::SYS_ptrace));
+        // The computed KVM request numbers match the kernel's (linux/kvm.h).
+        let reqs = super::kvm::requests();
+        assert!(reqs.contains(&0xae80), "KVM_RUN");
+        assert!(reqs.contains(&0xae01), "KVM_CREATE_VM");
+        assert!(reqs.contains(&0x8090_ae81), "KVM_GET_REGS");
+        assert!(reqs.contains(&0x4020_ae46), "KVM_SET_USER_MEMORY_REGION");
+        assert!(reqs.contains(&0x4008_ae90), "KVM_SET_CPUID2");
     }
 }
