@@ -1,14 +1,14 @@
-//! hyperd's own VMM (issue 3, in progress): devices that run against guest memory.
+//! hyperd's own VMM, run as `hyper-vmm` (one process per VM; see docs/vmm.md).
 //!
-//! Today: a KVM VM with guest memory and a vCPU run loop ([`kvm`]), the 8250 console and
-//! the i8042 reset on the port I/O bus ([`legacy`]; checked with tiny real-mode guests
-//! that write to the console and reset the VM), and the virtio-blk request engine
-//! ([`virtio_blk`]), driven through virtio-queue's split queues and checked without a VM.
-//! The virtio-mmio transport registers ([`mmio`]) are in place, tested with a driver's
-//! bring-up and misbehaviour, and the kernel loader ([`boot`]: vmlinux with its PVH entry,
-//! command line, e820). Still to come: the vCPU's boot state (PVH start info, GDT, CPUID,
-//! MSRs), wiring MMIO exits and queue notifications to the devices, the agent channel, the host detection
-//! for emulated KVM, and the VMM process the daemon drives as a `Driver`.
+//! - [`machine`]: a VM assembled from the parts below, its vCPU threads and pause;
+//!   [`control`]: the control socket the daemon drives it through.
+//! - [`kvm`]: the KVM VM and guest memory; [`cpu`]: the long-mode boot state, CPUID, MSRs,
+//!   local APIC; [`boot`]: kernel, initramfs, command line, zero page and e820;
+//!   [`mptable`]: CPUs and I/O APIC for a guest without ACPI.
+//! - [`legacy`]: the 8250 console and the i8042 reset on port I/O.
+//! - [`mmio`]: the virtio-mmio transport; [`virtio_blk`] and [`virtio_console`] (the
+//!   agent port) behind it; [`rate_limit`]: token buckets for disks.
+//! - [`privileges`] and [`seccomp`]: what the process gives up before it serves a guest.
 pub mod boot;
 pub mod control;
 pub mod cpu;
