@@ -1,8 +1,7 @@
-//! A KVM virtual machine: guest memory registered with KVM and vCPUs run on their
-//! threads, through kvm-ioctls (as Firecracker and Cloud Hypervisor do).
-use super::legacy::PioBus;
+//! A KVM virtual machine with its guest memory registered, through kvm-ioctls (as
+//! Firecracker and Cloud Hypervisor do). The vCPUs' run loop is [`super::machine`]'s.
 use kvm_bindings::kvm_userspace_memory_region;
-use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 #[derive(Debug, thiserror::Error)]
@@ -11,15 +10,14 @@ pub enum KvmError {
     Kvm(#[from] kvm_ioctls::Error),
     #[error("guest memory: {0}")]
     Memory(String),
-    #[error("the guest stopped with an exit hyperd does not handle: {0}")]
-    UnhandledExit(String),
 }
 
 pub struct KvmVm {
     // Declared before `mem`: the VM goes before the memory it maps.
     pub fd: VmFd,
     pub mem: GuestMemoryMmap,
-    _kvm: Kvm,
+    /// The /dev/kvm handle the VM was made with (also asked for the supported CPUID).
+    pub kvm: Kvm,
 }
 
 impl KvmVm {
@@ -42,41 +40,42 @@ impl KvmVm {
         // SAFETY: the region is a live mapping of `mem_bytes` owned by `mem`, which this
         // struct keeps for as long as the VM exists (and drops after the VM fd).
         unsafe { fd.set_user_memory_region(region)? };
-        Ok(KvmVm { fd, mem, _kvm: kvm })
-    }
-}
-
-/// Why a vCPU stopped.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Stop {
-    Halted,
-    Shutdown,
-    /// The guest asked for a reset (i8042): the VM ends.
-    Reset,
-}
-
-/// Runs a vCPU until it halts, shuts down or asks for a reset; its port I/O goes to `bus`.
-pub fn run_vcpu(vcpu: &mut VcpuFd, bus: &mut impl PioBus) -> Result<Stop, KvmError> {
-    loop {
-        match vcpu.run()? {
-            VcpuExit::IoOut(port, data) => {
-                if bus.write(port, data) {
-                    return Ok(Stop::Reset);
-                }
-            }
-            VcpuExit::IoIn(port, data) => bus.read(port, data),
-            VcpuExit::Hlt => return Ok(Stop::Halted),
-            VcpuExit::Shutdown => return Ok(Stop::Shutdown),
-            other => return Err(KvmError::UnhandledExit(format!("{other:?}"))),
-        }
+        Ok(KvmVm { fd, mem, kvm })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vmm::legacy::LegacyDevices;
+    use crate::vmm::legacy::{LegacyDevices, PioBus};
+    use kvm_ioctls::{VcpuExit, VcpuFd};
     use vm_memory::Bytes;
+
+    /// Why a vCPU stopped.
+    #[derive(Debug, PartialEq, Eq)]
+    enum Stop {
+        Halted,
+        Shutdown,
+        /// The guest asked for a reset (i8042): the VM ends.
+        Reset,
+    }
+
+    /// Runs a vCPU until it halts, shuts down or asks for a reset; its port I/O goes to `bus`.
+    fn run_vcpu(vcpu: &mut VcpuFd, bus: &mut impl PioBus) -> Result<Stop, String> {
+        loop {
+            match vcpu.run().map_err(|e| e.to_string())? {
+                VcpuExit::IoOut(port, data) => {
+                    if bus.write(port, data) {
+                        return Ok(Stop::Reset);
+                    }
+                }
+                VcpuExit::IoIn(port, data) => bus.read(port, data),
+                VcpuExit::Hlt => return Ok(Stop::Halted),
+                VcpuExit::Shutdown => return Ok(Stop::Shutdown),
+                other => return Err(format!("{other:?}")),
+            }
+        }
+    }
 
     /// Collects what the guest writes to the console.
     #[derive(Clone, Default)]

@@ -12,7 +12,7 @@ use super::rate_limit::Limits;
 use super::virtio_blk::{Backend, Block, SECTOR_SIZE};
 use super::virtio_console::{AgentPort, Console};
 use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
-use kvm_ioctls::{Kvm, VcpuExit, VcpuFd};
+use kvm_ioctls::{VcpuExit, VcpuFd};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::PathBuf;
@@ -162,6 +162,15 @@ fn vcpu_kick_signal() -> i32 {
     libc::SIGRTMIN()
 }
 
+/// Makes a vCPU thread leave KVM_RUN (it returns EINTR and the run loop looks at the
+/// pause gate).
+fn kick(thread: libc::pthread_t) {
+    // SAFETY: vCPU threads are never joined or detached while the process runs, so the
+    // handle names a live thread; `Machine::start` installed a handler for the signal
+    // before starting them.
+    unsafe { libc::pthread_kill(thread, vcpu_kick_signal()) };
+}
+
 /// What the kernel command line gets on a host whose KVM emulates guest ring 0 (nested,
 /// software-assisted KVM, found by [`crate::vm::host::kvm_emulates_ring0`]): keep the
 /// instructions KVM's emulator cannot run out of the kernel. The guest's CPUID shows the
@@ -198,9 +207,8 @@ impl Machine {
             )));
         }
         let ram = cfg.mem_mib << 20;
-        let kvm = Kvm::new().map_err(super::kvm::KvmError::from)?;
-        let supported = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)?;
         let vm = KvmVm::new(ram as usize)?;
+        let supported = vm.kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)?;
         vm.fd.set_tss_address(0xfffb_d000)?;
         vm.fd.create_irq_chip()?;
         vm.fd.create_pit2(kvm_pit_config {
@@ -377,14 +385,7 @@ impl Machine {
                 return;
             }
             for t in &self.threads {
-                // SAFETY: the thread is alive (joined only on drop); the kick signal has a
-                // handler installed in `start`.
-                unsafe {
-                    libc::pthread_kill(
-                        std::os::unix::thread::JoinHandleExt::as_pthread_t(t),
-                        vcpu_kick_signal(),
-                    )
-                };
+                kick(std::os::unix::thread::JoinHandleExt::as_pthread_t(t));
             }
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
@@ -450,11 +451,7 @@ fn start_sampler(threads: Vec<libc::pthread_t>) {
     };
     std::thread::spawn(move || loop {
         std::thread::sleep(std::time::Duration::from_millis(ms.max(1)));
-        for t in &threads {
-            // SAFETY: the vCPU threads live as long as the process; the kick signal has
-            // a handler.
-            unsafe { libc::pthread_kill(*t, vcpu_kick_signal()) };
-        }
+        threads.iter().for_each(|t| kick(*t));
     });
 }
 

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestMemory, GuestMemoryMmap, Permissions};
 
 pub const F_MULTIPORT: u64 = 1 << 1;
 const QUEUE_SIZE: u16 = 256;
@@ -28,6 +28,11 @@ pub const PORT_NAME: u16 = 7;
 /// Data from the host that the guest has not taken yet is bounded; the socket reader
 /// waits above this.
 pub const RX_BACKLOG: usize = 1 << 20;
+/// The most taken from one chain the guest sends (Linux's port writes are at most
+/// 32 KiB; splice may send a pipe's worth): the rest of a larger chain is dropped.
+const TX_CHAIN_MAX: usize = 1 << 20;
+/// Control messages are 8 bytes plus a port name.
+const CONTROL_MAX: usize = 64;
 
 /// A named port and its state.
 pub struct AgentPort {
@@ -201,32 +206,52 @@ impl Console {
         }
     }
 
+    /// Takes every chain the guest offers on `q`, hands the bytes of its readable
+    /// descriptors (at most `limit` of them) to `each`, and gives the chain back used with
+    /// nothing written. A descriptor outside guest memory adds nothing and allocates
+    /// nothing. Answers how many chains were taken.
+    fn take_readable(
+        mem: &GuestMemoryMmap,
+        q: &mut Queue,
+        limit: usize,
+        mut each: impl FnMut(Vec<u8>),
+    ) -> usize {
+        let mut used = Vec::new();
+        if let Ok(iter) = q.iter(mem) {
+            for chain in iter {
+                used.push(chain.head_index());
+                let mut bytes = Vec::new();
+                for d in chain.readable() {
+                    let n = (d.len() as usize).min(limit - bytes.len());
+                    if n == 0 || !mem.check_range(d.addr(), n, Permissions::Read) {
+                        continue;
+                    }
+                    let start = bytes.len();
+                    bytes.resize(start + n, 0);
+                    if mem.read_slice(&mut bytes[start..], d.addr()).is_err() {
+                        bytes.truncate(start);
+                    }
+                }
+                each(bytes);
+            }
+        }
+        for head in &used {
+            let _ = q.add_used(mem, *head, 0);
+        }
+        used.len()
+    }
+
     /// The guest's control messages (queue 3).
     fn process_control_tx(&mut self) -> bool {
         let Some(q) = self.queues.get_mut(3) else {
             return false;
         };
         let mut msgs = Vec::new();
-        let mut used = Vec::new();
-        if let Ok(iter) = q.iter(&self.mem) {
-            for chain in iter {
-                let head = chain.head_index();
-                let mut msg = Vec::new();
-                for d in chain.readable() {
-                    let mut buf = vec![0u8; (d.len() as usize).min(64 - msg.len().min(64))];
-                    if self.mem.read_slice(&mut buf, d.addr()).is_ok() {
-                        msg.extend_from_slice(&buf);
-                    }
-                }
-                if msg.len() >= 8 {
-                    msgs.push(msg);
-                }
-                used.push(head);
+        let taken = Self::take_readable(&self.mem, q, CONTROL_MAX, |m| {
+            if m.len() >= 8 {
+                msgs.push(m);
             }
-        }
-        for head in &used {
-            let _ = q.add_used(&self.mem, *head, 0);
-        }
+        });
         for m in msgs {
             self.handle_control(&m);
         }
@@ -234,43 +259,28 @@ impl Console {
         for port in 0..self.ports.len() {
             sent |= self.flush_rx(port);
         }
-        !used.is_empty() || sent
+        taken > 0 || sent
     }
 
     /// Data the guest sends on a port goes to the port's host socket (or nowhere while
     /// no host is connected, as with an unplugged chardev).
     fn process_tx(&mut self, port: usize, queue: usize) -> bool {
-        let Some(q) = self.queues.get_mut(queue) else {
+        let (Some(q), Some(p)) = (self.queues.get_mut(queue), self.ports.get_mut(port)) else {
             return false;
         };
-        let mut used = Vec::new();
-        let mut out = Vec::new();
-        if let Ok(iter) = q.iter(&self.mem) {
-            for chain in iter {
-                let head = chain.head_index();
-                for d in chain.readable() {
-                    let start = out.len();
-                    out.resize(start + d.len() as usize, 0);
-                    if self.mem.read_slice(&mut out[start..], d.addr()).is_err() {
-                        out.truncate(start);
-                    }
-                }
-                used.push(head);
+        let taken = Self::take_readable(&self.mem, q, TX_CHAIN_MAX, |bytes| {
+            tracing::debug!(
+                "virtio-console: guest sent {} bytes on port {port}",
+                bytes.len()
+            );
+            if p.host
+                .as_mut()
+                .is_some_and(|h| h.write_all(&bytes).is_err())
+            {
+                p.host = None;
             }
-        }
-        for head in &used {
-            let _ = q.add_used(&self.mem, *head, 0);
-        }
-        tracing::debug!(
-            "virtio-console: guest sent {} bytes on port {port}",
-            out.len()
-        );
-        if let Some(host) = self.ports.get_mut(port).and_then(|p| p.host.as_mut()) {
-            if host.write_all(&out).is_err() {
-                self.ports[port].host = None;
-            }
-        }
-        !used.is_empty()
+        });
+        taken > 0
     }
 
     /// The host end of `port` connected (or went away, `None`).
