@@ -9,7 +9,10 @@ use super::unpack::{unpack_layer, Limits};
 use super::{ImageError, ImageRecord, ImageStore, MEDIA_OCI_CONFIG, MEDIA_OCI_MANIFEST};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+/// Largest `index.json`, `manifest.json` or image config read from an archive.
+const MAX_JSON_FILE: u64 = 4 << 20;
 
 /// Loads every image of an archive; returns them with the names they were loaded as.
 pub fn load(
@@ -25,40 +28,42 @@ pub fn load(
     };
     let archive = super::unpack::decompress(archive)?;
     unpack_layer(archive, work, &limits).map_err(|e| ImageError::BadArchive(e.to_string()))?;
-    // Files of the archive are read only through this, which refuses to leave `work`.
-    let file = |name: &str| -> Result<PathBuf, ImageError> {
-        let p = Path::new(name);
-        if p.is_absolute()
-            || p.components()
-                .any(|c| matches!(c, std::path::Component::ParentDir))
-        {
+    // Files of the archive are read only through these, which open regular files beneath
+    // `work` and follow no link on the way (a symlinked directory can't redirect a read).
+    let file = |name: &str| -> Result<std::fs::File, ImageError> {
+        super::beneath::open_file(work, Path::new(name)).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                ImageError::BadArchive(format!("{name} is missing"))
+            } else if e.kind() == std::io::ErrorKind::InvalidInput {
+                ImageError::BadArchive(format!("path {name:?} leaves the archive: {e}"))
+            } else {
+                ImageError::BadArchive(format!("{name}: {e}"))
+            }
+        })
+    };
+    let read_json = |name: &str| -> Result<Vec<u8>, ImageError> {
+        let mut out = Vec::new();
+        file(name)?.take(MAX_JSON_FILE + 1).read_to_end(&mut out)?;
+        if out.len() as u64 > MAX_JSON_FILE {
             return Err(ImageError::BadArchive(format!(
-                "path {name:?} leaves the archive"
+                "{name} is larger than {MAX_JSON_FILE} bytes"
             )));
         }
-        let full = work.join(p);
-        let meta = std::fs::symlink_metadata(&full)
-            .map_err(|_| ImageError::BadArchive(format!("{name} is missing")))?;
-        if !meta.is_file() {
-            return Err(ImageError::BadArchive(format!(
-                "{name} is not a regular file"
-            )));
-        }
-        Ok(full)
+        Ok(out)
     };
     let mut out = Vec::new();
-    if work.join("index.json").exists() {
+    if file("index.json").is_ok() {
         let copy_blob = |digest: &str| -> Result<(), ImageError> {
             let hex = digest_hex(digest)?;
             if !store.blobs.exists(digest) {
-                let mut f = std::fs::File::open(file(&format!("blobs/sha256/{hex}"))?)?;
+                let mut f = file(&format!("blobs/sha256/{hex}"))?;
                 let mut w = store.blobs.writer(Some(digest))?;
                 std::io::copy(&mut f, &mut w)?;
                 w.commit()?;
             }
             Ok(())
         };
-        let index: Value = serde_json::from_slice(&std::fs::read(file("index.json")?)?)
+        let index: Value = serde_json::from_slice(&read_json("index.json")?)
             .map_err(|e| ImageError::BadArchive(format!("index.json: {e}")))?;
         let mut queue: Vec<(Value, Vec<String>)> = index["manifests"]
             .as_array()
@@ -107,8 +112,8 @@ pub fn load(
         }
         return Ok(out);
     }
-    if work.join("manifest.json").exists() {
-        let manifest: Value = serde_json::from_slice(&std::fs::read(file("manifest.json")?)?)
+    if file("manifest.json").is_ok() {
+        let manifest: Value = serde_json::from_slice(&read_json("manifest.json")?)
             .map_err(|e| ImageError::BadArchive(format!("manifest.json: {e}")))?;
         for entry in manifest
             .as_array()
@@ -117,20 +122,19 @@ pub fn load(
             let config_path = entry["Config"]
                 .as_str()
                 .ok_or_else(|| ImageError::BadArchive("entry without Config".into()))?;
-            let config = std::fs::read(file(config_path)?)?;
+            let config = read_json(config_path)?;
             let config_digest = store.blobs.put(&config, None)?;
             let mut layers = Vec::new();
             for l in entry["Layers"].as_array().into_iter().flatten() {
-                let p = file(
-                    l.as_str()
-                        .ok_or_else(|| ImageError::BadArchive("bad layer entry".into()))?,
-                )?;
+                let name = l
+                    .as_str()
+                    .ok_or_else(|| ImageError::BadArchive("bad layer entry".into()))?;
                 let mut w = store.blobs.writer(None)?;
-                let mut f = std::fs::File::open(&p)?;
+                let mut f = file(name)?;
                 std::io::copy(&mut f, &mut w)?;
                 let (digest, size) = w.commit()?;
                 let mut head = [0u8; 4];
-                let n = std::fs::File::open(&p)?.read(&mut head)?;
+                let n = file(name)?.read(&mut head)?;
                 let media = if n >= 2 && head[..2] == [0x1f, 0x8b] {
                     "application/vnd.oci.image.layer.v1.tar+gzip"
                 } else if n == 4 && head == [0x28, 0xb5, 0x2f, 0xfd] {
@@ -302,6 +306,35 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("leaves the archive"), "{err}");
+    }
+
+    /// A symlinked directory in the archive must not redirect a read out of it.
+    #[test]
+    fn reads_never_go_through_archive_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(dir.path(), Limits::default()).unwrap();
+        let outside = dir.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("c.json"), br#"{"rootfs":{"diff_ids":[]}}"#).unwrap();
+        let mut t = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        h.set_mode(0o777);
+        t.append_link(&mut h, "d", &outside).unwrap();
+        let m = br#"[{"Config":"d/c.json","RepoTags":["x:1"],"Layers":[]}]"#;
+        let mut h = tar::Header::new_gnu();
+        h.set_size(m.len() as u64);
+        h.set_mode(0o644);
+        t.append_data(&mut h, "manifest.json", &m[..]).unwrap();
+        let err = load(
+            &store,
+            std::io::Cursor::new(t.into_inner().unwrap()),
+            &dir.path().join("work"),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("d/c.json"), "{err}");
+        assert!(store.list().unwrap().is_empty());
     }
 
     #[test]

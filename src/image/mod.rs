@@ -13,6 +13,7 @@
 //! tarballs ([`ImageStore::import`]); all three end in [`ImageStore::commit_image`].
 pub mod archive;
 pub mod auth;
+pub mod beneath;
 pub mod blobs;
 pub mod progress;
 pub mod registry;

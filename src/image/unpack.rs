@@ -2,14 +2,19 @@
 //!
 //! The `tar` crate reads the archive; the writing is ours, because a layer needs rules
 //! the crate's `unpack` does not apply all of: every path is resolved lexically under the
-//! root (`..` and absolute paths refused), no parent directory may be a symlink (so a
-//! link planted by an earlier entry can't redirect a later one), hard links must point
-//! inside, device nodes are skipped, overlay whiteouts are applied, and size and entry
+//! root (`..` and absolute paths refused), and every file operation goes through
+//! [`beneath::Dir`], relative to directory descriptors opened with `O_NOFOLLOW`, so no
+//! parent and no target is ever a symlink (a link planted by one entry can't redirect
+//! another, not even the final pass that sets directory modes). Hard links must point at
+//! a regular file inside; FIFOs, sockets and device nodes are neither created nor opened;
+//! overlay whiteouts remove only a plain name inside their own directory; size and entry
 //! limits stop archive bombs.
-use std::fs;
+use super::beneath::{self, Dir, Kind, Meta};
+use std::ffi::{OsStr, OsString};
 use std::io::{self, BufRead, BufReader, Read};
-use std::os::unix::fs::{symlink, PermissionsExt};
-use std::path::{Component, Path, PathBuf};
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UnpackError {
@@ -17,6 +22,8 @@ pub enum UnpackError {
     Escape(String),
     #[error("entry {0:?} goes through a symbolic link")]
     ThroughSymlink(String),
+    #[error("whiteout {0:?} names no entry of its directory")]
+    BadWhiteout(String),
     #[error("layer is larger than the limit of {0} bytes")]
     TooLarge(u64),
     #[error("layer has more than {0} entries")]
@@ -55,61 +62,97 @@ pub fn decompress<R: Read + 'static>(r: R) -> io::Result<Box<dyn Read>> {
     }
 }
 
-/// Resolves an archive path to a path under `root`, lexically.
-fn safe_join(root: &Path, name: &Path) -> Result<PathBuf, UnpackError> {
-    let mut out = PathBuf::new();
+/// An archive path as plain components below the root, lexically (`..` refused).
+fn components(name: &Path) -> Result<Vec<OsString>, UnpackError> {
+    let mut out = Vec::new();
     for c in name.components() {
         match c {
-            Component::Normal(p) => out.push(p),
+            Component::Normal(p) => out.push(p.to_os_string()),
             Component::CurDir | Component::RootDir => {}
             Component::ParentDir | Component::Prefix(_) => {
                 return Err(UnpackError::Escape(name.display().to_string()))
             }
         }
     }
-    Ok(root.join(out))
+    Ok(out)
 }
 
-/// Refuses a path whose parents (below `root`) include a symlink or a non-directory;
-/// creates missing parents as directories.
-fn prepare_parents(root: &Path, path: &Path, name: &str) -> Result<(), UnpackError> {
-    let rel = path
-        .strip_prefix(root)
-        .map_err(|_| UnpackError::Escape(name.into()))?;
-    let mut cur = root.to_path_buf();
-    let comps: Vec<_> = rel.components().collect();
-    for c in comps.iter().take(comps.len().saturating_sub(1)) {
-        cur.push(c);
-        match fs::symlink_metadata(&cur) {
-            Ok(m) if m.file_type().is_symlink() => {
-                return Err(UnpackError::ThroughSymlink(name.into()))
-            }
-            Ok(m) if m.is_dir() => {}
-            Ok(_) => {
-                fs::remove_file(&cur)?;
-                fs::create_dir(&cur)?;
-            }
-            Err(_) => fs::create_dir(&cur)?,
+/// The tree being unpacked into, with the directory of the previous entry kept open
+/// (archives list a directory's entries together).
+struct Tree {
+    root: Dir,
+    last: Option<(Vec<OsString>, Dir)>,
+}
+
+/// Parents created because an entry needed them get Docker's default mode.
+const IMPLICIT_DIR: Meta = Meta {
+    mode: 0o755,
+    uid: 0,
+    gid: 0,
+    mtime: 0,
+};
+
+impl Tree {
+    /// The directory `path` names, walked one component at a time without following
+    /// anything. With `create`, missing directories are made and non-directories are
+    /// replaced by directories; a symlink on the way is refused either way. Without
+    /// `create`, `None` when the walk does not end at a directory.
+    fn dir(
+        &mut self,
+        path: &[OsString],
+        create: bool,
+        name: &str,
+    ) -> Result<Option<&Dir>, UnpackError> {
+        if path.is_empty() {
+            return Ok(Some(&self.root));
         }
+        if self.last.as_ref().map(|(p, _)| p.as_slice()) != Some(path) {
+            self.last = None;
+            let mut cur: Option<Dir> = None;
+            for c in path {
+                let parent = cur.as_ref().unwrap_or(&self.root);
+                let next = match parent.kind(c)? {
+                    Some(Kind::Dir) => parent.open_dir(c)?,
+                    Some(Kind::Symlink) => return Err(UnpackError::ThroughSymlink(name.into())),
+                    _ if !create => None,
+                    existing => {
+                        if existing.is_some() {
+                            parent.remove_all(c)?;
+                        }
+                        parent.mkdir(c)?;
+                        let d = parent.open_dir(c)?;
+                        if let Some(d) = &d {
+                            d.set_meta(&IMPLICIT_DIR)?;
+                        }
+                        d
+                    }
+                };
+                match next {
+                    Some(d) => cur = Some(d),
+                    None if !create => return Ok(None),
+                    None => return Err(UnpackError::ThroughSymlink(name.into())),
+                }
+            }
+            self.last = cur.map(|d| (path.to_vec(), d));
+        }
+        Ok(self.last.as_ref().map(|(_, d)| d))
     }
-    Ok(())
-}
 
-fn remove_any(path: &Path) -> io::Result<()> {
-    match fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
-        Ok(_) => fs::remove_file(path),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
+    fn forget(&mut self) {
+        self.last = None;
     }
 }
 
 /// Unpacks one layer over `root`; returns the bytes of file content written.
 pub fn unpack_layer(reader: impl Read, root: &Path, limits: &Limits) -> Result<u64, UnpackError> {
     let mut archive = tar::Archive::new(reader);
+    let mut tree = Tree {
+        root: Dir::open(root)?,
+        last: None,
+    };
     let mut total: u64 = 0;
     let mut entries: u64 = 0;
-    let mut dirs: Vec<(PathBuf, u32, u64)> = Vec::new();
+    let mut dirs: Vec<(Vec<OsString>, Meta)> = Vec::new();
     for entry in archive
         .entries()
         .map_err(|e| UnpackError::Corrupt(e.to_string()))?
@@ -124,60 +167,67 @@ pub fn unpack_layer(reader: impl Read, root: &Path, limits: &Limits) -> Result<u
             .map_err(|e| UnpackError::Corrupt(e.to_string()))?
             .into_owned();
         let name = name_path.display().to_string();
-        let path = safe_join(root, &name_path)?;
-        if path == root {
-            continue;
-        }
-        prepare_parents(root, &path, &name)?;
-        let file_name = path
-            .file_name()
-            .map(|f| f.to_string_lossy().to_string())
-            .unwrap_or_default();
+        let mut comps = components(&name_path)?;
+        let Some(file_name) = comps.pop() else {
+            continue; // the root itself
+        };
+        let header = entry.header().clone();
+        let meta = Meta {
+            mode: header.mode().unwrap_or(0o644) & 0o7777,
+            uid: header.uid().unwrap_or(0) as u32,
+            gid: header.gid().unwrap_or(0) as u32,
+            mtime: header.mtime().unwrap_or(0),
+        };
+        let kind = header.entry_type();
         // Overlay whiteouts: `.wh..wh..opq` empties the directory, `.wh.x` deletes x.
-        if file_name == ".wh..wh..opq" {
-            if let Some(dir) = path.parent() {
-                for e in fs::read_dir(dir)?.flatten() {
-                    remove_any(&e.path())?;
+        // Both act only inside the directory they are in.
+        let fname = file_name.as_bytes();
+        if fname == b".wh..wh..opq" {
+            if let Some(parent) = tree.dir(&comps, false, &name)? {
+                for e in parent.entries()? {
+                    parent.remove_all(&e)?;
                 }
             }
+            tree.forget();
             continue;
         }
-        if let Some(victim) = file_name.strip_prefix(".wh.") {
-            remove_any(&path.with_file_name(victim))?;
+        if let Some(victim) = fname.strip_prefix(b".wh.") {
+            let victim = OsStr::from_bytes(victim);
+            if !beneath::is_plain_name(victim) {
+                return Err(UnpackError::BadWhiteout(name));
+            }
+            if let Some(parent) = tree.dir(&comps, false, &name)? {
+                parent.remove_all(victim)?;
+            }
+            tree.forget();
             continue;
         }
-        let header = entry.header().clone();
-        let mode = header.mode().unwrap_or(0o644) & 0o7777;
-        let mtime = header.mtime().unwrap_or(0);
-        let (uid, gid) = (
-            header.uid().unwrap_or(0) as u32,
-            header.gid().unwrap_or(0) as u32,
-        );
-        let kind = header.entry_type();
-        if !kind.is_dir() {
-            remove_any(&path)?;
-        }
+        let parent = tree.dir(&comps, true, &name)?.expect("created");
+        let existing = parent.kind(&file_name)?;
         match kind {
             tar::EntryType::Directory => {
-                match fs::symlink_metadata(&path) {
-                    Ok(m) if m.is_dir() => {}
-                    Ok(_) => {
-                        fs::remove_file(&path)?;
-                        fs::create_dir(&path)?;
+                if existing != Some(Kind::Dir) {
+                    if existing.is_some() {
+                        parent.remove_all(&file_name)?;
                     }
-                    Err(_) => fs::create_dir(&path)?,
+                    parent.mkdir(&file_name)?;
                 }
-                dirs.push((path.clone(), mode, mtime));
+                let mut path = comps;
+                path.push(file_name);
+                dirs.push((path, meta));
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 let size = header.size().unwrap_or(0);
                 if total.saturating_add(size) > limits.max_bytes {
                     return Err(UnpackError::TooLarge(limits.max_bytes));
                 }
-                let mut f = fs::File::create(&path)?;
+                if existing.is_some() {
+                    parent.remove_all(&file_name)?;
+                }
+                let mut f = parent.create_file(&file_name)?;
                 let copied = io::copy(&mut (&mut entry).take(size), &mut f)?;
                 total += copied;
-                fs::set_permissions(&path, fs::Permissions::from_mode(mode))?;
+                beneath::set_meta(f.as_fd(), &meta)?;
             }
             tar::EntryType::Symlink => {
                 let target = entry
@@ -186,8 +236,12 @@ pub fn unpack_layer(reader: impl Read, root: &Path, limits: &Limits) -> Result<u
                     .ok_or_else(|| {
                         UnpackError::Corrupt(format!("symlink {name} without target"))
                     })?;
+                if existing.is_some() {
+                    parent.remove_all(&file_name)?;
+                }
                 // The target is only text inside the image; it is never followed here.
-                symlink(&target, &path)?;
+                parent.symlink(&target, &file_name)?;
+                let _ = parent.lchown(&file_name, meta.uid, meta.gid);
             }
             tar::EntryType::Link => {
                 let target = entry
@@ -195,54 +249,93 @@ pub fn unpack_layer(reader: impl Read, root: &Path, limits: &Limits) -> Result<u
                     .map_err(|e| UnpackError::Corrupt(e.to_string()))?
                     .ok_or_else(|| {
                         UnpackError::Corrupt(format!("hard link {name} without target"))
-                    })?;
-                let target_path = safe_join(root, &target)?;
-                prepare_parents(root, &target_path, &name)?;
-                let meta = fs::symlink_metadata(&target_path).map_err(|_| {
+                    })?
+                    .into_owned();
+                let mut tcomps = components(&target)?;
+                let tname = tcomps
+                    .pop()
+                    .ok_or_else(|| UnpackError::Corrupt(format!("hard link {name} to the root")))?;
+                if tcomps == comps && tname == file_name {
+                    continue; // a link to itself changes nothing
+                }
+                let missing = || {
                     UnpackError::Corrupt(format!(
                         "hard link {name} to missing {}",
                         target.display()
                     ))
-                })?;
-                if !meta.is_file() {
-                    return Err(UnpackError::Corrupt(format!(
-                        "hard link {name} to a non-file"
-                    )));
+                };
+                // Both directories open at once: the target's is opened apart from the cache.
+                let tdir = open_walk(&tree.root, &tcomps, Some(&name))?.ok_or_else(missing)?;
+                match tdir.kind(&tname)? {
+                    Some(Kind::File) => {}
+                    None => return Err(missing()),
+                    Some(_) => {
+                        return Err(UnpackError::Corrupt(format!(
+                            "hard link {name} to a non-file"
+                        )))
+                    }
                 }
-                fs::hard_link(&target_path, &path)?;
-                continue;
+                let parent = tree.dir(&comps, true, &name)?.expect("created");
+                if existing.is_some() {
+                    parent.remove_all(&file_name)?;
+                }
+                parent.hard_link(&tdir, &tname, &file_name)?;
             }
             // Device nodes, FIFOs and anything else are not created from images.
-            _ => continue,
-        }
-        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
-            .map_err(|e| UnpackError::Corrupt(e.to_string()))?;
-        // SAFETY: lchown gets a valid NUL-terminated path and never follows a symlink.
-        unsafe {
-            libc::lchown(c.as_ptr(), uid, gid);
-        }
-        if !kind.is_symlink() && !kind.is_dir() {
-            set_mtime(&path, mtime);
+            _ => {}
         }
     }
     // Directory modes and times last, so that read-only dirs did not block their content.
-    for (path, mode, mtime) in dirs.into_iter().rev() {
-        fs::set_permissions(&path, fs::Permissions::from_mode(mode))?;
-        set_mtime(&path, mtime);
+    // Each is reopened without following links: a directory a later entry replaced by a
+    // symlink (or anything else) is skipped, not followed.
+    tree.forget();
+    for (path, meta) in dirs.into_iter().rev() {
+        let (last, parents) = path.split_last().expect("non-empty");
+        if let Some(parent) = open_walk(&tree.root, parents, None)? {
+            if let Some(d) = parent.open_dir(last)? {
+                d.set_meta(&meta)?;
+            }
+        }
     }
     Ok(total)
 }
 
-fn set_mtime(path: &Path, mtime: u64) {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(mtime);
-    if let Ok(f) = fs::File::open(path) {
-        let _ = f.set_modified(t);
+/// Opens the directory `path` under `root` without creating or following anything;
+/// `None` when it does not lead to a directory. A symlink on the way is refused as
+/// entry `name`'s error, or, without a name, taken as not leading anywhere.
+fn open_walk(
+    root: &Dir,
+    path: &[OsString],
+    name: Option<&str>,
+) -> Result<Option<Dir>, UnpackError> {
+    let mut cur: Option<Dir> = None;
+    for c in path {
+        let parent = cur.as_ref().unwrap_or(root);
+        match parent.kind(c)? {
+            Some(Kind::Dir) => match parent.open_dir(c)? {
+                Some(d) => cur = Some(d),
+                None => return Ok(None),
+            },
+            Some(Kind::Symlink) => {
+                return match name {
+                    Some(n) => Err(UnpackError::ThroughSymlink(n.into())),
+                    None => Ok(None),
+                }
+            }
+            _ => return Ok(None),
+        }
+    }
+    match cur {
+        Some(d) => Ok(Some(d)),
+        None => Ok(Some(root.try_clone()?)),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
 
     fn tar_with(build: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {
         let mut b = tar::Builder::new(Vec::new());
@@ -323,6 +416,136 @@ mod tests {
                 "case {i} wrote outside"
             );
         }
+    }
+
+    fn entry(b: &mut tar::Builder<Vec<u8>>, kind: tar::EntryType, name: &str, mode: u32) {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(0);
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_mtime(1);
+        let raw = &mut h.as_old_mut().name;
+        raw[..name.len()].copy_from_slice(name.as_bytes());
+        h.set_cksum();
+        b.append(&h, &[][..]).unwrap();
+    }
+
+    fn mode_of(p: &Path) -> u32 {
+        use std::os::unix::fs::MetadataExt;
+        fs::symlink_metadata(p).unwrap().mode() & 0o7777
+    }
+
+    /// The review's C1: a directory entry, then a symlink in its place, then anything.
+    /// The final pass that sets directory modes must not follow the planted link.
+    #[test]
+    fn directory_replaced_by_a_symlink_leaves_its_target_alone() {
+        use std::os::unix::fs::MetadataExt;
+        let outer = tempfile::tempdir().unwrap();
+        let victim = outer.path().join("victim");
+        fs::write(&victim, b"host data").unwrap();
+        fs::set_permissions(&victim, fs::Permissions::from_mode(0o640)).unwrap();
+        let before = fs::metadata(&victim).unwrap();
+        let fifo = outer.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        for target in [&victim, &fifo] {
+            let root = tempfile::tempdir_in(outer.path()).unwrap();
+            let t = tar_with(|b| {
+                entry(b, tar::EntryType::Directory, "x", 0o6777);
+                link(b, tar::EntryType::Symlink, "x", target.to_str().unwrap());
+                file(b, "y", b"anything");
+            });
+            // Would block forever if the FIFO were opened.
+            unpack_layer(&t[..], root.path(), &Limits::default()).unwrap();
+            assert_eq!(fs::read_link(root.path().join("x")).unwrap(), *target);
+        }
+        let after = fs::metadata(&victim).unwrap();
+        assert_eq!(after.mode(), before.mode());
+        assert_eq!(after.mtime(), before.mtime());
+        assert_eq!(after.uid(), before.uid());
+        assert_eq!(fs::read(&victim).unwrap(), b"host data");
+        assert_eq!(mode_of(&fifo), 0o600);
+    }
+
+    #[test]
+    fn whiteouts_stay_in_their_directory() {
+        let outer = tempfile::tempdir().unwrap();
+        let root = outer.path().join("root");
+        fs::create_dir(&root).unwrap();
+        fs::write(outer.path().join("sibling"), b"keep").unwrap();
+        let base = tar_with(|b| {
+            file(b, "a/b/f", b"x");
+            file(b, "a/g", b"x");
+        });
+        unpack_layer(&base[..], &root, &Limits::default()).unwrap();
+        for bad in [".wh..", ".wh...", "a/.wh..", "a/b/.wh...", ".wh."] {
+            let t = tar_with(|b| file(b, bad, b""));
+            let err = unpack_layer(&t[..], &root, &Limits::default()).unwrap_err();
+            assert!(matches!(err, UnpackError::BadWhiteout(_)), "{bad}: {err}");
+            assert!(root.join("a/b/f").exists(), "{bad} removed content");
+            assert!(outer.path().join("sibling").exists(), "{bad} left the root");
+        }
+        // An opaque whiteout under a missing or symlinked parent removes nothing.
+        let t = tar_with(|b| {
+            file(b, "nope/.wh..wh..opq", b"");
+            link(b, tar::EntryType::Symlink, "up", "..");
+        });
+        unpack_layer(&t[..], &root, &Limits::default()).unwrap();
+        let t = tar_with(|b| file(b, "up/.wh..wh..opq", b""));
+        assert!(unpack_layer(&t[..], &root, &Limits::default()).is_err());
+        assert!(outer.path().join("sibling").exists());
+        // The real thing empties only its own directory.
+        let t = tar_with(|b| file(b, "a/b/.wh..wh..opq", b""));
+        unpack_layer(&t[..], &root, &Limits::default()).unwrap();
+        assert!(!root.join("a/b/f").exists());
+        assert!(root.join("a/b").is_dir());
+        assert!(root.join("a/g").exists());
+    }
+
+    #[test]
+    fn setuid_bits_and_special_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = tar_with(|b| {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(3);
+            h.set_mode(0o4755);
+            h.set_entry_type(tar::EntryType::Regular);
+            b.append_data(&mut h, "bin/su", &b"ELF"[..]).unwrap();
+            entry(b, tar::EntryType::Char, "dev/null", 0o666);
+            entry(b, tar::EntryType::Block, "dev/vda", 0o660);
+            entry(b, tar::EntryType::Fifo, "run/pipe", 0o600);
+            entry(b, tar::EntryType::Directory, "tmp", 0o1777);
+        });
+        unpack_layer(&t[..], dir.path(), &Limits::default()).unwrap();
+        // The image's own setuid binary keeps its bit (hyperd's root is 0700, so no
+        // other local user reaches it); nothing special is created.
+        assert_eq!(mode_of(&dir.path().join("bin/su")), 0o4755);
+        assert_eq!(mode_of(&dir.path().join("tmp")), 0o1777);
+        for special in ["dev/null", "dev/vda", "run/pipe"] {
+            assert!(
+                fs::symlink_metadata(dir.path().join(special)).is_err(),
+                "{special}"
+            );
+        }
+    }
+
+    #[test]
+    fn hard_links_only_to_files_inside() {
+        let outer = tempfile::tempdir().unwrap();
+        let root = outer.path().join("root");
+        fs::create_dir(&root).unwrap();
+        fs::write(outer.path().join("secret"), b"s").unwrap();
+        let t = tar_with(|b| {
+            link(b, tar::EntryType::Symlink, "s", "../secret");
+            link(b, tar::EntryType::Link, "h", "s");
+        });
+        assert!(unpack_layer(&t[..], &root, &Limits::default()).is_err());
+        assert!(fs::symlink_metadata(root.join("h")).is_err());
+        let t = tar_with(|b| {
+            link(b, tar::EntryType::Symlink, "d", "..");
+            link(b, tar::EntryType::Link, "h2", "d/secret");
+        });
+        assert!(unpack_layer(&t[..], &root, &Limits::default()).is_err());
+        assert!(fs::symlink_metadata(root.join("h2")).is_err());
     }
 
     #[test]
