@@ -5,12 +5,14 @@
 //! - [`image`]: the local image store (import, unpack, read-only rootfs images).
 //! - [`vm`]: the VM drivers (qemu microvm today) and the host side of the agent channel.
 //! - [`client`]: the typed client used by `hyperctl` and the tests.
+//! - [`root_dir`]: the private state directory.
 pub mod api;
 pub mod client;
 pub mod config;
 pub mod engine;
 pub mod ids;
 pub mod image;
+pub mod root_dir;
 pub mod spec;
 pub mod store;
 pub mod vm;

@@ -88,8 +88,16 @@ async fn main() -> anyhow::Result<()> {
     }
     let driver = Driver::select(&cfg.driver, &cfg.accel).map_err(anyhow::Error::msg)?;
     tracing::info!("VM driver: {}", driver.describe());
-    std::fs::create_dir_all(&cfg.root)
-        .with_context(|| format!("creating {}", cfg.root.display()))?;
+    hyperd::root_dir::private_umask();
+    let tightened = hyperd::root_dir::prepare(&cfg.root)
+        .with_context(|| format!("preparing {}", cfg.root.display()))?;
+    if !tightened.is_empty() {
+        tracing::warn!(
+            count = tightened.len(),
+            first = %tightened[0].display(),
+            "state directory was readable by others: tightened to 0700 directories and 0600 files"
+        );
+    }
     let engine = Arc::new(Engine::new(cfg, driver).map_err(|e| anyhow::anyhow!("{e}"))?);
     engine.recover().await;
     let listener = hyperd::api::server::bind(&socket)

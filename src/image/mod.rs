@@ -444,16 +444,26 @@ impl ImageStore {
             .map_err(|e| ImageError::BadImage(format!("config: {e}")))?;
         let hex = digest_hex(&config_digest)?.to_string();
         if !self.image_dir(&hex).join("record.json").exists() {
-            let rec = self.build_image(&manifest, manifest_digest, &config_digest, &config)?;
+            // Each build has its own erofs file: concurrent commits of one image never
+            // write into the same one.
+            let erofs = self
+                .dir
+                .join("tmp")
+                .join(format!("{hex}-{}.erofs", crate::ids::random_hex(8)));
+            let built = self.build_image(&manifest, manifest_digest, &config_digest, &config, &erofs);
+            let rec = match built {
+                Ok(rec) => rec,
+                Err(e) => {
+                    let _ = std::fs::remove_file(&erofs);
+                    return Err(e);
+                }
+            };
             let tmp = self.dir.join("tmp").join(crate::ids::random_hex(8));
             std::fs::create_dir_all(&tmp)?;
             let result = (|| {
                 let staged = tmp.join("image");
                 std::fs::create_dir(&staged)?;
-                std::fs::rename(
-                    self.dir.join("tmp").join(format!("{hex}.erofs")),
-                    staged.join("rootfs.erofs"),
-                )?;
+                std::fs::rename(&erofs, staged.join("rootfs.erofs"))?;
                 write_atomic(
                     &staged.join("record.json"),
                     &serde_json::to_vec_pretty(&rec).expect("json"),
@@ -466,20 +476,21 @@ impl ImageStore {
                 Ok::<_, ImageError>(())
             })();
             let _ = std::fs::remove_dir_all(&tmp);
-            let _ = std::fs::remove_file(self.dir.join("tmp").join(format!("{hex}.erofs")));
+            let _ = std::fs::remove_file(&erofs);
             result?;
         }
         self.add_references(&config_digest, names)?;
         self.load(&config_digest)
     }
 
-    /// Unpacks and checks the layers, builds `tmp/<hex>.erofs`, returns the record.
+    /// Unpacks and checks the layers, builds the erofs file `erofs`, returns the record.
     fn build_image(
         &self,
         manifest: &Value,
         manifest_digest: &str,
         config_digest: &str,
         config: &Value,
+        erofs: &Path,
     ) -> Result<ImageRecord, ImageError> {
         let layers = manifest["layers"].as_array().cloned().unwrap_or_default();
         let diff_ids: Vec<String> = config["rootfs"]["diff_ids"]
@@ -497,10 +508,12 @@ impl ImageStore {
                 diff_ids.len()
             )));
         }
-        let hex = digest_hex(config_digest)?;
+        digest_hex(config_digest)?;
         let work = self.dir.join("tmp").join(crate::ids::random_hex(8));
         let root = work.join("rootfs");
         std::fs::create_dir_all(&root)?;
+        // The guest's `/`: readable by every user there, whatever the daemon's umask.
+        std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
         let result = (|| {
             let mut records = Vec::new();
             let mut size = 0;
@@ -532,7 +545,7 @@ impl ImageStore {
                     diff_id,
                 });
             }
-            rootfs::make_erofs(&root, &self.dir.join("tmp").join(format!("{hex}.erofs")))?;
+            rootfs::make_erofs(&root, erofs)?;
             let c = &config["config"];
             let strings = |v: &Value| -> Vec<String> {
                 v.as_array()
