@@ -17,8 +17,9 @@ pub struct Config {
     pub accel: String,
     /// How long a VM may take from launch to the agent's first answer.
     pub boot_timeout: std::time::Duration,
-    /// Registries spoken to over plain HTTP (besides loopback ones).
-    pub insecure_registries: Vec<String>,
+    /// Plain-HTTP registries, trusted token realms and the bounds of what a registry
+    /// may send.
+    pub registry: crate::image::registry::RegistryOptions,
     /// Largest unpacked size of one image layer (bytes); protects against archive bombs.
     pub max_layer_bytes: u64,
 }

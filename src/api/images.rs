@@ -62,9 +62,16 @@ fn credentials(
         .get("X-Registry-Auth")
         .and_then(|v| v.to_str().ok())
     {
-        let cfg = decode_header(h)?;
-        if cfg.credentials().is_some() || !cfg.registrytoken.is_empty() {
-            return Ok(cfg);
+        // Undecodable is anonymous, as Docker and hyperd have it.
+        match decode_header(h) {
+            Ok(cfg) if cfg.credentials().is_some() || !cfg.registrytoken.is_empty() => {
+                return Ok(cfg)
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!("X-Registry-Auth ignored: {e}");
+                return Ok(AuthConfig::default());
+            }
         }
     }
     Ok(engine.credentials.get(registry).unwrap_or_default())
@@ -97,11 +104,15 @@ pub async fn create(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
     }
     let image = ImageRef::parse(&reference)?;
     let auth = credentials(engine, &req, &image.registry)?;
-    let r = Arc::new(Registry::new(
-        image,
-        auth.registry_auth(),
-        &engine.cfg.insecure_registries,
-    ));
+    let r = Arc::new(
+        Registry::connect(
+            image,
+            &auth,
+            &engine.cfg.registry,
+            oci_client::RegistryOperation::Pull,
+        )
+        .await?,
+    );
     // Resolved before answering, so a wrong login or a missing image gets its status.
     let resolved = registry::resolve(&r).await?;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -136,7 +147,7 @@ async fn import(engine: &Arc<Engine>, req: Request<Incoming>, reference: String)
 }
 
 /// The request body as a blocking reader (for a blocking thread).
-fn body_reader(req: Request<Incoming>) -> impl std::io::Read + Send + 'static {
+pub(crate) fn body_reader(req: Request<Incoming>) -> impl std::io::Read + Send + 'static {
     let stream = req
         .into_body()
         .into_data_stream()
@@ -159,7 +170,13 @@ pub async fn push(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
         None => engine.images.resolve(&image.familiar())?,
     };
     let auth = credentials(engine, &req, &image.registry)?;
-    let r = Registry::new(image, auth.registry_auth(), &engine.cfg.insecure_registries);
+    let r = Registry::connect(
+        image,
+        &auth,
+        &engine.cfg.registry,
+        oci_client::RegistryOperation::Push,
+    )
+    .await?;
     r.client
         .auth(&r.image.oci(), &r.auth, oci_client::RegistryOperation::Push)
         .await
@@ -190,8 +207,15 @@ pub async fn auth(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
         return Err(ApiError::bad_request("username and password are required"));
     }
     let registry = registry_key(&cfg.serveraddress);
-    let plain = registry::plain_http(&registry, &engine.cfg.insecure_registries);
-    crate::image::auth::check_login(&registry, &cfg, plain).await?;
+    let policy = crate::image::auth::AuthPolicy {
+        scheme: if registry::plain_http(&registry, &engine.cfg.registry.insecure) {
+            "http"
+        } else {
+            "https"
+        },
+        trusted_realms: engine.cfg.registry.trusted_realms.clone(),
+    };
+    crate::image::auth::check_login(&registry, &cfg, &policy).await?;
     engine.credentials.save(&registry, &cfg)?;
     tracing::info!(registry = %registry, user = %cfg.username, "login stored");
     ok_json(json!({ "Status": "Login Succeeded", "IdentityToken": "" }))

@@ -5,6 +5,7 @@
 //! - [`attach`]: hijacked connections (`Upgrade: tcp`) with Docker's stdcopy framing.
 //! - [`http`]: request and response helpers shared by the handlers.
 pub mod attach;
+pub mod base64_field;
 pub mod compat;
 pub mod containers;
 

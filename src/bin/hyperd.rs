@@ -43,6 +43,23 @@ struct Args {
     /// A registry to speak plain HTTP to (repeatable); loopback registries always are.
     #[arg(long = "insecure-registry")]
     insecure_registries: Vec<String>,
+    /// A token realm host, besides a registry's own, that may receive credentials
+    /// (repeatable; Docker Hub's auth.docker.io is trusted for docker.io).
+    #[arg(long = "trusted-auth-realm")]
+    trusted_auth_realms: Vec<String>,
+    /// Largest manifest or index a registry may send, in bytes.
+    #[arg(long, env = "HYPERD_MAX_MANIFEST_BYTES", default_value_t = 4 << 20)]
+    max_manifest_bytes: u64,
+    /// Largest image config a registry may send, in bytes.
+    #[arg(long, env = "HYPERD_MAX_CONFIG_BYTES", default_value_t = 8 << 20)]
+    max_config_bytes: u64,
+    /// Most layers an image may have.
+    #[arg(long, env = "HYPERD_MAX_IMAGE_LAYERS", default_value_t = 128)]
+    max_image_layers: usize,
+    /// Largest image a pull may bring (its compressed layers), in bytes; also the cap
+    /// of a blob whose size is not declared.
+    #[arg(long, env = "HYPERD_MAX_IMAGE_BYTES", default_value_t = 32 << 30)]
+    max_image_bytes: u64,
     /// Largest unpacked size of one image layer, in bytes (against archive bombs).
     #[arg(long, env = "HYPERD_MAX_LAYER_BYTES", default_value_t = 16 << 30)]
     max_layer_bytes: u64,
@@ -71,7 +88,14 @@ async fn main() -> anyhow::Result<()> {
         driver: args.driver.clone(),
         accel: args.accel.clone(),
         boot_timeout: std::time::Duration::from_secs(args.boot_timeout),
-        insecure_registries: args.insecure_registries.clone(),
+        registry: hyperd::image::registry::RegistryOptions {
+            insecure: args.insecure_registries.clone(),
+            trusted_realms: args.trusted_auth_realms.clone(),
+            max_manifest_bytes: args.max_manifest_bytes,
+            max_config_bytes: args.max_config_bytes,
+            max_layers: args.max_image_layers,
+            max_image_bytes: args.max_image_bytes,
+        },
         max_layer_bytes: args.max_layer_bytes,
     };
     for (what, path, how) in [

@@ -70,7 +70,7 @@ impl Engine {
             self.place(&pod, &vm, &c).await?;
         }
         pod.containers.write().unwrap().push(c.clone());
-        self.persist(&pod);
+        self.persist(&pod)?;
         drop(_op);
         Ok((pod, c))
     }
@@ -120,13 +120,13 @@ impl Engine {
         };
         if let Err(e) = vm.agent.call(op, AGENT_TIMEOUT).await {
             mark_exited(&c.io, &c.status, 127);
-            self.persist(&pod);
+            self.persist_in_background(&pod);
             return Err(EngineError::BadRequest(format!(
                 "container {}: {e}",
                 c.name()
             )));
         }
-        self.persist(&pod);
+        self.persist(&pod)?;
         Ok(c)
     }
 
@@ -188,7 +188,7 @@ impl Engine {
         }
         pod.containers.write().unwrap().retain(|x| x.id != c.id);
         let _ = std::fs::remove_file(&c.io.log_path);
-        self.persist(&pod);
+        self.persist(&pod)?;
         Ok(())
     }
 
@@ -209,7 +209,7 @@ impl Engine {
             )));
         }
         c.set_name(new_name.to_string());
-        self.persist(&pod);
+        self.persist(&pod)?;
         Ok(c)
     }
 }

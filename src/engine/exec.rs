@@ -316,7 +316,7 @@ impl Engine {
             }
             current.extend(labels);
         }
-        self.persist(&pod);
+        self.persist(&pod)?;
         Ok(pod)
     }
 
@@ -351,7 +351,7 @@ impl Engine {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(vm.pid as i32), sig)
             .map_err(|e| EngineError::Internal(format!("{sig}: {e}")))?;
         pod.set_phase(to);
-        self.persist(&pod);
+        self.persist(&pod)?;
         drop(_op);
         Ok(pod)
     }

@@ -391,11 +391,15 @@ impl Engine {
         use crate::image::registry;
         let image = crate::image::ImageRef::parse(reference)?;
         let creds = self.credentials.get(&image.registry).unwrap_or_default();
-        let r = Arc::new(registry::Registry::new(
-            image,
-            creds.registry_auth(),
-            &self.cfg.insecure_registries,
-        ));
+        let r = Arc::new(
+            registry::Registry::connect(
+                image,
+                &creds,
+                &self.cfg.registry,
+                oci_client::RegistryOperation::Pull,
+            )
+            .await?,
+        );
         let resolved = registry::resolve(&r).await?;
         let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
         registry::pull(self.images.clone(), r, resolved, tx).await
@@ -478,9 +482,12 @@ impl Engine {
                 pod.name
             )));
         }
+        if let Err(e) = self.persist(&pod) {
+            let _ = std::fs::remove_dir_all(&pod.dir);
+            return Err(e);
+        }
         pods.insert(id, pod.clone());
         tracing::info!(pod = %pod.id, name = %pod.name, "pod created");
-        self.persist(&pod);
         Ok(pod)
     }
 
@@ -509,7 +516,7 @@ impl Engine {
             Ok(v) => v,
             Err(e) => {
                 pod.set_phase(PodPhase::Failed);
-                self.persist(&pod);
+                self.persist_in_background(&pod);
                 return Err(e);
             }
         };
@@ -573,7 +580,7 @@ impl Engine {
                 pod.id
             )));
         }
-        self.persist(&pod);
+        self.persist(&pod)?;
         drop(_op);
         Ok(pod)
     }
@@ -697,7 +704,7 @@ async fn restart_container(
             }
         }
     }
-    engine.persist(&pod);
+    engine.persist_in_background(&pod);
 }
 
 /// Records a process's exit (the first report wins) and ends its attached streams.
@@ -758,7 +765,7 @@ async fn monitor(
                         vm.agent.clone(),
                     ));
                 }
-                engine.persist(&pod);
+                engine.persist_in_background(&pod);
             } else if let Some(e) = pod.exec_by_stream(stream) {
                 mark_exited(&e.io, &e.status, code);
                 return;
@@ -808,7 +815,7 @@ async fn monitor(
     if let Some(vm_id) = dir.file_name() {
         crate::vm::host::remove_cpu_cgroup(&vm_id.to_string_lossy());
     }
-    engine.persist(&pod);
+    engine.persist_in_background(&pod);
     let _ = gone.send(true);
     if pod.spec.auto_remove && pod.phase() != PodPhase::Running {
         let id = pod.id.clone();

@@ -4,6 +4,7 @@
 //! what exited meanwhile; pods whose VM died are marked exited and their leftovers freed.
 use super::io::{ContainerIo, IoState};
 use super::{mark_exited, monitor, Container, ContainerStatus, Engine, Pod, PodPhase, VmRuntime};
+use crate::engine::EngineError;
 use crate::image::ImageRecord;
 use crate::spec::{ContainerSpec, PodSpec};
 use crate::vm::agent::AgentClient;
@@ -57,8 +58,9 @@ struct PodRecord {
 }
 
 impl Engine {
-    /// Writes a pod's current state to the store.
-    pub fn persist(&self, pod: &Pod) {
+    /// Writes a pod's current state to the store; a request whose change cannot be
+    /// stored fails with the error.
+    pub fn persist(&self, pod: &Pod) -> Result<(), EngineError> {
         let vm = pod
             .vm()
             .map(|v| VmRecord {
@@ -91,9 +93,16 @@ impl Engine {
                 })
                 .collect(),
         };
-        if let Err(e) = self.store.put_pod(&pod.id, &record) {
+        self.store.put_pod(&pod.id, &record).map_err(|e| {
             tracing::error!(pod = %pod.id, "cannot record pod: {e}");
-        }
+            EngineError::Internal(format!("cannot record pod {}: {e}", pod.id))
+        })
+    }
+
+    /// [`Engine::persist`] where no request waits for the answer (VM events, recovery):
+    /// the error is logged, and the next change records the pod again.
+    pub fn persist_in_background(&self, pod: &Pod) {
+        let _ = self.persist(pod);
     }
 
     /// Rebuilds the pods of the store (their VMs not yet re-attached).
@@ -211,7 +220,7 @@ impl Engine {
                             pod.dir.join("console.log"),
                         );
                         let _ = std::fs::remove_dir_all(&vm.dir);
-                        engine.persist(&pod);
+                        engine.persist_in_background(&pod);
                     }
                 }
             });
@@ -281,7 +290,7 @@ impl Engine {
         } else {
             PodPhase::Running
         });
-        self.persist(pod);
+        self.persist_in_background(pod);
         let running = RunningVm {
             pid: vm.pid,
             agent: agent.clone(),

@@ -149,38 +149,115 @@ impl CredentialStore {
     }
 }
 
-/// Checks credentials against a registry: `GET /v2/` with basic auth, or, when the
-/// registry answers with a bearer challenge, a token request to its realm.
-pub async fn check_login(
-    registry: &str,
-    cfg: &AuthConfig,
-    plain_http: bool,
-) -> Result<(), ImageError> {
-    let host = if registry == "docker.io" {
+/// Largest token-server answer read.
+const MAX_TOKEN_BODY: usize = 1 << 20;
+
+/// How a registry wants to be spoken to, and where credentials may go.
+#[derive(Debug, Clone, Default)]
+pub struct AuthPolicy {
+    /// `http` or `https`.
+    pub scheme: &'static str,
+    /// Hosts besides the registry's own that may receive credentials for a token.
+    pub trusted_realms: Vec<String>,
+}
+
+/// Docker Hub's registry hands out tokens from another host; it is trusted for it.
+const DOCKER_HUB_REALM: &str = "auth.docker.io";
+
+fn host_of(url: &reqwest::Url) -> String {
+    url.host_str().unwrap_or_default().to_ascii_lowercase()
+}
+
+/// The host a registry name is reached at (`docker.io` is `registry-1.docker.io`).
+pub fn registry_host(registry: &str) -> &str {
+    if registry == "docker.io" {
         "registry-1.docker.io"
     } else {
         registry
-    };
-    let scheme = if plain_http { "http" } else { "https" };
-    let client = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(30))
-        .build()
-        .map_err(|e| ImageError::Registry(e.to_string()))?;
-    let (user, pass) = cfg
-        .credentials()
-        .ok_or_else(|| ImageError::Unauthorized("no username given".into()))?;
-    let url = format!("{scheme}://{host}/v2/");
+    }
+}
+
+/// Whether Basic credentials may go to a token realm: only on the registry's own host,
+/// Docker Hub's auth host for Docker Hub, or a host the operator trusted.
+pub fn realm_trusted(registry: &str, realm: &reqwest::Url, trusted: &[String]) -> bool {
+    let realm_host = host_of(realm);
+    let reg_host = registry_host(registry)
+        .rsplit_once(':')
+        .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+        .map(|(h, _)| h)
+        .unwrap_or(registry_host(registry))
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase();
+    let realm_host = realm_host.trim_start_matches('[').trim_end_matches(']');
+    realm_host == reg_host
+        || (registry == "docker.io" && realm_host == DOCKER_HUB_REALM)
+        || trusted.iter().any(|t| t.eq_ignore_ascii_case(realm_host))
+}
+
+/// One `name="value"` of a `WWW-Authenticate` challenge.
+fn challenge_param(challenge: &str, name: &str) -> Option<String> {
+    let i = challenge.find(&format!("{name}=\""))? + name.len() + 2;
+    let rest = &challenge[i..];
+    Some(rest[..rest.find('"')?].to_string())
+}
+
+/// Reads at most `cap` bytes of a response body; more is an error.
+pub async fn read_capped(
+    mut res: reqwest::Response,
+    cap: usize,
+    what: &str,
+) -> Result<Vec<u8>, ImageError> {
+    if res.content_length().is_some_and(|n| n > cap as u64) {
+        return Err(ImageError::Registry(format!(
+            "{what} is larger than {cap} bytes"
+        )));
+    }
+    let mut out = Vec::new();
+    while let Some(chunk) = res
+        .chunk()
+        .await
+        .map_err(|e| ImageError::Registry(format!("{what}: {e}")))?
+    {
+        if out.len() + chunk.len() > cap {
+            return Err(ImageError::Registry(format!(
+                "{what} is larger than {cap} bytes"
+            )));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
+/// Authorizes against a registry the way its `/v2/` challenge asks: nothing, Basic to
+/// the registry itself, or a bearer token from its realm (`scope`, e.g.
+/// `repository:app:pull`). Credentials reach a realm only where [`realm_trusted`] says
+/// so; a token answer is read under a cap. The result is what every later request of
+/// this operation carries.
+pub async fn authorize(
+    registry: &str,
+    cfg: &AuthConfig,
+    scope: Option<&str>,
+    policy: &AuthPolicy,
+) -> Result<oci_client::secrets::RegistryAuth, ImageError> {
+    use oci_client::secrets::RegistryAuth;
+    if !cfg.registrytoken.is_empty() {
+        return Ok(RegistryAuth::Bearer(cfg.registrytoken.clone()));
+    }
+    let creds = cfg.credentials();
+    let client = http_client()?;
+    let url = format!("{}://{}/v2/", policy.scheme, registry_host(registry));
     let res = client
         .get(&url)
-        .basic_auth(&user, Some(&pass))
         .send()
         .await
         .map_err(|e| ImageError::Registry(format!("{url}: {e}")))?;
-    if res.status().is_success() {
-        return Ok(());
-    }
+    let basic_or_anonymous = || match &creds {
+        Some((u, p)) => RegistryAuth::Basic(u.clone(), p.clone()),
+        None => RegistryAuth::Anonymous,
+    };
     if res.status() != reqwest::StatusCode::UNAUTHORIZED {
-        return Err(ImageError::Registry(format!("{url}: {}", res.status())));
+        return Ok(basic_or_anonymous());
     }
     let challenge = res
         .headers()
@@ -189,31 +266,108 @@ pub async fn check_login(
         .unwrap_or_default()
         .to_string();
     if !challenge.to_ascii_lowercase().starts_with("bearer") {
-        return Err(ImageError::Unauthorized(format!(
-            "login to {registry} failed: wrong username or password"
-        )));
+        return Ok(basic_or_anonymous());
     }
-    let param = |name: &str| -> Option<String> {
-        let i = challenge.find(&format!("{name}=\""))? + name.len() + 2;
-        let rest = &challenge[i..];
-        Some(rest[..rest.find('"')?].to_string())
-    };
-    let realm = param("realm")
-        .ok_or_else(|| ImageError::Registry(format!("bad challenge from {registry}")))?;
-    let mut req = client.get(&realm).basic_auth(&user, Some(&pass));
-    if let Some(service) = param("service") {
+    let realm = challenge_param(&challenge, "realm")
+        .and_then(|r| reqwest::Url::parse(&r).ok())
+        .filter(|u| matches!(u.scheme(), "http" | "https"))
+        .ok_or_else(|| ImageError::Registry(format!("{registry} sent a bad auth challenge")))?;
+    let mut req = client.get(realm.clone());
+    if let Some(service) = challenge_param(&challenge, "service") {
         req = req.query(&[("service", service)]);
+    }
+    if let Some(scope) = scope {
+        req = req.query(&[("scope", scope)]);
+    }
+    if let Some((u, p)) = &creds {
+        if !realm_trusted(registry, &realm, &policy.trusted_realms) {
+            return Err(ImageError::Unauthorized(format!(
+                "{registry} asks for credentials at {}, another host: not sent \
+                 (trust it with --trusted-auth-realm {})",
+                host_of(&realm),
+                host_of(&realm)
+            )));
+        }
+        req = req.basic_auth(u, Some(p));
     }
     let res = req
         .send()
         .await
-        .map_err(|e| ImageError::Registry(format!("{realm}: {e}")))?;
+        .map_err(|e| ImageError::Registry(format!("token from {}: {e}", host_of(&realm))))?;
+    if !res.status().is_success() {
+        return Err(ImageError::Unauthorized(format!(
+            "{registry}: authentication failed ({})",
+            res.status()
+        )));
+    }
+    let body = read_capped(res, MAX_TOKEN_BODY, "token answer").await?;
+    #[derive(Deserialize)]
+    struct Token {
+        #[serde(default)]
+        token: String,
+        #[serde(default)]
+        access_token: String,
+    }
+    let t: Token = serde_json::from_slice(&body)
+        .map_err(|e| ImageError::Registry(format!("{registry}: bad token answer: {e}")))?;
+    let token = if t.token.is_empty() {
+        t.access_token
+    } else {
+        t.token
+    };
+    if token.is_empty() {
+        return Err(ImageError::Registry(format!(
+            "{registry}: token answer without a token"
+        )));
+    }
+    Ok(RegistryAuth::Bearer(token))
+}
+
+fn http_client() -> Result<reqwest::Client, ImageError> {
+    reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| ImageError::Registry(e.to_string()))
+}
+
+/// Checks credentials against a registry: `GET /v2/` with basic auth, or, when the
+/// registry answers with a bearer challenge, a token request to its (trusted) realm.
+pub async fn check_login(
+    registry: &str,
+    cfg: &AuthConfig,
+    policy: &AuthPolicy,
+) -> Result<(), ImageError> {
+    use oci_client::secrets::RegistryAuth;
+    let (user, pass) = cfg
+        .credentials()
+        .ok_or_else(|| ImageError::Unauthorized("no username given".into()))?;
+    let failed = || {
+        ImageError::Unauthorized(format!(
+            "login to {registry} failed: wrong username or password"
+        ))
+    };
+    match authorize(registry, cfg, None, policy).await {
+        Ok(RegistryAuth::Bearer(_)) => return Ok(()),
+        Ok(_) => {}
+        Err(ImageError::Unauthorized(m)) if m.contains("authentication failed") => {
+            return Err(failed())
+        }
+        Err(e) => return Err(e),
+    }
+    let url = format!("{}://{}/v2/", policy.scheme, registry_host(registry));
+    let res = http_client()?
+        .get(&url)
+        .basic_auth(&user, Some(&pass))
+        .send()
+        .await
+        .map_err(|e| ImageError::Registry(format!("{url}: {e}")))?;
     if res.status().is_success() {
         Ok(())
+    } else if res.status() == reqwest::StatusCode::UNAUTHORIZED {
+        Err(failed())
     } else {
-        Err(ImageError::Unauthorized(format!(
-            "login to {registry} failed: wrong username or password"
-        )))
+        Err(ImageError::Registry(format!("{url}: {}", res.status())))
     }
 }
 
@@ -244,6 +398,41 @@ mod tests {
             ..Default::default()
         };
         assert!(!format!("{cfg:?}").contains("secret"));
+    }
+
+    #[test]
+    fn credentials_go_only_to_trusted_realms() {
+        let u = |s: &str| reqwest::Url::parse(s).unwrap();
+        assert!(realm_trusted(
+            "127.0.0.1:5000",
+            &u("http://127.0.0.1:5001/token"),
+            &[]
+        ));
+        assert!(realm_trusted(
+            "reg.example:443",
+            &u("https://reg.example/token"),
+            &[]
+        ));
+        assert!(realm_trusted(
+            "docker.io",
+            &u("https://auth.docker.io/token"),
+            &[]
+        ));
+        assert!(!realm_trusted(
+            "reg.example",
+            &u("https://evil.example/token"),
+            &[]
+        ));
+        assert!(!realm_trusted(
+            "reg.example",
+            &u("https://auth.docker.io/token"),
+            &[]
+        ));
+        assert!(realm_trusted(
+            "reg.example",
+            &u("https://auth.example/token"),
+            &["auth.example".into()]
+        ));
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod beneath;
 pub mod blobs;
 pub mod progress;
 pub mod registry;
+pub mod remote_archive;
 mod rootfs;
 pub mod unpack;
 
@@ -450,7 +451,8 @@ impl ImageStore {
                 .dir
                 .join("tmp")
                 .join(format!("{hex}-{}.erofs", crate::ids::random_hex(8)));
-            let built = self.build_image(&manifest, manifest_digest, &config_digest, &config, &erofs);
+            let built =
+                self.build_image(&manifest, manifest_digest, &config_digest, &config, &erofs);
             let rec = match built {
                 Ok(rec) => rec,
                 Err(e) => {

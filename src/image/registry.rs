@@ -24,16 +24,51 @@ const PARALLEL_LAYERS: usize = 3;
 /// Attempts per blob before the pull fails.
 const BLOB_ATTEMPTS: u32 = 3;
 
+/// What a registry may send, and where credentials may go. Every bound is configurable
+/// (hyperd's `--max-*` options).
+#[derive(Debug, Clone)]
+pub struct RegistryOptions {
+    /// Registries spoken to over plain HTTP besides loopback ones.
+    pub insecure: Vec<String>,
+    /// Token realm hosts, besides the registry's own, that may receive credentials.
+    pub trusted_realms: Vec<String>,
+    /// Largest manifest or index (Docker's limit is 4 MiB).
+    pub max_manifest_bytes: u64,
+    /// Largest image config.
+    pub max_config_bytes: u64,
+    /// Most layers an image may have.
+    pub max_layers: usize,
+    /// Largest image (sum of its compressed layers), and the cap of a blob whose
+    /// descriptor declares no size.
+    pub max_image_bytes: u64,
+}
+
+impl Default for RegistryOptions {
+    fn default() -> Self {
+        RegistryOptions {
+            insecure: Vec::new(),
+            trusted_realms: Vec::new(),
+            max_manifest_bytes: 4 << 20,
+            max_config_bytes: 8 << 20,
+            max_layers: 128,
+            max_image_bytes: 32 << 30,
+        }
+    }
+}
+
 /// Whether a registry is spoken to over plain HTTP: loopback registries (as Docker
-/// treats 127.0.0.0/8) and those the operator listed with `--insecure-registry`.
+/// treats 127.0.0.0/8 and ::1; a host *name* merely starting with `127.` is not one)
+/// and those the operator listed with `--insecure-registry`.
 pub fn plain_http(registry: &str, insecure: &[String]) -> bool {
-    let host = registry
-        .rsplit_once(':')
-        .map(|(h, _)| h)
-        .unwrap_or(registry);
+    let host = match registry.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => registry,
+    };
+    let ip = host.trim_start_matches('[').trim_end_matches(']');
     host == "localhost"
-        || host.starts_with("127.")
-        || host == "[::1]"
+        || ip
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|a| a.is_loopback())
         || insecure.iter().any(|r| r == registry)
 }
 
@@ -41,11 +76,31 @@ pub struct Registry {
     pub client: oci_client::Client,
     pub auth: RegistryAuth,
     pub image: ImageRef,
+    pub options: RegistryOptions,
+    scheme: &'static str,
 }
 
 impl Registry {
-    pub fn new(image: ImageRef, auth: RegistryAuth, insecure: &[String]) -> Registry {
-        let protocol = if plain_http(&image.registry, insecure) {
+    /// Authorizes for `op` on `image`'s repository with `creds` and returns a client
+    /// that carries the result.
+    pub async fn connect(
+        image: ImageRef,
+        creds: &super::auth::AuthConfig,
+        options: &RegistryOptions,
+        op: RegistryOperation,
+    ) -> Result<Registry, ImageError> {
+        let plain = plain_http(&image.registry, &options.insecure);
+        let scheme = if plain { "http" } else { "https" };
+        let scope = match op {
+            RegistryOperation::Pull => format!("repository:{}:pull", image.repository),
+            RegistryOperation::Push => format!("repository:{}:pull,push", image.repository),
+        };
+        let policy = super::auth::AuthPolicy {
+            scheme,
+            trusted_realms: options.trusted_realms.clone(),
+        };
+        let auth = super::auth::authorize(&image.registry, creds, Some(&scope), &policy).await?;
+        let protocol = if plain {
             ClientProtocol::HttpsExcept(vec![image.registry.clone()])
         } else {
             ClientProtocol::Https
@@ -56,11 +111,13 @@ impl Registry {
             read_timeout: Some(Duration::from_secs(120)),
             ..Default::default()
         });
-        Registry {
+        Ok(Registry {
             client,
             auth,
             image,
-        }
+            options: options.clone(),
+            scheme,
+        })
     }
 }
 
@@ -114,16 +171,46 @@ const ACCEPT: &[&str] = &[
     MEDIA_DOCKER_LIST,
 ];
 
+/// Fetches a manifest by tag or digest, reading at most `max_manifest_bytes` of it (an
+/// endless answer fails at the cap), and checks it against `expected`.
 async fn fetch_manifest(
     r: &Registry,
-    reference: &oci_client::Reference,
+    reference: &str,
     expected: Option<&str>,
 ) -> Result<(Vec<u8>, String, Value), ImageError> {
-    let (bytes, _) = r
-        .client
-        .pull_manifest_raw(reference, &r.auth, ACCEPT)
+    let url = format!(
+        "{}://{}/v2/{}/manifests/{reference}",
+        r.scheme,
+        super::auth::registry_host(&r.image.registry),
+        r.image.repository
+    );
+    let client = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(30))
+        .timeout(Duration::from_secs(120))
+        .build()
+        .map_err(|e| ImageError::Registry(e.to_string()))?;
+    let mut req = client.get(&url).header("Accept", ACCEPT.join(", "));
+    req = match &r.auth {
+        RegistryAuth::Anonymous => req,
+        RegistryAuth::Basic(u, p) => req.basic_auth(u, Some(p)),
+        RegistryAuth::Bearer(t) => req.bearer_auth(t),
+    };
+    let res = req
+        .send()
         .await
-        .map_err(map_err)?;
+        .map_err(|e| ImageError::Registry(format!("{url}: {e}")))?;
+    match res.status().as_u16() {
+        200..=299 => {}
+        401 | 403 => {
+            return Err(ImageError::Unauthorized(format!(
+                "unauthorized: authentication required ({url})"
+            )))
+        }
+        404 => return Err(ImageError::NotFound(format!("manifest unknown ({url})"))),
+        code => return Err(ImageError::Registry(format!("{url}: HTTP {code}"))),
+    }
+    let cap = r.options.max_manifest_bytes as usize;
+    let bytes = super::auth::read_capped(res, cap, "manifest").await?;
     let digest = sha256_digest(&bytes);
     if let Some(want) = expected {
         if want != digest {
@@ -135,13 +222,17 @@ async fn fetch_manifest(
     }
     let v: Value = serde_json::from_slice(&bytes)
         .map_err(|e| ImageError::BadImage(format!("manifest is not JSON: {e}")))?;
-    Ok((bytes.to_vec(), digest, v))
+    Ok((bytes, digest, v))
 }
 
 /// Fetches the manifest a reference names; from an index or manifest list, the
 /// linux/amd64 one.
 pub async fn resolve(r: &Registry) -> Result<Resolved, ImageError> {
-    let reference = r.image.oci();
+    let reference = match (&r.image.digest, &r.image.tag) {
+        (Some(d), _) => d.clone(),
+        (None, Some(t)) => t.clone(),
+        (None, None) => "latest".to_string(),
+    };
     let (mut bytes, mut digest, mut manifest) =
         fetch_manifest(r, &reference, r.image.digest.as_deref()).await?;
     if manifest.get("manifests").is_some() {
@@ -157,17 +248,39 @@ pub async fn resolve(r: &Registry) -> Result<Resolved, ImageError> {
                 ImageError::NotFound(format!("{} has no linux/amd64 image", r.image.familiar()))
             })?
             .to_string();
-        let by_digest = oci_client::Reference::with_digest(
-            r.image.registry.clone(),
-            r.image.repository.clone(),
-            pick.clone(),
-        );
-        (bytes, digest, manifest) = fetch_manifest(r, &by_digest, Some(&pick)).await?;
+        super::blobs::digest_hex(&pick)?;
+        (bytes, digest, manifest) = fetch_manifest(r, &pick, Some(&pick)).await?;
     }
     if manifest["config"]["digest"].as_str().is_none() || !manifest["layers"].is_array() {
         return Err(ImageError::BadImage(
             "unsupported manifest (schema 1 or not an image)".into(),
         ));
+    }
+    let layers = manifest["layers"].as_array().map(Vec::len).unwrap_or(0);
+    if layers > r.options.max_layers {
+        return Err(ImageError::BadImage(format!(
+            "{layers} layers, more than the limit of {}",
+            r.options.max_layers
+        )));
+    }
+    let declared: u64 = manifest["layers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|l| l["size"].as_u64().unwrap_or(0))
+        .fold(0, u64::saturating_add);
+    if declared > r.options.max_image_bytes {
+        return Err(ImageError::BadImage(format!(
+            "image of {declared} bytes, more than the limit of {}",
+            r.options.max_image_bytes
+        )));
+    }
+    let config_size = manifest["config"]["size"].as_u64().unwrap_or(0);
+    if config_size > r.options.max_config_bytes {
+        return Err(ImageError::BadImage(format!(
+            "config of {config_size} bytes, more than the limit of {}",
+            r.options.max_config_bytes
+        )));
     }
     Ok(Resolved {
         manifest_bytes: bytes,
@@ -183,11 +296,19 @@ async fn download(
     desc: &Value,
     progress: &ProgressTx,
     show: bool,
+    max: u64,
 ) -> Result<(), ImageError> {
     let digest = desc["digest"]
         .as_str()
         .ok_or_else(|| ImageError::BadImage("descriptor without digest".into()))?;
     let size = desc["size"].as_u64().unwrap_or(0);
+    if size > max {
+        return Err(ImageError::BadImage(format!(
+            "blob {digest} declares {size} bytes, more than the limit of {max}"
+        )));
+    }
+    // Never more than the descriptor declares; with no declared size, the limit.
+    let cap = if size > 0 { size } else { max };
     let id = progress::short(digest);
     let layer = oci_client::manifest::OciDescriptor {
         digest: digest.to_string(),
@@ -218,21 +339,28 @@ async fn download(
                 continue;
             }
         };
-        let total = stream.content_length.unwrap_or(size);
+        let total = match stream.content_length {
+            Some(n) if n > cap => {
+                return Err(ImageError::Registry(format!(
+                    "blob {digest}: the registry sends {n} bytes, more than the {cap} expected"
+                )))
+            }
+            Some(n) => n,
+            None => size,
+        };
         let mut w = store.blobs.writer(Some(digest))?;
         let mut last = Instant::now();
         let mut failed = None;
         while let Some(chunk) = stream.stream.next().await {
             match chunk {
                 Ok(bytes) => {
-                    w.write_all(&bytes)?;
-                    if w.size() > size.max(total) && size > 0 {
-                        failed = Some(ImageError::DigestMismatch {
-                            expected: digest.to_string(),
-                            actual: format!("more than {size} bytes"),
-                        });
+                    if w.size() + bytes.len() as u64 > cap {
+                        failed = Some(ImageError::Registry(format!(
+                            "blob {digest}: the registry sends more than the {cap} bytes expected"
+                        )));
                         break;
                     }
+                    w.write_all(&bytes)?;
                     if show && last.elapsed() > Duration::from_millis(100) {
                         last = Instant::now();
                         let _ =
@@ -246,7 +374,7 @@ async fn download(
             }
         }
         if let Some(e) = failed {
-            if matches!(e, ImageError::DigestMismatch { .. }) {
+            if e.to_string().contains("more than the") {
                 return Err(e);
             }
             last_err = Some(e);
@@ -305,7 +433,8 @@ pub async fn pull(
         .blobs
         .exists(config["digest"].as_str().unwrap_or_default())
     {
-        download(&store, &r, &config, &progress, false).await?;
+        let max = r.options.max_config_bytes;
+        download(&store, &r, &config, &progress, false, max).await?;
     }
     let sem = Arc::new(tokio::sync::Semaphore::new(PARALLEL_LAYERS));
     let mut tasks = tokio::task::JoinSet::new();
@@ -322,7 +451,8 @@ pub async fn pull(
         );
         tasks.spawn(async move {
             let _permit = sem.acquire().await.expect("semaphore open");
-            download(&store, &r, &l, &progress, true).await
+            let max = r.options.max_image_bytes;
+            download(&store, &r, &l, &progress, true, max).await
         });
     }
     while let Some(res) = tasks.join_next().await {
@@ -432,6 +562,10 @@ mod tests {
     fn loopback_registries_are_plain_http() {
         assert!(super::plain_http("127.0.0.1:5000", &[]));
         assert!(super::plain_http("localhost:5000", &[]));
+        assert!(super::plain_http("127.8.9.10:5000", &[]));
+        assert!(super::plain_http("[::1]:5000", &[]));
+        assert!(!super::plain_http("127.evil.example:5000", &[]));
+        assert!(!super::plain_http("127.0.0.1.nip.io", &[]));
         assert!(!super::plain_http("registry.example.com", &[]));
         assert!(super::plain_http(
             "registry.example.com:5000",

@@ -1,6 +1,7 @@
 //! The mimik mCM container API (seed 000): `/images` and `/containers`, with `{"data": …}`
 //! lists, states created|running|removing|paused, and `env` never echoed back. Errors are
 //! `{"error": {"code": N, "message": "…"}}`.
+use crate::api::base64_field;
 use crate::api::http::{json_response, query, read_body, ApiError, ApiResult, MAX_JSON_BODY};
 use crate::engine::io::IoState;
 use crate::engine::{Container, Engine, Pod, PodPhase};
@@ -13,6 +14,17 @@ use std::sync::Arc;
 
 /// Largest image a request may carry in base64 (or a payload URL may return).
 const MAX_IMAGE_BYTES: usize = 1 << 30;
+/// How long a payload URL may take to download.
+const URL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Removes a temporary file when the request ends, however it ends.
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
 
 fn err(status: StatusCode, message: impl Into<String>) -> Response<crate::api::http::Body> {
     let message = message.into();
@@ -98,15 +110,46 @@ async fn create_image(
             "mode must be payload or reference, not {mode:?}"
         )));
     }
-    let body = read_body(req.into_body(), MAX_IMAGE_BYTES * 4 / 3 + 1024).await?;
-    let v: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
-    let archive: Vec<u8> = if let Some(b64) = v["base64Image"].as_str().filter(|s| !s.is_empty()) {
-        use base64::Engine as _;
-        base64::engine::general_purpose::STANDARD
-            .decode(b64.trim())
-            .map_err(|e| ApiError::bad_request(format!("base64Image is not valid base64: {e}")))?
-    } else if let Some(url) = v["url"].as_str().filter(|s| !s.is_empty()) {
+    // The body streams to a temporary file: `base64Image` decoded on the way, the other
+    // members parsed.
+    let tmp = engine
+        .cfg
+        .root
+        .join("image/tmp")
+        .join(format!("upload-{}", crate::ids::random_hex(8)));
+    let _cleanup = RemoveOnDrop(tmp.clone());
+    let reader = crate::api::images::body_reader(req);
+    let path = tmp.clone();
+    let (members, found) = tokio::task::spawn_blocking(move || {
+        let mut file = std::fs::File::create(&path)?;
+        let r = base64_field::read(
+            reader,
+            (MAX_IMAGE_BYTES * 4 / 3 + 1024) as u64,
+            "base64Image",
+            &mut file,
+        );
+        file.sync_all()?;
+        r
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+    .map_err(|e| match e {
+        base64_field::FieldError::TooLarge(_) => {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
+        }
+        base64_field::FieldError::Io(e) => {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+        }
+        e => ApiError::bad_request(e.to_string()),
+    })?;
+    let url = members
+        .get("url")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty());
+    if !found {
+        let Some(url) = url else {
+            return Err(ApiError::bad_request("give url or base64Image"));
+        };
         if mode == "reference" {
             let reference = url.trim_start_matches("docker://");
             let rec = engine.pull_image(reference).await?;
@@ -115,27 +158,20 @@ async fn create_image(
                 &image_json(engine, &rec),
             ));
         }
-        let resp = reqwest::get(url)
+        let limits = crate::image::remote_archive::DownloadLimits {
+            max_bytes: MAX_IMAGE_BYTES as u64,
+            timeout: URL_TIMEOUT,
+        };
+        crate::image::remote_archive::download(url, &tmp, &limits)
             .await
-            .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, format!("{url}: {e}")))?;
-        if !resp.status().is_success() {
-            return Err(ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                format!("{url}: {}", resp.status()),
-            ));
-        }
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, format!("{url}: {e}")))?;
-        if bytes.len() > MAX_IMAGE_BYTES {
-            return Err(ApiError::bad_request("image payload too large"));
-        }
-        bytes.to_vec()
-    } else {
-        return Err(ApiError::bad_request("give url or base64Image"));
-    };
-    let recs = crate::api::images::load_archive(engine, std::io::Cursor::new(archive)).await?;
+            .map_err(|e| match e {
+                crate::image::ImageError::BadReference(m) => ApiError::bad_request(m),
+                e => ApiError::new(StatusCode::BAD_GATEWAY, e.to_string()),
+            })?;
+    }
+    let archive = std::fs::File::open(&tmp)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let recs = crate::api::images::load_archive(engine, archive).await?;
     let rec = recs
         .first()
         .ok_or_else(|| ApiError::bad_request("the archive holds no image"))?;
