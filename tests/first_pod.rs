@@ -65,6 +65,22 @@ fn run_prints_output_and_returns_exit_code() {
         d.json("GET", &format!("/exitcode?container={cid}"), None)["ExitCode"],
         0
     );
+
+    // The state is private: the root 0700, the store, specs and logs 0600.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode(&d.root), 0o700);
+    assert_eq!(mode(&d.root.join("state.redb")), 0o600);
+    let files = tree(&d.root.join("pods"));
+    let specs: Vec<_> = files.iter().filter(|p| p.ends_with("spec.json")).collect();
+    let logs: Vec<_> = files
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    assert!(!specs.is_empty() && !logs.is_empty(), "{files:?}");
+    for f in specs.iter().chain(&logs) {
+        assert_eq!(mode(f), 0o600, "{}", f.display());
+    }
 }
 
 #[test]
