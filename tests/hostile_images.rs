@@ -108,7 +108,7 @@ fn made_image_then_clear(d: &Daemon, path: &str) {
         .collect();
     assert!(!lines.is_empty(), "{path} made no image");
     for l in lines {
-        let id = l.rsplitn(4, ':').nth(2).unwrap().to_string();
+        let id = l.rsplit(':').nth(2).unwrap().to_string();
         let _ = d.curl("DELETE", &format!("/image?imageId={id}&force=yes"), None);
     }
     assert_eq!(
