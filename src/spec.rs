@@ -127,6 +127,14 @@ pub struct ContainerSpec {
     pub ports: Vec<Port>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// The signal a graceful stop sends first (`SIGTERM` when empty and the image names
+    /// none), as Docker's `StopSignal`.
+    #[serde(
+        default,
+        rename = "stopSignal",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub stop_signal: String,
 }
 
 impl ContainerSpec {

@@ -125,7 +125,9 @@ fn docker_flask_api() {
         assert_eq!(code, 400, "{body}: {v}");
         assert!(v["error"].as_str().unwrap().contains(want), "{v}");
     }
-    let (code, v) = curl_json(&d, "POST", "/container", Some(r#"{"image_name":"nosuch"}"#));
+    // A missing image is pulled first (from the loopback registry, which lacks it).
+    let missing = json!({ "image_name": format!("{remote}-nosuch:1") }).to_string();
+    let (code, v) = curl_json(&d, "POST", "/container", Some(&missing));
     assert_eq!(code, 404, "{v}");
     assert_eq!(
         curl_json(&d, "GET", "/container", None)

@@ -112,9 +112,11 @@ fn the_docker_cli_works_against_hyperd() {
         !out.status.success(),
         "a running container is not removed without -f"
     );
-    out_ok(&docker.run(&["stop", "web"]));
+    // The shell is PID 1 of its namespace and ignores SIGTERM: SIGKILL after -t.
+    out_ok(&docker.run(&["stop", "-t", "1", "web"]));
     let ps = out_ok(&docker.run(&["ps", "-a", "--format", "{{.Names}} {{.State}} {{.Status}}"]));
-    assert_eq!(ps, "web exited Exited (137)");
+    assert!(ps.starts_with("web exited Exited (137) "), "{ps}");
+    assert!(ps.ends_with(" ago"), "{ps}");
     assert_eq!(
         out_ok(&docker.run(&["inspect", "--format", "{{.State.ExitCode}}", "web"])),
         "137"
@@ -129,7 +131,8 @@ fn the_docker_cli_works_against_hyperd() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = docker.run(&["run", "--rm", "nosuchimage:1", "true"]);
+    // (A registry on loopback that is not there: nothing leaves the machine.)
+    let out = docker.run(&["run", "--rm", "127.0.0.1:1/nosuchimage:1", "true"]);
     assert!(!out.status.success());
     out_ok(&docker.run(&["rmi", &remote]));
     assert_eq!(out_ok(&docker.run(&["images", "-q"])), "");
@@ -169,4 +172,110 @@ fn the_docker_cli_works_against_hyperd() {
         None,
     );
     assert_eq!(list, serde_json::json!([]));
+}
+
+#[test]
+fn the_docker_cli_everyday_commands() {
+    let reg = Registry::start(None);
+    let d = Daemon::start();
+    d.import_busybox();
+    let docker = Docker {
+        d: &d,
+        config: tempfile::tempdir().unwrap(),
+    };
+
+    // save | load: a real archive, and the image back under its name.
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("bb.tar");
+    out_ok(&docker.run(&["save", "busybox", "-o", archive.to_str().unwrap()]));
+    let listed = std::process::Command::new("tar")
+        .arg("tf")
+        .arg(&archive)
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout).to_string();
+    assert!(
+        listed.contains("manifest.json"),
+        "not a docker save tar: {listed}"
+    );
+    out_ok(&docker.run(&["rmi", "busybox"]));
+    let loaded = out_ok(&docker.run(&["load", "-i", archive.to_str().unwrap()]));
+    assert!(loaded.contains("busybox"), "{loaded}");
+
+    // tag and push to the loopback registry.
+    let remote = format!("{}/everyday/bb:1", reg.addr);
+    out_ok(&docker.run(&["tag", "busybox", &remote]));
+    let pushed = out_ok(&docker.run(&["push", &remote]));
+    assert!(pushed.contains("digest: sha256:"), "{pushed}");
+    let catalog = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            &format!("http://{}/v2/everyday/bb/tags/list", reg.addr),
+        ])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&catalog.stdout).contains("\"1\""));
+
+    // A published port is not silently dropped: the CLI prints the warning.
+    let out = docker.run(&[
+        "create", "--name", "warned", "-p", "8080:80", "busybox", "true",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("WARNING") && err.contains("Published ports"),
+        "{err}"
+    );
+    out_ok(&docker.run(&["rm", "warned"]));
+
+    // stop -t 5 of a process that traps SIGTERM: the trap's own exit code.
+    out_ok(&docker.run(&[
+        "run",
+        "-d",
+        "--name",
+        "trap",
+        "busybox",
+        "sh",
+        "-c",
+        "trap 'exit 7' TERM; echo ready; while true; do sleep 1; done",
+    ]));
+    // The trap is set once "ready" is out (a signal before that would find none).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !out_ok(&docker.run(&["logs", "trap"])).contains("ready") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the trap never got set"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    out_ok(&docker.run(&["stop", "-t", "5", "trap"]));
+    assert_eq!(
+        out_ok(&docker.run(&["inspect", "--format", "{{.State.ExitCode}}", "trap"])),
+        "7"
+    );
+
+    // restart, pause, unpause, top, stats.
+    out_ok(&docker.run(&["restart", "-t", "1", "trap"]));
+    let state = |docker: &Docker| {
+        out_ok(&docker.run(&["inspect", "--format", "{{.State.Status}}", "trap"]))
+    };
+    assert_eq!(state(&docker), "running");
+    out_ok(&docker.run(&["pause", "trap"]));
+    assert_eq!(state(&docker), "paused");
+    let ps = out_ok(&docker.run(&["ps", "--format", "{{.Status}}"]));
+    assert!(ps.starts_with("Up ") && ps.ends_with("(Paused)"), "{ps}");
+    out_ok(&docker.run(&["unpause", "trap"]));
+    assert_eq!(state(&docker), "running");
+    let top = out_ok(&docker.run(&["top", "trap"]));
+    assert!(top.contains("PID") && top.contains("while true"), "{top}");
+    let stats = out_ok(&docker.run(&[
+        "stats",
+        "--no-stream",
+        "--format",
+        "{{.Name}} {{.MemUsage}} {{.PIDs}}",
+    ]));
+    assert!(stats.starts_with("trap "), "{stats}");
+    assert!(stats.contains("MiB"), "{stats}");
+    out_ok(&docker.run(&["rm", "-f", "trap"]));
+    assert_eq!(out_ok(&docker.run(&["ps", "-aq"])), "");
 }

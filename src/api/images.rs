@@ -160,8 +160,20 @@ pub(crate) fn body_reader(req: Request<Incoming>) -> impl std::io::Read + Send +
 pub async fn push(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
     let q = query(&req);
     let reference = reference_from(&q, &["remote", "imageName"])?;
-    let image = ImageRef::parse(&reference)?;
-    let rec = match q.get("imageId").filter(|s| !s.is_empty()) {
+    let local = q.get("imageId").filter(|s| !s.is_empty()).cloned();
+    push_reference(engine, req, &reference, local.as_deref()).await
+}
+
+/// Pushes `reference` (the local image of that name, or `local` tagged so) with the
+/// request's `X-Registry-Auth` or the stored login, streaming progress.
+pub async fn push_reference(
+    engine: &Arc<Engine>,
+    req: Request<Incoming>,
+    reference: &str,
+    local: Option<&str>,
+) -> ApiResult {
+    let image = ImageRef::parse(reference)?;
+    let rec = match local {
         Some(local) => {
             let rec = engine.images.resolve(local)?;
             engine.images.add_references(&rec.id, &[image.familiar()])?;
@@ -274,8 +286,13 @@ pub async fn save(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
     if wanted.is_empty() {
         return Err(ApiError::bad_request("missing query parameter imageId"));
     }
+    save_names(engine, &wanted).await
+}
+
+/// The images `wanted` names as one `docker save`/OCI archive, streamed.
+pub async fn save_names(engine: &Arc<Engine>, wanted: &[String]) -> ApiResult {
     let mut images = Vec::new();
-    for w in &wanted {
+    for w in wanted {
         let rec = engine.images.resolve(w)?;
         let names = match crate::image::normalize_reference(w) {
             Ok(n) if rec.repo_tags.contains(&n) => vec![n],
@@ -316,6 +333,16 @@ pub fn tag(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
         .images
         .add_references(&rec.id, std::slice::from_ref(&name))?;
     ok_json(json!({ "ID": rec.id, "Name": name }))
+}
+
+/// `GET /images/get`: with Docker's `names` parameter (`docker save`), the images as
+/// one archive; without it, hyperd's list.
+pub async fn list_or_save(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
+    if query(req).contains_key("names") {
+        save(engine, req).await
+    } else {
+        list(engine)
+    }
 }
 
 /// `GET /images/get[?all=yes]`: hyperd's `repo:tag:id:created:size` lines.

@@ -172,7 +172,7 @@ pub static ROUTES: &[Route] = &[
     route!(POST "/image/push" => |e, r| images::push(&e, r).await),
     route!(POST "/image/load" => |e, r| images::load(&e, r).await),
     route!(GET "/images/save" => |e, r| images::save(&e, &r).await),
-    route!(GET "/images/get" => |e, r| images::list(&e)),
+    route!(GET "/images/get" => |e, r| images::list_or_save(&e, &r).await),
     route!(DELETE "/image" => |e, r| images::remove(&e, &r)),
     route!(POST "/auth" => |e, r| images::auth(&e, r).await),
 ];

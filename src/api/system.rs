@@ -31,6 +31,16 @@ pub fn info(engine: &Arc<Engine>) -> ApiResult {
     let pods = engine.pods();
     let containers: usize = pods.iter().map(|p| p.containers().len()).sum();
     let running = pods.iter().filter(|p| p.vm().is_some()).count();
+    let count = |phase: crate::engine::PodPhase| {
+        pods.iter()
+            .filter(|p| p.phase() == phase)
+            .map(|p| p.containers().len())
+            .sum::<usize>()
+    };
+    let (c_running, c_paused) = (
+        count(crate::engine::PodPhase::Running),
+        count(crate::engine::PodPhase::Paused),
+    );
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let mem_total = std::fs::read_to_string("/proc/meminfo")
         .ok()
@@ -47,8 +57,22 @@ pub fn info(engine: &Arc<Engine>) -> ApiResult {
         "ID": hostname.trim(),
         "Name": hostname.trim(),
         "Version": crate::VERSION,
+        "ServerVersion": crate::VERSION,
         "ApiVersion": crate::API_VERSION,
         "Driver": engine.driver.describe(),
+        "ContainersRunning": c_running,
+        "ContainersPaused": c_paused,
+        "ContainersStopped": containers.saturating_sub(c_running + c_paused),
+        "OSType": "linux",
+        "Architecture": std::env::consts::ARCH,
+        "DefaultRuntime": "hyperd",
+        "Runtimes": { "hyperd": { "path": "hyper-vmm" } },
+        "SecurityOptions": ["name=micro-vm"],
+        "Swarm": { "LocalNodeState": "inactive", "ControlAvailable": false },
+        "LoggingDriver": "json-file",
+        "CgroupDriver": "none",
+        "IndexServerAddress": "https://index.docker.io/v1/",
+        "RegistryConfig": { "InsecureRegistryCIDRs": ["127.0.0.0/8"], "IndexConfigs": {}, "Mirrors": [] },
         "Pods": pods.len(),
         "RunningPods": running,
         "Containers": containers,

@@ -130,8 +130,9 @@ impl Engine {
         Ok(c)
     }
 
-    /// Stops a container: SIGTERM, then SIGKILL after `grace`. A container that is not
-    /// running is left as it is.
+    /// Stops a container: its stop signal (the spec's, the image's `STOPSIGNAL`, else
+    /// SIGTERM), then SIGKILL after `grace`. A container that is not running is left as
+    /// it is. The exit code is the process's own.
     pub async fn stop_container(
         &self,
         key: &str,
@@ -146,10 +147,12 @@ impl Engine {
         c.stop_requested
             .store(true, std::sync::atomic::Ordering::SeqCst);
         let mut state = c.io.state();
-        for (sig, wait) in [
-            (libc::SIGTERM, grace),
-            (libc::SIGKILL, Duration::from_secs(20)),
-        ] {
+        let first = [&c.spec.stop_signal, &c.image.config.stop_signal]
+            .into_iter()
+            .find(|s| !s.is_empty())
+            .and_then(|s| super::exec::parse_signal(s).ok())
+            .unwrap_or(libc::SIGTERM);
+        for (sig, wait) in [(first, grace), (libc::SIGKILL, Duration::from_secs(20))] {
             let _ = vm
                 .agent
                 .call(

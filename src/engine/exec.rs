@@ -220,6 +220,48 @@ impl Engine {
         Ok(())
     }
 
+    /// Runs `args` in a container to its end (at most `timeout`) and returns its exit
+    /// code and standard output (capped at 1 MiB), as `docker top` needs.
+    pub async fn run_to_end(
+        &self,
+        key: &str,
+        args: Vec<String>,
+        timeout: std::time::Duration,
+    ) -> Result<(i32, Vec<u8>), EngineError> {
+        const MAX_OUTPUT: usize = 1 << 20;
+        let (pod, exec) = self.create_exec(
+            key,
+            ExecRequest {
+                command: args,
+                ..Default::default()
+            },
+        )?;
+        let mut rx = exec
+            .io
+            .attach(false)
+            .ok_or_else(|| EngineError::Internal("exec ended before it started".into()))?;
+        self.start_exec(&pod, &exec).await?;
+        let mut out = Vec::new();
+        let collect = async {
+            while let Some(chunk) = rx.recv().await {
+                if let super::io::Chunk::Stdout(b) = chunk {
+                    let room = MAX_OUTPUT.saturating_sub(out.len());
+                    out.extend_from_slice(&b[..b.len().min(room)]);
+                }
+            }
+        };
+        if tokio::time::timeout(timeout, collect).await.is_err() {
+            return Err(EngineError::Internal(format!(
+                "{} did not finish in {timeout:?}",
+                exec.process.args.join(" ")
+            )));
+        }
+        let mut state = exec.io.state();
+        let _ = tokio::time::timeout(timeout, state.wait_for(|s| *s == IoState::Exited)).await;
+        let code = exec.status.lock().unwrap().exit_code.unwrap_or(-1);
+        Ok((code, out))
+    }
+
     /// Signals a container's main process.
     pub async fn kill_container(&self, key: &str, signal: &str) -> Result<(), EngineError> {
         let sig = parse_signal(signal)?;

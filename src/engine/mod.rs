@@ -405,6 +405,22 @@ impl Engine {
         registry::pull(self.images.clone(), r, resolved, tx).await
     }
 
+    /// Pulls `reference` unless the store has it already (the seed APIs' create paths
+    /// pull a missing image, as the clients they imitate expect).
+    pub async fn ensure_image(&self, reference: &str) -> Result<(), EngineError> {
+        match self.images.resolve(reference) {
+            Ok(_) => Ok(()),
+            Err(crate::image::ImageError::NotFound(_)) => {
+                tracing::info!(image = reference, "pulling a missing image");
+                self.pull_image(reference)
+                    .await
+                    .map(|_| ())
+                    .map_err(Into::into)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     pub fn image_in_use(&self, image_id: &str) -> bool {
         self.pods
             .lock()
@@ -598,6 +614,40 @@ impl Engine {
         self.stop_vm(&pod).await;
         drop(_op);
         Ok(pod)
+    }
+
+    /// Stops a pod gracefully: every running container gets its stop signal, and
+    /// SIGKILL after `grace`; then the VM powers off (it also does by itself once the
+    /// last container is gone).
+    pub async fn stop_pod_gracefully(
+        &self,
+        key: &str,
+        grace: Duration,
+    ) -> Result<Arc<Pod>, EngineError> {
+        let pod = self.pod(key)?;
+        if pod.vm().is_none() {
+            return Err(EngineError::Conflict(format!(
+                "pod {} is not running",
+                pod.id
+            )));
+        }
+        if pod.phase() == PodPhase::Paused {
+            self.pause_pod(&pod.id, false).await?;
+        }
+        let stops = pod
+            .containers()
+            .into_iter()
+            .map(|c| async move { self.stop_container(&c.id, grace).await });
+        for r in futures_util::future::join_all(stops).await {
+            if let Err(e) = r {
+                tracing::warn!(pod = %pod.id, "graceful stop: {e}");
+            }
+        }
+        match self.stop_pod(&pod.id).await {
+            Ok(p) => Ok(p),
+            Err(EngineError::Conflict(_)) => Ok(pod),
+            Err(e) => Err(e),
+        }
     }
 
     /// Asks the agent to power off, then kills the VM if it does not go in time.

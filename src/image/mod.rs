@@ -75,6 +75,9 @@ pub struct ImageConfig {
     pub working_dir: String,
     #[serde(default)]
     pub user: String,
+    /// `STOPSIGNAL`: what a graceful stop sends first.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub stop_signal: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -383,6 +386,7 @@ impl ImageStore {
                 "Env": nonempty(&config.env),
                 "WorkingDir": config.working_dir,
                 "User": config.user,
+                "StopSignal": config.stop_signal,
             },
             "rootfs": { "type": "layers", "diff_ids": [diff_id] },
             "history": [{ "created": now, "created_by": "hyperd import" }],
@@ -573,6 +577,7 @@ impl ImageStore {
                     env: strings(&c["Env"]),
                     working_dir: c["WorkingDir"].as_str().unwrap_or_default().to_string(),
                     user: c["User"].as_str().unwrap_or_default().to_string(),
+                    stop_signal: c["StopSignal"].as_str().unwrap_or_default().to_string(),
                 },
                 manifest_digest: manifest_digest.to_string(),
                 manifest_media_type: manifest["mediaType"]

@@ -1,6 +1,7 @@
 //! The Docker Engine API subset the `docker` CLI needs for images, ps, run, exec, logs,
 //! stop, rm (and the remote API of seed 002). A Docker container is a one-container pod;
 //! its id is the container's id, its name the container's (and the pod's) name.
+use super::docker_ops;
 use crate::api::attach::{upgrade_response, wants_upgrade, Session};
 use crate::api::http::{flag, ok_json, query, read_body, ApiError, ApiResult, MAX_JSON_BODY};
 use crate::engine::io::IoState;
@@ -39,7 +40,31 @@ pub async fn route(
         ("GET", ["containers", "json"]) => list(engine, &req),
         ("GET", ["containers", id, "json"]) => inspect(engine, id),
         ("POST", ["containers", id, "start"]) => start(engine, id).await,
-        ("POST", ["containers", id, "stop"]) => stop(engine, id).await,
+        ("POST", ["containers", id, "stop"]) => docker_ops::stop(engine, id, &req).await,
+        ("POST", ["containers", id, "restart"]) => docker_ops::restart(engine, id, &req).await,
+        ("POST", ["containers", id, "pause"]) => docker_ops::pause(engine, id, true).await,
+        ("POST", ["containers", id, "unpause"]) => docker_ops::pause(engine, id, false).await,
+        ("POST", ["containers", id, "rename"]) => docker_ops::rename(engine, id, &req),
+        ("GET", ["containers", id, "stats"]) => docker_ops::stats(engine, id, &req).await,
+        ("GET", ["containers", id, "top"]) => docker_ops::top(engine, id, &req).await,
+        ("POST", ["images", "load"]) => crate::api::images::load(engine, req).await,
+        ("GET", ["images", rest @ .., "get"]) if !rest.is_empty() => {
+            let name = rest.join("/");
+            image_save(engine, &name).await
+        }
+        ("POST", ["images", rest @ .., "tag"]) if !rest.is_empty() => {
+            image_tag(engine, &rest.join("/"), &req)
+        }
+        ("POST", ["images", rest @ .., "push"]) if !rest.is_empty() => {
+            let name = rest.join("/");
+            let tag = query(&req).get("tag").cloned().unwrap_or_default();
+            let reference = if tag.is_empty() {
+                name
+            } else {
+                format!("{name}:{tag}")
+            };
+            crate::api::images::push_reference(engine, req, &reference, None).await
+        }
         ("POST", ["containers", id, "kill"]) => kill(engine, id, &req).await,
         ("POST", ["containers", id, "wait"]) => wait(engine, id, &req).await,
         ("GET", ["containers", id, "logs"]) => logs(engine, id, &req),
@@ -66,7 +91,7 @@ fn is_versioned(req: &Request<Incoming>) -> bool {
 }
 
 /// A Docker container: the pod and its (only or named) container.
-fn find(engine: &Engine, id: &str) -> Result<(Arc<Pod>, Arc<Container>), ApiError> {
+pub(super) fn find(engine: &Engine, id: &str) -> Result<(Arc<Pod>, Arc<Container>), ApiError> {
     let id = id.trim_start_matches('/');
     engine
         .container_or_pod(id)
@@ -176,6 +201,38 @@ fn image_delete(engine: &Arc<Engine>, name: &str, req: &Request<Incoming>) -> Ap
     ok_json(crate::api::images::removal_json(&removed))
 }
 
+/// `GET /images/{name}/get`: `docker save` of one image.
+async fn image_save(engine: &Arc<Engine>, name: &str) -> ApiResult {
+    engine
+        .images
+        .resolve(name)
+        .map_err(|_| ApiError::not_found(format!("No such image: {name}")))?;
+    crate::api::images::save_names(engine, &[name.to_string()]).await
+}
+
+/// `POST /images/{name}/tag?repo=REPO[&tag=TAG]`: 201 and no body, as Docker.
+fn image_tag(engine: &Arc<Engine>, name: &str, req: &Request<Incoming>) -> ApiResult {
+    let q = query(req);
+    let rec = engine
+        .images
+        .resolve(name)
+        .map_err(|_| ApiError::not_found(format!("No such image: {name}")))?;
+    let repo = q
+        .get("repo")
+        .filter(|r| !r.is_empty())
+        .ok_or_else(|| ApiError::bad_request("repo is required"))?;
+    let reference = match q.get("tag").filter(|t| !t.is_empty()) {
+        Some(t) => format!("{repo}:{t}"),
+        None => repo.clone(),
+    };
+    let target = crate::image::ImageRef::parse(&reference)?.familiar();
+    engine.images.add_references(&rec.id, &[target])?;
+    Ok(Response::builder()
+        .status(StatusCode::CREATED)
+        .body(crate::api::http::full(""))
+        .expect("valid response"))
+}
+
 fn strings(v: &Value) -> Vec<String> {
     match v {
         Value::Array(a) => a
@@ -185,6 +242,60 @@ fn strings(v: &Value) -> Vec<String> {
         Value::String(s) => vec!["/bin/sh".into(), "-c".into(), s.clone()],
         _ => vec![],
     }
+}
+
+/// Create options hyperd cannot honour yet: each gets a `Warnings` entry, never silence.
+fn unsupported_options(cfg: &Value) -> Vec<String> {
+    let host = &cfg["HostConfig"];
+    let set = |v: &Value| match v {
+        Value::Null => false,
+        Value::Bool(b) => *b,
+        Value::Array(a) => !a.is_empty(),
+        Value::Object(o) => !o.is_empty(),
+        Value::String(s) => !s.is_empty(),
+        Value::Number(_) => true,
+    };
+    let mut out = Vec::new();
+    if set(&host["PortBindings"]) || set(&host["PublishAllPorts"]) {
+        out.push(
+            "Published ports are not supported yet (pods have no network device): ignored."
+                .to_string(),
+        );
+    }
+    if set(&host["Binds"]) || set(&host["Mounts"]) || set(&cfg["Volumes"]) {
+        out.push(
+            "Volumes and bind mounts are not supported yet: ignored; writes stay in the VM."
+                .to_string(),
+        );
+    }
+    if set(&host["Privileged"]) {
+        out.push("--privileged is ignored: the container runs in its own micro-VM.".to_string());
+    }
+    if set(&host["CapAdd"]) || set(&host["CapDrop"]) {
+        out.push(
+            "Capability changes (--cap-add, --cap-drop) are not supported yet: ignored."
+                .to_string(),
+        );
+    }
+    if set(&host["ReadonlyRootfs"]) {
+        out.push(
+            "--read-only is not supported yet: the root filesystem stays writable.".to_string(),
+        );
+    }
+    if set(&host["Devices"]) {
+        out.push("Devices are not passed into micro-VMs: ignored.".to_string());
+    }
+    if set(&host["Dns"]) || set(&host["ExtraHosts"]) {
+        out.push("DNS servers and extra hosts are not supported yet: ignored.".to_string());
+    }
+    if let Some(mode) = host["NetworkMode"].as_str() {
+        if !matches!(mode, "" | "default" | "bridge" | "none") {
+            out.push(format!(
+                "Network mode {mode:?} is not supported yet: ignored."
+            ));
+        }
+    }
+    out
 }
 
 /// `POST /containers/create[?name=NAME]`: a one-container pod from Docker's config.
@@ -241,6 +352,7 @@ async fn create(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
             user: cfg["User"].as_str().unwrap_or_default().to_string(),
             tty: cfg["Tty"].as_bool().unwrap_or(false),
             restart_policy: restart.to_string(),
+            stop_signal: cfg["StopSignal"].as_str().unwrap_or_default().to_string(),
             ..Default::default()
         }],
         resource: Resource {
@@ -259,6 +371,7 @@ async fn create(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
             .unwrap_or_default(),
         ..Default::default()
     };
+    let warnings = unsupported_options(&cfg);
     let pod = engine.create_pod(spec).map_err(|e| match e {
         crate::engine::EngineError::NotFound(_) => ApiError::not_found(format!(
             "No such image: {}",
@@ -267,12 +380,15 @@ async fn create(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
         other => other.into(),
     })?;
     let c = pod.containers().first().cloned().expect("one container");
-    let resp = json!({ "Id": c.id, "Warnings": [] });
+    for w in &warnings {
+        tracing::warn!(container = %c.id, "{w}");
+    }
+    let resp = json!({ "Id": c.id, "Warnings": warnings });
     Ok(crate::api::http::json_response(StatusCode::CREATED, &resp))
 }
 
 /// Docker's state of a container.
-fn state(pod: &Pod, c: &Container) -> &'static str {
+pub(super) fn state(pod: &Pod, c: &Container) -> &'static str {
     match (*c.io.state().borrow(), pod.phase()) {
         (IoState::Running, PodPhase::Paused) => "paused",
         (IoState::Running, _) => "running",
@@ -281,13 +397,49 @@ fn state(pod: &Pod, c: &Container) -> &'static str {
     }
 }
 
+/// Docker's human duration (go-units' `HumanDuration`): `3 seconds`, `About a minute`,
+/// `2 hours`, ...
+pub fn human_duration(secs: u64) -> String {
+    let (m, h) = (secs / 60, secs / 3600);
+    match () {
+        _ if secs < 1 => "Less than a second".into(),
+        _ if secs == 1 => "1 second".into(),
+        _ if secs < 60 => format!("{secs} seconds"),
+        _ if m == 1 => "About a minute".into(),
+        _ if m < 60 => format!("{m} minutes"),
+        _ if h == 1 => "About an hour".into(),
+        _ if h < 48 => format!("{h} hours"),
+        _ if h < 24 * 7 * 2 => format!("{} days", h / 24),
+        _ if h < 24 * 30 * 2 => format!("{} weeks", h / 24 / 7),
+        _ if h < 24 * 365 * 2 => format!("{} months", h / 24 / 30),
+        _ => format!("{} years", h / 24 / 365),
+    }
+}
+
+fn since(time: Option<&String>) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let then = time
+        .and_then(|t| crate::image::parse_rfc3339(t))
+        .unwrap_or(now);
+    human_duration(now.saturating_sub(then))
+}
+
+/// `docker ps`'s Status column: `Up 3 seconds`, `Up 2 minutes (Paused)`,
+/// `Exited (0) 2 minutes ago`, `Created`.
 fn status_line(pod: &Pod, c: &Container) -> String {
     let st = c.status.lock().unwrap().clone();
     match state(pod, c) {
-        "running" => "Up".to_string(),
-        "paused" => "Up (Paused)".to_string(),
+        "running" => format!("Up {}", since(st.started_at.as_ref())),
+        "paused" => format!("Up {} (Paused)", since(st.started_at.as_ref())),
         "created" => "Created".to_string(),
-        _ => format!("Exited ({})", st.exit_code.unwrap_or(0)),
+        _ => format!(
+            "Exited ({}) {} ago",
+            st.exit_code.unwrap_or(0),
+            since(st.finished_at.as_ref())
+        ),
     }
 }
 
@@ -330,6 +482,63 @@ fn inspect(engine: &Arc<Engine>, id: &str) -> ApiResult {
     let st = c.status.lock().unwrap().clone();
     let s = state(&pod, &c);
     let zero = "0001-01-01T00:00:00Z".to_string();
+    let pid = match (s, pod.vm()) {
+        ("running" | "paused", Some(vm)) => vm.pid,
+        _ => 0,
+    };
+    let stop_signal = [&c.spec.stop_signal, &c.image.config.stop_signal]
+        .into_iter()
+        .find(|s| !s.is_empty())
+        .cloned()
+        .unwrap_or_else(|| "SIGTERM".into());
+    // Fields hyperd cannot fill yet carry Docker's empty values, so that clients
+    // (docker-py, compose) find every key they read.
+    let host_config = json!({
+        "Binds": null,
+        "ContainerIDFile": "",
+        "LogConfig": { "Type": "json-file", "Config": {} },
+        "NetworkMode": "none",
+        "PortBindings": {},
+        "RestartPolicy": {
+            "Name": match c.spec.restart_policy.as_str() { "always" => "always", "onFailure" => "on-failure", _ => "no" },
+            "MaximumRetryCount": 0,
+        },
+        "AutoRemove": pod.spec.auto_remove,
+        "VolumeDriver": "",
+        "VolumesFrom": null,
+        "CapAdd": null,
+        "CapDrop": null,
+        "Dns": [],
+        "DnsOptions": [],
+        "DnsSearch": [],
+        "ExtraHosts": null,
+        "Privileged": false,
+        "PublishAllPorts": false,
+        "ReadonlyRootfs": false,
+        "SecurityOpt": null,
+        "Tmpfs": null,
+        "UTSMode": "",
+        "UsernsMode": "",
+        "ShmSize": 67108864,
+        "Runtime": "hyperd",
+        "Isolation": "",
+        "CpuShares": 0,
+        "Memory": u64::from(pod.spec.resource.memory) << 20,
+        "NanoCpus": u64::from(pod.spec.resource.vcpu) * 1_000_000_000,
+        "CgroupParent": "",
+        "BlkioWeight": 0,
+        "CpuPeriod": 0,
+        "CpuQuota": 0,
+        "CpusetCpus": "",
+        "Devices": [],
+        "MemoryReservation": 0,
+        "MemorySwap": 0,
+        "OomKillDisable": false,
+        "PidsLimit": null,
+        "Ulimits": null,
+        "Mounts": null,
+        "Init": null,
+    });
     ok_json(json!({
         "Id": c.id,
         "Created": pod.created,
@@ -342,45 +551,74 @@ fn inspect(engine: &Arc<Engine>, id: &str) -> ApiResult {
             "Restarting": c.restarting.load(std::sync::atomic::Ordering::SeqCst),
             "OOMKilled": false,
             "Dead": false,
-            "Pid": 0,
+            "Pid": pid,
             "ExitCode": st.exit_code.unwrap_or(0),
             "Error": "",
             "StartedAt": st.started_at.clone().unwrap_or_else(|| zero.clone()),
             "FinishedAt": st.finished_at.clone().unwrap_or(zero),
         },
         "Image": c.image.id,
+        "ResolvConfPath": "",
+        "HostnamePath": "",
+        "HostsPath": "",
+        "LogPath": c.io.log_path,
         "Name": format!("/{}", c.name()),
         "RestartCount": st.restart_count,
         "Driver": engine.driver.describe(),
         "Platform": "linux",
-        "HostConfig": {
-            "AutoRemove": pod.spec.auto_remove,
-            "Memory": u64::from(pod.spec.resource.memory) << 20,
-            "NanoCpus": u64::from(pod.spec.resource.vcpu) * 1_000_000_000,
-            "RestartPolicy": { "Name": match c.spec.restart_policy.as_str() { "always" => "always", "onFailure" => "on-failure", _ => "no" } },
-            "NetworkMode": "none",
-        },
+        "MountLabel": "",
+        "ProcessLabel": "",
+        "AppArmorProfile": "",
+        "ExecIDs": null,
+        "HostConfig": host_config,
+        "GraphDriver": { "Name": "erofs", "Data": {} },
+        "Mounts": [],
         "Config": {
             "Hostname": pod.spec.hostname,
+            "Domainname": "",
             "User": c.process.user,
+            "AttachStdin": false,
+            "AttachStdout": true,
+            "AttachStderr": true,
+            "ExposedPorts": null,
             "Tty": c.process.tty,
             "OpenStdin": c.process.tty,
+            "StdinOnce": false,
             "Env": c.process.env,
             "Cmd": c.spec.command,
             "Entrypoint": c.spec.entrypoint,
             "Image": c.image_ref,
+            "Volumes": null,
             "WorkingDir": c.process.workdir,
+            "OnBuild": null,
             "Labels": *pod.labels.lock().unwrap(),
+            "StopSignal": stop_signal,
         },
-        "NetworkSettings": { "Ports": {}, "Networks": {} },
-        "Mounts": [],
+        "NetworkSettings": {
+            "Bridge": "",
+            "SandboxID": "",
+            "SandboxKey": "",
+            "Ports": {},
+            "IPAddress": "",
+            "IPPrefixLen": 0,
+            "Gateway": "",
+            "MacAddress": "",
+            "Networks": {},
+        },
         "HyperPodID": pod.id,
     }))
 }
 
-fn no_content() -> ApiResult {
+pub(super) fn no_content() -> ApiResult {
     Ok(Response::builder()
         .status(StatusCode::NO_CONTENT)
+        .body(crate::api::http::full(""))
+        .expect("valid response"))
+}
+
+pub(super) fn not_modified() -> ApiResult {
+    Ok(Response::builder()
+        .status(StatusCode::NOT_MODIFIED)
         .body(crate::api::http::full(""))
         .expect("valid response"))
 }
@@ -397,18 +635,6 @@ async fn start(engine: &Arc<Engine>, id: &str) -> ApiResult {
             no_content()
         }
     }
-}
-
-async fn stop(engine: &Arc<Engine>, id: &str) -> ApiResult {
-    let (pod, _) = find(engine, id)?;
-    if pod.vm().is_none() {
-        return Ok(Response::builder()
-            .status(StatusCode::NOT_MODIFIED)
-            .body(crate::api::http::full(""))
-            .expect("valid response"));
-    }
-    engine.stop_pod(&pod.id).await?;
-    no_content()
 }
 
 async fn kill(engine: &Arc<Engine>, id: &str, req: &Request<Incoming>) -> ApiResult {

@@ -211,6 +211,7 @@ async fn create(engine: &Arc<Engine>, req: Request<Incoming>) -> Reply {
         },
         ..Default::default()
     };
+    engine.ensure_image(image).await?;
     let pod = engine.create_pod(spec)?;
     engine.start_pod(&pod.id, None).await?;
     let c = pod.containers().first().cloned().expect("one container");

@@ -1,12 +1,14 @@
 //! The container APIs of `../shared/seeds/` served on hyperd's socket, mapped onto pods:
 //! a "container" of these APIs is a one-container pod in its own micro-VM.
 //!
-//! - [`docker`]: the Docker remote/Engine API, as the `docker` CLI uses it.
+//! - [`docker`]: the Docker remote/Engine API, as the `docker` CLI uses it;
+//!   [`docker_ops`]: its graceful stop, restart, pause, rename, stats and top.
 //! - [`flask`]: the Docker Flask API.
 //! - [`mcm`]: the mimik mCM container API.
 //!
 //! Routing: paths with parameters in them (`/containers/{id}/json`) are matched here
 //! after hyperd's own fixed routes; see docs/api-compat.md for which API owns which path.
 pub mod docker;
+pub mod docker_ops;
 pub mod flask;
 pub mod mcm;

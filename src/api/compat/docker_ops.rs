@@ -1,0 +1,272 @@
+//! Docker container operations beyond the lifecycle: graceful stop and restart, pause,
+//! rename, stats in Docker's JSON shape, and top (`ps` inside the container).
+use super::docker::{find, no_content, not_modified, state};
+use crate::api::http::{flag, query, ApiError, ApiResult};
+use crate::engine::Engine;
+use hyper::body::Incoming;
+use hyper::Request;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Seconds of grace before SIGKILL when the request names none (Docker's default).
+const DEFAULT_GRACE: u64 = 10;
+/// The longest grace honoured (`t=-1`, "wait forever", waits this long).
+const MAX_GRACE: u64 = 3600;
+
+fn grace(req: &Request<Incoming>) -> Result<Duration, ApiError> {
+    let q = query(req);
+    let secs = match q.get("t").or(q.get("time")).filter(|t| !t.is_empty()) {
+        None => DEFAULT_GRACE,
+        Some(t) => match t.parse::<i64>() {
+            Ok(n) if n < 0 => MAX_GRACE,
+            Ok(n) => (n as u64).min(MAX_GRACE),
+            Err(_) => {
+                return Err(ApiError::bad_request(format!(
+                    "t must be a number of seconds, not {t:?}"
+                )))
+            }
+        },
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+/// `POST /containers/{id}/stop[?t=SECONDS]`: the stop signal, SIGKILL after `t`.
+pub async fn stop(engine: &Arc<Engine>, id: &str, req: &Request<Incoming>) -> ApiResult {
+    let (pod, _) = find(engine, id)?;
+    let grace = grace(req)?;
+    if pod.vm().is_none() {
+        return not_modified();
+    }
+    engine.stop_pod_gracefully(&pod.id, grace).await?;
+    no_content()
+}
+
+/// `POST /containers/{id}/restart[?t=SECONDS]`.
+pub async fn restart(engine: &Arc<Engine>, id: &str, req: &Request<Incoming>) -> ApiResult {
+    let (pod, _) = find(engine, id)?;
+    let grace = grace(req)?;
+    if pod.vm().is_some() {
+        engine.stop_pod_gracefully(&pod.id, grace).await?;
+    }
+    engine.start_pod(&pod.id, None).await?;
+    no_content()
+}
+
+/// `POST /containers/{id}/pause` and `/unpause`: the VM is frozen or thawed.
+pub async fn pause(engine: &Arc<Engine>, id: &str, pause: bool) -> ApiResult {
+    let (pod, c) = find(engine, id)?;
+    let st = state(&pod, &c);
+    if pause && st != "running" {
+        return Err(ApiError::new(
+            hyper::StatusCode::CONFLICT,
+            format!("Container {} is not running", c.id),
+        ));
+    }
+    if !pause && st != "paused" {
+        return Err(ApiError::new(
+            hyper::StatusCode::CONFLICT,
+            format!("Container {} is not paused", c.id),
+        ));
+    }
+    engine.pause_pod(&pod.id, pause).await?;
+    no_content()
+}
+
+/// `POST /containers/{id}/rename?name=NEW`.
+pub fn rename(engine: &Arc<Engine>, id: &str, req: &Request<Incoming>) -> ApiResult {
+    let (_, c) = find(engine, id)?;
+    let q = query(req);
+    let name = q
+        .get("name")
+        .map(|n| n.trim_start_matches('/'))
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| ApiError::bad_request("name is required"))?;
+    engine.rename_container(&c.id, name)?;
+    no_content()
+}
+
+/// One sample of a container's VM, as Docker's stats JSON. `system_cpu_usage` is the
+/// wall clock times the VM's CPUs (in ns), so the docker CLI's formula
+/// (cpu delta / system delta × CPUs) gives the VM's CPU use in percent of one CPU.
+struct Sample {
+    at: Instant,
+    read: String,
+    cpu_ns: u64,
+    system_ns: u64,
+}
+
+async fn sample(
+    engine: &Engine,
+    pod_id: &str,
+    vcpus: u64,
+    epoch: Instant,
+) -> Result<(Sample, hyperd_agent::protocol::Stats), ApiError> {
+    let (_, s) = engine.pod_stats(pod_id).await?;
+    let at = Instant::now();
+    Ok((
+        Sample {
+            at,
+            read: crate::engine::io::chrono_now(),
+            cpu_ns: s.cpu_ns,
+            system_ns: (at - epoch).as_nanos() as u64 * vcpus,
+        },
+        s,
+    ))
+}
+
+fn stats_json(
+    id: &str,
+    name: &str,
+    vcpus: u64,
+    now: &Sample,
+    pre: Option<&Sample>,
+    s: &hyperd_agent::protocol::Stats,
+) -> Value {
+    let cpu = |x: Option<&Sample>| match x {
+        Some(x) => json!({
+            "cpu_usage": { "total_usage": x.cpu_ns, "usage_in_kernelmode": 0, "usage_in_usermode": 0 },
+            "system_cpu_usage": x.system_ns,
+            "online_cpus": vcpus,
+            "throttling_data": { "periods": 0, "throttled_periods": 0, "throttled_time": 0 },
+        }),
+        None => json!({
+            "cpu_usage": { "total_usage": 0, "usage_in_kernelmode": 0, "usage_in_usermode": 0 },
+            "throttling_data": { "periods": 0, "throttled_periods": 0, "throttled_time": 0 },
+        }),
+    };
+    let used = s.memory_total.saturating_sub(s.memory_available);
+    json!({
+        "id": id,
+        "name": format!("/{name}"),
+        "read": now.read,
+        "preread": pre.map(|p| p.read.clone()).unwrap_or_else(|| "0001-01-01T00:00:00Z".into()),
+        "num_procs": 0,
+        "pids_stats": { "current": s.processes },
+        "cpu_stats": cpu(Some(now)),
+        "precpu_stats": cpu(pre),
+        "memory_stats": { "usage": used, "limit": s.memory_total, "stats": {} },
+        "blkio_stats": {
+            "io_service_bytes_recursive": null, "io_serviced_recursive": null,
+            "io_queue_recursive": null, "io_service_time_recursive": null,
+            "io_wait_time_recursive": null, "io_merged_recursive": null,
+            "io_time_recursive": null, "sectors_recursive": null,
+        },
+        "storage_stats": {},
+    })
+}
+
+/// `GET /containers/{id}/stats[?stream=false][&one-shot=true]`: a sample a second, or
+/// one (with the previous second's sample as `precpu_stats`, unless `one-shot`).
+pub async fn stats(engine: &Arc<Engine>, id: &str, req: &Request<Incoming>) -> ApiResult {
+    let (pod, c) = find(engine, id)?;
+    let q = query(req);
+    let stream = q.get("stream").is_none_or(|v| v != "false" && v != "0");
+    let one_shot = flag(&q, "one-shot");
+    let vcpus = u64::from(pod.spec.resource.vcpu.max(1));
+    let epoch = Instant::now();
+    let (id, name) = (c.id.clone(), c.name());
+    if !stream {
+        let (first, s) = sample(engine, &pod.id, vcpus, epoch).await?;
+        if one_shot {
+            return crate::api::http::ok_json(stats_json(&id, &name, vcpus, &first, None, &s));
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (now, s) = sample(engine, &pod.id, vcpus, epoch).await?;
+        return crate::api::http::ok_json(stats_json(&id, &name, vcpus, &now, Some(&first), &s));
+    }
+    let (first, s) = sample(engine, &pod.id, vcpus, epoch).await?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let _ = tx.send(bytes::Bytes::from(format!(
+        "{}\n",
+        stats_json(&id, &name, vcpus, &first, None, &s)
+    )));
+    let engine = engine.clone();
+    let pod_id = pod.id.clone();
+    tokio::spawn(async move {
+        let mut pre = first;
+        loop {
+            let next = pre.at + Duration::from_secs(1);
+            tokio::time::sleep_until(next.into()).await;
+            if tx.is_closed() {
+                return;
+            }
+            let Ok((now, s)) = sample(&engine, &pod_id, vcpus, epoch).await else {
+                return;
+            };
+            let line = format!("{}\n", stats_json(&id, &name, vcpus, &now, Some(&pre), &s));
+            if tx.send(bytes::Bytes::from(line)).is_err() {
+                return;
+            }
+            pre = now;
+        }
+    });
+    Ok(crate::api::http::stream_chunks(rx, "application/json"))
+}
+
+/// `ps` output as Docker's top: the first line's words are the titles, each later line
+/// has as many fields, the last taking the rest of the line (the command).
+pub fn parse_ps(text: &str) -> Value {
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+    let titles: Vec<&str> = lines.next().unwrap_or("").split_whitespace().collect();
+    let n = titles.len().max(1);
+    let processes: Vec<Vec<String>> = lines
+        .map(|l| {
+            let mut fields = Vec::with_capacity(n);
+            let mut rest = l.trim_start();
+            while fields.len() + 1 < n {
+                let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+                fields.push(rest[..end].to_string());
+                rest = rest[end..].trim_start();
+            }
+            fields.push(rest.to_string());
+            fields
+        })
+        .collect();
+    json!({ "Titles": titles, "Processes": processes })
+}
+
+/// `GET /containers/{id}/top[?ps_args=-ef]`: `ps` run inside the container.
+pub async fn top(engine: &Arc<Engine>, id: &str, req: &Request<Incoming>) -> ApiResult {
+    let (pod, c) = find(engine, id)?;
+    if state(&pod, &c) != "running" {
+        return Err(ApiError::new(
+            hyper::StatusCode::CONFLICT,
+            format!("Container {} is not running", c.id),
+        ));
+    }
+    let q = query(req);
+    let mut args = vec!["ps".to_string()];
+    args.extend(
+        q.get("ps_args")
+            .map(String::as_str)
+            .unwrap_or("-ef")
+            .split_whitespace()
+            .map(str::to_string),
+    );
+    let (code, out) = engine
+        .run_to_end(&c.id, args, Duration::from_secs(10))
+        .await?;
+    if code != 0 {
+        return Err(ApiError::new(
+            hyper::StatusCode::INTERNAL_SERVER_ERROR,
+            format!("ps in the container exited with {code}"),
+        ));
+    }
+    crate::api::http::ok_json(parse_ps(&String::from_utf8_lossy(&out)))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn parses_ps_output() {
+        let v =
+            super::parse_ps("PID   USER     COMMAND\n    1 root     sleep 100\n   7 root ps -ef\n");
+        assert_eq!(v["Titles"], serde_json::json!(["PID", "USER", "COMMAND"]));
+        assert_eq!(
+            v["Processes"],
+            serde_json::json!([["1", "root", "sleep 100"], ["7", "root", "ps -ef"]])
+        );
+        assert_eq!(super::parse_ps("")["Processes"], serde_json::json!([]));
+    }
+}
