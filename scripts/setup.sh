@@ -10,7 +10,7 @@ cd "$repo"
 
 packages=(linux-source-6.1 qemu-system-x86 busybox-static erofs-utils e2fsprogs
           docker-registry skopeo apache2-utils
-          flex bison bc cpio xz-utils libelf-dev make gcc curl)
+          flex bison bc cpio xz-utils libelf-dev make gcc curl python3-venv)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -24,6 +24,15 @@ if [ "${#missing[@]}" -gt 0 ]; then
     [ "$(id -u)" = 0 ] || sudo="sudo"
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+fi
+
+# docker-py (PyPI `docker`), a client the tests drive, in a venv of its own.
+cache="${HYPERD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/hyperd}"
+venv="$cache/pyvenv"
+if ! "$venv/bin/python" -c 'import docker' 2>/dev/null; then
+    echo "installing docker-py into $venv" >&2
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q 'docker>=7,<8' >&2
 fi
 
 echo "guest kernel: $(kernel-config/build.sh)" >&2

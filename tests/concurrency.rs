@@ -46,7 +46,7 @@ fn twenty_pods_in_parallel_leave_nothing_behind() {
                 assert_eq!(info["status"]["phase"], "running", "{info}");
                 // Half are stopped first, half deleted while running.
                 if i % 2 == 0 {
-                    d.json("POST", &format!("/pod/stop?podId={name}"), None);
+                    d.json("POST", &format!("/pod/stop?podId={name}&time=1"), None);
                 }
                 let (code, text) = d.curl("DELETE", &format!("/pod?podId={name}"), None);
                 assert_eq!(code, 200, "{name}: {text}");

@@ -106,7 +106,7 @@ fn stop_and_delete_leave_nothing_behind() {
 
     let (code, body) = d.curl(
         "POST",
-        &format!("/v1.24/pod/stop?podId={pod_id}&stopVM=yes"),
+        &format!("/v1.24/pod/stop?podId={pod_id}&stopVM=yes&time=1"),
         None,
     );
     assert_eq!(code, 200, "{body}");

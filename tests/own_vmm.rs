@@ -217,7 +217,7 @@ fn a_pod_runs_through_the_hyper_vmm_driver() {
         out_ok(&d.hyperctl(&["exec", "keep", "echo", "still-here"])),
         "still-here"
     );
-    out_ok(&d.hyperctl(&["stop", "keep"]));
+    out_ok(&d.hyperctl(&["stop", "-t", "1", "keep"]));
     common::wait_gone(vm_pid, "the adopted hyper-vmm after stop");
     // An unknown driver is refused at start.
     let bad = Command::new(env!("CARGO_BIN_EXE_hyperd"))

@@ -120,6 +120,6 @@ fn pods_survive_a_daemon_kill() {
     assert_eq!(vms["vmData"].as_array().unwrap().len(), 1, "{vms}");
 
     // A stop after the restart still powers the adopted VM off.
-    out_ok(&d.hyperctl(&["stop", "runner"]));
+    out_ok(&d.hyperctl(&["stop", "-t", "1", "runner"]));
     wait_gone(runner_pid, "the adopted VM after stop");
 }

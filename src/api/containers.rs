@@ -260,19 +260,25 @@ pub async fn container_start(engine: &Arc<Engine>, req: &Request<Incoming>) -> A
 /// `time` (default 10).
 pub async fn container_stop(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
     let q = query(req);
+    let grace = grace_of(&q)?;
+    let c = engine
+        .stop_container(param(&q, &["container"])?, grace)
+        .await?;
+    ok_json(json!({ "ID": c.id }))
+}
+
+/// The grace before SIGKILL a stop request asks for: `time` (or `t`) seconds, 10 when
+/// absent (Docker's default), at most an hour.
+pub fn grace_of(
+    q: &std::collections::HashMap<String, String>,
+) -> Result<std::time::Duration, ApiError> {
     let secs: u64 = match q.get("time").or(q.get("t")).filter(|t| !t.is_empty()) {
         Some(t) => t.parse().map_err(|_| {
             ApiError::bad_request(format!("time must be a number of seconds, not {t:?}"))
         })?,
         None => 10,
     };
-    let c = engine
-        .stop_container(
-            param(&q, &["container"])?,
-            std::time::Duration::from_secs(secs),
-        )
-        .await?;
-    ok_json(json!({ "ID": c.id }))
+    Ok(std::time::Duration::from_secs(secs.min(3600)))
 }
 
 pub async fn container_remove(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {

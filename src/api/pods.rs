@@ -37,10 +37,13 @@ pub async fn start(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
     reply(&pod.id)
 }
 
+/// `POST /pod/stop?podId=ID[&time=SECONDS]`: each container gets its stop signal, then
+/// SIGKILL after `time` (default 10, as Docker); the VM powers off after.
 pub async fn stop(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
     let q = query(&req);
     let id = param(&q, &["podId", "podName"])?;
-    let pod = engine.stop_pod(id).await?;
+    let grace = crate::api::containers::grace_of(&q)?;
+    let pod = engine.stop_pod_gracefully(id, grace).await?;
     reply(&pod.id)
 }
 

@@ -50,15 +50,33 @@ enum Cmd {
     Info,
     /// Show a pod's details as JSON.
     Inspect { pod: String },
-    /// Start a created or stopped pod.
-    Start { pod: String },
-    /// Stop a running pod (its VM is shut down).
-    Stop { pod: String },
-    /// Remove pods (running ones are stopped first).
-    Rm {
-        #[arg(required = true)]
-        pods: Vec<String>,
+    /// Start a created or stopped pod (or, with -c, one of its containers).
+    Start {
+        pod: Option<String>,
+        /// A container instead of a pod.
+        #[arg(short = 'c', long = "container")]
+        container: Option<String>,
     },
+    /// Stop a running pod: each container gets its stop signal, SIGKILL after the
+    /// grace time, then the VM is shut down (with -c, one container only).
+    Stop {
+        pod: Option<String>,
+        /// A container instead of a pod.
+        #[arg(short = 'c', long = "container")]
+        container: Option<String>,
+        /// Seconds to wait after the stop signal before SIGKILL.
+        #[arg(short = 't', long = "time", default_value_t = 10)]
+        time: u64,
+    },
+    /// Remove pods (running ones are stopped first), or with -c containers.
+    Rm {
+        pods: Vec<String>,
+        /// Containers to remove (stopped ones) instead of pods.
+        #[arg(short = 'c', long = "container")]
+        containers: Vec<String>,
+    },
+    /// Show the client's and the daemon's versions.
+    Version,
     /// Run a command in a running container (or a pod's first container).
     Exec {
         /// Give the command a terminal.
@@ -284,30 +302,67 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             println!("{}", v["ID"].as_str().unwrap_or_default());
             Ok(0)
         }
-        Cmd::Start { pod } => {
-            client
-                .json(
-                    Method::POST,
-                    &format!("/pod/start?podId={}", enc(&pod)),
-                    None,
-                )
-                .await?;
-            println!("{pod}");
+        Cmd::Start { pod, container } => {
+            let (path, name) = match (container, pod) {
+                (Some(c), _) => (format!("/container/start?container={}", enc(&c)), c),
+                (None, Some(p)) => (format!("/pod/start?podId={}", enc(&p)), p),
+                (None, None) => anyhow::bail!("name a pod, or a container with -c"),
+            };
+            client.json(Method::POST, &path, None).await?;
+            println!("{name}");
             Ok(0)
         }
-        Cmd::Stop { pod } => {
-            client
-                .json(
-                    Method::POST,
-                    &format!("/pod/stop?podId={}&stopVM=yes", enc(&pod)),
-                    None,
-                )
-                .await?;
-            println!("{pod}");
+        Cmd::Stop {
+            pod,
+            container,
+            time,
+        } => {
+            let (path, name) = match (container, pod) {
+                (Some(c), _) => (
+                    format!("/container/stop?container={}&time={time}", enc(&c)),
+                    c,
+                ),
+                (None, Some(p)) => (
+                    format!("/pod/stop?podId={}&stopVM=yes&time={time}", enc(&p)),
+                    p,
+                ),
+                (None, None) => anyhow::bail!("name a pod, or a container with -c"),
+            };
+            client.json(Method::POST, &path, None).await?;
+            println!("{name}");
             Ok(0)
         }
-        Cmd::Rm { pods } => {
+        Cmd::Version => {
+            println!("Client version: {}", hyperd::VERSION);
+            let v = client.json(Method::GET, "/version", None).await?;
+            println!(
+                "Server version: {} (API {})",
+                v["Version"].as_str().unwrap_or("?"),
+                v["ApiVersion"].as_str().unwrap_or("?")
+            );
+            Ok(0)
+        }
+        Cmd::Rm { pods, containers } => {
+            if pods.is_empty() && containers.is_empty() {
+                anyhow::bail!("name pods, or containers with -c");
+            }
             let mut code = 0;
+            for c in containers {
+                match client
+                    .json(
+                        Method::POST,
+                        &format!("/container/remove?container={}", enc(&c)),
+                        None,
+                    )
+                    .await
+                {
+                    Ok(_) => println!("{c}"),
+                    Err(e) => {
+                        eprintln!("hyperctl: {c}: {e}");
+                        code = 1;
+                    }
+                }
+            }
             for pod in pods {
                 match client
                     .json(Method::DELETE, &format!("/pod?podId={}", enc(&pod)), None)

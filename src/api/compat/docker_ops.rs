@@ -161,7 +161,10 @@ fn stats_json(
 pub async fn stats(engine: &Arc<Engine>, id: &str, req: &Request<Incoming>) -> ApiResult {
     let (pod, c) = find(engine, id)?;
     let q = query(req);
-    let stream = q.get("stream").is_none_or(|v| v != "false" && v != "0");
+    // Clients send `false`, `False` (docker-py through requests) or `0`.
+    let stream = q
+        .get("stream")
+        .is_none_or(|v| !matches!(v.to_ascii_lowercase().as_str(), "false" | "0" | "no"));
     let one_shot = flag(&q, "one-shot");
     let vcpus = u64::from(pod.spec.resource.vcpu.max(1));
     let epoch = Instant::now();
