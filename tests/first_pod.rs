@@ -128,6 +128,34 @@ fn stop_and_delete_leave_nothing_behind() {
         409
     );
 
+    // stopVM=no keeps the VM, idle, and the next start runs the containers in it again.
+    let out = d.hyperctl(&["run", "-d", "busybox", "sleep", "1000"]);
+    let kept = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let info = d.json("GET", &format!("/pod/info?podName={kept}"), None);
+    let kept_pid = info["vmPid"].as_u64().unwrap() as u32;
+    let (code, body) = d.curl(
+        "POST",
+        &format!("/pod/stop?podId={kept}&stopVM=no&time=1"),
+        None,
+    );
+    assert_eq!(code, 200, "{body}");
+    let info = d.json("GET", &format!("/pod/info?podName={kept}"), None);
+    assert_eq!(info["status"]["phase"], "failed", "{info}");
+    assert_eq!(
+        info["status"]["containerStatus"][0]["terminated"]["exitCode"],
+        137
+    );
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert!(pid_alive(kept_pid), "the kept VM went away");
+    let (code, body) = d.curl("POST", &format!("/pod/start?podId={kept}"), None);
+    assert_eq!(code, 200, "{body}");
+    let info = d.json("GET", &format!("/pod/info?podName={kept}"), None);
+    assert_eq!(info["status"]["phase"], "running", "{info}");
+    assert_eq!(info["vmPid"].as_u64().unwrap() as u32, kept_pid, "a new VM");
+    let (code, body) = d.curl("DELETE", &format!("/pod?podId={kept}"), None);
+    assert_eq!(code, 200, "{body}");
+    wait_gone(kept_pid, "the kept VM after removal");
+
     // A running pod deleted directly also goes with its VM.
     let out = d.hyperctl(&["run", "-d", "busybox", "sleep", "1000"]);
     let pod2 = String::from_utf8_lossy(&out.stdout).trim().to_string();

@@ -239,6 +239,26 @@ fn auth_with_htpasswd() {
     let id = out_ok(&d.hyperctl(&["pull", "-q", &remote]));
     assert!(id.starts_with("sha256:"));
     assert!(!d.log().contains(pass), "password in the daemon log");
+
+    // An undecodable X-Registry-Auth is anonymous: the registry's 401, not a 400.
+    out_ok(&d.hyperctl(&["rmi", &remote]));
+    let (code, text) = d.curl_with(
+        "POST",
+        &format!("/image/create?imageName={remote}"),
+        None,
+        &["-H", "X-Registry-Auth: !!!not-base64"],
+    );
+    assert_eq!(code, 401, "{text}");
+
+    // Logout forgets the login: pulls are anonymous again.
+    let out = out_ok(&d.hyperctl(&["logout", &reg.addr]));
+    assert!(out.contains("Removing login credentials"), "{out}");
+    assert_eq!(
+        d.curl("POST", &format!("/image/create?imageName={remote}"), None)
+            .0,
+        401
+    );
+    assert!(!d.hyperctl(&["logout", &reg.addr]).status.success());
 }
 
 #[test]

@@ -233,6 +233,17 @@ pub async fn auth(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
     ok_json(json!({ "Status": "Login Succeeded", "IdentityToken": "" }))
 }
 
+/// `DELETE /auth?serveraddress=REGISTRY`: forgets a stored login (`hyperctl logout`).
+pub fn logout(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
+    let q = query(req);
+    let registry = registry_key(param(&q, &["serveraddress"])?);
+    if !engine.credentials.remove(&registry)? {
+        return Err(ApiError::not_found(format!("not logged in to {registry}")));
+    }
+    tracing::info!(registry = %registry, "login removed");
+    ok_json(json!({ "Status": format!("Removing login credentials for {registry}") }))
+}
+
 /// Loads an image archive (docker save or OCI layout, maybe compressed) on a blocking
 /// thread, in a work directory that goes away afterwards.
 pub async fn load_archive(

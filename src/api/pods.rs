@@ -37,13 +37,17 @@ pub async fn start(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
     reply(&pod.id)
 }
 
-/// `POST /pod/stop?podId=ID[&time=SECONDS]`: each container gets its stop signal, then
-/// SIGKILL after `time` (default 10, as Docker); the VM powers off after.
+/// `POST /pod/stop?podId=ID[&time=SECONDS][&stopVM=no]`: each container gets its stop
+/// signal, then SIGKILL after `time` (default 10, as Docker); the VM powers off after,
+/// unless `stopVM=no` keeps it for the pod's next start.
 pub async fn stop(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
     let q = query(&req);
     let id = param(&q, &["podId", "podName"])?;
     let grace = crate::api::containers::grace_of(&q)?;
-    let pod = engine.stop_pod_gracefully(id, grace).await?;
+    let keep_vm = q
+        .get("stopVM")
+        .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "no" | "false" | "0"));
+    let pod = engine.stop_pod_keeping_vm(id, grace, keep_vm).await?;
     reply(&pod.id)
 }
 

@@ -175,6 +175,7 @@ pub static ROUTES: &[Route] = &[
     route!(GET "/images/get" => |e, r| images::list_or_save(&e, &r).await),
     route!(DELETE "/image" => |e, r| images::remove(&e, &r)),
     route!(POST "/auth" => |e, r| images::auth(&e, r).await),
+    route!(DELETE "/auth" => |e, r| images::logout(&e, &r)),
 ];
 
 async fn route(

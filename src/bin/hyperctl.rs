@@ -174,6 +174,12 @@ enum Cmd {
         #[arg(long)]
         password_stdin: bool,
     },
+    /// Forget the login the daemon keeps for a registry.
+    Logout {
+        /// Registry (default: Docker Hub).
+        #[arg(default_value = "https://index.docker.io/v1/")]
+        server: String,
+    },
     /// Load images from a `docker save` archive or an OCI layout tar.
     Load {
         /// The archive (default: standard input).
@@ -644,6 +650,17 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 json!({ "username": username, "password": password, "serveraddress": server });
             let v = client.json(Method::POST, "/auth", Some(&body)).await?;
             println!("{}", v["Status"].as_str().unwrap_or("Login Succeeded"));
+            Ok(0)
+        }
+        Cmd::Logout { server } => {
+            let v = client
+                .json(
+                    Method::DELETE,
+                    &format!("/auth?serveraddress={}", enc(&server)),
+                    None,
+                )
+                .await?;
+            println!("{}", v["Status"].as_str().unwrap_or("Removed"));
             Ok(0)
         }
         Cmd::Load { input } => {

@@ -180,6 +180,9 @@ pub struct Pod {
     mem_max: Mutex<f64>,
     /// Stream numbers for execs (containers use 1..=n).
     next_stream: std::sync::atomic::AtomicU32,
+    /// Set by a stop with `stopVM=no`: the VM outlives the containers and the pod's next
+    /// start runs them in it again.
+    keep_vm: std::sync::atomic::AtomicBool,
 }
 
 impl Pod {
@@ -489,6 +492,7 @@ impl Engine {
             cpu_sample: Mutex::new(None),
             mem_max: Mutex::new(0.0),
             next_stream: std::sync::atomic::AtomicU32::new(1000),
+            keep_vm: std::sync::atomic::AtomicBool::new(false),
         });
         let mut pods = self.pods.lock().unwrap();
         if pods.values().any(|p| p.name == pod.name) {
@@ -517,42 +521,58 @@ impl Engine {
     ) -> Result<Arc<Pod>, EngineError> {
         let pod = self.pod(key)?;
         let _op = pod.op.lock().await;
-        if pod.phase() == PodPhase::Running || pod.vm().is_some() {
+        let kept = pod.keep_vm.load(std::sync::atomic::Ordering::SeqCst) && pod.all_done();
+        if pod.phase() == PodPhase::Running || (pod.vm().is_some() && !kept) {
             return Err(EngineError::Conflict(format!(
                 "pod {} is already running",
                 pod.id
             )));
         }
+        let runtime = match pod.vm().filter(|_| kept) {
+            // The VM a `stopVM=no` stop kept: the containers' old layers go, and they
+            // start again in it.
+            Some(runtime) => {
+                for c in &pod.containers() {
+                    self.unplace(&runtime, c).await;
+                }
+                pod.keep_vm
+                    .store(false, std::sync::atomic::Ordering::SeqCst);
+                runtime
+            }
+            None => {
+                let count = pod.containers().len();
+                let (vm, runtime, gone_tx) = match self.take_vm(&pod, vm_hint).await {
+                    Ok(v) => v,
+                    Err(e) => {
+                        pod.set_phase(PodPhase::Failed);
+                        self.persist_in_background(&pod);
+                        return Err(e);
+                    }
+                };
+                if runtime.slots.lock().unwrap().len() < count {
+                    crate::vm::kill_process(runtime.pid);
+                    return Err(EngineError::Conflict(format!(
+                        "VM {} has fewer disk slots than the pod has containers",
+                        runtime.id
+                    )));
+                }
+                *pod.vm.lock().unwrap() = Some(runtime.clone());
+                tokio::spawn(monitor(
+                    self.clone(),
+                    pod.clone(),
+                    vm,
+                    gone_tx,
+                    runtime.dir.clone(),
+                ));
+                runtime
+            }
+        };
         for c in &pod.containers() {
             c.io.set_state(IoState::NotStarted);
             *c.status.lock().unwrap() = ContainerStatus::default();
         }
-        let count = pod.containers().len();
-        let (vm, runtime, gone_tx) = match self.take_vm(&pod, vm_hint).await {
-            Ok(v) => v,
-            Err(e) => {
-                pod.set_phase(PodPhase::Failed);
-                self.persist_in_background(&pod);
-                return Err(e);
-            }
-        };
-        if runtime.slots.lock().unwrap().len() < count {
-            crate::vm::kill_process(runtime.pid);
-            return Err(EngineError::Conflict(format!(
-                "VM {} has fewer disk slots than the pod has containers",
-                runtime.id
-            )));
-        }
         let agent = runtime.agent.clone();
-        *pod.vm.lock().unwrap() = Some(runtime.clone());
         pod.set_phase(PodPhase::Running);
-        tokio::spawn(monitor(
-            self.clone(),
-            pod.clone(),
-            vm,
-            gone_tx,
-            runtime.dir.clone(),
-        ));
         let mut failures = Vec::new();
         for c in &pod.containers() {
             let mut process = c.process.clone();
@@ -624,13 +644,27 @@ impl Engine {
         key: &str,
         grace: Duration,
     ) -> Result<Arc<Pod>, EngineError> {
+        self.stop_pod_keeping_vm(key, grace, false).await
+    }
+
+    /// [`Engine::stop_pod_gracefully`]; with `keep_vm` (hyperd's `stopVM=no`) the VM
+    /// stays up, idle, for the pod's next start.
+    pub async fn stop_pod_keeping_vm(
+        &self,
+        key: &str,
+        grace: Duration,
+        keep_vm: bool,
+    ) -> Result<Arc<Pod>, EngineError> {
         let pod = self.pod(key)?;
-        if pod.vm().is_none() {
+        let running = matches!(pod.phase(), PodPhase::Running | PodPhase::Paused);
+        if pod.vm().is_none() || (keep_vm && !running) {
             return Err(EngineError::Conflict(format!(
                 "pod {} is not running",
                 pod.id
             )));
         }
+        pod.keep_vm
+            .store(keep_vm, std::sync::atomic::Ordering::SeqCst);
         if pod.phase() == PodPhase::Paused {
             self.pause_pod(&pod.id, false).await?;
         }
@@ -642,6 +676,11 @@ impl Engine {
             if let Err(e) = r {
                 tracing::warn!(pod = %pod.id, "graceful stop: {e}");
             }
+        }
+        if keep_vm {
+            pod.set_phase(pod.finished_phase());
+            self.persist(&pod)?;
+            return Ok(pod);
         }
         match self.stop_pod(&pod.id).await {
             Ok(p) => Ok(p),
@@ -821,12 +860,14 @@ async fn monitor(
                 return;
             }
             if pod.all_done() && !*shutting_down {
-                *shutting_down = true;
                 pod.set_phase(pod.finished_phase());
-                let agent = vm.agent.clone();
-                tokio::spawn(async move {
-                    let _ = agent.call(Op::Shutdown, Duration::from_secs(10)).await;
-                });
+                if !pod.keep_vm.load(std::sync::atomic::Ordering::SeqCst) {
+                    *shutting_down = true;
+                    let agent = vm.agent.clone();
+                    tokio::spawn(async move {
+                        let _ = agent.call(Op::Shutdown, Duration::from_secs(10)).await;
+                    });
+                }
             }
         }
         AgentEvent::Closed => {}

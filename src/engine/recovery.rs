@@ -168,6 +168,7 @@ impl Engine {
                 cpu_sample: Mutex::new(None),
                 mem_max: Mutex::new(0.0),
                 next_stream: std::sync::atomic::AtomicU32::new(1000),
+                keep_vm: std::sync::atomic::AtomicBool::new(false),
             });
             pods.insert(r.id, pod);
         }

@@ -135,6 +135,21 @@ impl CredentialStore {
         let _guard = self.lock.lock().unwrap();
         let mut all = self.load();
         all.insert(registry.to_string(), cfg.clone());
+        self.write(&all)
+    }
+
+    /// Forgets a registry's login; `false` when there was none.
+    pub fn remove(&self, registry: &str) -> Result<bool, ImageError> {
+        let _guard = self.lock.lock().unwrap();
+        let mut all = self.load();
+        if all.remove(registry).is_none() {
+            return Ok(false);
+        }
+        self.write(&all)?;
+        Ok(true)
+    }
+
+    fn write(&self, all: &BTreeMap<String, AuthConfig>) -> Result<(), ImageError> {
         let tmp = self.path.with_extension("tmp");
         let mut f = std::fs::OpenOptions::new()
             .write(true)
@@ -142,7 +157,7 @@ impl CredentialStore {
             .truncate(true)
             .mode(0o600)
             .open(&tmp)?;
-        f.write_all(&serde_json::to_vec_pretty(&all).expect("json"))?;
+        f.write_all(&serde_json::to_vec_pretty(all).expect("json"))?;
         f.sync_all()?;
         std::fs::rename(&tmp, &self.path)?;
         Ok(())
@@ -447,6 +462,10 @@ mod tests {
         };
         store.save("r:5000", &cfg).unwrap();
         assert_eq!(store.get("r:5000"), Some(cfg));
+        assert!(store.remove("r:5000").unwrap());
+        assert!(!store.remove("r:5000").unwrap());
+        assert_eq!(store.get("r:5000"), None);
+        store.save("r:5000", &AuthConfig::default()).unwrap();
         let mode = std::fs::metadata(dir.path().join("auth.json"))
             .unwrap()
             .permissions()
