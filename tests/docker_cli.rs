@@ -184,22 +184,25 @@ fn the_docker_cli_everyday_commands() {
         config: tempfile::tempdir().unwrap(),
     };
 
-    // save | load: a real archive, and the image back under its name.
-    let dir = tempfile::tempdir().unwrap();
-    let archive = dir.path().join("bb.tar");
-    out_ok(&docker.run(&["save", "busybox", "-o", archive.to_str().unwrap()]));
-    let listed = std::process::Command::new("tar")
-        .arg("tf")
-        .arg(&archive)
-        .output()
-        .unwrap();
-    let listed = String::from_utf8_lossy(&listed.stdout).to_string();
+    // docker save | docker load: a real archive, and the image back under its name.
+    let saved = docker.run(&["save", "busybox"]);
     assert!(
-        listed.contains("manifest.json"),
-        "not a docker save tar: {listed}"
+        saved.status.success(),
+        "{}",
+        String::from_utf8_lossy(&saved.stderr)
+    );
+    let mut archive = tar::Archive::new(&saved.stdout[..]);
+    let names: Vec<String> = archive
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().display().to_string())
+        .collect();
+    assert!(
+        names.iter().any(|n| n == "manifest.json"),
+        "docker save wrote no docker save tar: {names:?}"
     );
     out_ok(&docker.run(&["rmi", "busybox"]));
-    let loaded = out_ok(&docker.run(&["load", "-i", archive.to_str().unwrap()]));
+    let loaded = out_ok(&docker.run_with_stdin(&["load"], Some(&saved.stdout)));
     assert!(loaded.contains("busybox"), "{loaded}");
 
     // tag and push to the loopback registry.
