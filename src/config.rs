@@ -22,6 +22,10 @@ pub struct Config {
     pub registry: crate::image::registry::RegistryOptions,
     /// Largest unpacked size of one image layer (bytes); protects against archive bombs.
     pub max_layer_bytes: u64,
+    /// Idle VMs of the default size kept booted ahead (the warm pool); 0 turns it off.
+    pub pool_size: usize,
+    /// Idle pool VMs older than this are replaced.
+    pub pool_max_age: std::time::Duration,
 }
 
 /// The cache the build scripts write to: `$HYPERD_CACHE`, else `$XDG_CACHE_HOME/hyperd`,

@@ -32,7 +32,10 @@ fn main() {
         if !announced {
             chan.send(&Frame::json(
                 FrameKind::Event,
-                &Event::Ready { version: VERSION },
+                &Event::Ready {
+                    version: VERSION,
+                    uptime_ms: sys::uptime_ms(),
+                },
             ));
             announced = true;
         }

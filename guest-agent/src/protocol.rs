@@ -273,8 +273,13 @@ pub struct Status {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
-    /// The agent is up; sent in answer to the host's first frame.
-    Ready { version: u32 },
+    /// The agent is up; sent in answer to the host's first frame. `uptime_ms` is the
+    /// guest's time since its kernel started (0 from agents that predate it).
+    Ready {
+        version: u32,
+        #[serde(default)]
+        uptime_ms: u64,
+    },
     /// The process of `stream` has exited, after all its output frames were sent.
     Exited { stream: u32, code: i32 },
 }

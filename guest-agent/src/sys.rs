@@ -137,3 +137,16 @@ pub fn stats() -> hyperd_agent::protocol::Stats {
         processes,
     }
 }
+
+/// Milliseconds since the kernel started (CLOCK_BOOTTIME), for the host's start record.
+pub fn uptime_ms() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec we own.
+    if unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) } != 0 {
+        return 0;
+    }
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+}

@@ -83,6 +83,7 @@ pub fn pod_json(pod: &Pod) -> serde_json::Value {
         "vm": vm.as_ref().map(|v| v.id.clone()).unwrap_or_default(),
         "vmPid": vm.as_ref().map(|v| v.pid),
         "createdAt": pod.created,
+        "startRecord": *pod.start_record.lock().unwrap(),
         "labels": *pod.labels.lock().unwrap(),
         "spec": pod.spec,
         "status": {

@@ -75,6 +75,7 @@ pub fn info(engine: &Arc<Engine>) -> ApiResult {
         "RegistryConfig": { "InsecureRegistryCIDRs": ["127.0.0.0/8"], "IndexConfigs": {}, "Mirrors": [] },
         "Pods": pods.len(),
         "RunningPods": running,
+        "Pool": engine.pool_info(),
         "Containers": containers,
         "Images": engine.images.list().map(|l| l.len()).unwrap_or(0),
         "DockerRootDir": engine.cfg.root,

@@ -63,6 +63,13 @@ struct Args {
     /// Largest unpacked size of one image layer, in bytes (against archive bombs).
     #[arg(long, env = "HYPERD_MAX_LAYER_BYTES", default_value_t = 16 << 30)]
     max_layer_bytes: u64,
+    /// Idle VMs of the default size (1 vCPU, 128 MiB) kept booted ahead, so that pod
+    /// starts skip the boot; 0 turns the warm pool off. Each costs its VM's memory.
+    #[arg(long, env = "HYPERD_POOL", default_value_t = 1)]
+    pool: usize,
+    /// Seconds after which an idle pool VM is replaced by a fresh one.
+    #[arg(long, env = "HYPERD_POOL_MAX_AGE", default_value_t = 3600)]
+    pool_max_age: u64,
     /// Log filter (tracing's EnvFilter syntax).
     #[arg(long, env = "HYPERD_LOG", default_value = "info")]
     log: String,
@@ -97,6 +104,8 @@ async fn main() -> anyhow::Result<()> {
             max_image_bytes: args.max_image_bytes,
         },
         max_layer_bytes: args.max_layer_bytes,
+        pool_size: args.pool,
+        pool_max_age: std::time::Duration::from_secs(args.pool_max_age.max(1)),
     };
     for (what, path, how) in [
         ("guest kernel", &cfg.kernel, "kernel-config/build.sh"),
@@ -124,6 +133,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let engine = Arc::new(Engine::new(cfg, driver).map_err(|e| anyhow::anyhow!("{e}"))?);
     engine.recover().await;
+    engine.start_pool_keeper();
     let listener = hyperd::api::server::bind(&socket)
         .with_context(|| format!("binding {}", socket.display()))?;
     tracing::info!(

@@ -6,6 +6,7 @@ pub mod io;
 mod pool;
 mod recovery;
 pub mod slots;
+pub mod start_record;
 
 use crate::config::Config;
 use crate::image::{ImageError, ImageRecord, ImageStore};
@@ -156,6 +157,8 @@ pub struct VmRuntime {
     pub slots: Mutex<Vec<Option<String>>>,
     pub vcpus: u32,
     pub memory_mib: u32,
+    /// When the VM process was spawned (for a re-attached VM: when it was adopted).
+    pub spawned_at: std::time::Instant,
 }
 
 pub struct Pod {
@@ -183,6 +186,8 @@ pub struct Pod {
     /// Set by a stop with `stopVM=no`: the VM outlives the containers and the pod's next
     /// start runs them in it again.
     keep_vm: std::sync::atomic::AtomicBool,
+    /// The phases of the pod's last start.
+    pub start_record: Mutex<Option<start_record::StartRecord>>,
 }
 
 impl Pod {
@@ -233,6 +238,10 @@ pub struct Engine {
     pub driver: Driver,
     /// VMs booted ahead of their pods.
     pool: Mutex<Vec<pool::Booted>>,
+    /// Wakes the pool keeper (a VM was taken).
+    pool_wake: tokio::sync::Notify,
+    /// Pod starts booting their own VM right now: the pool keeper waits for them.
+    cold_boots: std::sync::atomic::AtomicUsize,
     pods: Mutex<HashMap<String, Arc<Pod>>>,
 }
 
@@ -302,6 +311,8 @@ impl Engine {
             images: Arc::new(images),
             driver,
             pool: Mutex::new(Vec::new()),
+            pool_wake: tokio::sync::Notify::new(),
+            cold_boots: std::sync::atomic::AtomicUsize::new(0),
             pods: Mutex::new(HashMap::new()),
         };
         engine.load_pods();
@@ -493,6 +504,7 @@ impl Engine {
             mem_max: Mutex::new(0.0),
             next_stream: std::sync::atomic::AtomicU32::new(1000),
             keep_vm: std::sync::atomic::AtomicBool::new(false),
+            start_record: Mutex::new(None),
         });
         let mut pods = self.pods.lock().unwrap();
         if pods.values().any(|p| p.name == pod.name) {
@@ -519,9 +531,12 @@ impl Engine {
         key: &str,
         vm_hint: Option<&str>,
     ) -> Result<Arc<Pod>, EngineError> {
+        let requested = std::time::Instant::now();
+        let requested_at = io::chrono_now();
         let pod = self.pod(key)?;
         let _op = pod.op.lock().await;
         let kept = pod.keep_vm.load(std::sync::atomic::Ordering::SeqCst) && pod.all_done();
+        let mut path = start_record::StartPath::Kept;
         if pod.phase() == PodPhase::Running || (pod.vm().is_some() && !kept) {
             return Err(EngineError::Conflict(format!(
                 "pod {} is already running",
@@ -541,7 +556,7 @@ impl Engine {
             }
             None => {
                 let count = pod.containers().len();
-                let (vm, runtime, gone_tx) = match self.take_vm(&pod, vm_hint).await {
+                let (vm, runtime, gone_tx, pooled) = match self.take_vm(&pod, vm_hint).await {
                     Ok(v) => v,
                     Err(e) => {
                         pod.set_phase(PodPhase::Failed);
@@ -556,6 +571,11 @@ impl Engine {
                         runtime.id
                     )));
                 }
+                path = if pooled {
+                    start_record::StartPath::Pool
+                } else {
+                    start_record::StartPath::Cold
+                };
                 *pod.vm.lock().unwrap() = Some(runtime.clone());
                 tokio::spawn(monitor(
                     self.clone(),
@@ -571,6 +591,20 @@ impl Engine {
             c.io.set_state(IoState::NotStarted);
             *c.status.lock().unwrap() = ContainerStatus::default();
         }
+        let vm_ready = std::time::Instant::now();
+        let boot = runtime.agent.boot_times();
+        let at = |t: std::time::Instant| start_record::ms_between(requested, t);
+        let record = start_record::StartRecord {
+            path,
+            requested_at,
+            vm_spawned_ms: (path != start_record::StartPath::Kept).then(|| at(runtime.spawned_at)),
+            kernel_started_ms: boot.map(|(k, _)| at(k)),
+            agent_ready_ms: boot.map(|(_, r)| at(r)),
+            vm_ready_ms: at(vm_ready),
+            container_created_ms: None,
+            process_started_ms: None,
+        };
+        *pod.start_record.lock().unwrap() = Some(record);
         let agent = runtime.agent.clone();
         pod.set_phase(PodPhase::Running);
         let mut failures = Vec::new();
@@ -586,12 +620,21 @@ impl Engine {
                 self.place(&pod, &runtime, c)
                     .await
                     .map_err(|e| e.to_string())?;
+                let created = std::time::Instant::now();
                 c.status.lock().unwrap().started_at = Some(io::chrono_now());
                 c.io.set_state(IoState::Running);
                 agent
                     .call(start, AGENT_TIMEOUT)
                     .await
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| e.to_string())?;
+                if let Some(r) = pod.start_record.lock().unwrap().as_mut() {
+                    r.container_created_ms = Some(start_record::ms_between(requested, created));
+                    r.process_started_ms = Some(start_record::ms_between(
+                        requested,
+                        std::time::Instant::now(),
+                    ));
+                }
+                Ok::<_, String>(())
             }
             .await;
             if let Err(e) = res {

@@ -10,6 +10,22 @@ pub struct Booted {
     pub vm: RunningVm,
     pub runtime: Arc<VmRuntime>,
     pub gone: watch::Sender<bool>,
+    /// Booted by the pool keeper (not by `POST /vm/create`): it ages out.
+    pub auto: bool,
+}
+
+/// The size the warm pool keeps: the default pod's.
+fn pool_size() -> crate::spec::Resource {
+    crate::spec::Resource::default()
+}
+
+/// Counts a pod's own boot while it runs, so that the pool keeper waits.
+struct ColdBoot<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for ColdBoot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl Engine {
@@ -59,8 +75,14 @@ impl Engine {
             slots: Mutex::new(vec![None; n_slots]),
             vcpus,
             memory_mib,
+            spawned_at: started,
         });
-        Ok(Booted { vm, runtime, gone })
+        Ok(Booted {
+            vm,
+            runtime,
+            gone,
+            auto: false,
+        })
     }
 
     /// `POST /vm/create`: boots a VM ahead of its pod.
@@ -82,6 +104,91 @@ impl Engine {
         let id = booted.runtime.id.clone();
         self.pool.lock().unwrap().push(booted);
         Ok(id)
+    }
+
+    /// Keeps `pool_size` idle VMs of the default size booted, in the background: one
+    /// boot at a time, never while a pod boots its own VM, and idle VMs older than
+    /// `pool_max_age` replaced. A VM leaves the pool only to a pod and never returns.
+    pub fn start_pool_keeper(self: &Arc<Self>) {
+        if self.cfg.pool_size == 0 {
+            return;
+        }
+        // The engine lives as long as the daemon; so does its keeper.
+        let e = self.clone();
+        tokio::spawn(async move {
+            let mut failures = 0u32;
+            loop {
+                e.expire_idle().await;
+                let size = pool_size();
+                let idle = e
+                    .idle_vms()
+                    .iter()
+                    .filter(|(_, v, m)| *v == size.vcpu && *m == size.memory)
+                    .count();
+                if idle < e.cfg.pool_size {
+                    while e.cold_boots.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                    match e.boot_vm(&size, slots::MIN_SLOTS).await {
+                        Ok(mut b) => {
+                            failures = 0;
+                            b.auto = true;
+                            tracing::info!(vm = %b.runtime.id, "warm pool: VM ready");
+                            e.pool.lock().unwrap().push(b);
+                        }
+                        Err(err) => {
+                            failures += 1;
+                            tracing::warn!("warm pool: boot failed: {err}");
+                            let backoff = 2u64.saturating_pow(failures.min(6));
+                            tokio::time::sleep(std::time::Duration::from_secs(backoff)).await;
+                        }
+                    }
+                    continue;
+                }
+                let wait = (e.cfg.pool_max_age / 4).min(std::time::Duration::from_secs(30));
+                let wake = e.pool_wake.notified();
+                tokio::select! {
+                    _ = wake => {},
+                    _ = tokio::time::sleep(wait) => {},
+                }
+            }
+        });
+    }
+
+    /// Powers off idle pool VMs older than `pool_max_age` (and any whose VM is gone).
+    async fn expire_idle(&self) {
+        let expired: Vec<Booted> = {
+            let mut pool = self.pool.lock().unwrap();
+            let (old, keep): (Vec<_>, Vec<_>) = pool.drain(..).partition(|b| {
+                b.auto
+                    && (b.runtime.spawned_at.elapsed() > self.cfg.pool_max_age
+                        || !crate::vm::process_alive(b.runtime.pid))
+            });
+            *pool = keep;
+            old
+        };
+        for mut b in expired {
+            tracing::info!(vm = %b.runtime.id, "warm pool: replacing an idle VM");
+            super::stop_runtime_with(&b.runtime, async { b.vm.process.wait().await }).await;
+            let _ = std::fs::remove_dir_all(&b.runtime.dir);
+        }
+    }
+
+    /// The warm pool as `/info` shows it: sizes, idle VMs and their memory.
+    pub fn pool_info(&self) -> serde_json::Value {
+        let size = pool_size();
+        let idle = self.idle_vms();
+        let of_size = idle
+            .iter()
+            .filter(|(_, v, m)| *v == size.vcpu && *m == size.memory)
+            .count();
+        serde_json::json!({
+            "Target": self.cfg.pool_size,
+            "MaxAgeSeconds": self.cfg.pool_max_age.as_secs(),
+            "Sizes": [{ "Vcpus": size.vcpu, "MemoryMiB": size.memory, "Idle": of_size, "Target": self.cfg.pool_size }],
+            "IdleVMs": idle.len(),
+            "IdleMemoryMiB": idle.iter().map(|(_, _, m)| u64::from(*m)).sum::<u64>(),
+        })
     }
 
     /// Idle VMs: (id, vCPUs, MiB).
@@ -121,7 +228,7 @@ impl Engine {
         &self,
         pod: &super::Pod,
         hint: Option<&str>,
-    ) -> Result<(RunningVm, Arc<VmRuntime>, watch::Sender<bool>), EngineError> {
+    ) -> Result<(RunningVm, Arc<VmRuntime>, watch::Sender<bool>, bool), EngineError> {
         let r = &pod.spec.resource;
         let need = pod.containers().len();
         let taken = {
@@ -143,9 +250,10 @@ impl Engine {
             i.map(|i| pool.remove(i))
         };
         if let Some(b) = taken {
+            self.pool_wake.notify_one();
             if crate::vm::process_alive(b.runtime.pid) && !b.runtime.agent.is_closed() {
                 tracing::info!(pod = %pod.id, vm = %b.runtime.id, "pod takes a VM booted ahead");
-                return Ok((b.vm, b.runtime, b.gone));
+                return Ok((b.vm, b.runtime, b.gone, true));
             }
             let _ = std::fs::remove_dir_all(&b.runtime.dir);
             if hint.is_some_and(|h| !h.is_empty()) {
@@ -155,7 +263,10 @@ impl Engine {
                 )));
             }
         }
+        self.cold_boots
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let _cold = ColdBoot(&self.cold_boots);
         let b = self.boot_vm(r, need.max(slots::MIN_SLOTS)).await?;
-        Ok((b.vm, b.runtime, b.gone))
+        Ok((b.vm, b.runtime, b.gone, false))
     }
 }

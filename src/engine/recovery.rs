@@ -169,6 +169,7 @@ impl Engine {
                 mem_max: Mutex::new(0.0),
                 next_stream: std::sync::atomic::AtomicU32::new(1000),
                 keep_vm: std::sync::atomic::AtomicBool::new(false),
+                start_record: Mutex::new(None),
             });
             pods.insert(r.id, pod);
         }
@@ -271,6 +272,7 @@ impl Engine {
             slots: Mutex::new(vm.slots.clone()),
             vcpus: pod.spec.resource.vcpu,
             memory_mib: pod.spec.resource.memory,
+            spawned_at: std::time::Instant::now(),
         }));
         *pod.recorded_vm.lock().unwrap() = None;
         let stopped = std::fs::read_to_string(format!("/proc/{}/stat", vm.pid))

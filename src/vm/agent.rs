@@ -41,6 +41,8 @@ struct Inner {
     pending: Mutex<HashMap<u64, oneshot::Sender<Response>>>,
     next_id: AtomicU64,
     closed: AtomicBool,
+    /// When the agent announced itself, and the guest's uptime it reported then.
+    ready: Mutex<Option<(std::time::Instant, u64)>>,
 }
 
 #[derive(Clone)]
@@ -57,6 +59,7 @@ impl AgentClient {
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             closed: AtomicBool::new(false),
+            ready: Mutex::new(None),
         });
         let (tx, rx) = mpsc::unbounded_channel();
         let reader_inner = inner.clone();
@@ -83,8 +86,15 @@ impl AgentClient {
                         Ok(Event::Exited { stream, code }) => {
                             let _ = tx.send(AgentEvent::Exited { stream, code });
                         }
-                        Ok(Event::Ready { version }) => {
-                            tracing::debug!("agent ready, protocol {version}")
+                        Ok(Event::Ready { version, uptime_ms }) => {
+                            tracing::debug!(
+                                "agent ready, protocol {version}, guest up {uptime_ms} ms"
+                            );
+                            reader_inner
+                                .ready
+                                .lock()
+                                .unwrap()
+                                .get_or_insert((std::time::Instant::now(), uptime_ms));
                         }
                         Err(e) => tracing::warn!("bad event from agent: {e}"),
                     },
@@ -144,6 +154,16 @@ impl AgentClient {
 
     pub fn is_closed(&self) -> bool {
         self.inner.closed.load(Ordering::SeqCst)
+    }
+
+    /// When the guest kernel started and when the agent was ready, as host instants
+    /// (from the agent's first announcement; `None` before it).
+    pub fn boot_times(&self) -> Option<(std::time::Instant, std::time::Instant)> {
+        let (ready, uptime_ms) = (*self.inner.ready.lock().unwrap())?;
+        let kernel = ready
+            .checked_sub(std::time::Duration::from_millis(uptime_ms))
+            .unwrap_or(ready);
+        Some((kernel, ready))
     }
 }
 

@@ -10,6 +10,9 @@ pub struct Daemon {
     pub socket: PathBuf,
     pub root: PathBuf,
     child: Option<Child>,
+    /// The warm-pool options it was started with, kept for restarts (which otherwise
+    /// start a default daemon on the same root).
+    pool: Vec<String>,
 }
 
 fn repo() -> PathBuf {
@@ -35,8 +38,15 @@ fn check_guest_assets() {
     }
 }
 
-/// Starts hyperd on `socket` and `root`, logging (appending) to `log`.
-fn spawn_hyperd(socket: &Path, root: &Path, extra: &[&str], log: &Path) -> Child {
+/// Starts hyperd on `socket` and `root`, logging (appending) to `log`. Tests run with the
+/// warm pool off (the CI machine's two cores are for the tests' own VMs) unless `extra`
+/// names `--pool`.
+fn spawn_hyperd(socket: &Path, root: &Path, extra: &[String], log: &Path) -> Child {
+    let pool_off: &[&str] = if extra.iter().any(|a| a == "--pool") {
+        &[]
+    } else {
+        &["--pool", "0"]
+    };
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -47,6 +57,7 @@ fn spawn_hyperd(socket: &Path, root: &Path, extra: &[&str], log: &Path) -> Child
         .arg(socket)
         .arg("--root")
         .arg(root)
+        .args(pool_off)
         .args(extra)
         .env("HYPERD_LOG", "debug")
         .stdout(log.try_clone().unwrap())
@@ -68,12 +79,19 @@ impl Daemon {
             .unwrap();
         let socket = dir.path().join("hyper.sock");
         let root = dir.path().join("root");
-        let child = spawn_hyperd(&socket, &root, extra, &dir.path().join("hyperd.log"));
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let pool: Vec<String> = extra
+            .iter()
+            .position(|a| a == "--pool")
+            .map(|i| extra[i..(i + 2).min(extra.len())].to_vec())
+            .unwrap_or_default();
+        let child = spawn_hyperd(&socket, &root, &extra, &dir.path().join("hyperd.log"));
         let d = Daemon {
             dir,
             socket,
             root,
             child: Some(child),
+            pool,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         while !d.socket.exists() {
@@ -184,7 +202,7 @@ impl Daemon {
         let child = spawn_hyperd(
             &self.socket,
             &self.root,
-            &[],
+            &self.pool,
             &self.dir.path().join("hyperd.log"),
         );
         self.child = Some(child);
