@@ -240,8 +240,8 @@ pub struct Engine {
     pool: Mutex<Vec<pool::Booted>>,
     /// Wakes the pool keeper (a VM was taken).
     pool_wake: tokio::sync::Notify,
-    /// Pod starts booting their own VM right now: the pool keeper waits for them.
-    cold_boots: std::sync::atomic::AtomicUsize,
+    /// Pod starts under way: the pool keeper waits for them.
+    starts_in_progress: std::sync::atomic::AtomicUsize,
     pods: Mutex<HashMap<String, Arc<Pod>>>,
 }
 
@@ -312,7 +312,7 @@ impl Engine {
             driver,
             pool: Mutex::new(Vec::new()),
             pool_wake: tokio::sync::Notify::new(),
-            cold_boots: std::sync::atomic::AtomicUsize::new(0),
+            starts_in_progress: std::sync::atomic::AtomicUsize::new(0),
             pods: Mutex::new(HashMap::new()),
         };
         engine.load_pods();
@@ -533,6 +533,7 @@ impl Engine {
     ) -> Result<Arc<Pod>, EngineError> {
         let requested = std::time::Instant::now();
         let requested_at = io::chrono_now();
+        let _starting = pool::StartInProgress::new(self);
         let pod = self.pod(key)?;
         let _op = pod.op.lock().await;
         let kept = pod.keep_vm.load(std::sync::atomic::Ordering::SeqCst) && pod.all_done();

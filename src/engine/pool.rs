@@ -19,12 +19,25 @@ fn pool_size() -> crate::spec::Resource {
     crate::spec::Resource::default()
 }
 
-/// Counts a pod's own boot while it runs, so that the pool keeper waits.
-struct ColdBoot<'a>(&'a std::sync::atomic::AtomicUsize);
+/// Counts a pod start while it runs, so that the pool keeper waits for it.
+pub(super) struct StartInProgress<'a>(&'a Engine);
 
-impl Drop for ColdBoot<'_> {
+impl<'a> StartInProgress<'a> {
+    pub(super) fn new(engine: &'a Engine) -> Self {
+        engine
+            .starts_in_progress
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        StartInProgress(engine)
+    }
+}
+
+impl Drop for StartInProgress<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        self.0
+            .starts_in_progress
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        // A start may have taken an idle VM: the keeper refills once starts are done.
+        self.0.pool_wake.notify_one();
     }
 }
 
@@ -107,7 +120,7 @@ impl Engine {
     }
 
     /// Keeps `pool_size` idle VMs of the default size booted, in the background: one
-    /// boot at a time, never while a pod boots its own VM, and idle VMs older than
+    /// boot at a time, never while a pod starts, and idle VMs older than
     /// `pool_max_age` replaced. A VM leaves the pool only to a pod and never returns.
     pub fn start_pool_keeper(self: &Arc<Self>) {
         if self.cfg.pool_size == 0 {
@@ -126,7 +139,8 @@ impl Engine {
                     .filter(|(_, v, m)| *v == size.vcpu && *m == size.memory)
                     .count();
                 if idle < e.cfg.pool_size {
-                    while e.cold_boots.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+                    // Pod starts first: a refill never competes with one for the CPUs.
+                    while e.starts_in_progress.load(std::sync::atomic::Ordering::SeqCst) > 0 {
                         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     }
                     match e.boot_vm(&size, slots::MIN_SLOTS).await {
@@ -250,7 +264,6 @@ impl Engine {
             i.map(|i| pool.remove(i))
         };
         if let Some(b) = taken {
-            self.pool_wake.notify_one();
             if crate::vm::process_alive(b.runtime.pid) && !b.runtime.agent.is_closed() {
                 tracing::info!(pod = %pod.id, vm = %b.runtime.id, "pod takes a VM booted ahead");
                 return Ok((b.vm, b.runtime, b.gone, true));
@@ -263,9 +276,6 @@ impl Engine {
                 )));
             }
         }
-        self.cold_boots
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let _cold = ColdBoot(&self.cold_boots);
         let b = self.boot_vm(r, need.max(slots::MIN_SLOTS)).await?;
         Ok((b.vm, b.runtime, b.gone, false))
     }
