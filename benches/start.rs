@@ -143,8 +143,11 @@ fn hyperd_runs(d: &Daemon, runs: usize, pooled: bool) -> (Vec<f64>, Vec<(String,
         }
         let name = format!("bench-{i}");
         times.push(
-            first_byte(d.hyperctl().args(["run", "--name", &name, "busybox", "echo", "hi"]))
-                .as_secs_f64(),
+            first_byte(
+                d.hyperctl()
+                    .args(["run", "--name", &name, "busybox", "echo", "hi"]),
+            )
+            .as_secs_f64(),
         );
         let rec = d.json(&format!("/pod/info?podName={name}"))["startRecord"].clone();
         path = rec["path"].as_str().unwrap_or("?").to_string();
@@ -209,7 +212,10 @@ fn pss_kib(pid: u32) -> u64 {
 
 fn print_phases(label: &str, phases: &[(String, f64)]) {
     let text: Vec<String> = phases.iter().map(|(k, v)| format!("{k} {v:.0}")).collect();
-    println!("  phases ({label}, median ms from the request): {}", text.join(", "));
+    println!(
+        "  phases ({label}, median ms from the request): {}",
+        text.join(", ")
+    );
 }
 
 #[tokio::main]
@@ -228,9 +234,12 @@ async fn main() {
     );
     let work = tempfile::tempdir().unwrap();
     let rootfs = work.path().join("busybox.tar");
-    let tar = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/busybox-rootfs.sh"))
-        .output()
-        .expect("busybox-rootfs.sh runs");
+    let tar = Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scripts/busybox-rootfs.sh"
+    ))
+    .output()
+    .expect("busybox-rootfs.sh runs");
     std::fs::write(&rootfs, tar.stdout).unwrap();
 
     // 1 and 2: hyperd, cold and warm.
@@ -242,7 +251,11 @@ async fn main() {
             .args(["import", rootfs.to_str().unwrap(), "busybox"])
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let (t_cold, p_cold, path_cold) = hyperd_runs(&cold, runs, false);
     drop(cold);
@@ -268,10 +281,18 @@ async fn main() {
     // 3: bare qemu; 4: podman.
     let t_bare = bare_qemu(runs, work.path()).await;
     let out = podman()
-        .args(["import", rootfs.to_str().unwrap(), "localhost/busybox:latest"])
+        .args([
+            "import",
+            rootfs.to_str().unwrap(),
+            "localhost/busybox:latest",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut t_podman = Vec::new();
     for _ in 0..runs {
         t_podman.push(

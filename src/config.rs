@@ -11,7 +11,8 @@ pub struct Config {
     pub kernel: PathBuf,
     /// Initramfs holding the guest agent as /init.
     pub initrd: PathBuf,
-    /// `auto`, `qemu`.
+    /// `auto` (hyper-vmm where the CPU runs KVM guests natively, else qemu),
+    /// `hyper-vmm`, `qemu`.
     pub driver: String,
     /// `auto`, `kvm`, `tcg`: how the qemu driver runs the guest.
     pub accel: String,

@@ -3,7 +3,9 @@
 //! - [`api`]: the HTTP API on a Unix socket (routing, handlers, hijacked attach).
 //! - [`engine`]: pods, containers and their lifecycle.
 //! - [`image`]: the local image store (import, unpack, read-only rootfs images).
-//! - [`vm`]: the VM drivers (qemu microvm today) and the host side of the agent channel.
+//! - [`vm`]: the VM drivers (hyper-vmm, qemu microvm), host detection and the host side
+//!   of the agent channel.
+//! - [`vmm`]: hyperd's own VMM, run as the `hyper-vmm` binary (one process per VM).
 //! - [`client`]: the typed client used by `hyperctl` and the tests.
 //! - [`root_dir`]: the private state directory.
 pub mod api;

@@ -39,25 +39,31 @@ impl From<EngineError> for ApiError {
             EngineError::Conflict(_) => StatusCode::CONFLICT,
             EngineError::BadRequest(_) => StatusCode::BAD_REQUEST,
             EngineError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            EngineError::Image(e) => image_status(e),
         };
         ApiError::new(status, e.to_string())
     }
 }
 
+/// The one status map of image errors: 401 for a refused login, 502 for a registry that
+/// fails or lies, 400 for bad input, 404, 409, and 500 for the daemon's own I/O.
+pub fn image_status(e: &crate::image::ImageError) -> StatusCode {
+    use crate::image::ImageError as E;
+    match e {
+        E::NotFound(_) => StatusCode::NOT_FOUND,
+        E::BadReference(_) | E::BadDigest(_) | E::BadArchive(_) | E::BadImage(_) => {
+            StatusCode::BAD_REQUEST
+        }
+        E::InUse(_) => StatusCode::CONFLICT,
+        E::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+        E::DigestMismatch { .. } | E::Registry(_) => StatusCode::BAD_GATEWAY,
+        E::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
 impl From<crate::image::ImageError> for ApiError {
     fn from(e: crate::image::ImageError) -> Self {
-        use crate::image::ImageError as E;
-        let status = match &e {
-            E::NotFound(_) => StatusCode::NOT_FOUND,
-            E::BadReference(_) | E::BadDigest(_) | E::BadArchive(_) | E::BadImage(_) => {
-                StatusCode::BAD_REQUEST
-            }
-            E::InUse(_) => StatusCode::CONFLICT,
-            E::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            E::DigestMismatch { .. } | E::Registry(_) => StatusCode::BAD_GATEWAY,
-            E::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        ApiError::new(status, e.to_string())
+        ApiError::new(image_status(&e), e.to_string())
     }
 }
 
@@ -145,4 +151,35 @@ pub async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, ApiError> 
         .await
         .map(|c| c.to_bytes())
         .map_err(|e| ApiError::bad_request(format!("cannot read request body: {e}")))
+}
+
+#[cfg(test)]
+mod status_tests {
+    use super::*;
+    use crate::image::ImageError;
+
+    /// Image errors get the same status whether the engine or a handler met them.
+    #[test]
+    fn one_status_map_for_image_errors() {
+        let cases = [
+            (ImageError::Unauthorized("x".into()), 401),
+            (ImageError::Registry("x".into()), 502),
+            (
+                ImageError::DigestMismatch {
+                    expected: "a".into(),
+                    actual: "b".into(),
+                },
+                502,
+            ),
+            (ImageError::NotFound("x".into()), 404),
+            (ImageError::InUse("x".into()), 409),
+            (ImageError::BadImage("x".into()), 400),
+        ];
+        for (e, want) in cases {
+            let text = e.to_string();
+            let via_engine = ApiError::from(EngineError::from(e));
+            assert_eq!(via_engine.status.as_u16(), want, "{text}");
+            assert_eq!(via_engine.message, text);
+        }
+    }
 }

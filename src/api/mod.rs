@@ -1,9 +1,12 @@
 //! hyperd's HTTP API on a Unix socket.
 //!
 //! - [`server`]: the listener, connection handling, version prefixes, routing.
-//! - [`pods`], [`images`], [`system`]: the handlers.
+//! - [`pods`], [`containers`], [`images`], [`system`]: the handlers of hyperd's routes.
+//! - [`compat`]: the seed APIs (Docker Engine, Docker Flask, mimik mCM).
 //! - [`attach`]: hijacked connections (`Upgrade: tcp`) with Docker's stdcopy framing.
-//! - [`http`]: request and response helpers shared by the handlers.
+//! - [`base64_field`]: a JSON body's large base64 member, decoded as it streams.
+//! - [`http`]: request and response helpers shared by the handlers, and the one place
+//!   errors become statuses.
 pub mod attach;
 pub mod base64_field;
 pub mod compat;

@@ -31,20 +31,10 @@ pub enum EngineError {
     BadRequest(String),
     #[error("{0}")]
     Internal(String),
-}
-
-impl From<ImageError> for EngineError {
-    fn from(e: ImageError) -> Self {
-        match e {
-            ImageError::NotFound(_) => EngineError::NotFound(e.to_string()),
-            ImageError::BadReference(_)
-            | ImageError::BadDigest(_)
-            | ImageError::BadArchive(_)
-            | ImageError::BadImage(_) => EngineError::BadRequest(e.to_string()),
-            ImageError::InUse(_) => EngineError::Conflict(e.to_string()),
-            _ => EngineError::Internal(e.to_string()),
-        }
-    }
+    /// What the image store said, kept whole: the API layer maps it to a status in the
+    /// one place it maps image errors.
+    #[error(transparent)]
+    Image(#[from] ImageError),
 }
 
 const AGENT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -523,7 +513,6 @@ impl Engine {
         Ok(pod)
     }
 
-    /// Boots the pod's VM and starts its containers.
     /// Boots the pod's VM (or takes a VM booted ahead, `vm_hint` naming one) and starts
     /// its containers.
     pub async fn start_pod(

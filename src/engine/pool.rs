@@ -140,7 +140,11 @@ impl Engine {
                     .count();
                 if idle < e.cfg.pool_size {
                     // Pod starts first: a refill never competes with one for the CPUs.
-                    while e.starts_in_progress.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+                    while e
+                        .starts_in_progress
+                        .load(std::sync::atomic::Ordering::SeqCst)
+                        > 0
+                    {
                         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     }
                     match e.boot_vm(&size, slots::MIN_SLOTS).await {

@@ -373,10 +373,12 @@ async fn create(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
     };
     let warnings = unsupported_options(&cfg);
     let pod = engine.create_pod(spec).map_err(|e| match e {
-        crate::engine::EngineError::NotFound(_) => ApiError::not_found(format!(
-            "No such image: {}",
-            cfg["Image"].as_str().unwrap_or_default()
-        )),
+        crate::engine::EngineError::Image(crate::image::ImageError::NotFound(_)) => {
+            ApiError::not_found(format!(
+                "No such image: {}",
+                cfg["Image"].as_str().unwrap_or_default()
+            ))
+        }
         other => other.into(),
     })?;
     let c = pod.containers().first().cloned().expect("one container");
