@@ -1,6 +1,7 @@
 //! The warm pool with real micro-VMs: pods take an idle VM (the phase record says
 //! `pool`), the pool refills, a used VM never returns to it, a daemon killed with -9
-//! neither leaks nor loses idle VMs, and `--pool 0` boots cold.
+//! neither leaks nor loses idle VMs, one stopped for good powers them off, and `--pool 0`
+//! boots cold.
 mod common;
 use common::{out_ok, pid_alive, wait_gone, Daemon};
 use std::path::Path;
@@ -96,6 +97,11 @@ fn pods_take_pooled_vms_and_the_pool_refills_and_survives_restarts() {
     assert_eq!(after.len(), 1, "exactly the new idle VM: {after:?}");
     assert!(pid_alive(after[0]));
     assert_eq!(idle_vms(&d), vec![fourth]);
+
+    // A daemon that stops for good (SIGTERM) powers its idle VMs off.
+    d.stop();
+    wait_gone(after[0], "the idle VM after the daemon stopped");
+    assert!(vm_pids_under(&d.root).is_empty());
 }
 
 #[test]

@@ -150,8 +150,9 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     hyperd::api::serve(engine.clone(), listener, shutdown).await;
-    // Pods keep running: the next daemon re-attaches to their VMs.
+    // Pods keep running: the next daemon re-attaches to their VMs. Idle VMs go.
     tracing::info!("shutting down; running pods stay up");
+    engine.drain_pool().await;
     let _ = std::fs::remove_file(&socket);
     Ok(())
 }

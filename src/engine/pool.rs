@@ -173,6 +173,16 @@ impl Engine {
         });
     }
 
+    /// Powers off every idle VM (at daemon shutdown: unlike pods, they hold nothing worth
+    /// keeping, and the next daemon boots fresh ones).
+    pub async fn drain_pool(&self) {
+        let idle: Vec<Booted> = self.pool.lock().unwrap().drain(..).collect();
+        for mut b in idle {
+            super::stop_runtime_with(&b.runtime, async { b.vm.process.wait().await }).await;
+            let _ = std::fs::remove_dir_all(&b.runtime.dir);
+        }
+    }
+
     /// Powers off idle pool VMs older than `pool_max_age` (and any whose VM is gone).
     async fn expire_idle(&self) {
         let expired: Vec<Booted> = {
