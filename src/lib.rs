@@ -8,10 +8,12 @@
 //! - [`vmm`]: hyperd's own VMM, run as the `hyper-vmm` binary (one process per VM).
 //! - [`client`]: the typed client used by `hyperctl` and the tests.
 //! - [`root_dir`]: the private state directory.
+//! - [`host_facts`]: what the host can run guests with, shared by [`vm`] and [`vmm`].
 pub mod api;
 pub mod client;
 pub mod config;
 pub mod engine;
+pub mod host_facts;
 pub mod ids;
 pub mod image;
 pub mod root_dir;

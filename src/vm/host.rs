@@ -5,7 +5,6 @@
 //! takes minutes and user space faults at its first system call. Such hosts expose
 //! `/dev/kvm` while the CPU flags lack `vmx`/`svm`. There qemu's TCG is the dependable
 //! choice; where the CPU has hardware virtualization, KVM.
-use std::fs::OpenOptions;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accel {
@@ -22,34 +21,7 @@ impl Accel {
     }
 }
 
-/// Whether `/dev/kvm` can be opened for reading and writing.
-pub fn kvm_usable() -> bool {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok()
-}
-
-/// Whether the CPU advertises hardware virtualization (Intel VT-x or AMD-V).
-pub fn cpu_has_hw_virt() -> bool {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .map(|s| cpuinfo_has_hw_virt(&s))
-        .unwrap_or(false)
-}
-
-fn cpuinfo_has_hw_virt(cpuinfo: &str) -> bool {
-    cpuinfo
-        .lines()
-        .filter(|l| l.starts_with("flags"))
-        .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
-}
-
-/// Whether this host's KVM interprets guest ring 0 instead of running it (nested,
-/// software-assisted KVM): `/dev/kvm` opens but the CPU shows no `vmx`/`svm`.
-pub fn kvm_emulates_ring0() -> bool {
-    kvm_usable() && !cpu_has_hw_virt()
-}
+pub use crate::host_facts::{cpu_has_hw_virt, kvm_emulates_ring0, kvm_usable};
 
 /// The accelerator for a setting of `auto`, `kvm` or `tcg`.
 pub fn choose_accel(setting: &str) -> Result<Accel, String> {
@@ -124,9 +96,6 @@ mod tests {
 
     #[test]
     fn reads_cpu_flags() {
-        assert!(cpuinfo_has_hw_virt("flags\t\t: fpu vme svm lm\n"));
-        assert!(cpuinfo_has_hw_virt("flags\t: fpu vmx\n"));
-        assert!(!cpuinfo_has_hw_virt("flags\t: fpu hypervisor lm\n"));
         assert!(choose_accel("bogus").is_err());
         assert_eq!(choose_accel("tcg").unwrap(), Accel::Tcg);
     }

@@ -36,7 +36,7 @@ impl QemuDriver {
     pub fn cmdline(&self) -> String {
         let mut c = kernel_cmdline();
         if self.accel == Accel::Kvm && super::host::kvm_emulates_ring0() {
-            c.push_str(crate::vmm::machine::EMULATED_RING0_CMDLINE);
+            c.push_str(crate::host_facts::EMULATED_RING0_CMDLINE);
         }
         c
     }

@@ -110,7 +110,7 @@ mod tests {
     /// through the i8042.
     #[test]
     fn guests_run_through_kvm_with_console_and_reset() {
-        if !crate::vm::host::kvm_usable() {
+        if !crate::host_facts::kvm_usable() {
             eprintln!("skipped: /dev/kvm is not usable here");
             return;
         }

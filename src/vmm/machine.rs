@@ -171,13 +171,6 @@ fn kick(thread: libc::pthread_t) {
     unsafe { libc::pthread_kill(thread, vcpu_kick_signal()) };
 }
 
-/// What the kernel command line gets on a host whose KVM emulates guest ring 0 (nested,
-/// software-assisted KVM, found by [`crate::vm::host::kvm_emulates_ring0`]): keep the
-/// instructions KVM's emulator cannot run out of the kernel. The guest's CPUID shows the
-/// host's features there, so the VMM cannot hide them; the kernel has to be told.
-/// `clearcpuid=` takes at most 127 characters.
-pub const EMULATED_RING0_CMDLINE: &str = " noxsave mitigations=off clearcpuid=popcnt,cx16,avx,avx2,bmi1,bmi2,smap,smep,fsgsbase,pcid,invpcid,rdrand,rdseed,erms,fsrm,movbe,xsaveopt,rdpid,pku,fma";
-
 /// The command line hyperd adds for its devices: one `virtio_mmio.device=` per window.
 pub fn device_cmdline(count: usize) -> String {
     (0..count)
@@ -290,8 +283,8 @@ impl Machine {
 
         // The guest: kernel, command line with the devices, initramfs, zero page.
         let mut cmdline = format!("{}{}", cfg.cmdline, device_cmdline(mmio.len()));
-        if crate::vm::host::kvm_emulates_ring0() {
-            cmdline.push_str(EMULATED_RING0_CMDLINE);
+        if crate::host_facts::kvm_emulates_ring0() {
+            cmdline.push_str(crate::host_facts::EMULATED_RING0_CMDLINE);
         }
         let kernel = boot::load_kernel(&vm.mem, &cfg.kernel, &cmdline)?;
         let initrd: Option<LoadedInitrd> = match &cfg.initrd {
