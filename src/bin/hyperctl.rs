@@ -852,44 +852,36 @@ fn pod_spec(args: &RunArgs) -> anyhow::Result<Value> {
     let Some(image) = &args.image else {
         bail!("an IMAGE or a pod file (-p) is needed")
     };
-    let envs: Vec<Value> = args
-        .env
-        .iter()
-        .map(|kv| {
-            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            json!({ "env": k, "value": v })
-        })
-        .collect();
-    let mut container = json!({
-        "image": image,
-        "command": args.command,
-        "envs": envs,
-        "tty": args.tty,
-        "restartPolicy": args.restart,
-    });
-    if let Some(e) = &args.entrypoint {
-        container["entrypoint"] = json!([e]);
-    }
-    if let Some(w) = &args.workdir {
-        container["workdir"] = json!(w);
-    }
-    let mut spec = json!({
-        "containers": [container],
-        "resource": { "vcpu": args.cpu, "memory": args.memory },
-    });
-    if let Some(n) = &args.name {
-        spec["id"] = json!(n);
-    }
-    let labels: serde_json::Map<String, Value> = args
-        .label
-        .iter()
-        .map(|kv| {
-            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            (k.to_string(), json!(v))
-        })
-        .collect();
-    spec["labels"] = Value::Object(labels);
-    Ok(spec)
+    let pair = |kv: &String| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k.to_string(), v.to_string())
+    };
+    let spec = hyperd::spec::PodSpec {
+        id: args.name.clone().unwrap_or_default(),
+        containers: vec![hyperd::spec::ContainerSpec {
+            image: image.clone(),
+            command: args.command.clone(),
+            entrypoint: args.entrypoint.iter().cloned().collect(),
+            workdir: args.workdir.clone().unwrap_or_default(),
+            envs: args
+                .env
+                .iter()
+                .map(pair)
+                .map(|(env, value)| hyperd::spec::EnvVar { env, value })
+                .collect(),
+            tty: args.tty,
+            restart_policy: args.restart.clone(),
+            ..Default::default()
+        }],
+        resource: hyperd::spec::Resource {
+            vcpu: args.cpu,
+            memory: args.memory,
+            ..Default::default()
+        },
+        labels: args.label.iter().map(pair).collect(),
+        ..Default::default()
+    };
+    Ok(serde_json::to_value(&spec)?)
 }
 
 async fn run_pod(client: &Client, args: RunArgs) -> anyhow::Result<i32> {
