@@ -267,8 +267,11 @@ pub async fn container_stop(engine: &Arc<Engine>, req: &Request<Incoming>) -> Ap
     ok_json(json!({ "ID": c.id }))
 }
 
+/// The longest grace a stop waits before SIGKILL.
+pub const MAX_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// The grace before SIGKILL a stop request asks for: `time` (or `t`) seconds, 10 when
-/// absent (Docker's default), at most an hour.
+/// absent (Docker's default), at most [`MAX_GRACE`].
 pub fn grace_of(
     q: &std::collections::HashMap<String, String>,
 ) -> Result<std::time::Duration, ApiError> {
@@ -278,7 +281,7 @@ pub fn grace_of(
         })?,
         None => 10,
     };
-    Ok(std::time::Duration::from_secs(secs.min(3600)))
+    Ok(std::time::Duration::from_secs(secs).min(MAX_GRACE))
 }
 
 pub async fn container_remove(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {

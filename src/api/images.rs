@@ -219,14 +219,7 @@ pub async fn auth(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
         return Err(ApiError::bad_request("username and password are required"));
     }
     let registry = registry_key(&cfg.serveraddress);
-    let policy = crate::image::auth::AuthPolicy {
-        scheme: if registry::plain_http(&registry, &engine.cfg.registry.insecure) {
-            "http"
-        } else {
-            "https"
-        },
-        trusted_realms: engine.cfg.registry.trusted_realms.clone(),
-    };
+    let policy = engine.cfg.registry.auth_policy(&registry);
     crate::image::auth::check_login(&registry, &cfg, &policy).await?;
     engine.credentials.save(&registry, &cfg)?;
     tracing::info!(registry = %registry, user = %cfg.username, "login stored");

@@ -352,31 +352,25 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             if pods.is_empty() && containers.is_empty() {
                 anyhow::bail!("name pods, or containers with -c");
             }
-            let mut code = 0;
-            for c in containers {
-                match client
-                    .json(
+            let requests = containers
+                .into_iter()
+                .map(|c| {
+                    (
                         Method::POST,
-                        &format!("/container/remove?container={}", enc(&c)),
-                        None,
+                        format!("/container/remove?container={}", enc(&c)),
+                        c,
                     )
-                    .await
-                {
-                    Ok(_) => println!("{c}"),
+                })
+                .chain(
+                    pods.into_iter()
+                        .map(|p| (Method::DELETE, format!("/pod?podId={}", enc(&p)), p)),
+                );
+            let mut code = 0;
+            for (method, path, name) in requests {
+                match client.json(method, &path, None).await {
+                    Ok(_) => println!("{name}"),
                     Err(e) => {
-                        eprintln!("hyperctl: {c}: {e}");
-                        code = 1;
-                    }
-                }
-            }
-            for pod in pods {
-                match client
-                    .json(Method::DELETE, &format!("/pod?podId={}", enc(&pod)), None)
-                    .await
-                {
-                    Ok(_) => println!("{pod}"),
-                    Err(e) => {
-                        eprintln!("hyperctl: {pod}: {e}");
+                        eprintln!("hyperctl: {name}: {e}");
                         code = 1;
                     }
                 }

@@ -147,11 +147,7 @@ impl Engine {
         c.stop_requested
             .store(true, std::sync::atomic::Ordering::SeqCst);
         let mut state = c.io.state();
-        let first = [&c.spec.stop_signal, &c.image.config.stop_signal]
-            .into_iter()
-            .find(|s| !s.is_empty())
-            .and_then(|s| super::exec::parse_signal(s).ok())
-            .unwrap_or(libc::SIGTERM);
+        let first = super::exec::parse_signal(c.stop_signal()).unwrap_or(libc::SIGTERM);
         for (sig, wait) in [(first, grace), (libc::SIGKILL, Duration::from_secs(20))] {
             let _ = vm
                 .agent

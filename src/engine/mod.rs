@@ -90,6 +90,15 @@ pub struct Container {
 }
 
 impl Container {
+    /// The signal a graceful stop sends first: the spec's `stopSignal`, else the image's
+    /// `STOPSIGNAL`, else `SIGTERM`.
+    pub fn stop_signal(&self) -> &str {
+        [&self.spec.stop_signal, &self.image.config.stop_signal]
+            .into_iter()
+            .find(|s| !s.is_empty())
+            .map_or("SIGTERM", String::as_str)
+    }
+
     /// A container not started yet, its log in `pod_dir`.
     pub fn new(
         id: String,

@@ -15,8 +15,23 @@ pub struct Booted {
 }
 
 /// The size the warm pool keeps: the default pod's.
-fn pool_size() -> crate::spec::Resource {
+fn pooled_vm_size() -> crate::spec::Resource {
     crate::spec::Resource::default()
+}
+
+/// How many of `idle` (id, vCPUs, MiB) have the size the pool keeps.
+fn of_pooled_size(idle: &[(String, u32, u32)]) -> usize {
+    let size = pooled_vm_size();
+    idle.iter()
+        .filter(|(_, v, m)| *v == size.vcpu && *m == size.memory)
+        .count()
+}
+
+/// Powers an idle VM off (agent shutdown, then kill past the deadline) and removes its
+/// directory.
+async fn power_off_idle(mut b: Booted) {
+    super::stop_runtime_with(&b.runtime, async { b.vm.process.wait().await }).await;
+    let _ = std::fs::remove_dir_all(&b.runtime.dir);
 }
 
 /// Counts a pod start while it runs, so that the pool keeper waits for it.
@@ -132,13 +147,7 @@ impl Engine {
             let mut failures = 0u32;
             loop {
                 e.expire_idle().await;
-                let size = pool_size();
-                let idle = e
-                    .idle_vms()
-                    .iter()
-                    .filter(|(_, v, m)| *v == size.vcpu && *m == size.memory)
-                    .count();
-                if idle < e.cfg.pool_size {
+                if of_pooled_size(&e.idle_vms()) < e.cfg.pool_size {
                     // Pod starts first: a refill never competes with one for the CPUs.
                     while e
                         .starts_in_progress
@@ -147,7 +156,7 @@ impl Engine {
                     {
                         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     }
-                    match e.boot_vm(&size, slots::MIN_SLOTS).await {
+                    match e.boot_vm(&pooled_vm_size(), slots::MIN_SLOTS).await {
                         Ok(mut b) => {
                             failures = 0;
                             b.auto = true;
@@ -177,9 +186,8 @@ impl Engine {
     /// keeping, and the next daemon boots fresh ones).
     pub async fn drain_pool(&self) {
         let idle: Vec<Booted> = self.pool.lock().unwrap().drain(..).collect();
-        for mut b in idle {
-            super::stop_runtime_with(&b.runtime, async { b.vm.process.wait().await }).await;
-            let _ = std::fs::remove_dir_all(&b.runtime.dir);
+        for b in idle {
+            power_off_idle(b).await;
         }
     }
 
@@ -195,21 +203,17 @@ impl Engine {
             *pool = keep;
             old
         };
-        for mut b in expired {
+        for b in expired {
             tracing::info!(vm = %b.runtime.id, "warm pool: replacing an idle VM");
-            super::stop_runtime_with(&b.runtime, async { b.vm.process.wait().await }).await;
-            let _ = std::fs::remove_dir_all(&b.runtime.dir);
+            power_off_idle(b).await;
         }
     }
 
     /// The warm pool as `/info` shows it: sizes, idle VMs and their memory.
     pub fn pool_info(&self) -> serde_json::Value {
-        let size = pool_size();
+        let size = pooled_vm_size();
         let idle = self.idle_vms();
-        let of_size = idle
-            .iter()
-            .filter(|(_, v, m)| *v == size.vcpu && *m == size.memory)
-            .count();
+        let of_size = of_pooled_size(&idle);
         serde_json::json!({
             "Target": self.cfg.pool_size,
             "MaxAgeSeconds": self.cfg.pool_max_age.as_secs(),
@@ -237,9 +241,8 @@ impl Engine {
                 .position(|b| b.runtime.id == id)
                 .map(|i| pool.remove(i))
         };
-        if let Some(mut b) = taken {
-            super::stop_runtime_with(&b.runtime, async { b.vm.process.wait().await }).await;
-            let _ = std::fs::remove_dir_all(&b.runtime.dir);
+        if let Some(b) = taken {
+            power_off_idle(b).await;
             return Ok(());
         }
         let pod = self

@@ -192,20 +192,22 @@ pub fn registry_host(registry: &str) -> &str {
     }
 }
 
+/// A registry name's host alone: without a numeric `:port` and without the brackets of
+/// an IPv6 address (`[::1]:5000` is `::1`).
+pub fn bare_host(registry: &str) -> &str {
+    let host = match registry.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => registry,
+    };
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
 /// Whether Basic credentials may go to a token realm: only on the registry's own host,
 /// Docker Hub's auth host for Docker Hub, or a host the operator trusted.
 pub fn realm_trusted(registry: &str, realm: &reqwest::Url, trusted: &[String]) -> bool {
     let realm_host = host_of(realm);
-    let reg_host = registry_host(registry)
-        .rsplit_once(':')
-        .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
-        .map(|(h, _)| h)
-        .unwrap_or(registry_host(registry))
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_ascii_lowercase();
-    let realm_host = realm_host.trim_start_matches('[').trim_end_matches(']');
-    realm_host == reg_host
+    let realm_host = bare_host(&realm_host);
+    realm_host.eq_ignore_ascii_case(bare_host(registry_host(registry)))
         || (registry == "docker.io" && realm_host == DOCKER_HUB_REALM)
         || trusted.iter().any(|t| t.eq_ignore_ascii_case(realm_host))
 }

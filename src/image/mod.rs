@@ -455,18 +455,11 @@ impl ImageStore {
                 .dir
                 .join("tmp")
                 .join(format!("{hex}-{}.erofs", crate::ids::random_hex(8)));
-            let built =
-                self.build_image(&manifest, manifest_digest, &config_digest, &config, &erofs);
-            let rec = match built {
-                Ok(rec) => rec,
-                Err(e) => {
-                    let _ = std::fs::remove_file(&erofs);
-                    return Err(e);
-                }
-            };
             let tmp = self.dir.join("tmp").join(crate::ids::random_hex(8));
-            std::fs::create_dir_all(&tmp)?;
             let result = (|| {
+                let rec =
+                    self.build_image(&manifest, manifest_digest, &config_digest, &config, &erofs)?;
+                std::fs::create_dir_all(&tmp)?;
                 let staged = tmp.join("image");
                 std::fs::create_dir(&staged)?;
                 std::fs::rename(&erofs, staged.join("rootfs.erofs"))?;
@@ -514,7 +507,6 @@ impl ImageStore {
                 diff_ids.len()
             )));
         }
-        digest_hex(config_digest)?;
         let work = self.dir.join("tmp").join(crate::ids::random_hex(8));
         let root = work.join("rootfs");
         std::fs::create_dir_all(&root)?;

@@ -60,16 +60,26 @@ impl Default for RegistryOptions {
 /// treats 127.0.0.0/8 and ::1; a host *name* merely starting with `127.` is not one)
 /// and those the operator listed with `--insecure-registry`.
 pub fn plain_http(registry: &str, insecure: &[String]) -> bool {
-    let host = match registry.rsplit_once(':') {
-        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
-        _ => registry,
-    };
-    let ip = host.trim_start_matches('[').trim_end_matches(']');
+    let host = super::auth::bare_host(registry);
     host == "localhost"
-        || ip
+        || host
             .parse::<std::net::IpAddr>()
             .is_ok_and(|a| a.is_loopback())
         || insecure.iter().any(|r| r == registry)
+}
+
+impl RegistryOptions {
+    /// How `registry` is spoken to, and where its credentials may go.
+    pub fn auth_policy(&self, registry: &str) -> super::auth::AuthPolicy {
+        super::auth::AuthPolicy {
+            scheme: if plain_http(registry, &self.insecure) {
+                "http"
+            } else {
+                "https"
+            },
+            trusted_realms: self.trusted_realms.clone(),
+        }
+    }
 }
 
 pub struct Registry {
@@ -89,18 +99,14 @@ impl Registry {
         options: &RegistryOptions,
         op: RegistryOperation,
     ) -> Result<Registry, ImageError> {
-        let plain = plain_http(&image.registry, &options.insecure);
-        let scheme = if plain { "http" } else { "https" };
+        let policy = options.auth_policy(&image.registry);
+        let scheme = policy.scheme;
         let scope = match op {
             RegistryOperation::Pull => format!("repository:{}:pull", image.repository),
             RegistryOperation::Push => format!("repository:{}:pull,push", image.repository),
         };
-        let policy = super::auth::AuthPolicy {
-            scheme,
-            trusted_realms: options.trusted_realms.clone(),
-        };
         let auth = super::auth::authorize(&image.registry, creds, Some(&scope), &policy).await?;
-        let protocol = if plain {
+        let protocol = if scheme == "http" {
             ClientProtocol::HttpsExcept(vec![image.registry.clone()])
         } else {
             ClientProtocol::Https
@@ -228,13 +234,10 @@ async fn fetch_manifest(
 /// Fetches the manifest a reference names; from an index or manifest list, the
 /// linux/amd64 one.
 pub async fn resolve(r: &Registry) -> Result<Resolved, ImageError> {
-    let reference = match (&r.image.digest, &r.image.tag) {
-        (Some(d), _) => d.clone(),
-        (None, Some(t)) => t.clone(),
-        (None, None) => "latest".to_string(),
-    };
+    let oci = r.image.oci();
+    let reference = oci.digest().or(oci.tag()).unwrap_or("latest");
     let (mut bytes, mut digest, mut manifest) =
-        fetch_manifest(r, &reference, r.image.digest.as_deref()).await?;
+        fetch_manifest(r, reference, r.image.digest.as_deref()).await?;
     if manifest.get("manifests").is_some() {
         let entries = manifest["manifests"]
             .as_array()
@@ -355,10 +358,10 @@ async fn download(
             match chunk {
                 Ok(bytes) => {
                     if w.size() + bytes.len() as u64 > cap {
-                        failed = Some(ImageError::Registry(format!(
+                        // The registry's lie, not bad luck: no retry.
+                        return Err(ImageError::Registry(format!(
                             "blob {digest}: the registry sends more than the {cap} bytes expected"
                         )));
-                        break;
                     }
                     w.write_all(&bytes)?;
                     if show && last.elapsed() > Duration::from_millis(100) {
@@ -374,9 +377,6 @@ async fn download(
             }
         }
         if let Some(e) = failed {
-            if e.to_string().contains("more than the") {
-                return Err(e);
-            }
             last_err = Some(e);
             continue;
         }

@@ -94,17 +94,11 @@ const IMPLICIT_DIR: Meta = Meta {
 
 impl Tree {
     /// The directory `path` names, walked one component at a time without following
-    /// anything. With `create`, missing directories are made and non-directories are
-    /// replaced by directories; a symlink on the way is refused either way. Without
-    /// `create`, `None` when the walk does not end at a directory.
-    fn dir(
-        &mut self,
-        path: &[OsString],
-        create: bool,
-        name: &str,
-    ) -> Result<Option<&Dir>, UnpackError> {
+    /// anything: missing directories are made and non-directories replaced by
+    /// directories; a symlink on the way is refused.
+    fn dir(&mut self, path: &[OsString], name: &str) -> Result<&Dir, UnpackError> {
         if path.is_empty() {
-            return Ok(Some(&self.root));
+            return Ok(&self.root);
         }
         if self.last.as_ref().map(|(p, _)| p.as_slice()) != Some(path) {
             self.last = None;
@@ -114,7 +108,6 @@ impl Tree {
                 let next = match parent.kind(c)? {
                     Some(Kind::Dir) => parent.open_dir(c)?,
                     Some(Kind::Symlink) => return Err(UnpackError::ThroughSymlink(name.into())),
-                    _ if !create => None,
                     existing => {
                         if existing.is_some() {
                             parent.remove_all(c)?;
@@ -127,15 +120,11 @@ impl Tree {
                         d
                     }
                 };
-                match next {
-                    Some(d) => cur = Some(d),
-                    None if !create => return Ok(None),
-                    None => return Err(UnpackError::ThroughSymlink(name.into())),
-                }
+                cur = Some(next.ok_or_else(|| UnpackError::ThroughSymlink(name.into()))?);
             }
             self.last = cur.map(|d| (path.to_vec(), d));
         }
-        Ok(self.last.as_ref().map(|(_, d)| d))
+        Ok(&self.last.as_ref().expect("just opened").1)
     }
 
     fn forget(&mut self) {
@@ -183,7 +172,7 @@ pub fn unpack_layer(reader: impl Read, root: &Path, limits: &Limits) -> Result<u
         // Both act only inside the directory they are in.
         let fname = file_name.as_bytes();
         if fname == b".wh..wh..opq" {
-            if let Some(parent) = tree.dir(&comps, false, &name)? {
+            if let Some(parent) = open_walk(&tree.root, &comps, Some(&name))? {
                 for e in parent.entries()? {
                     parent.remove_all(&e)?;
                 }
@@ -196,13 +185,13 @@ pub fn unpack_layer(reader: impl Read, root: &Path, limits: &Limits) -> Result<u
             if !beneath::is_plain_name(victim) {
                 return Err(UnpackError::BadWhiteout(name));
             }
-            if let Some(parent) = tree.dir(&comps, false, &name)? {
+            if let Some(parent) = open_walk(&tree.root, &comps, Some(&name))? {
                 parent.remove_all(victim)?;
             }
             tree.forget();
             continue;
         }
-        let parent = tree.dir(&comps, true, &name)?.expect("created");
+        let parent = tree.dir(&comps, &name)?;
         let existing = parent.kind(&file_name)?;
         match kind {
             tar::EntryType::Directory => {
@@ -275,7 +264,7 @@ pub fn unpack_layer(reader: impl Read, root: &Path, limits: &Limits) -> Result<u
                         )))
                     }
                 }
-                let parent = tree.dir(&comps, true, &name)?.expect("created");
+                let parent = tree.dir(&comps, &name)?;
                 if existing.is_some() {
                     parent.remove_all(&file_name)?;
                 }

@@ -488,11 +488,6 @@ fn inspect(engine: &Arc<Engine>, id: &str) -> ApiResult {
         ("running" | "paused", Some(vm)) => vm.pid,
         _ => 0,
     };
-    let stop_signal = [&c.spec.stop_signal, &c.image.config.stop_signal]
-        .into_iter()
-        .find(|s| !s.is_empty())
-        .cloned()
-        .unwrap_or_else(|| "SIGTERM".into());
     // Fields hyperd cannot fill yet carry Docker's empty values, so that clients
     // (docker-py, compose) find every key they read.
     let host_config = json!({
@@ -594,7 +589,7 @@ fn inspect(engine: &Arc<Engine>, id: &str) -> ApiResult {
             "WorkingDir": c.process.workdir,
             "OnBuild": null,
             "Labels": *pod.labels.lock().unwrap(),
-            "StopSignal": stop_signal,
+            "StopSignal": c.stop_signal(),
         },
         "NetworkSettings": {
             "Bridge": "",

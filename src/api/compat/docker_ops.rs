@@ -1,6 +1,7 @@
 //! Docker container operations beyond the lifecycle: graceful stop and restart, pause,
 //! rename, stats in Docker's JSON shape, and top (`ps` inside the container).
 use super::docker::{find, no_content, not_modified, state};
+use crate::api::containers::{grace_of, MAX_GRACE};
 use crate::api::http::{flag, query, ApiError, ApiResult};
 use crate::engine::Engine;
 use hyper::body::Incoming;
@@ -9,26 +10,19 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Seconds of grace before SIGKILL when the request names none (Docker's default).
-const DEFAULT_GRACE: u64 = 10;
-/// The longest grace honoured (`t=-1`, "wait forever", waits this long).
-const MAX_GRACE: u64 = 3600;
-
+/// hyperd's grace parameter, plus Docker's `t=-1` ("wait forever"), which waits as long
+/// as hyperd ever waits.
 fn grace(req: &Request<Incoming>) -> Result<Duration, ApiError> {
     let q = query(req);
-    let secs = match q.get("t").or(q.get("time")).filter(|t| !t.is_empty()) {
-        None => DEFAULT_GRACE,
-        Some(t) => match t.parse::<i64>() {
-            Ok(n) if n < 0 => MAX_GRACE,
-            Ok(n) => (n as u64).min(MAX_GRACE),
-            Err(_) => {
-                return Err(ApiError::bad_request(format!(
-                    "t must be a number of seconds, not {t:?}"
-                )))
-            }
-        },
-    };
-    Ok(Duration::from_secs(secs))
+    let negative = q
+        .get("t")
+        .or(q.get("time"))
+        .and_then(|t| t.parse::<i64>().ok())
+        .is_some_and(|n| n < 0);
+    if negative {
+        return Ok(MAX_GRACE);
+    }
+    grace_of(&q)
 }
 
 /// `POST /containers/{id}/stop[?t=SECONDS]`: the stop signal, SIGKILL after `t`.
