@@ -246,8 +246,10 @@ impl Engine {
             .map_err(|_| "the VM did not reconnect its agent channel".to_string())?
             .map_err(|e| e.to_string())?;
         let (agent, events) = AgentClient::new(stream);
+        // A guest that may take the boot timeout to boot may take as long to answer once
+        // it reconnects (hyper-vmm on emulated ring 0 runs its guest ~100x slower).
         let status = agent
-            .call(Op::Status, Duration::from_secs(30))
+            .call(Op::Status, self.cfg.boot_timeout)
             .await
             .map_err(|e| e.to_string())?;
         let status: Status = serde_json::from_value(status.unwrap_or_default())

@@ -10,9 +10,9 @@ pub struct Daemon {
     pub socket: PathBuf,
     pub root: PathBuf,
     child: Option<Child>,
-    /// The warm-pool options it was started with, kept for restarts (which otherwise
-    /// start a default daemon on the same root).
-    pool: Vec<String>,
+    /// The options it was started with, kept for restarts (an operator restarts a daemon
+    /// with its configuration).
+    extra: Vec<String>,
 }
 
 fn repo() -> PathBuf {
@@ -80,18 +80,13 @@ impl Daemon {
         let socket = dir.path().join("hyper.sock");
         let root = dir.path().join("root");
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let pool: Vec<String> = extra
-            .iter()
-            .position(|a| a == "--pool")
-            .map(|i| extra[i..(i + 2).min(extra.len())].to_vec())
-            .unwrap_or_default();
         let child = spawn_hyperd(&socket, &root, &extra, &dir.path().join("hyperd.log"));
         let d = Daemon {
             dir,
             socket,
             root,
             child: Some(child),
-            pool,
+            extra,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         while !d.socket.exists() {
@@ -202,11 +197,13 @@ impl Daemon {
         let child = spawn_hyperd(
             &self.socket,
             &self.root,
-            &self.pool,
+            &self.extra,
             &self.dir.path().join("hyperd.log"),
         );
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(60);
+        // Recovery asks each adopted guest for its status before the daemon listens; a
+        // slow guest (hyper-vmm on emulated ring 0) may take minutes to answer.
+        let deadline = Instant::now() + Duration::from_secs(600);
         while !self.socket.exists() {
             assert!(
                 Instant::now() < deadline,
