@@ -8,7 +8,7 @@
 //!     cargo bench --bench boot            # HYPERD_BENCH_RUNS=n for more than 1 run
 use hyperd::vm::hyper_vmm::VmmDriver;
 use hyperd::vm::qemu::QemuDriver;
-use hyperd::vm::{kill_process, DiskConfig, Driver, VmConfig};
+use hyperd::vm::{DiskConfig, Driver, VmConfig};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -90,10 +90,9 @@ async fn measure(
             }
         };
         times.push(t.elapsed());
-        rss = rss_minus_guest_kib(vm.pid);
-        kill_process(vm.pid);
-        let mut process = vm.process;
-        process.wait().await;
+        rss = rss_minus_guest_kib(vm.handle.pid());
+        vm.handle.kill();
+        vm.handle.wait().await;
     }
     Ok((median(times), rss))
 }

@@ -13,7 +13,7 @@
 //!
 //!     cargo bench --bench start          # HYPERD_BENCH_RUNS=n (default 10)
 use hyperd::vm::qemu::QemuDriver;
-use hyperd::vm::{kill_process, DiskConfig, Driver, VmConfig};
+use hyperd::vm::{DiskConfig, Driver, VmConfig};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -111,7 +111,10 @@ impl Drop for Daemon {
             let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
             if String::from_utf8_lossy(&cmd).contains(&needle) {
                 if let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() {
-                    kill_process(pid);
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid as i32),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
                 }
             }
         }
@@ -187,9 +190,8 @@ async fn bare_qemu(runs: usize, work: &Path) -> Vec<f64> {
         let t = Instant::now();
         let vm = driver.boot(&cfg).await.expect("qemu boots");
         times.push(t.elapsed().as_secs_f64());
-        kill_process(vm.pid);
-        let mut p = vm.process;
-        p.wait().await;
+        vm.handle.kill();
+        vm.handle.wait().await;
     }
     times
 }

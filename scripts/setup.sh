@@ -38,7 +38,7 @@ fi
 echo "guest kernel: $(kernel-config/build.sh)" >&2
 echo "guest initramfs: $(guest-agent/build-initrd.sh)" >&2
 if [ "${PROFILE:-release}" = release ]; then
-    cargo build -q --release --bins
+    cargo build -q --release --workspace --bins
 else
-    cargo build -q --bins
+    cargo build -q --workspace --bins
 fi

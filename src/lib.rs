@@ -5,22 +5,22 @@
 //! - [`image`]: the local image store (import, unpack, read-only rootfs images).
 //! - [`vm`]: the VM drivers (hyper-vmm, qemu microvm), host detection and the host side
 //!   of the agent channel.
-//! - [`vmm`]: hyperd's own VMM, run as the `hyper-vmm` binary (one process per VM).
 //! - [`client`]: the typed client used by `hyperctl` and the tests.
 //! - [`root_dir`]: the private state directory.
-//! - [`host_facts`]: what the host can run guests with, shared by [`vm`] and [`vmm`].
+//!
+//! hyperd's own VMM is the `hyper-vmm` crate (crates/hyper-vmm), a separate process the
+//! [`vm`] driver talks to through the types of `hyper-vmm-api`; see docs/architecture.md
+//! for the crate graph.
 pub mod api;
 pub mod client;
 pub mod config;
 pub mod engine;
-pub mod host_facts;
 pub mod ids;
 pub mod image;
 pub mod root_dir;
 pub mod spec;
 pub mod store;
 pub mod vm;
-pub mod vmm;
 
 /// The daemon's version, reported by `/version` and `/info`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -87,7 +87,7 @@ fn hyper_vmm_boots_the_kernel_from_a_virtio_disk_with_the_agent_port() {
     let _agent = UnixListener::bind(&agent_sock).unwrap();
     let api = dir.path().join("vmm.sock");
     let console = dir.path().join("console.log");
-    let mut vmm = Command::new(env!("CARGO_BIN_EXE_hyper-vmm"))
+    let mut vmm = Command::new(common::workspace_binary("hyper-vmm"))
         .arg("--api-sock")
         .arg(&api)
         .spawn()
@@ -216,6 +216,20 @@ fn a_pod_runs_through_the_hyper_vmm_driver() {
     assert_eq!(
         out_ok(&d.hyperctl(&["exec", "keep", "echo", "still-here"])),
         "still-here"
+    );
+    // Pause and unpause go through the adopted VMM's control socket.
+    out_ok(&d.hyperctl(&["pause", "keep"]));
+    assert_eq!(
+        d.json("GET", "/pod/info?podName=keep", None)["status"]["phase"],
+        "paused"
+    );
+    let stat = std::fs::read_to_string(format!("/proc/{vm_pid}/stat")).unwrap();
+    let state = stat.rsplit_once(')').unwrap().1.trim_start().chars().next();
+    assert_ne!(state, Some('T'), "the VMM was stopped by a signal: {stat}");
+    out_ok(&d.hyperctl(&["unpause", "keep"]));
+    assert_eq!(
+        out_ok(&d.hyperctl(&["exec", "keep", "echo", "thawed"])),
+        "thawed"
     );
     out_ok(&d.hyperctl(&["stop", "-t", "1", "keep"]));
     common::wait_gone(vm_pid, "the adopted hyper-vmm after stop");

@@ -151,6 +151,24 @@ fn exec_logs_signals_and_pause() {
     // Pause freezes the VM: no ticks while paused, exec refused; unpause resumes.
     out_ok(&d.hyperctl(&["pause", "web"]));
     wait_phase(&d, "web", "paused");
+    // Paused through the VM's monitor (QMP `stop`), not by stopping its process: the
+    // process is not in the stopped state, and qemu itself says paused.
+    let vm_pid = d.json("GET", "/pod/info?podName=web", None)["vmPid"]
+        .as_u64()
+        .unwrap();
+    let stat = std::fs::read_to_string(format!("/proc/{vm_pid}/stat")).unwrap();
+    let state = stat.rsplit_once(')').unwrap().1.trim_start().chars().next();
+    assert_ne!(
+        state,
+        Some('T'),
+        "the VM process was stopped by a signal: {stat}"
+    );
+    let vm_dir = d.root.join("vm").join(
+        d.json("GET", "/pod/info?podName=web", None)["vm"]
+            .as_str()
+            .unwrap(),
+    );
+    assert_eq!(common::qmp_status(&vm_dir.join("qmp.sock")), "paused");
     let before = out_ok(&d.hyperctl(&["logs", "web"])).lines().count();
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(

@@ -184,9 +184,9 @@ impl Agent {
         match &setup.join {
             Some(ns) => setns(&ns.pid, libc::CLONE_NEWPID)
                 .map_err(|e| format!("join pid namespace: {e}"))?,
-            // SAFETY: unshare takes no pointers; CLONE_NEWPID only changes this thread's
-            // pid_for_children, and the thread ends after this spawn.
             None => {
+                // SAFETY: unshare takes no pointers; CLONE_NEWPID only changes this
+                // thread's pid_for_children, and the thread ends after this spawn.
                 if unsafe { libc::unshare(libc::CLONE_NEWPID) } != 0 {
                     return Err(format!(
                         "unshare pid namespace: {}",

@@ -81,7 +81,7 @@ pub fn pod_json(pod: &Pod) -> serde_json::Value {
         "podID": pod.id,
         "podName": pod.name,
         "vm": vm.as_ref().map(|v| v.id.clone()).unwrap_or_default(),
-        "vmPid": vm.as_ref().map(|v| v.pid),
+        "vmPid": vm.as_ref().map(|v| v.handle.pid()),
         "createdAt": pod.created,
         "startRecord": *pod.start_record.lock().unwrap(),
         "labels": *pod.labels.lock().unwrap(),

@@ -362,25 +362,17 @@ impl Engine {
         Ok(pod)
     }
 
-    /// Freezes a running pod's VM (its process stops being scheduled), or thaws it.
+    /// Freezes a running pod's vCPUs through its VM's monitor, or lets them run again.
     pub async fn pause_pod(&self, key: &str, pause: bool) -> Result<Arc<Pod>, EngineError> {
         let pod = self.pod(key)?;
         let _op = pod.op.lock().await;
         let vm = pod
             .vm()
             .ok_or_else(|| EngineError::Conflict(format!("pod {} is not running", pod.id)))?;
-        let (from, to, sig) = if pause {
-            (
-                PodPhase::Running,
-                PodPhase::Paused,
-                nix::sys::signal::Signal::SIGSTOP,
-            )
+        let (from, to) = if pause {
+            (PodPhase::Running, PodPhase::Paused)
         } else {
-            (
-                PodPhase::Paused,
-                PodPhase::Running,
-                nix::sys::signal::Signal::SIGCONT,
-            )
+            (PodPhase::Paused, PodPhase::Running)
         };
         if pod.phase() != from {
             return Err(EngineError::Conflict(format!(
@@ -390,8 +382,12 @@ impl Engine {
                 from.as_str()
             )));
         }
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(vm.pid as i32), sig)
-            .map_err(|e| EngineError::Internal(format!("{sig}: {e}")))?;
+        let done = if pause {
+            vm.handle.pause().await
+        } else {
+            vm.handle.resume().await
+        };
+        done.map_err(|e| EngineError::Internal(e.to_string()))?;
         pod.set_phase(to);
         self.persist(&pod)?;
         drop(_op);

@@ -147,7 +147,8 @@ impl Container {
 /// The VM of a running pod.
 pub struct VmRuntime {
     pub id: String,
-    pub pid: u32,
+    /// Pause, resume, stop and kill go through it; the engine signals no pid.
+    pub handle: Arc<crate::vm::VmHandle>,
     pub dir: PathBuf,
     pub agent: AgentClient,
     /// Becomes true once the VM process is gone and its files are cleaned up.
@@ -158,6 +159,8 @@ pub struct VmRuntime {
     pub memory_mib: u32,
     /// When the VM process was spawned (for a re-attached VM: when it was adopted).
     pub spawned_at: std::time::Instant,
+    /// The agent protocol version the VM's agent speaks.
+    pub agent_protocol: u32,
 }
 
 pub struct Pod {
@@ -242,6 +245,8 @@ pub struct Engine {
     /// Pod starts under way: the pool keeper waits for them.
     starts_in_progress: std::sync::atomic::AtomicUsize,
     pods: Mutex<HashMap<String, Arc<Pod>>>,
+    /// Pod and VM directories of records a newer hyperd wrote: never cleaned up.
+    foreign_dirs: Mutex<Vec<PathBuf>>,
 }
 
 /// The process a container runs: its spec over its image's defaults (Docker's rules for
@@ -313,6 +318,7 @@ impl Engine {
             pool_wake: tokio::sync::Notify::new(),
             starts_in_progress: std::sync::atomic::AtomicUsize::new(0),
             pods: Mutex::new(HashMap::new()),
+            foreign_dirs: Mutex::new(Vec::new()),
         };
         engine.load_pods();
         engine.clean_leftovers();
@@ -322,6 +328,7 @@ impl Engine {
     /// Removes what no pod record accounts for: VM directories (killing their VM process,
     /// after checking its command line names the directory) and pod directories.
     fn clean_leftovers(&self) {
+        let foreign = self.foreign_dirs.lock().unwrap().clone();
         let known_vms: std::collections::HashSet<PathBuf> = self
             .pods()
             .iter()
@@ -333,8 +340,12 @@ impl Engine {
                     .map(|v| v.dir.clone())
             })
             .collect();
-        let known_pods: std::collections::HashSet<PathBuf> =
-            self.pods().iter().map(|p| p.dir.clone()).collect();
+        let known_pods: std::collections::HashSet<PathBuf> = self
+            .pods()
+            .iter()
+            .map(|p| p.dir.clone())
+            .chain(foreign.iter().cloned())
+            .collect();
         if let Ok(dir) = std::fs::read_dir(self.cfg.root.join("pods")) {
             for e in dir.flatten() {
                 if !known_pods.contains(&e.path()) {
@@ -345,16 +356,15 @@ impl Engine {
         let Ok(dir) = std::fs::read_dir(self.cfg.root.join("vm")) else {
             return;
         };
-        for e in dir.flatten().filter(|e| !known_vms.contains(&e.path())) {
-            let pid = std::fs::read_to_string(e.path().join("pid"))
-                .ok()
-                .and_then(|s| s.trim().parse().ok());
-            if let Some(pid) = pid.filter(|pid| is_our_vm(*pid, &e.path())) {
+        for e in dir
+            .flatten()
+            .filter(|e| !known_vms.contains(&e.path()) && !foreign.contains(&e.path()))
+        {
+            if crate::vm::VmHandle::kill_leftover(&e.path()) {
                 tracing::warn!(
-                    "killing VM {} that no pod owns",
+                    "killed VM {} that no pod owns",
                     e.file_name().to_string_lossy()
                 );
-                crate::vm::kill_process(pid);
             }
             let _ = std::fs::remove_dir_all(e.path());
         }
@@ -564,7 +574,7 @@ impl Engine {
                     }
                 };
                 if runtime.slots.lock().unwrap().len() < count {
-                    crate::vm::kill_process(runtime.pid);
+                    runtime.handle.kill();
                     return Err(EngineError::Conflict(format!(
                         "VM {} has fewer disk slots than the pod has containers",
                         runtime.id
@@ -736,10 +746,9 @@ impl Engine {
         let Some(vm) = pod.vm() else { return };
         if pod.phase() == PodPhase::Paused {
             // A frozen guest cannot power itself off: thaw it first.
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(vm.pid as i32),
-                nix::sys::signal::Signal::SIGCONT,
-            );
+            if let Err(e) = vm.handle.resume().await {
+                tracing::warn!(pod = %pod.id, "resume before stop: {e}");
+            }
             pod.set_phase(PodPhase::Running);
         }
         stop_runtime(&vm).await;
@@ -772,8 +781,8 @@ async fn stop_runtime(vm: &VmRuntime) {
     .await;
 }
 
-/// Asks the agent to power off, waits for `exited` (the VM is gone), kills the VM if it
-/// takes longer than STOP_TIMEOUT.
+/// Asks the agent to power off and waits for `exited` (the VM is gone); past STOP_TIMEOUT
+/// the VM handle stops the VM through its monitor, and kills it past another.
 async fn stop_runtime_with(vm: &VmRuntime, exited: impl std::future::Future<Output = String>) {
     let _ = vm.agent.call(Op::Shutdown, Duration::from_secs(5)).await;
     tokio::pin!(exited);
@@ -781,8 +790,8 @@ async fn stop_runtime_with(vm: &VmRuntime, exited: impl std::future::Future<Outp
         .await
         .is_err()
     {
-        tracing::warn!(vm = %vm.id, "VM did not power off; killing it");
-        crate::vm::kill_process(vm.pid);
+        tracing::warn!(vm = %vm.id, "VM did not power off; stopping it through its monitor");
+        vm.handle.stop(STOP_TIMEOUT).await;
         let _ = tokio::time::timeout(STOP_TIMEOUT, exited).await;
     }
 }
@@ -918,9 +927,9 @@ async fn monitor(
         tokio::select! {
             ev = vm.events.recv() => match ev {
                 Some(ev) => handle(ev, &mut shutting_down),
-                None => break vm.process.wait().await,
+                None => break vm.handle.wait().await,
             },
-            status = vm.process.wait() => {
+            status = vm.handle.wait() => {
                 // Whatever the agent sent before the end is still delivered.
                 while let Ok(ev) = vm.events.try_recv() {
                     handle(ev, &mut shutting_down);
@@ -957,11 +966,4 @@ async fn monitor(
             tracing::warn!(pod = %id, "auto-remove: {e}");
         }
     }
-}
-
-/// Whether `pid` is a VM process started for the VM directory `dir`.
-fn is_our_vm(pid: u32, dir: &std::path::Path) -> bool {
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    let needle = dir.to_string_lossy();
-    String::from_utf8_lossy(&cmdline).contains(needle.as_ref())
 }

@@ -29,8 +29,9 @@ fn of_pooled_size(idle: &[(String, u32, u32)]) -> usize {
 
 /// Powers an idle VM off (agent shutdown, then kill past the deadline) and removes its
 /// directory.
-async fn power_off_idle(mut b: Booted) {
-    super::stop_runtime_with(&b.runtime, async { b.vm.process.wait().await }).await;
+async fn power_off_idle(b: Booted) {
+    let handle = b.vm.handle.clone();
+    super::stop_runtime_with(&b.runtime, async move { handle.wait().await }).await;
     let _ = std::fs::remove_dir_all(&b.runtime.dir);
 }
 
@@ -87,16 +88,16 @@ impl Engine {
                 return Err(EngineError::Internal(e.to_string()));
             }
         };
-        tracing::info!(vm = %id, pid = vm.pid, "VM booted in {:?}", started.elapsed());
+        tracing::info!(vm = %id, pid = vm.handle.pid(), "VM booted in {:?}", started.elapsed());
         if resource.cpu_percent > 0 {
-            if let Err(e) = crate::vm::host::cap_cpu(&id, vm.pid, resource.cpu_percent) {
+            if let Err(e) = vm.handle.cap_cpu(resource.cpu_percent) {
                 tracing::warn!(vm = %id, "{e}");
             }
         }
         let (gone, gone_rx) = watch::channel(false);
         let runtime = Arc::new(VmRuntime {
             id,
-            pid: vm.pid,
+            handle: vm.handle.clone(),
             dir,
             agent: vm.agent.clone(),
             gone: gone_rx,
@@ -104,6 +105,10 @@ impl Engine {
             vcpus,
             memory_mib,
             spawned_at: started,
+            agent_protocol: vm
+                .agent
+                .protocol()
+                .unwrap_or(hyperd_agent::protocol::VERSION),
         });
         Ok(Booted {
             vm,
@@ -198,7 +203,7 @@ impl Engine {
             let (old, keep): (Vec<_>, Vec<_>) = pool.drain(..).partition(|b| {
                 b.auto
                     && (b.runtime.spawned_at.elapsed() > self.cfg.pool_max_age
-                        || !crate::vm::process_alive(b.runtime.pid))
+                        || !b.runtime.handle.is_alive())
             });
             *pool = keep;
             old
@@ -281,7 +286,7 @@ impl Engine {
             i.map(|i| pool.remove(i))
         };
         if let Some(b) = taken {
-            if crate::vm::process_alive(b.runtime.pid) && !b.runtime.agent.is_closed() {
+            if b.runtime.handle.is_alive() && !b.runtime.agent.is_closed() {
                 tracing::info!(pod = %pod.id, vm = %b.runtime.id, "pod takes a VM booted ahead");
                 return Ok((b.vm, b.runtime, b.gone, true));
             }

@@ -8,7 +8,7 @@ use crate::engine::EngineError;
 use crate::image::ImageRecord;
 use crate::spec::{ContainerSpec, PodSpec};
 use crate::vm::agent::AgentClient;
-use crate::vm::{RunningVm, VmProcess};
+use crate::vm::{RunningVm, VmHandle, VmStatus};
 use hyperd_agent::protocol::{Op, ProcessSpec, Status};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -21,6 +21,36 @@ use tokio::sync::watch;
 /// second).
 const RECONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// The version of the pod records this daemon writes. Version 1 is the first release's
+/// (records without a `version` field); each release that changes a record's meaning
+/// bumps it and reads every older version it can.
+pub const RECORD_VERSION: u32 = 2;
+
+fn record_v1() -> u32 {
+    1
+}
+
+/// What a reloaded record's version means for this daemon.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum RecordCheck {
+    Current,
+    /// Written by an older release: read, and written back in the current version.
+    Older(u32),
+    /// Written by a newer release: left untouched, with its pod's files and VM.
+    Newer(u32),
+}
+
+pub(super) fn check_record_version(v: u32) -> RecordCheck {
+    match v.cmp(&RECORD_VERSION) {
+        std::cmp::Ordering::Equal => RecordCheck::Current,
+        std::cmp::Ordering::Less => RecordCheck::Older(v),
+        std::cmp::Ordering::Greater => RecordCheck::Newer(v),
+    }
+}
+
+/// The agent protocol versions this daemon can drive in an adopted VM.
+pub const AGENT_PROTOCOLS: std::ops::RangeInclusive<u32> = 1..=hyperd_agent::protocol::VERSION;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VmRecord {
     pub id: String,
@@ -29,6 +59,9 @@ pub struct VmRecord {
     /// Which container holds each disk slot.
     #[serde(default)]
     pub slots: Vec<Option<String>>,
+    /// The agent protocol the VM's agent spoke when it booted.
+    #[serde(default = "record_v1")]
+    pub agent_protocol: u32,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -46,6 +79,9 @@ struct ContainerRecord {
 
 #[derive(Serialize, Deserialize)]
 struct PodRecord {
+    /// [`RECORD_VERSION`] when written; absent in the first release's records.
+    #[serde(default = "record_v1")]
+    version: u32,
     id: String,
     name: String,
     spec: PodSpec,
@@ -65,12 +101,14 @@ impl Engine {
             .vm()
             .map(|v| VmRecord {
                 id: v.id.clone(),
-                pid: v.pid,
+                pid: v.handle.pid(),
                 dir: v.dir.clone(),
                 slots: v.slots.lock().unwrap().clone(),
+                agent_protocol: v.agent_protocol,
             })
             .or_else(|| pod.recorded_vm.lock().unwrap().clone());
         let record = PodRecord {
+            version: RECORD_VERSION,
             id: pod.id.clone(),
             name: pod.name.clone(),
             spec: pod.spec.clone(),
@@ -107,7 +145,7 @@ impl Engine {
 
     /// Rebuilds the pods of the store (their VMs not yet re-attached).
     pub(super) fn load_pods(&self) {
-        let records = match self.store.pods::<PodRecord>() {
+        let records = match self.store.pods::<serde_json::Value>() {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!("cannot read pods: {e}");
@@ -120,6 +158,37 @@ impl Engine {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::error!("{e}");
+                    continue;
+                }
+            };
+            let version = r.get("version").and_then(|v| v.as_u64()).unwrap_or(1) as u32;
+            let id = r
+                .get("id")
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_string();
+            match check_record_version(version) {
+                RecordCheck::Current => {}
+                RecordCheck::Older(v) => {
+                    tracing::info!(pod = %id, "reading a version {v} record (this hyperd writes version {RECORD_VERSION})")
+                }
+                RecordCheck::Newer(v) => {
+                    tracing::error!(
+                        pod = %id,
+                        "the pod was recorded by a newer hyperd (record version {v}; this one reads up to {RECORD_VERSION}): it is left alone, with its files and VM"
+                    );
+                    let mut keep = self.foreign_dirs.lock().unwrap();
+                    keep.push(self.cfg.root.join("pods").join(&id));
+                    if let Some(dir) = r.pointer("/vm/dir").and_then(|d| d.as_str()) {
+                        keep.push(PathBuf::from(dir));
+                    }
+                    continue;
+                }
+            }
+            let r: PodRecord = match serde_json::from_value(r) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!("cannot read the record of pod {id}: {e}");
                     continue;
                 }
             };
@@ -185,11 +254,16 @@ impl Engine {
             };
             let engine = self.clone();
             tasks.spawn(async move {
-                let alive = crate::vm::process_alive(vm.pid) && super::is_our_vm(vm.pid, &vm.dir);
-                let result = if alive {
-                    engine.reattach(&pod, &vm).await
-                } else {
-                    Err("its VM process is gone".to_string())
+                let handle = crate::vm::VmHandle::adopt(&vm.id, &vm.dir, vm.pid).map(Arc::new);
+                let result = match &handle {
+                    Ok(_) if !AGENT_PROTOCOLS.contains(&vm.agent_protocol) => Err(format!(
+                        "its agent speaks protocol {}, this hyperd drives {} to {}; the VM is stopped",
+                        vm.agent_protocol,
+                        AGENT_PROTOCOLS.start(),
+                        AGENT_PROTOCOLS.end()
+                    )),
+                    Ok(h) => engine.reattach(&pod, &vm, h.clone()).await,
+                    Err(_) => Err("its VM process is gone".to_string()),
                 };
                 match result {
                     Ok(()) => {
@@ -197,8 +271,8 @@ impl Engine {
                     }
                     Err(e) => {
                         tracing::warn!(pod = %pod.id, vm = %vm.id, "VM lost: {e}");
-                        if alive {
-                            crate::vm::kill_process(vm.pid);
+                        if let Ok(h) = &handle {
+                            h.kill();
                         }
                         for c in &pod.containers() {
                             if *c.io.state().borrow() != IoState::Exited {
@@ -230,15 +304,19 @@ impl Engine {
         while tasks.join_next().await.is_some() {}
     }
 
-    async fn reattach(self: &Arc<Self>, pod: &Arc<Pod>, vm: &VmRecord) -> Result<(), String> {
-        let mut process = VmProcess::adopt(vm.pid).map_err(|e| format!("pidfd: {e}"))?;
+    async fn reattach(
+        self: &Arc<Self>,
+        pod: &Arc<Pod>,
+        vm: &VmRecord,
+        handle: Arc<VmHandle>,
+    ) -> Result<(), String> {
         let sock = vm.dir.join("agent.sock");
         let _ = std::fs::remove_file(&sock);
         let listener = tokio::net::UnixListener::bind(&sock)
             .map_err(|e| format!("{}: {e}", sock.display()))?;
         let accepted = tokio::select! {
             r = tokio::time::timeout(RECONNECT_TIMEOUT, listener.accept()) => r,
-            _ = process.wait() => return Err("the VM exited while re-attaching".into()),
+            _ = handle.wait() => return Err("the VM exited while re-attaching".into()),
         };
         drop(listener);
         let _ = std::fs::remove_file(&sock);
@@ -267,7 +345,7 @@ impl Engine {
         let (gone_tx, gone_rx) = watch::channel(false);
         *pod.vm.lock().unwrap() = Some(Arc::new(VmRuntime {
             id: vm.id.clone(),
-            pid: vm.pid,
+            handle: handle.clone(),
             dir: vm.dir.clone(),
             agent: agent.clone(),
             gone: gone_rx,
@@ -275,15 +353,10 @@ impl Engine {
             vcpus: pod.spec.resource.vcpu,
             memory_mib: pod.spec.resource.memory,
             spawned_at: std::time::Instant::now(),
+            agent_protocol: vm.agent_protocol,
         }));
         *pod.recorded_vm.lock().unwrap() = None;
-        let stopped = std::fs::read_to_string(format!("/proc/{}/stat", vm.pid))
-            .ok()
-            .and_then(|s| {
-                s.rsplit_once(')')
-                    .map(|(_, rest)| rest.trim_start().starts_with('T'))
-            })
-            .unwrap_or(false);
+        let stopped = matches!(handle.status().await, Ok(VmStatus::Paused));
         let all_done = pod
             .containers()
             .iter()
@@ -297,10 +370,9 @@ impl Engine {
         });
         self.persist_in_background(pod);
         let running = RunningVm {
-            pid: vm.pid,
+            handle,
             agent: agent.clone(),
             events,
-            process,
         };
         tokio::spawn(monitor(
             self.clone(),
@@ -313,5 +385,108 @@ impl Engine {
             let _ = agent.call(Op::Shutdown, Duration::from_secs(10)).await;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn config(root: &std::path::Path) -> Config {
+        Config {
+            root: root.to_path_buf(),
+            socket: root.join("hyper.sock"),
+            kernel: root.join("vmlinux"),
+            initrd: root.join("initrd.img"),
+            driver: "qemu".into(),
+            accel: "tcg".into(),
+            boot_timeout: Duration::from_secs(1),
+            registry: Default::default(),
+            max_layer_bytes: 1 << 20,
+            pool_size: 0,
+            pool_max_age: Duration::from_secs(60),
+        }
+    }
+
+    fn record(id: &str, version: Option<u32>, vm_dir: &std::path::Path) -> serde_json::Value {
+        let mut r = serde_json::json!({
+            "id": id,
+            "name": id,
+            "spec": {"id": id, "containers": []},
+            "created": "2026-11-29T00:00:00Z",
+            "phase": "running",
+            // A pid that cannot be a VM: the pod's VM counts as lost.
+            "vm": {"id": "vm-x", "pid": 1, "dir": vm_dir},
+            "containers": [],
+        });
+        if let Some(v) = version {
+            r["version"] = v.into();
+        }
+        r
+    }
+
+    #[test]
+    fn versions_are_checked_in_order() {
+        assert_eq!(check_record_version(RECORD_VERSION), RecordCheck::Current);
+        assert_eq!(check_record_version(1), RecordCheck::Older(1));
+        assert_eq!(
+            check_record_version(RECORD_VERSION + 1),
+            RecordCheck::Newer(RECORD_VERSION + 1)
+        );
+        assert!(AGENT_PROTOCOLS.contains(&1));
+        assert!(!AGENT_PROTOCOLS.contains(&(hyperd_agent::protocol::VERSION + 1)));
+    }
+
+    /// A record of the first release (no version) is read and written back in the
+    /// current version; one from a newer release is left alone, files and all.
+    #[test]
+    fn older_records_load_and_newer_ones_are_left_alone() {
+        let root = tempfile::tempdir().unwrap();
+        let root = root.path();
+        let (old_vm, new_vm) = (root.join("vm/vm-old"), root.join("vm/vm-new"));
+        for d in [
+            &old_vm,
+            &new_vm,
+            &root.join("pods/pod-old"),
+            &root.join("pods/pod-new"),
+        ] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        {
+            let store = crate::store::Store::open(root).unwrap();
+            store
+                .put_pod("pod-old", &record("pod-old", None, &old_vm))
+                .unwrap();
+            store
+                .put_pod(
+                    "pod-new",
+                    &record("pod-new", Some(RECORD_VERSION + 1), &new_vm),
+                )
+                .unwrap();
+        }
+        let driver = crate::vm::Driver::select("qemu", "tcg").unwrap();
+        let engine = Engine::new(config(root), driver).unwrap();
+        let ids: Vec<String> = engine.pods().iter().map(|p| p.id.clone()).collect();
+        assert_eq!(ids, vec!["pod-old".to_string()]);
+        assert!(
+            root.join("pods/pod-new").is_dir(),
+            "a newer pod's files stay"
+        );
+        assert!(new_vm.is_dir(), "a newer pod's VM directory stays");
+        assert!(root.join("pods/pod-old").is_dir());
+        // Written back, the old record carries the current version.
+        let pod = engine.pods().pop().unwrap();
+        engine.persist(&pod).unwrap();
+        let back: Vec<serde_json::Value> = engine
+            .store
+            .pods::<serde_json::Value>()
+            .unwrap()
+            .into_iter()
+            .map(Result::unwrap)
+            .filter(|r| r["id"] == "pod-old")
+            .collect();
+        assert_eq!(back[0]["version"], RECORD_VERSION);
+        assert_eq!(back[0]["vm"]["agent_protocol"], 1);
     }
 }

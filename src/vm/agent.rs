@@ -43,6 +43,8 @@ struct Inner {
     closed: AtomicBool,
     /// When the agent announced itself, and the guest's uptime it reported then.
     ready: Mutex<Option<(std::time::Instant, u64)>>,
+    /// The protocol version the agent announced (0 before it did).
+    protocol: std::sync::atomic::AtomicU32,
 }
 
 #[derive(Clone)]
@@ -60,6 +62,7 @@ impl AgentClient {
             next_id: AtomicU64::new(1),
             closed: AtomicBool::new(false),
             ready: Mutex::new(None),
+            protocol: std::sync::atomic::AtomicU32::new(0),
         });
         let (tx, rx) = mpsc::unbounded_channel();
         let reader_inner = inner.clone();
@@ -90,6 +93,7 @@ impl AgentClient {
                             tracing::debug!(
                                 "agent ready, protocol {version}, guest up {uptime_ms} ms"
                             );
+                            reader_inner.protocol.store(version, Ordering::SeqCst);
                             reader_inner
                                 .ready
                                 .lock()
@@ -154,6 +158,14 @@ impl AgentClient {
 
     pub fn is_closed(&self) -> bool {
         self.inner.closed.load(Ordering::SeqCst)
+    }
+
+    /// The protocol version the agent announced, once it did.
+    pub fn protocol(&self) -> Option<u32> {
+        match self.inner.protocol.load(Ordering::SeqCst) {
+            0 => None,
+            v => Some(v),
+        }
     }
 
     /// When the guest kernel started and when the agent was ready, as host instants

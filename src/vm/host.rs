@@ -21,7 +21,7 @@ impl Accel {
     }
 }
 
-pub use crate::host_facts::{cpu_has_hw_virt, kvm_emulates_ring0, kvm_usable};
+pub use hyper_vmm_api::host::{cpu_has_hw_virt, kvm_emulates_ring0, kvm_usable};
 
 /// The accelerator for a setting of `auto`, `kvm` or `tcg`.
 pub fn choose_accel(setting: &str) -> Result<Accel, String> {

@@ -1,4 +1,4 @@
-//! The hyper-vmm driver: hyperd's own VMM ([`crate::vmm`]), one `hyper-vmm` process per
+//! The hyper-vmm driver: hyperd's own VMM (the `hyper-vmm` crate), one `hyper-vmm` process per
 //! VM, driven over its control socket (`<vm dir>/vmm.sock`).
 //!
 //! The guest sees what it sees under qemu: the 8250 console into `<vm dir>/console.log`,
@@ -6,12 +6,11 @@
 //! end is the daemon's `<vm dir>/agent.sock` (the VMM connects and reconnects, as qemu's
 //! chardev does). The agent cannot tell the two apart.
 use super::{RunningVm, VmConfig, VmError};
-use crate::vmm::control::{Request, Response};
-use crate::vmm::machine::{DiskConfig, MachineConfig};
-use crate::vmm::rate_limit::Limits;
+use hyper_vmm_api::config::{DiskConfig, Limits, MachineConfig, MAX_VCPUS};
+use hyper_vmm_api::control::{Request, Response};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
 #[derive(Debug, Clone)]
@@ -58,9 +57,7 @@ impl VmmDriver {
     /// The machine the VMM is asked to create for a VM.
     pub fn machine_config(cfg: &VmConfig) -> MachineConfig {
         MachineConfig {
-            vcpus: cfg
-                .vcpus
-                .clamp(1, u32::from(crate::vmm::mptable::MAX_VCPUS)) as u8,
+            vcpus: cfg.vcpus.clamp(1, u32::from(MAX_VCPUS)) as u8,
             mem_mib: u64::from(cfg.memory_mib),
             kernel: cfg.kernel.clone(),
             initrd: Some(cfg.initrd.clone()),
@@ -101,7 +98,14 @@ impl VmmDriver {
             ctl.call(&Request::Start).await?;
             Ok(())
         };
-        super::launch(cfg, cmd, "vmm.log", setup).await
+        super::launch(
+            cfg,
+            cmd,
+            "vmm.log",
+            super::ControlSocket::Vmm(api.clone()),
+            setup,
+        )
+        .await
     }
 }
 
@@ -132,23 +136,44 @@ impl Control {
         }
     }
 
-    /// Sends a request; an answer with `ok: false` is an error.
+    /// Sends a request; an answer with `ok: false` is an error. The answer is read under
+    /// a size bound: a VMM is a process a guest may have taken over.
     pub async fn call(&mut self, req: &Request) -> Result<Response, VmError> {
-        let mut line = serde_json::to_vec(req).map_err(|e| VmError::Launch(e.to_string()))?;
+        let mut line = serde_json::to_vec(req).map_err(|e| VmError::Control(e.to_string()))?;
         line.push(b'\n');
         self.writer.write_all(&line).await?;
-        let mut answer = String::new();
-        if self.reader.read_line(&mut answer).await? == 0 {
-            return Err(VmError::Launch("the VMM closed its control socket".into()));
+        let mut answer = Vec::new();
+        let limit = hyper_vmm_api::control::MAX_REQUEST_BYTES as u64;
+        if (&mut self.reader)
+            .take(limit + 1)
+            .read_until(b'\n', &mut answer)
+            .await?
+            == 0
+        {
+            return Err(VmError::Control("the VMM closed its control socket".into()));
+        }
+        if answer.len() as u64 > limit {
+            return Err(VmError::Control("the VMM sent an oversized answer".into()));
         }
         let resp: Response =
-            serde_json::from_str(&answer).map_err(|e| VmError::Launch(e.to_string()))?;
+            serde_json::from_slice(&answer).map_err(|e| VmError::Control(e.to_string()))?;
         if !resp.ok {
-            return Err(VmError::Launch(format!(
+            return Err(VmError::Control(format!(
                 "hyper-vmm: {}",
                 resp.error.clone().unwrap_or_default()
             )));
         }
         Ok(resp)
+    }
+}
+
+#[cfg(test)]
+mod boundary_tests {
+    #[test]
+    fn the_vmm_names_the_port_the_agent_looks_for() {
+        assert_eq!(
+            hyper_vmm_api::config::AGENT_PORT_NAME,
+            hyperd_agent::protocol::SERIAL_PORT_NAME
+        );
     }
 }

@@ -4,9 +4,13 @@
 //! ([`agent::AgentClient`]). Two drivers: hyperd's own VMM ([`hyper_vmm`], KVM only) and
 //! qemu's `microvm` machine ([`qemu`], KVM or TCG). [`Driver::select`] picks one.
 pub mod agent;
+pub mod handle;
 pub mod host;
 pub mod hyper_vmm;
 pub mod qemu;
+pub mod qmp;
+
+pub use handle::{process_alive, ControlSocket, VmHandle, VmStats, VmStatus};
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -21,6 +25,10 @@ pub enum VmError {
     DiedDuringBoot(PathBuf),
     #[error(transparent)]
     Agent(#[from] agent::AgentError),
+    #[error("the VM's monitor: {0}")]
+    Control(String),
+    #[error("VM {0} is gone")]
+    Gone(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -111,6 +119,7 @@ pub(crate) async fn launch<F>(
     cfg: &VmConfig,
     mut cmd: tokio::process::Command,
     log: &str,
+    control: ControlSocket,
     setup: F,
 ) -> Result<RunningVm, VmError>
 where
@@ -129,11 +138,19 @@ where
         .process_group(0)
         .kill_on_drop(false);
     let program = cmd.as_std().get_program().to_string_lossy().into_owned();
-    let mut child = cmd
+    let child = cmd
         .spawn()
         .map_err(|e| VmError::Launch(format!("{program}: {e}")))?;
     let pid = child.id().unwrap_or(0);
     std::fs::write(cfg.dir.join("pid"), pid.to_string())?;
+    let handle = match VmHandle::spawned(&cfg.id, &cfg.dir, child, Some(control)) {
+        Ok(h) => std::sync::Arc::new(h),
+        Err(e) => {
+            drop(listener);
+            let _ = std::fs::remove_file(&sock);
+            return Err(e);
+        }
+    };
     let boot = async {
         setup.await?;
         let (stream, _) = listener.accept().await?;
@@ -148,85 +165,27 @@ where
             Ok(r) => r,
             Err(_) => Err(VmError::BootTimeout(cfg.boot_timeout, cfg.console_log())),
         },
-        _ = child.wait() => Err(VmError::DiedDuringBoot(log_path.clone())),
+        _ = handle.wait() => Err(VmError::DiedDuringBoot(log_path.clone())),
     };
     drop(listener);
     let _ = std::fs::remove_file(&sock);
     match result {
         Ok((agent, events)) => Ok(RunningVm {
-            pid,
+            handle,
             agent,
             events,
-            process: VmProcess::Child(child),
         }),
         Err(e) => {
-            let _ = child.start_kill();
-            let _ = child.wait().await;
+            handle.kill();
+            handle.wait().await;
             Err(e)
         }
     }
 }
 
-/// A booted VM: its process and its agent.
+/// A booted VM: its handle and its agent.
 pub struct RunningVm {
-    pub pid: u32,
+    pub handle: std::sync::Arc<VmHandle>,
     pub agent: agent::AgentClient,
     pub events: tokio::sync::mpsc::UnboundedReceiver<agent::AgentEvent>,
-    pub process: VmProcess,
-}
-
-/// The process of a VM: a child of this daemon, or one adopted from a previous daemon
-/// (followed through a pidfd, since only a parent can wait for it).
-pub enum VmProcess {
-    Child(tokio::process::Child),
-    Adopted(u32, tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>),
-}
-
-impl VmProcess {
-    /// Follows a process this daemon did not start.
-    pub fn adopt(pid: u32) -> std::io::Result<VmProcess> {
-        use std::os::fd::FromRawFd;
-        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: the syscall returned a fresh fd that nothing else owns.
-        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
-        // SAFETY: the AsyncFd owns the OwnedFd, which stays open and the same fd until the
-        // AsyncFd is dropped.
-        let fd = unsafe { tokio::io::unix::AsyncFd::register(fd) }
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
-        Ok(VmProcess::Adopted(pid, fd))
-    }
-
-    /// Waits until the process has exited (cancel-safe); describes how.
-    pub async fn wait(&mut self) -> String {
-        match self {
-            VmProcess::Child(c) => format!("{:?}", c.wait().await),
-            VmProcess::Adopted(pid, fd) => {
-                let _ = fd.readable().await;
-                format!("adopted VM process {pid} exited")
-            }
-        }
-    }
-}
-
-/// Whether a process is still there (and not a zombie of ours).
-pub fn process_alive(pid: u32) -> bool {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    match stat.rsplit_once(')') {
-        Some((_, rest)) => !rest.trim_start().starts_with('Z'),
-        None => false,
-    }
-}
-
-/// Sends SIGKILL to a process if it is still there.
-pub fn kill_process(pid: u32) {
-    if pid > 1 && process_alive(pid) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
 }

@@ -6,6 +6,7 @@
 //!   socket the daemon listens on (`<vm dir>/agent.sock`), qemu connecting as client and
 //!   reconnecting if the daemon restarts;
 //! - disks: virtio-blk over virtio-mmio, found by the agent through their serials;
+//! - control: QMP on `<vm dir>/qmp.sock` (pause, resume, quit, status: [`super::qmp`]);
 //! - KVM where the CPU has hardware virtualization, TCG otherwise ([`super::host`]).
 use super::host::{choose_accel, Accel};
 use super::{RunningVm, VmConfig, VmError};
@@ -36,7 +37,7 @@ impl QemuDriver {
     pub fn cmdline(&self) -> String {
         let mut c = kernel_cmdline();
         if self.accel == Accel::Kvm && super::host::kvm_emulates_ring0() {
-            c.push_str(crate::host_facts::EMULATED_RING0_CMDLINE);
+            c.push_str(hyper_vmm_api::host::EMULATED_RING0_CMDLINE);
         }
         c
     }
@@ -78,6 +79,9 @@ impl QemuDriver {
             ),
             "-device".into(),
             format!("virtserialport,chardev=agent,name={SERIAL_PORT_NAME}"),
+            // The VM handle's control socket (pause, resume, quit, status).
+            "-qmp".into(),
+            format!("unix:{},server=on,wait=off", dir.join("qmp.sock").display()),
         ];
         for (i, d) in cfg.disks.iter().enumerate() {
             a.push("-drive".into());
@@ -110,6 +114,7 @@ impl QemuDriver {
     pub async fn boot(&self, cfg: &VmConfig) -> Result<RunningVm, VmError> {
         let mut cmd = tokio::process::Command::new(&self.binary);
         cmd.args(self.args(cfg));
-        super::launch(cfg, cmd, "qemu.log", async { Ok(()) }).await
+        let qmp = super::ControlSocket::Qmp(cfg.dir.join("qmp.sock"));
+        super::launch(cfg, cmd, "qemu.log", qmp, async { Ok(()) }).await
     }
 }

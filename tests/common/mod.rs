@@ -38,6 +38,21 @@ fn check_guest_assets() {
     }
 }
 
+/// A binary of another workspace crate (`hyper-vmm`, `hyperctl`), built next to the test's
+/// own: `cargo test --workspace` (scripts/test.sh) builds every crate's binaries first.
+#[allow(dead_code)]
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
+    let bin = dir.join(name);
+    assert!(
+        bin.is_file(),
+        "{} is missing: build it with `cargo build --workspace --bins` (scripts/test.sh does)",
+        bin.display()
+    );
+    bin
+}
+
 /// Starts hyperd on `socket` and `root`, logging (appending) to `log`. Tests run with the
 /// warm pool off (the CI machine's two cores are for the tests' own VMs) unless `extra`
 /// names `--pool`.
@@ -560,4 +575,32 @@ pub fn wait_gone(pid: u32, what: &str) {
         assert!(Instant::now() < deadline, "{what} (pid {pid}) still alive");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Asks qemu's QMP socket for the VM's run state (`running`, `paused`, ...).
+#[allow(dead_code)]
+pub fn qmp_status(sock: &Path) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(sock).expect("QMP socket");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut answer = |cmd: Option<&str>| -> serde_json::Value {
+        if let Some(cmd) = cmd {
+            writeln!(s, r#"{{"execute":"{cmd}"}}"#).unwrap();
+        }
+        loop {
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap();
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            if v.get("event").is_none() {
+                return v;
+            }
+        }
+    };
+    answer(None);
+    answer(Some("qmp_capabilities"));
+    answer(Some("query-status"))["return"]["status"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }

@@ -485,7 +485,7 @@ fn inspect(engine: &Arc<Engine>, id: &str) -> ApiResult {
     let s = state(&pod, &c);
     let zero = "0001-01-01T00:00:00Z".to_string();
     let pid = match (s, pod.vm()) {
-        ("running" | "paused", Some(vm)) => vm.pid,
+        ("running" | "paused", Some(vm)) => vm.handle.pid(),
         _ => 0,
     };
     // Fields hyperd cannot fill yet carry Docker's empty values, so that clients

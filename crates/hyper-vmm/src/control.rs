@@ -1,62 +1,10 @@
-//! The VMM's control socket: how the daemon drives one `hyper-vmm` process.
-//!
-//! One JSON request per line, one JSON answer per line:
-//!
-//! ```text
-//! {"op":"create","config":{...MachineConfig...}}   -> {"ok":true,"state":"created"}
-//! {"op":"start"}                                   -> {"ok":true,"state":"running"}
-//! {"op":"pause"} / {"op":"resume"}                 -> {"ok":true,"state":"paused"|"running"}
-//! {"op":"status"}                                  -> {"ok":true,"state":...,"pid":...}
-//! {"op":"stop"}                                    -> {"ok":true,"state":"stopped"}, then exit
-//! ```
-//!
-//! Errors answer `{"ok":false,"error":"..."}` and change nothing. The process exits when
-//! the guest powers off or resets, or after `stop`.
-use super::machine::{Ending, Machine, MachineConfig};
-use serde::{Deserialize, Serialize};
-use std::io::{BufRead, BufReader, Write};
+//! The VMM's side of the control socket (the protocol is `hyper_vmm_api::control`): a
+//! [`Controller`] holds the machine through its life, [`serve`] answers the socket.
+use crate::machine::{Ending, Machine};
+pub use hyper_vmm_api::control::{Request, Response, VmState, MAX_REQUEST_BYTES};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::{Arc, Mutex};
-
-#[derive(Debug, Deserialize, Serialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-pub enum Request {
-    Create { config: Box<MachineConfig> },
-    Start,
-    Pause,
-    Resume,
-    Stop,
-    Status,
-}
-
-#[derive(Debug, Default, Deserialize, Serialize, PartialEq)]
-pub struct Response {
-    pub ok: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub state: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pid: Option<u32>,
-}
-
-impl Response {
-    fn state(s: &str) -> Response {
-        Response {
-            ok: true,
-            state: Some(s.into()),
-            pid: Some(std::process::id()),
-            ..Default::default()
-        }
-    }
-    fn error(e: impl std::fmt::Display) -> Response {
-        Response {
-            ok: false,
-            error: Some(e.to_string()),
-            ..Default::default()
-        }
-    }
-}
 
 /// The VM this process runs, through its life.
 #[derive(Default)]
@@ -66,13 +14,13 @@ pub struct Controller {
 }
 
 impl Controller {
-    fn state(&self) -> &'static str {
+    fn state(&self) -> VmState {
         match &self.machine {
-            None => "empty",
-            Some(m) if m.ended().is_some() => "stopped",
-            Some(_) if !self.started => "created",
-            Some(m) if m.is_paused() => "paused",
-            Some(_) => "running",
+            None => VmState::Empty,
+            Some(m) if m.ended().is_some() => VmState::Stopped,
+            Some(_) if !self.started => VmState::Created,
+            Some(m) if m.is_paused() => VmState::Paused,
+            Some(_) => VmState::Running,
         }
     }
 
@@ -86,7 +34,7 @@ impl Controller {
                 match Machine::new(&config) {
                     Ok(m) => {
                         self.machine = Some(m);
-                        Response::state("created")
+                        Response::state(VmState::Created, std::process::id())
                     }
                     Err(e) => Response::error(e),
                 }
@@ -97,7 +45,7 @@ impl Controller {
                 Some(m) => match m.start() {
                     Ok(()) => {
                         self.started = true;
-                        Response::state("running")
+                        Response::state(VmState::Running, std::process::id())
                     }
                     Err(e) => Response::error(e),
                 },
@@ -108,15 +56,15 @@ impl Controller {
             Request::Pause => {
                 let m = self.machine.as_ref().expect("started");
                 m.pause();
-                Response::state(self.state())
+                Response::state(self.state(), std::process::id())
             }
             Request::Resume => {
                 let m = self.machine.as_ref().expect("started");
                 m.resume();
-                Response::state(self.state())
+                Response::state(self.state(), std::process::id())
             }
-            Request::Status => Response::state(self.state()),
-            Request::Stop => return (Response::state("stopped"), true),
+            Request::Status => Response::state(self.state(), std::process::id()),
+            Request::Stop => return (Response::state(VmState::Stopped, std::process::id()), true),
         };
         (r, false)
     }
@@ -183,12 +131,27 @@ fn serve_connection(conn: UnixStream, ctl: &Mutex<Controller>) -> bool {
     let Ok(mut w) = conn.try_clone() else {
         return false;
     };
-    for line in BufReader::new(conn).lines() {
-        let Ok(line) = line else { return false };
-        if line.trim().is_empty() {
+    let mut reader = BufReader::new(conn);
+    loop {
+        let mut line = Vec::new();
+        match (&mut reader)
+            .take(MAX_REQUEST_BYTES as u64 + 1)
+            .read_until(b'\n', &mut line)
+        {
+            Ok(0) | Err(_) => return false,
+            Ok(_) => {}
+        }
+        if line.len() > MAX_REQUEST_BYTES {
+            let mut out =
+                serde_json::to_vec(&Response::error("request line too long")).unwrap_or_default();
+            out.push(b'\n');
+            let _ = w.write_all(&out);
+            return false;
+        }
+        if line.trim_ascii().is_empty() {
             continue;
         }
-        let (resp, stop) = match serde_json::from_str::<Request>(&line) {
+        let (resp, stop) = match serde_json::from_slice::<Request>(&line) {
             Ok(req) => ctl.lock().unwrap().handle(req),
             Err(e) => (Response::error(format!("bad request: {e}")), false),
         };
@@ -199,5 +162,4 @@ fn serve_connection(conn: UnixStream, ctl: &Mutex<Controller>) -> bool {
             return true;
         }
     }
-    false
 }

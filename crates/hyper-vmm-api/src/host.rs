@@ -1,8 +1,7 @@
 //! Facts about the host that both the daemon's VM drivers and the VMM act on: whether
 //! KVM is usable, whether the CPU runs guests natively, and the kernel command line a
-//! host whose KVM emulates guest ring 0 needs. Kept apart from both so that neither
-//! imports the other for them (the seed of the boundary crate of the restructuring
-//! issue).
+//! host whose KVM emulates guest ring 0 needs. Here so that neither imports the other
+//! for them.
 //!
 //! `/dev/kvm` alone is not enough: on nested, software-assisted KVM (as on hyperd's CI
 //! machines) guest ring 0 is interpreted instruction by instruction, a stock kernel boot

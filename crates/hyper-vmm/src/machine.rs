@@ -8,12 +8,11 @@ use super::kvm::KvmVm;
 use super::legacy::{Flag, LegacyDevices, PioBus};
 use super::mmio::{MmioTransport, VirtioDevice};
 use super::mptable;
-use super::rate_limit::Limits;
 use super::virtio_blk::{Backend, Block, SECTOR_SIZE};
 use super::virtio_console::{AgentPort, Console};
 use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{VcpuExit, VcpuFd};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -29,39 +28,7 @@ const SERIAL_IRQ: u32 = 4;
 /// Guest RAM must end below the MMIO hole.
 pub const MAX_MEM_MIB: u64 = MMIO_BASE >> 20;
 
-/// What a VM is made of: the `create` of the control socket.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct MachineConfig {
-    pub vcpus: u8,
-    pub mem_mib: u64,
-    pub kernel: PathBuf,
-    #[serde(default)]
-    pub initrd: Option<PathBuf>,
-    pub cmdline: String,
-    #[serde(default)]
-    pub disks: Vec<DiskConfig>,
-    /// The daemon's end of the agent channel: a Unix socket the VMM connects to; the
-    /// guest sees it as the virtio-console port `hyper.agent`.
-    #[serde(default)]
-    pub agent_socket: Option<PathBuf>,
-    /// Where the guest's serial console goes.
-    #[serde(default)]
-    pub console_log: Option<PathBuf>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DiskConfig {
-    pub path: PathBuf,
-    #[serde(default)]
-    pub read_only: bool,
-    /// The virtio-blk serial (at most 20 bytes) the guest finds the disk by.
-    #[serde(default)]
-    pub serial: String,
-    #[serde(default)]
-    pub read_limit: Limits,
-    #[serde(default)]
-    pub write_limit: Limits,
-}
+pub use hyper_vmm_api::config::{DiskConfig, MachineConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MachineError {
@@ -184,140 +151,210 @@ pub fn device_cmdline(count: usize) -> String {
         .collect()
 }
 
+/// The virtio devices of a machine, in MMIO window order.
+#[derive(Default)]
+struct Devices {
+    mmio: Vec<Arc<Mutex<dyn MmioDevice>>>,
+    /// Disks with a rate limit, whose throttled queues a timer retries.
+    limited_disks: Vec<Arc<Mutex<VirtioSlot<Block>>>>,
+    agent: Option<Arc<Mutex<VirtioSlot<Console>>>>,
+}
+
+impl Devices {
+    /// An interrupt line for the next MMIO window.
+    fn next_irq(&self, vm: &KvmVm) -> Result<EventFd, MachineError> {
+        let evt =
+            EventFd::new(libc::EFD_NONBLOCK).map_err(|e| MachineError::Io("eventfd".into(), e))?;
+        vm.fd
+            .register_irqfd(&evt, FIRST_IRQ + self.mmio.len() as u32)?;
+        Ok(evt)
+    }
+}
+
+/// Step 1: the configuration is one this VMM can build.
+fn check_config(cfg: &MachineConfig) -> Result<(), MachineError> {
+    if cfg.vcpus == 0 || cfg.vcpus > mptable::MAX_VCPUS {
+        return Err(MachineError::Config(format!(
+            "{} vCPUs asked: 1 to {} are possible",
+            cfg.vcpus,
+            mptable::MAX_VCPUS
+        )));
+    }
+    if !(16..=MAX_MEM_MIB).contains(&cfg.mem_mib) {
+        return Err(MachineError::Config(format!(
+            "memory must be 16 to {MAX_MEM_MIB} MiB, not {}",
+            cfg.mem_mib
+        )));
+    }
+    Ok(())
+}
+
+/// Step 2: the KVM VM with its memory, in-kernel interrupt controllers and PIT; answers
+/// the CPUID KVM supports, for the vCPUs.
+fn create_vm(cfg: &MachineConfig) -> Result<(KvmVm, kvm_bindings::CpuId), MachineError> {
+    let vm = KvmVm::new((cfg.mem_mib << 20) as usize)?;
+    let supported = vm.kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)?;
+    vm.fd.set_tss_address(0xfffb_d000)?;
+    vm.fd.create_irq_chip()?;
+    vm.fd.create_pit2(kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    })?;
+    Ok((vm, supported))
+}
+
+/// Step 3: one virtio-blk device per disk, with its rate limits.
+fn attach_disks(
+    vm: &KvmVm,
+    cfg: &MachineConfig,
+    devices: &mut Devices,
+) -> Result<(), MachineError> {
+    for (i, d) in cfg.disks.iter().enumerate() {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(!d.read_only)
+            .open(&d.path)
+            .map_err(|e| MachineError::Io(d.path.display().to_string(), e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| MachineError::Io(d.path.display().to_string(), e))?
+            .len();
+        let backend = Backend {
+            file,
+            sectors: len / SECTOR_SIZE,
+            read_only: d.read_only,
+            serial: if d.serial.is_empty() {
+                format!("hyperd-disk{i}")
+            } else {
+                d.serial.clone()
+            },
+        };
+        let block = Block::new(backend, vm.mem.clone()).with_limits(d.read_limit, d.write_limit);
+        let limited = block.is_limited();
+        let slot = Arc::new(Mutex::new(VirtioSlot {
+            transport: MmioTransport::new(block),
+            irq: devices.next_irq(vm)?,
+        }));
+        if limited {
+            devices.limited_disks.push(slot.clone());
+        }
+        devices.mmio.push(slot);
+    }
+    Ok(())
+}
+
+/// Step 4: the virtio-console with the agent's port, when the daemon gave a socket.
+fn attach_agent_port(
+    vm: &KvmVm,
+    cfg: &MachineConfig,
+    devices: &mut Devices,
+) -> Result<(), MachineError> {
+    if cfg.agent_socket.is_none() {
+        return Ok(());
+    }
+    let slot = Arc::new(Mutex::new(VirtioSlot {
+        transport: MmioTransport::new(Console::new(
+            vm.mem.clone(),
+            vec![AgentPort::new(hyper_vmm_api::config::AGENT_PORT_NAME)],
+        )),
+        irq: devices.next_irq(vm)?,
+    }));
+    devices.mmio.push(slot.clone());
+    devices.agent = Some(slot);
+    Ok(())
+}
+
+/// Step 5: the legacy devices on port I/O (the 8250 into the console log, the i8042).
+fn attach_legacy(vm: &KvmVm, cfg: &MachineConfig) -> Result<LegacyDevices, MachineError> {
+    let serial_irq = Arc::new(
+        EventFd::new(libc::EFD_NONBLOCK).map_err(|e| MachineError::Io("eventfd".into(), e))?,
+    );
+    vm.fd.register_irqfd(&serial_irq, SERIAL_IRQ)?;
+    let console: Box<dyn Write + Send> = match &cfg.console_log {
+        Some(p) => Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .map_err(|e| MachineError::Io(p.display().to_string(), e))?,
+        ),
+        None => Box::new(std::io::sink()),
+    };
+    Ok(LegacyDevices::with_serial_irq(
+        console,
+        Flag::irq(serial_irq),
+    ))
+}
+
+/// Step 6: the guest in memory: kernel, command line naming the devices, initramfs, MP
+/// table, zero page. Answers the kernel's entry point.
+fn load_guest(
+    vm: &KvmVm,
+    cfg: &MachineConfig,
+    device_count: usize,
+) -> Result<GuestAddress, MachineError> {
+    let ram = cfg.mem_mib << 20;
+    let mut cmdline = format!("{}{}", cfg.cmdline, device_cmdline(device_count));
+    if hyper_vmm_api::host::kvm_emulates_ring0() {
+        cmdline.push_str(hyper_vmm_api::host::EMULATED_RING0_CMDLINE);
+    }
+    let kernel = boot::load_kernel(&vm.mem, &cfg.kernel, &cmdline)?;
+    let initrd: Option<LoadedInitrd> = match &cfg.initrd {
+        Some(p) => Some(boot::load_initrd(&vm.mem, p, kernel.kernel_end, ram)?),
+        None => None,
+    };
+    mptable::write(&vm.mem, cfg.vcpus).map_err(|e| MachineError::Config(e.to_string()))?;
+    boot::write_zero_page(
+        &vm.mem,
+        GuestAddress(cpu::ZERO_PAGE_START),
+        cmdline.len(),
+        initrd,
+        ram,
+    )?;
+    Ok(kernel.kernel_load)
+}
+
+/// Step 7: the vCPUs, the first one set up to enter the kernel.
+fn create_vcpus(
+    vm: &KvmVm,
+    cfg: &MachineConfig,
+    supported: &kvm_bindings::CpuId,
+    entry: GuestAddress,
+) -> Result<Vec<VcpuFd>, MachineError> {
+    let mut vcpus = Vec::new();
+    for id in 0..cfg.vcpus {
+        let vcpu = vm.fd.create_vcpu(u64::from(id))?;
+        cpu::setup_vcpu(&vcpu, id, cfg.vcpus, supported)?;
+        if id == 0 {
+            cpu::setup_boot_vcpu(&vcpu, &vm.mem, entry.0)?;
+        }
+        vcpus.push(vcpu);
+    }
+    Ok(vcpus)
+}
+
 impl Machine {
+    /// Builds a machine in named steps (as Firecracker's `builder.rs`): check the
+    /// configuration, create the KVM VM, attach the disks, the agent port and the legacy
+    /// devices, load the guest, create the vCPUs. Nothing runs until [`Machine::start`].
     pub fn new(cfg: &MachineConfig) -> Result<Machine, MachineError> {
-        if cfg.vcpus == 0 || cfg.vcpus > mptable::MAX_VCPUS {
-            return Err(MachineError::Config(format!(
-                "{} vCPUs asked: 1 to {} are possible",
-                cfg.vcpus,
-                mptable::MAX_VCPUS
-            )));
-        }
-        if !(16..=MAX_MEM_MIB).contains(&cfg.mem_mib) {
-            return Err(MachineError::Config(format!(
-                "memory must be 16 to {MAX_MEM_MIB} MiB, not {}",
-                cfg.mem_mib
-            )));
-        }
-        let ram = cfg.mem_mib << 20;
-        let vm = KvmVm::new(ram as usize)?;
-        let supported = vm.kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)?;
-        vm.fd.set_tss_address(0xfffb_d000)?;
-        vm.fd.create_irq_chip()?;
-        vm.fd.create_pit2(kvm_pit_config {
-            flags: KVM_PIT_SPEAKER_DUMMY,
-            ..Default::default()
-        })?;
-
-        // Devices: disks first, then the agent port.
-        let mut mmio: Vec<Arc<Mutex<dyn MmioDevice>>> = Vec::new();
-        let mut limited_disks = Vec::new();
-        let irq = |i: usize| -> Result<EventFd, MachineError> {
-            let evt = EventFd::new(libc::EFD_NONBLOCK)
-                .map_err(|e| MachineError::Io("eventfd".into(), e))?;
-            vm.fd.register_irqfd(&evt, FIRST_IRQ + i as u32)?;
-            Ok(evt)
-        };
-        for (i, d) in cfg.disks.iter().enumerate() {
-            let file = std::fs::OpenOptions::new()
-                .read(true)
-                .write(!d.read_only)
-                .open(&d.path)
-                .map_err(|e| MachineError::Io(d.path.display().to_string(), e))?;
-            let len = file
-                .metadata()
-                .map_err(|e| MachineError::Io(d.path.display().to_string(), e))?
-                .len();
-            let backend = Backend {
-                file,
-                sectors: len / SECTOR_SIZE,
-                read_only: d.read_only,
-                serial: if d.serial.is_empty() {
-                    format!("hyperd-disk{i}")
-                } else {
-                    d.serial.clone()
-                },
-            };
-            let block =
-                Block::new(backend, vm.mem.clone()).with_limits(d.read_limit, d.write_limit);
-            let limited = block.is_limited();
-            let slot = Arc::new(Mutex::new(VirtioSlot {
-                transport: MmioTransport::new(block),
-                irq: irq(i)?,
-            }));
-            if limited {
-                limited_disks.push(slot.clone());
-            }
-            mmio.push(slot);
-        }
-        let agent = match &cfg.agent_socket {
-            Some(_) => {
-                let slot = Arc::new(Mutex::new(VirtioSlot {
-                    transport: MmioTransport::new(Console::new(
-                        vm.mem.clone(),
-                        vec![AgentPort::new(hyperd_agent::protocol::SERIAL_PORT_NAME)],
-                    )),
-                    irq: irq(mmio.len())?,
-                }));
-                mmio.push(slot.clone());
-                Some(slot)
-            }
-            None => None,
-        };
-
-        let serial_irq = Arc::new(
-            EventFd::new(libc::EFD_NONBLOCK).map_err(|e| MachineError::Io("eventfd".into(), e))?,
-        );
-        vm.fd.register_irqfd(&serial_irq, SERIAL_IRQ)?;
-        let console: Box<dyn Write + Send> = match &cfg.console_log {
-            Some(p) => Box::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(p)
-                    .map_err(|e| MachineError::Io(p.display().to_string(), e))?,
-            ),
-            None => Box::new(std::io::sink()),
-        };
-        let legacy = LegacyDevices::with_serial_irq(console, Flag::irq(serial_irq));
-
-        // The guest: kernel, command line with the devices, initramfs, zero page.
-        let mut cmdline = format!("{}{}", cfg.cmdline, device_cmdline(mmio.len()));
-        if crate::host_facts::kvm_emulates_ring0() {
-            cmdline.push_str(crate::host_facts::EMULATED_RING0_CMDLINE);
-        }
-        let kernel = boot::load_kernel(&vm.mem, &cfg.kernel, &cmdline)?;
-        let initrd: Option<LoadedInitrd> = match &cfg.initrd {
-            Some(p) => Some(boot::load_initrd(&vm.mem, p, kernel.kernel_end, ram)?),
-            None => None,
-        };
-        mptable::write(&vm.mem, cfg.vcpus).map_err(|e| MachineError::Config(e.to_string()))?;
-        boot::write_zero_page(
-            &vm.mem,
-            GuestAddress(cpu::ZERO_PAGE_START),
-            cmdline.len(),
-            initrd,
-            ram,
-        )?;
-
-        let mut vcpus = Vec::new();
-        for id in 0..cfg.vcpus {
-            let vcpu = vm.fd.create_vcpu(u64::from(id))?;
-            cpu::setup_vcpu(&vcpu, id, cfg.vcpus, &supported)?;
-            if id == 0 {
-                cpu::setup_boot_vcpu(&vcpu, &vm.mem, kernel.kernel_load.0)?;
-            }
-            vcpus.push(vcpu);
-        }
+        check_config(cfg)?;
+        let (vm, supported) = create_vm(cfg)?;
+        let mut devices = Devices::default();
+        attach_disks(&vm, cfg, &mut devices)?;
+        attach_agent_port(&vm, cfg, &mut devices)?;
+        let legacy = attach_legacy(&vm, cfg)?;
+        let entry = load_guest(&vm, cfg, devices.mmio.len())?;
+        let vcpus = create_vcpus(&vm, cfg, &supported, entry)?;
         Ok(Machine {
             vm,
             vcpus,
             bus: Arc::new(Bus {
                 legacy: Mutex::new(legacy),
-                mmio,
+                mmio: devices.mmio,
             }),
-            agent,
-            limited_disks,
+            agent: devices.agent,
+            limited_disks: devices.limited_disks,
             agent_socket: cfg.agent_socket.clone(),
             ending: Arc::new((Mutex::new(None), Condvar::new())),
             gate: Arc::new(PauseGate::default()),

@@ -1,12 +1,12 @@
 //! hyper-vmm: hyperd's virtual machine monitor, one process per micro-VM.
 //!
 //! `hyper-vmm --api-sock PATH` serves the daemon's control socket (create, start, pause,
-//! resume, stop, status; see `hyperd::vmm::control`). `hyper-vmm --config vm.json`
+//! resume, stop, status; see `hyper_vmm_api::control`). `hyper-vmm --config vm.json`
 //! creates and starts the VM the file describes at once. Either way the process exits
 //! when the guest powers off or resets: 0 for a guest that stopped, 1 for one KVM could
 //! not run on (the reason on stderr).
 use clap::Parser;
-use hyperd::vmm::machine::{Ending, Machine, MachineConfig};
+use hyper_vmm::machine::{Ending, Machine, MachineConfig};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
@@ -30,11 +30,11 @@ fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
         .init();
-    hyperd::vmm::privileges::drop_all()?;
+    hyper_vmm::privileges::drop_all()?;
     let ending = match (args.config, args.api_sock) {
         (Some(cfg_path), _) => {
             let cfg: MachineConfig = serde_json::from_slice(&std::fs::read(&cfg_path)?)?;
-            hyperd::vmm::seccomp::install()?;
+            hyper_vmm::seccomp::install()?;
             let mut m = Machine::new(&cfg)?;
             m.start()?;
             Some(m.wait())
@@ -43,8 +43,8 @@ fn main() -> anyhow::Result<()> {
             let _ = std::fs::remove_file(&sock);
             let listener = std::os::unix::net::UnixListener::bind(&sock)?;
             std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))?;
-            hyperd::vmm::seccomp::install()?;
-            let end = hyperd::vmm::control::serve(listener);
+            hyper_vmm::seccomp::install()?;
+            let end = hyper_vmm::control::serve(listener);
             let _ = std::fs::remove_file(&sock);
             end
         }

@@ -141,9 +141,17 @@ mod tests {
     /// The project's guest kernel (built by kernel-config/build.sh) loads, with a PVH entry.
     #[test]
     fn loads_hyperds_vmlinux() {
+        // Where scripts/setup.sh caches it: HYPERD_KERNEL, HYPERD_CACHE, ~/.cache/hyperd.
         let kernel = std::env::var_os("HYPERD_KERNEL")
             .map(std::path::PathBuf::from)
-            .unwrap_or_else(|| crate::config::default_cache_dir().join("vmlinux"));
+            .or_else(|| {
+                std::env::var_os("HYPERD_CACHE")
+                    .map(|d| std::path::PathBuf::from(d).join("vmlinux"))
+            })
+            .unwrap_or_else(|| {
+                std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
+                    .join(".cache/hyperd/vmlinux")
+            });
         assert!(
             kernel.exists(),
             "{} is missing: run kernel-config/build.sh",

@@ -47,7 +47,7 @@ impl KvmVm {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vmm::legacy::{LegacyDevices, PioBus};
+    use crate::legacy::{LegacyDevices, PioBus};
     use kvm_ioctls::{VcpuExit, VcpuFd};
     use vm_memory::Bytes;
 
@@ -110,7 +110,7 @@ mod tests {
     /// through the i8042.
     #[test]
     fn guests_run_through_kvm_with_console_and_reset() {
-        if !crate::host_facts::kvm_usable() {
+        if !hyper_vmm_api::host::kvm_usable() {
             eprintln!("skipped: /dev/kvm is not usable here");
             return;
         }

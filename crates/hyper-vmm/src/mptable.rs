@@ -13,7 +13,7 @@ pub const LAPIC_ADDR: u32 = 0xfee0_0000;
 /// I/O APIC pins routed (KVM's I/O APIC has 24).
 pub const IOAPIC_PINS: u8 = 24;
 /// The kernel's NR_CPUS: the table (and the VMM) allow no more vCPUs.
-pub const MAX_VCPUS: u8 = 16;
+pub use hyper_vmm_api::config::MAX_VCPUS;
 const APIC_VERSION: u8 = 0x14;
 
 #[derive(Debug, thiserror::Error)]

@@ -1,18 +1,8 @@
 //! Token buckets for disk I/O: bytes per second and operations per second, as
 //! Firecracker's rate limiter. A bucket holds one second's worth of tokens, refills
 //! continuously, and a request goes when all of its buckets can pay for it.
-use serde::{Deserialize, Serialize};
+pub use hyper_vmm_api::config::Limits;
 use std::time::{Duration, Instant};
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-pub struct Limits {
-    /// Bytes per second (0: unlimited).
-    #[serde(default)]
-    pub bytes_per_sec: u64,
-    /// Requests per second (0: unlimited).
-    #[serde(default)]
-    pub ops_per_sec: u64,
-}
 
 #[derive(Debug)]
 struct Bucket {

@@ -1,0 +1,57 @@
+//! The machine a VMM creates: the `create` request of the control socket, or the file of
+//! `hyper-vmm --config`.
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// The most vCPUs a machine may have (the MP table's limit in hyper-vmm).
+pub const MAX_VCPUS: u8 = 16;
+
+/// The name of the virtio-console port the VMM connects to `agent_socket`: the guest
+/// agent looks for it (hyperd's tests check it is the agent protocol's port name).
+pub const AGENT_PORT_NAME: &str = "hyper.agent";
+
+/// What a VM is made of.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MachineConfig {
+    pub vcpus: u8,
+    pub mem_mib: u64,
+    pub kernel: PathBuf,
+    #[serde(default)]
+    pub initrd: Option<PathBuf>,
+    pub cmdline: String,
+    #[serde(default)]
+    pub disks: Vec<DiskConfig>,
+    /// The daemon's end of the agent channel: a Unix socket the VMM connects to; the
+    /// guest sees it as the virtio-console port `hyper.agent`.
+    #[serde(default)]
+    pub agent_socket: Option<PathBuf>,
+    /// Where the guest's serial console goes.
+    #[serde(default)]
+    pub console_log: Option<PathBuf>,
+}
+
+/// One virtio-blk disk.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DiskConfig {
+    pub path: PathBuf,
+    #[serde(default)]
+    pub read_only: bool,
+    /// The virtio-blk serial (at most 20 bytes) the guest finds the disk by.
+    #[serde(default)]
+    pub serial: String,
+    #[serde(default)]
+    pub read_limit: Limits,
+    #[serde(default)]
+    pub write_limit: Limits,
+}
+
+/// A rate limit in both units; 0 is unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Bytes per second (0: unlimited).
+    #[serde(default)]
+    pub bytes_per_sec: u64,
+    /// Requests per second (0: unlimited).
+    #[serde(default)]
+    pub ops_per_sec: u64,
+}
