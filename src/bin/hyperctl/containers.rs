@@ -1,0 +1,268 @@
+//! Container and process commands: exec, attach, logs, kill.
+use crate::terminal::*;
+use anyhow::{bail, Context};
+use hyper::Method;
+use hyperd::client::{enc, parse_stdcopy, Client, ClientError};
+use serde_json::json;
+use std::io::Write;
+
+/// Run a command in a running container (or a pod's first container).
+#[derive(clap::Args, Debug)]
+pub struct ExecArgs {
+    /// Give the command a terminal.
+    #[arg(short, long)]
+    pub tty: bool,
+    /// Keep standard input open.
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// Start it and return at once.
+    #[arg(short, long)]
+    pub detach: bool,
+    /// POD or CONTAINER.
+    pub target: String,
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+    pub command: Vec<String>,
+}
+
+/// Run a command in a running container (or a pod's first container).
+pub async fn exec(client: &Client, args: ExecArgs) -> anyhow::Result<i32> {
+    let ExecArgs {
+        tty,
+        interactive,
+        detach,
+        target,
+        command,
+    } = args;
+    let container = resolve_container(client, &target).await?;
+    let body = json!({ "container": container.0, "command": command, "tty": tty });
+    let id = client
+        .json(Method::POST, "/exec/create", Some(&body))
+        .await?["ID"]
+        .as_str()
+        .context("no exec id")?
+        .to_string();
+    if detach {
+        client
+            .json(
+                Method::POST,
+                &format!("/exec/start?exec={id}&detach=1"),
+                None,
+            )
+            .await?;
+        println!("{id}");
+        return Ok(0);
+    }
+    let stdin = interactive || tty;
+    let conn = client
+        .hijack(
+            Method::POST,
+            &format!("/exec/start?exec={id}&stdin={}", u8::from(stdin)),
+            vec![],
+        )
+        .await?;
+    let resize =
+        tty.then(|| tokio::spawn(forward_window_size(client.clone(), format!("exec={id}"))));
+    pump(conn, tty, stdin).await?;
+    if let Some(r) = resize {
+        r.abort();
+    }
+    exit_code(client, &format!("exec={id}")).await
+}
+
+/// Attach to a running container's output (and input with -i).
+#[derive(clap::Args, Debug)]
+pub struct AttachArgs {
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// POD or CONTAINER.
+    pub target: String,
+}
+
+/// Attach to a running container's output (and input with -i).
+pub async fn attach(client: &Client, args: AttachArgs) -> anyhow::Result<i32> {
+    let AttachArgs {
+        interactive,
+        target,
+    } = args;
+    let (container, tty) = resolve_container(client, &target).await?;
+    let stdin = interactive || tty;
+    let conn = client
+        .hijack(
+            Method::POST,
+            &format!(
+                "/attach?container={}&stdin={}",
+                enc(&container),
+                u8::from(stdin)
+            ),
+            vec![],
+        )
+        .await?;
+    pump(conn, tty, stdin).await?;
+    Ok(0)
+}
+
+/// Print a container's output.
+#[derive(clap::Args, Debug)]
+pub struct LogsArgs {
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Only the last N lines.
+    #[arg(long)]
+    pub tail: Option<String>,
+    #[arg(short, long)]
+    pub timestamps: bool,
+    /// Only lines since a time (Unix seconds or RFC 3339).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// POD or CONTAINER.
+    pub target: String,
+}
+
+/// Print a container's output.
+pub async fn logs(client: &Client, args: LogsArgs) -> anyhow::Result<i32> {
+    let LogsArgs {
+        follow,
+        tail,
+        timestamps,
+        since,
+        target,
+    } = args;
+    let (container, tty) = resolve_container(client, &target).await?;
+    let mut path = format!(
+        "/container/logs?container={}&follow={}&timestamps={}",
+        enc(&container),
+        u8::from(follow),
+        u8::from(timestamps)
+    );
+    if let Some(t) = &tail {
+        path.push_str(&format!("&tail={}", enc(t)));
+    }
+    if let Some(s) = &since {
+        path.push_str(&format!("&since={}", enc(s)));
+    }
+    let resp = client
+        .send(Method::GET, &path, vec![], "application/json")
+        .await?;
+    let mut body = resp.into_body();
+    let mut buf = Vec::new();
+    use http_body_util::BodyExt;
+    while let Some(frame) = body.frame().await {
+        let frame = frame?;
+        let Some(data) = frame.data_ref() else {
+            continue;
+        };
+        if tty {
+            std::io::stdout().write_all(data)?;
+            continue;
+        }
+        buf.extend_from_slice(data);
+        let (frames, used) = parse_stdcopy(&buf);
+        for (stream, d) in frames {
+            if stream == 2 {
+                std::io::stderr().write_all(d)?;
+            } else {
+                std::io::stdout().write_all(d)?;
+            }
+        }
+        buf.drain(..used);
+        std::io::stdout().flush()?;
+    }
+    Ok(0)
+}
+
+/// Send a signal to a pod's containers (or one container).
+#[derive(clap::Args, Debug)]
+pub struct KillArgs {
+    #[arg(short, long, default_value = "KILL")]
+    pub signal: String,
+    /// POD or CONTAINER.
+    pub target: String,
+}
+
+/// Send a signal to a pod's containers (or one container).
+pub async fn kill(client: &Client, args: KillArgs) -> anyhow::Result<i32> {
+    let KillArgs { signal, target } = args;
+    match client
+        .json(
+            Method::POST,
+            &format!("/pod/kill?podId={}&signal={}", enc(&target), enc(&signal)),
+            None,
+        )
+        .await
+    {
+        Err(ClientError::Api { status, .. }) if status == hyper::StatusCode::NOT_FOUND => {
+            client
+                .json(
+                    Method::POST,
+                    &format!(
+                        "/container/kill?container={}&signal={}",
+                        enc(&target),
+                        enc(&signal)
+                    ),
+                    None,
+                )
+                .await?;
+        }
+        other => {
+            other?;
+        }
+    }
+    println!("{target}");
+    Ok(0)
+}
+
+/// A container id (and whether it has a tty) from a container key or a pod's id or name
+/// (its first container).
+pub(crate) async fn resolve_container(
+    client: &Client,
+    target: &str,
+) -> anyhow::Result<(String, bool)> {
+    match client
+        .json(
+            Method::GET,
+            &format!("/container/info?container={}", enc(target)),
+            None,
+        )
+        .await
+    {
+        Ok(v) => Ok((
+            v["containerID"].as_str().unwrap_or(target).to_string(),
+            v["tty"].as_bool().unwrap_or(false),
+        )),
+        Err(ClientError::Api { status, .. }) if status == hyper::StatusCode::NOT_FOUND => {
+            let info = client
+                .json(
+                    Method::GET,
+                    &format!("/pod/info?podName={}", enc(target)),
+                    None,
+                )
+                .await?;
+            let c = &info["status"]["containerStatus"][0];
+            let id = c["containerID"]
+                .as_str()
+                .context("pod has no container")?
+                .to_string();
+            let tty = info["spec"]["containers"][0]["tty"]
+                .as_bool()
+                .unwrap_or(false);
+            Ok((id, tty))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A process's exit code (`target` is `container=ID` or `exec=ID`); it is recorded
+/// just before its output ends, so a short retry covers the gap.
+pub(crate) async fn exit_code(client: &Client, target: &str) -> anyhow::Result<i32> {
+    let path = format!("/exitcode?{target}");
+    for _ in 0..100 {
+        match client.json(Method::GET, &path, None).await {
+            Ok(v) => return Ok(v["ExitCode"].as_i64().unwrap_or(255) as i32),
+            Err(ClientError::Api { status, .. }) if status == hyper::StatusCode::CONFLICT => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    bail!("{target} did not report an exit code")
+}

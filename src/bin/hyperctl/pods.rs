@@ -1,0 +1,420 @@
+//! Pod commands: run, create, list, inspect, start, stop, rm, pause, unpause.
+use crate::{containers::*, terminal::*};
+use anyhow::{bail, Context};
+use hyper::Method;
+use hyperd::client::{enc, Client};
+use serde_json::Value;
+
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// Run in the background and print the pod id.
+    #[arg(short, long)]
+    pub detach: bool,
+    /// Remove the pod when its container exits.
+    #[arg(long)]
+    pub rm: bool,
+    /// Give the container a terminal.
+    #[arg(short, long)]
+    pub tty: bool,
+    /// Keep standard input open and send it to the container.
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// Pod file (hyperd's pod JSON) instead of IMAGE.
+    #[arg(short = 'p', long = "podfile")]
+    pub podfile: Option<String>,
+    /// Pod name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Environment variable KEY=VALUE (repeatable).
+    #[arg(short, long = "env")]
+    pub env: Vec<String>,
+    #[arg(long)]
+    pub entrypoint: Option<String>,
+    #[arg(short, long)]
+    pub workdir: Option<String>,
+    /// Restart policy: never, onFailure or always.
+    #[arg(long, default_value = "never")]
+    pub restart: String,
+    /// A pod label KEY=VALUE (repeatable).
+    #[arg(short, long = "label")]
+    pub label: Vec<String>,
+    /// vCPUs of the pod's VM.
+    #[arg(long, default_value_t = 1)]
+    pub cpu: u32,
+    /// Memory of the pod's VM, MiB.
+    #[arg(long, default_value_t = 128)]
+    pub memory: u32,
+    pub image: Option<String>,
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
+/// Create a pod from a pod file (hyperd's pod JSON) without starting it.
+#[derive(clap::Args, Debug)]
+pub struct CreateArgs {
+    /// The pod file; `-` reads standard input.
+    #[arg(short = 'p', long = "podfile")]
+    pub podfile: String,
+}
+
+/// Create a pod from a pod file (hyperd's pod JSON) without starting it.
+pub async fn create(client: &Client, args: CreateArgs) -> anyhow::Result<i32> {
+    let CreateArgs { podfile } = args;
+    let text = if podfile == "-" {
+        std::io::read_to_string(std::io::stdin())?
+    } else {
+        std::fs::read_to_string(&podfile).with_context(|| format!("reading {podfile}"))?
+    };
+    let spec: Value = serde_json::from_str(&text).with_context(|| format!("parsing {podfile}"))?;
+    let v = client
+        .json(Method::POST, "/pod/create", Some(&spec))
+        .await?;
+    println!("{}", v["ID"].as_str().unwrap_or_default());
+    Ok(0)
+}
+
+/// List pods, containers or VMs.
+#[derive(clap::Args, Debug)]
+pub struct ListArgs {
+    /// pod, container or vm.
+    #[arg(default_value = "pod")]
+    pub item: String,
+    /// Only print ids.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+/// List pods, containers or VMs.
+pub async fn list(client: &Client, args: ListArgs) -> anyhow::Result<i32> {
+    let ListArgs { item, quiet } = args;
+    list_items(client, &item, quiet).await
+}
+
+/// Show a pod's details as JSON.
+#[derive(clap::Args, Debug)]
+pub struct InspectArgs {
+    pub pod: String,
+}
+
+/// Show a pod's details as JSON.
+pub async fn inspect(client: &Client, args: InspectArgs) -> anyhow::Result<i32> {
+    let InspectArgs { pod } = args;
+    let v = client
+        .json(
+            Method::GET,
+            &format!("/pod/info?podName={}", enc(&pod)),
+            None,
+        )
+        .await?;
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(0)
+}
+
+/// Start a created or stopped pod (or, with -c, one of its containers).
+#[derive(clap::Args, Debug)]
+pub struct StartArgs {
+    pub pod: Option<String>,
+    /// A container instead of a pod.
+    #[arg(short = 'c', long = "container")]
+    pub container: Option<String>,
+}
+
+/// Start a created or stopped pod (or, with -c, one of its containers).
+pub async fn start(client: &Client, args: StartArgs) -> anyhow::Result<i32> {
+    let StartArgs { pod, container } = args;
+    let (path, name) = match (container, pod) {
+        (Some(c), _) => (format!("/container/start?container={}", enc(&c)), c),
+        (None, Some(p)) => (format!("/pod/start?podId={}", enc(&p)), p),
+        (None, None) => anyhow::bail!("name a pod, or a container with -c"),
+    };
+    client.json(Method::POST, &path, None).await?;
+    println!("{name}");
+    Ok(0)
+}
+
+/// Stop a running pod: each container gets its stop signal, SIGKILL after the
+#[derive(clap::Args, Debug)]
+pub struct StopArgs {
+    pub pod: Option<String>,
+    /// A container instead of a pod.
+    #[arg(short = 'c', long = "container")]
+    pub container: Option<String>,
+    /// Seconds to wait after the stop signal before SIGKILL.
+    #[arg(short = 't', long = "time", default_value_t = 10)]
+    pub time: u64,
+}
+
+/// Stop a running pod: each container gets its stop signal, SIGKILL after the
+/// grace time, then the VM is shut down (with -c, one container only).
+pub async fn stop(client: &Client, args: StopArgs) -> anyhow::Result<i32> {
+    let StopArgs {
+        pod,
+        container,
+        time,
+    } = args;
+    let (path, name) = match (container, pod) {
+        (Some(c), _) => (
+            format!("/container/stop?container={}&time={time}", enc(&c)),
+            c,
+        ),
+        (None, Some(p)) => (
+            format!("/pod/stop?podId={}&stopVM=yes&time={time}", enc(&p)),
+            p,
+        ),
+        (None, None) => anyhow::bail!("name a pod, or a container with -c"),
+    };
+    client.json(Method::POST, &path, None).await?;
+    println!("{name}");
+    Ok(0)
+}
+
+/// Remove pods (running ones are stopped first), or with -c containers.
+#[derive(clap::Args, Debug)]
+pub struct RmArgs {
+    pub pods: Vec<String>,
+    /// Containers to remove (stopped ones) instead of pods.
+    #[arg(short = 'c', long = "container")]
+    pub containers: Vec<String>,
+}
+
+/// Remove pods (running ones are stopped first), or with -c containers.
+pub async fn rm(client: &Client, args: RmArgs) -> anyhow::Result<i32> {
+    let RmArgs { pods, containers } = args;
+    if pods.is_empty() && containers.is_empty() {
+        anyhow::bail!("name pods, or containers with -c");
+    }
+    let requests = containers
+        .into_iter()
+        .map(|c| {
+            (
+                Method::POST,
+                format!("/container/remove?container={}", enc(&c)),
+                c,
+            )
+        })
+        .chain(
+            pods.into_iter()
+                .map(|p| (Method::DELETE, format!("/pod?podId={}", enc(&p)), p)),
+        );
+    let mut code = 0;
+    for (method, path, name) in requests {
+        match client.json(method, &path, None).await {
+            Ok(_) => println!("{name}"),
+            Err(e) => {
+                eprintln!("hyperctl: {name}: {e}");
+                code = 1;
+            }
+        }
+    }
+    Ok(code)
+}
+
+/// Freeze a running pod's VM.
+#[derive(clap::Args, Debug)]
+pub struct PauseArgs {
+    pub pod: String,
+}
+
+/// Freeze a running pod's VM.
+pub async fn pause(client: &Client, args: PauseArgs) -> anyhow::Result<i32> {
+    let PauseArgs { pod } = args;
+    client
+        .json(
+            Method::POST,
+            &format!("/pod/pause?podId={}", enc(&pod)),
+            None,
+        )
+        .await?;
+    println!("{pod}");
+    Ok(0)
+}
+
+/// Thaw a paused pod's VM.
+#[derive(clap::Args, Debug)]
+pub struct UnpauseArgs {
+    pub pod: String,
+}
+
+/// Thaw a paused pod's VM.
+pub async fn unpause(client: &Client, args: UnpauseArgs) -> anyhow::Result<i32> {
+    let UnpauseArgs { pod } = args;
+    client
+        .json(
+            Method::POST,
+            &format!("/pod/unpause?podId={}", enc(&pod)),
+            None,
+        )
+        .await?;
+    println!("{pod}");
+    Ok(0)
+}
+
+pub(crate) async fn list_items(client: &Client, item: &str, quiet: bool) -> anyhow::Result<i32> {
+    let v = client
+        .json(Method::GET, &format!("/list?item={}", enc(item)), None)
+        .await?;
+    let (key, header) = match item {
+        "pod" => ("podData", vec!["POD ID", "POD Name", "VM name", "Status"]),
+        "container" => ("cData", vec!["Container ID", "Name", "POD ID", "Status"]),
+        "vm" => ("vmData", vec!["VM name", "POD ID", "Status"]),
+        other => bail!("unknown item {other}: pod, container or vm"),
+    };
+    let rows: Vec<Vec<String>> = v[key]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l.as_str())
+        .map(|l| l.split(':').map(str::to_string).collect())
+        .collect();
+    if quiet {
+        for r in rows {
+            println!("{}", r[0]);
+        }
+        return Ok(0);
+    }
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| {
+            rows.iter()
+                .map(|r| r.get(i).map_or(0, String::len))
+                .max()
+                .unwrap_or(0)
+                .max(header[i].len())
+                + 2
+        })
+        .collect();
+    let print = |cells: Vec<&str>| {
+        let line: String = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", line.trim_end());
+    };
+    print(header.clone());
+    for r in &rows {
+        print(r.iter().map(String::as_str).collect());
+    }
+    Ok(0)
+}
+
+pub(crate) fn pod_spec(args: &RunArgs) -> anyhow::Result<Value> {
+    if let Some(file) = &args.podfile {
+        let text = std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?;
+        return serde_json::from_str(&text).with_context(|| format!("parsing {file}"));
+    }
+    let Some(image) = &args.image else {
+        bail!("an IMAGE or a pod file (-p) is needed")
+    };
+    let pair = |kv: &String| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k.to_string(), v.to_string())
+    };
+    let spec = hyperd::spec::PodSpec {
+        id: args.name.clone().unwrap_or_default(),
+        containers: vec![hyperd::spec::ContainerSpec {
+            image: image.clone(),
+            command: args.command.clone(),
+            entrypoint: args.entrypoint.iter().cloned().collect(),
+            workdir: args.workdir.clone().unwrap_or_default(),
+            envs: args
+                .env
+                .iter()
+                .map(pair)
+                .map(|(env, value)| hyperd::spec::EnvVar { env, value })
+                .collect(),
+            tty: args.tty,
+            restart_policy: args.restart.clone(),
+            ..Default::default()
+        }],
+        resource: hyperd::spec::Resource {
+            vcpu: args.cpu,
+            memory: args.memory,
+            ..Default::default()
+        },
+        labels: args.label.iter().map(pair).collect(),
+        ..Default::default()
+    };
+    Ok(serde_json::to_value(&spec)?)
+}
+
+pub(crate) async fn run_pod(client: &Client, args: RunArgs) -> anyhow::Result<i32> {
+    let spec = pod_spec(&args)?;
+    let created = client
+        .json(Method::POST, "/pod/create", Some(&spec))
+        .await?;
+    let pod_id = created["ID"]
+        .as_str()
+        .context("no pod id in answer")?
+        .to_string();
+    if args.detach {
+        client
+            .json(
+                Method::POST,
+                &format!("/pod/start?podId={}", enc(&pod_id)),
+                None,
+            )
+            .await?;
+        println!("{pod_id}");
+        return Ok(0);
+    }
+    let info = client
+        .json(
+            Method::GET,
+            &format!("/pod/info?podName={}", enc(&pod_id)),
+            None,
+        )
+        .await?;
+    let container = info["status"]["containerStatus"][0]["containerID"]
+        .as_str()
+        .context("pod has no container")?
+        .to_string();
+    let tty = info["status"]["containerStatus"][0].is_object()
+        && spec["containers"][0]["tty"].as_bool().unwrap_or(false);
+    let stdin = args.interactive || args.tty;
+    let attach_path = format!(
+        "/attach?container={}&stdin={}&stdout=1&stderr=1",
+        enc(&container),
+        u8::from(stdin)
+    );
+    let conn = client.hijack(Method::POST, &attach_path, vec![]).await?;
+    if let Err(e) = client
+        .json(
+            Method::POST,
+            &format!("/pod/start?podId={}", enc(&pod_id)),
+            None,
+        )
+        .await
+    {
+        if args.rm {
+            let _ = client
+                .json(
+                    Method::DELETE,
+                    &format!("/pod?podId={}", enc(&pod_id)),
+                    None,
+                )
+                .await;
+        }
+        return Err(e.into());
+    }
+    let resize = tty.then(|| {
+        tokio::spawn(forward_window_size(
+            client.clone(),
+            format!("container={}", enc(&container)),
+        ))
+    });
+    pump(conn, tty, stdin).await?;
+    if let Some(r) = resize {
+        r.abort();
+    }
+    let code = exit_code(client, &format!("container={}", enc(&container))).await?;
+    if args.rm {
+        client
+            .json(
+                Method::DELETE,
+                &format!("/pod?podId={}", enc(&pod_id)),
+                None,
+            )
+            .await?;
+    }
+    Ok(code)
+}
