@@ -79,7 +79,11 @@ impl Daemon {
     }
 
     fn hyperctl(&self) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_hyperctl"));
+        // hyperctl is another crate's binary, built next to hyperd (`cargo build
+        // --workspace`, as scripts/setup.sh does).
+        let hyperctl =
+            std::path::Path::new(env!("CARGO_BIN_EXE_hyperd")).with_file_name("hyperctl");
+        let mut c = Command::new(hyperctl);
         c.arg("-H").arg(&self.socket);
         c
     }

@@ -11,8 +11,10 @@ import sys
 # Bottom to top: a crate may depend only on crates of a lower level.
 LEVELS = {
     "hyper-vmm-api": 0,
+    "hyperd-api": 0,
     "hyperd-agent": 0,
     "hyper-vmm": 1,
+    "hyperctl": 1,
     "hyperd": 2,
 }
 # What the VMM must never link, directly or through another crate: the daemon's server,

@@ -5,20 +5,19 @@
 //! - [`image`]: the local image store (import, unpack, read-only rootfs images).
 //! - [`vm`]: the VM drivers (hyper-vmm, qemu microvm), host detection and the host side
 //!   of the agent channel.
-//! - [`client`]: the typed client used by `hyperctl` and the tests.
 //! - [`root_dir`]: the private state directory.
 //!
 //! hyperd's own VMM is the `hyper-vmm` crate (crates/hyper-vmm), a separate process the
 //! [`vm`] driver talks to through the types of `hyper-vmm-api`; see docs/architecture.md
 //! for the crate graph.
 pub mod api;
-pub mod client;
 pub mod config;
 pub mod engine;
 pub mod ids;
 pub mod image;
 pub mod root_dir;
-pub mod spec;
+/// The pod spec lives with the API's types (`hyperd-api`), shared with the client.
+pub use hyperd_api::spec;
 pub mod store;
 pub mod vm;
 

@@ -55,7 +55,7 @@ fn exec_logs_signals_and_pause() {
         .args(["-qec"])
         .arg(format!(
             "{} -H {} exec -t web sh -c 'tty; stty size'",
-            env!("CARGO_BIN_EXE_hyperctl"),
+            common::workspace_binary("hyperctl").display(),
             d.socket.display()
         ))
         .arg("/dev/null")

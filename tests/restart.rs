@@ -72,7 +72,7 @@ fn pods_survive_a_daemon_kill() {
     let info = d.json("GET", "/pod/info?podName=runner", None);
     assert_eq!(info["status"]["phase"], "running", "{info}");
     assert_eq!(info["vmPid"].as_u64().unwrap() as u32, runner_pid);
-    let mut attach = Command::new(env!("CARGO_BIN_EXE_hyperctl"))
+    let mut attach = Command::new(common::workspace_binary("hyperctl"))
         .args(["-H", d.socket.to_str().unwrap(), "attach", "runner"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

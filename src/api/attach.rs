@@ -12,16 +12,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Docker's stdcopy header: stream type, three zero bytes, big-endian length.
-pub fn stdcopy_frame(stream: u8, data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(8 + data.len());
-    out.push(stream);
-    out.extend_from_slice(&[0, 0, 0]);
-    out.extend_from_slice(&(data.len() as u32).to_be_bytes());
-    out.extend_from_slice(data);
-    out
-}
-
 pub fn upgrade_response() -> Response<Body> {
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
@@ -125,8 +115,8 @@ impl Session {
                 while let Some(chunk) = output.recv().await {
                     let bytes = match (&chunk, tty) {
                         (Chunk::Stdout(d), true) | (Chunk::Stderr(d), true) => d.to_vec(),
-                        (Chunk::Stdout(d), false) if stdout => stdcopy_frame(1, d),
-                        (Chunk::Stderr(d), false) if stderr => stdcopy_frame(2, d),
+                        (Chunk::Stdout(d), false) if stdout => hyperd_api::stdcopy::frame(1, d),
+                        (Chunk::Stderr(d), false) if stderr => hyperd_api::stdcopy::frame(2, d),
                         _ => continue,
                     };
                     if wr.write_all(&bytes).await.is_err() {
@@ -213,7 +203,7 @@ pub async fn exec_start(engine: &Arc<Engine>, mut req: Request<Incoming>) -> Api
 mod tests {
     #[test]
     fn stdcopy_header() {
-        let f = super::stdcopy_frame(2, b"err");
+        let f = hyperd_api::stdcopy::frame(2, b"err");
         assert_eq!(f, vec![2, 0, 0, 0, 0, 0, 0, 3, b'e', b'r', b'r']);
     }
 }

@@ -1,6 +1,5 @@
 //! Container and process routes: `/container/info|logs|kill`, `/exec/create`,
 //! `/tty/resize`, `/pod/kill|pause|unpause`.
-use super::attach::stdcopy_frame;
 use super::http::{
     flag, ok_json, param, query, read_body, stream_chunks, ApiError, ApiResult, MAX_JSON_BODY,
 };
@@ -9,57 +8,37 @@ use crate::engine::io::{Chunk, LogEntry};
 use crate::engine::Engine;
 use hyper::body::Incoming;
 use hyper::Request;
-use serde_json::{json, Value};
+use hyperd_api::containers::{
+    ContainerCreated, ContainerInfo, ContainerState, ExecCreate, Renamed,
+};
+use hyperd_api::pods::{PodReply, Running, Terminated};
+use hyperd_api::IdReply;
 use std::sync::Arc;
+
+fn id_reply(id: &str) -> ApiResult {
+    ok_json(IdReply { id: id.to_string() })
+}
 
 /// `POST /exec/create`: body `{"container": ID, "command": [..] | "cmd", "tty": bool,
 /// "env": [..], "workdir": .., "user": ..}` → `{"ID": exec id}`.
 pub async fn exec_create(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
     let body = read_body(req.into_body(), MAX_JSON_BODY).await?;
-    let v: Value = serde_json::from_slice(&body)
+    let v: ExecCreate = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("invalid exec config: {e}")))?;
-    let container = v["container"]
-        .as_str()
-        .or(v["Container"].as_str())
-        .ok_or_else(|| ApiError::bad_request("missing container"))?;
-    let strings = |x: &Value| -> Vec<String> {
-        x.as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|s| s.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    let command = match (&v["command"], &v["Cmd"]) {
-        (Value::Array(_), _) => strings(&v["command"]),
-        (_, Value::Array(_)) => strings(&v["Cmd"]),
-        // hyperd's clients sent the command as a JSON-encoded array, or a shell line.
-        (Value::String(s), _) => serde_json::from_str::<Vec<String>>(s)
-            .unwrap_or_else(|_| vec!["/bin/sh".into(), "-c".into(), s.clone()]),
-        _ => vec![],
-    };
+    if v.container.is_empty() {
+        return Err(ApiError::bad_request("missing container"));
+    }
     let request = ExecRequest {
-        command,
-        tty: v["tty"].as_bool().or(v["Tty"].as_bool()).unwrap_or(false),
-        env: strings(if v["env"].is_array() {
-            &v["env"]
-        } else {
-            &v["Env"]
-        }),
-        workdir: v["workdir"]
-            .as_str()
-            .or(v["WorkingDir"].as_str())
-            .unwrap_or_default()
-            .to_string(),
-        user: v["user"]
-            .as_str()
-            .or(v["User"].as_str())
-            .unwrap_or_default()
-            .to_string(),
+        command: v.command.into_args(),
+        tty: v.tty,
+        env: v.env,
+        workdir: v.workdir,
+        user: v.user,
     };
-    let (_, exec) = engine.create_exec(container, request)?;
-    ok_json(json!({ "ID": exec.id }))
+    let (_, exec) = engine.create_exec(&v.container, request)?;
+    ok_json(IdReply {
+        id: exec.id.clone(),
+    })
 }
 
 pub async fn container_kill(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
@@ -68,7 +47,7 @@ pub async fn container_kill(engine: &Arc<Engine>, req: &Request<Incoming>) -> Ap
     engine
         .kill_container(key, q.get("signal").map(String::as_str).unwrap_or("KILL"))
         .await?;
-    ok_json(json!({ "ID": key }))
+    id_reply(key)
 }
 
 pub async fn pod_kill(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
@@ -79,7 +58,7 @@ pub async fn pod_kill(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResul
             q.get("signal").map(String::as_str).unwrap_or("KILL"),
         )
         .await?;
-    ok_json(json!({ "ID": pod.id, "Code": 0, "Cause": "" }))
+    ok_json(PodReply::ok(&pod.id))
 }
 
 pub async fn pod_pause(engine: &Arc<Engine>, req: &Request<Incoming>, pause: bool) -> ApiResult {
@@ -87,7 +66,7 @@ pub async fn pod_pause(engine: &Arc<Engine>, req: &Request<Incoming>, pause: boo
     let pod = engine
         .pause_pod(param(&q, &["podId", "podName"])?, pause)
         .await?;
-    ok_json(json!({ "ID": pod.id, "Code": 0, "Cause": "" }))
+    ok_json(PodReply::ok(&pod.id))
 }
 
 /// `POST /tty/resize?container=ID[&exec=ID]&h=ROWS&w=COLS`.
@@ -106,7 +85,7 @@ pub async fn tty_resize(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiRes
     engine
         .resize(container, q.get("exec").map(String::as_str), rows, cols)
         .await?;
-    ok_json(json!({}))
+    ok_json(serde_json::Map::new())
 }
 
 /// `GET /container/info?container=ID`: hyperd's ContainerInfo.
@@ -114,24 +93,30 @@ pub fn container_info(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResul
     let q = query(req);
     let (pod, c) = engine.container(param(&q, &["container"])?)?;
     let st = c.status.lock().unwrap().clone();
-    ok_json(json!({
-        "name": c.name(),
-        "containerID": c.id,
-        "podID": pod.id,
-        "image": c.image_ref,
-        "imageID": c.image.id,
-        "commands": c.process.args,
-        "workingDir": c.process.workdir,
-        "env": c.process.env,
-        "user": c.process.user,
-        "tty": c.process.tty,
-        "restartCount": st.restart_count,
-        "status": {
-            "phase": c.phase(),
-            "running": { "startedAt": st.started_at },
-            "terminated": { "exitCode": st.exit_code, "startedAt": st.started_at, "finishedAt": st.finished_at },
+    ok_json(ContainerInfo {
+        name: c.name().clone(),
+        container_id: c.id.clone(),
+        pod_id: pod.id.clone(),
+        image: c.image_ref.clone(),
+        image_id: c.image.id.clone(),
+        commands: c.process.args.clone(),
+        working_dir: c.process.workdir.clone(),
+        env: c.process.env.clone(),
+        user: c.process.user.clone(),
+        tty: c.process.tty,
+        restart_count: st.restart_count,
+        status: ContainerState {
+            phase: c.phase().to_string(),
+            running: Running {
+                started_at: st.started_at.clone(),
+            },
+            terminated: Terminated {
+                exit_code: st.exit_code,
+                started_at: st.started_at,
+                finished_at: st.finished_at,
+            },
         },
-    }))
+    })
 }
 
 fn since_secs(v: &str) -> Result<f64, ApiError> {
@@ -186,7 +171,7 @@ pub fn logs_of(
         Some(bytes::Bytes::from(if tty {
             payload
         } else {
-            stdcopy_frame(if stderr { 2 } else { 1 }, &payload)
+            hyperd_api::stdcopy::frame(if stderr { 2 } else { 1 }, &payload)
         }))
     };
     let (entries, follow) = c.io.log_and_follow(flag(&q, "follow"));
@@ -247,13 +232,17 @@ pub async fn container_create(engine: &Arc<Engine>, req: Request<Incoming>) -> A
     let spec: crate::spec::ContainerSpec = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("invalid container spec: {e}")))?;
     let (pod, c) = engine.create_container(&pod, spec).await?;
-    ok_json(json!({ "ID": c.id, "Name": c.name(), "PodID": pod.id }))
+    ok_json(ContainerCreated {
+        id: c.id.clone(),
+        name: c.name().clone(),
+        pod_id: pod.id.clone(),
+    })
 }
 
 pub async fn container_start(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
     let q = query(req);
     let c = engine.start_container(param(&q, &["container"])?).await?;
-    ok_json(json!({ "ID": c.id }))
+    id_reply(&c.id)
 }
 
 /// `POST /container/stop?container=ID[&time=SECONDS]`: SIGTERM, then SIGKILL after
@@ -264,7 +253,7 @@ pub async fn container_stop(engine: &Arc<Engine>, req: &Request<Incoming>) -> Ap
     let c = engine
         .stop_container(param(&q, &["container"])?, grace)
         .await?;
-    ok_json(json!({ "ID": c.id }))
+    id_reply(&c.id)
 }
 
 /// The longest grace a stop waits before SIGKILL.
@@ -288,7 +277,7 @@ pub async fn container_remove(engine: &Arc<Engine>, req: &Request<Incoming>) -> 
     let q = query(req);
     let key = param(&q, &["container"])?;
     engine.remove_container(key).await?;
-    ok_json(json!({ "ID": key }))
+    id_reply(key)
 }
 
 /// `POST /container/rename?container=OLD&newName=NEW` (`oldName` also names it).
@@ -298,7 +287,10 @@ pub async fn container_rename(engine: &Arc<Engine>, req: &Request<Incoming>) -> 
         param(&q, &["container", "oldName"])?,
         param(&q, &["newName"])?,
     )?;
-    ok_json(json!({ "ID": c.id, "Name": c.name() }))
+    ok_json(Renamed {
+        id: c.id.clone(),
+        name: c.name().clone(),
+    })
 }
 
 /// `POST /vm/create[?cpu=N][&mem=MiB]`: a VM booted ahead of its pod.
@@ -313,12 +305,12 @@ pub async fn vm_create(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResu
         }
     };
     let id = engine.create_vm(num("cpu", 1)?, num("mem", 128)?).await?;
-    ok_json(json!({ "ID": id }))
+    id_reply(&id)
 }
 
 pub async fn vm_delete(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
     let q = query(req);
     let id = param(&q, &["vm"])?;
     engine.delete_vm(id).await?;
-    ok_json(json!({ "ID": id }))
+    id_reply(id)
 }

@@ -84,10 +84,14 @@ pub fn stream_chunks(
 
 /// A response that streams JSON lines as they are sent into the channel; the stream ends
 /// when every sender is gone.
-pub fn json_lines(rx: tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>) -> Response<Body> {
+pub fn json_lines<T: serde::Serialize + Send + 'static>(
+    rx: tokio::sync::mpsc::UnboundedReceiver<T>,
+) -> Response<Body> {
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         let v = rx.recv().await?;
-        let line = Bytes::from(format!("{v}\r\n"));
+        let mut line = serde_json::to_vec(&v).unwrap_or_default();
+        line.extend_from_slice(b"\r\n");
+        let line = Bytes::from(line);
         Some((Ok::<_, std::io::Error>(hyper::body::Frame::data(line)), rx))
     });
     Response::builder()
@@ -104,20 +108,28 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
         .boxed()
 }
 
-pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+pub fn json_response(status: StatusCode, value: &impl serde::Serialize) -> Response<Body> {
+    let mut body = serde_json::to_vec(value).unwrap_or_default();
+    body.push(b'\n');
     Response::builder()
         .status(status)
         .header("Content-Type", "application/json")
-        .body(full(format!("{value}\n")))
+        .body(full(body))
         .expect("valid response")
 }
 
-pub fn ok_json(value: serde_json::Value) -> ApiResult {
+/// A 200 answer with `value` as JSON (a model of `hyperd_api`, or a compat API's).
+pub fn ok_json(value: impl serde::Serialize) -> ApiResult {
     Ok(json_response(StatusCode::OK, &value))
 }
 
 pub fn error_response(e: &ApiError) -> Response<Body> {
-    json_response(e.status, &serde_json::json!({ "message": e.message }))
+    json_response(
+        e.status,
+        &hyperd_api::error::ErrorBody {
+            message: e.message.clone(),
+        },
+    )
 }
 
 /// The query string as a map (the last value of a repeated key wins).

@@ -11,7 +11,7 @@ use futures_util::TryStreamExt;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
-use serde_json::json;
+use hyperd_api::images::{AuthReply, ImageNamed, ImagesList, Removed};
 use std::sync::Arc;
 
 /// Applies Docker `changes` lines (`CMD`, `ENTRYPOINT`, `ENV`, `WORKDIR`, `USER`).
@@ -139,7 +139,9 @@ async fn import(engine: &Arc<Engine>, req: Request<Incoming>, reference: String)
     let rec = tokio::task::spawn_blocking(move || images.import(&reference, reader, cfg))
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
-    let body = format!("{}\r\n", json!({ "status": rec.id, "id": rec.id }));
+    let mut body =
+        serde_json::to_vec(&progress::about(&rec.id, rec.id.clone())).unwrap_or_default();
+    body.extend_from_slice(b"\r\n");
     Ok(Response::builder()
         .header("Content-Type", "application/json")
         .body(full(body))
@@ -223,7 +225,10 @@ pub async fn auth(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
     crate::image::auth::check_login(&registry, &cfg, &policy).await?;
     engine.credentials.save(&registry, &cfg)?;
     tracing::info!(registry = %registry, user = %cfg.username, "login stored");
-    ok_json(json!({ "Status": "Login Succeeded", "IdentityToken": "" }))
+    ok_json(AuthReply {
+        status: "Login Succeeded".into(),
+        identity_token: Some(String::new()),
+    })
 }
 
 /// `DELETE /auth?serveraddress=REGISTRY`: forgets a stored login (`hyperctl logout`).
@@ -234,7 +239,10 @@ pub fn logout(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
         return Err(ApiError::not_found(format!("not logged in to {registry}")));
     }
     tracing::info!(registry = %registry, "login removed");
-    ok_json(json!({ "Status": format!("Removing login credentials for {registry}") }))
+    ok_json(AuthReply {
+        status: format!("Removing login credentials for {registry}"),
+        identity_token: None,
+    })
 }
 
 /// Loads an image archive (docker save or OCI layout, maybe compressed) on a blocking
@@ -268,10 +276,9 @@ pub async fn load(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
             rec.repo_tags.clone()
         };
         for n in names {
-            body.push_str(&format!(
-                "{}\r\n",
-                json!({ "stream": format!("Loaded image: {n}\n") })
-            ));
+            let line = progress::stream(format!("Loaded image: {n}\n"));
+            body.push_str(&serde_json::to_string(&line).unwrap_or_default());
+            body.push_str("\r\n");
         }
     }
     Ok(Response::builder()
@@ -336,7 +343,7 @@ pub fn tag(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
     engine
         .images
         .add_references(&rec.id, std::slice::from_ref(&name))?;
-    ok_json(json!({ "ID": rec.id, "Name": name }))
+    ok_json(ImageNamed { id: rec.id, name })
 }
 
 /// `GET /images/get`: with Docker's `names` parameter (`docker save`), the images as
@@ -371,7 +378,7 @@ pub fn list(engine: &Arc<Engine>) -> ApiResult {
             ));
         }
     }
-    ok_json(json!({ "imagesList": lines }))
+    ok_json(ImagesList { images_list: lines })
 }
 
 /// `DELETE /image?imageId=ID|NAME[&force=yes][&noprune=yes]`.
@@ -388,12 +395,13 @@ pub fn remove(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
 }
 
 /// `Untagged: x` / `Deleted: y` lines as Docker's `[{"Untagged": x}, {"Deleted": y}]`.
-pub fn removal_json(removed: &[String]) -> serde_json::Value {
-    json!(removed
+pub fn removal_json(removed: &[String]) -> Vec<Removed> {
+    removed
         .iter()
-        .map(|r| {
-            let (k, v) = r.split_once(": ").unwrap_or(("Deleted", r));
-            json!({ k: v })
+        .map(|r| match r.split_once(": ") {
+            Some(("Untagged", v)) => Removed::Untagged(v.to_string()),
+            Some((_, v)) => Removed::Deleted(v.to_string()),
+            None => Removed::Deleted(r.clone()),
         })
-        .collect::<Vec<_>>())
+        .collect()
 }

@@ -4,11 +4,14 @@ use crate::engine::{Container, Engine, Pod};
 use crate::spec::PodSpec;
 use hyper::body::Incoming;
 use hyper::Request;
-use serde_json::json;
+use hyperd_api::pods::{
+    ContainerBrief, CpuStats, CpuUsage, ExitCodeReply, LabelsReply, ListReply, MemoryStats,
+    PodContainerStatus, PodInfo, PodReply, PodStats, PodStatus, Running, Terminated,
+};
 use std::sync::Arc;
 
 fn reply(id: &str) -> ApiResult {
-    ok_json(json!({ "ID": id, "Code": 0, "Cause": "" }))
+    ok_json(PodReply::ok(id))
 }
 
 /// `POST /pod/create`: the pod JSON as the body, or (hyperd's older form) as `podArgs`.
@@ -59,45 +62,55 @@ pub async fn remove(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
     reply(&pod.id)
 }
 
-fn container_json(c: &Container) -> serde_json::Value {
+fn container_status(c: &Container) -> PodContainerStatus {
     let st = c.status.lock().unwrap().clone();
-    json!({
-        "containerID": c.id,
-        "name": c.name(),
-        "image": c.image_ref,
-        "imageID": c.image.id,
-        "phase": c.phase(),
-        "restartCount": st.restart_count,
-        "running": { "startedAt": st.started_at },
-        "terminated": { "exitCode": st.exit_code, "finishedAt": st.finished_at },
-    })
+    PodContainerStatus {
+        container_id: c.id.clone(),
+        name: c.name().clone(),
+        image: c.image_ref.clone(),
+        image_id: c.image.id.clone(),
+        phase: c.phase().to_string(),
+        restart_count: st.restart_count,
+        running: Running {
+            started_at: st.started_at,
+        },
+        terminated: Terminated {
+            exit_code: st.exit_code,
+            started_at: None,
+            finished_at: st.finished_at,
+        },
+    }
 }
 
-pub fn pod_json(pod: &Pod) -> serde_json::Value {
+pub fn pod_info(pod: &Pod) -> PodInfo {
     let vm = pod.vm();
-    json!({
-        "kind": "Pod",
-        "apiVersion": "v1",
-        "podID": pod.id,
-        "podName": pod.name,
-        "vm": vm.as_ref().map(|v| v.id.clone()).unwrap_or_default(),
-        "vmPid": vm.as_ref().map(|v| v.handle.pid()),
-        "createdAt": pod.created,
-        "startRecord": *pod.start_record.lock().unwrap(),
-        "labels": *pod.labels.lock().unwrap(),
-        "spec": pod.spec,
-        "status": {
-            "phase": pod.phase().as_str(),
-            "containerStatus": pod.containers().iter().map(|c| container_json(c)).collect::<Vec<_>>(),
+    PodInfo {
+        kind: "Pod".into(),
+        api_version: "v1".into(),
+        pod_id: pod.id.clone(),
+        pod_name: pod.name.clone(),
+        vm: vm.as_ref().map(|v| v.id.clone()).unwrap_or_default(),
+        vm_pid: vm.as_ref().map(|v| v.handle.pid()),
+        created_at: pod.created.clone(),
+        start_record: pod.start_record.lock().unwrap().clone(),
+        labels: pod.labels.lock().unwrap().clone(),
+        spec: pod.spec.clone(),
+        status: PodStatus {
+            phase: pod.phase().as_str().to_string(),
+            container_status: pod
+                .containers()
+                .iter()
+                .map(|c| container_status(c))
+                .collect(),
         },
-    })
+    }
 }
 
 pub fn info(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
     let q = query(req);
     let id = param(&q, &["podName", "podId"])?;
     let pod = engine.pod(id)?;
-    ok_json(pod_json(&pod))
+    ok_json(pod_info(&pod))
 }
 
 /// `GET /list?item=pod|container|vm[&pod=ID][&vm=ID]`, in hyperd's colon-joined format.
@@ -117,27 +130,55 @@ pub fn list(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
         })
         .collect();
     let vm_of = |p: &Pod| p.vm().map(|v| v.id.clone()).unwrap_or_default();
+    let mut reply = ListReply {
+        item: item.to_string(),
+        pod_data: None,
+        c_data: None,
+        vm_data: None,
+    };
     match item {
-        "pod" => ok_json(json!({
-            "item": "pod",
-            "podData": pods.iter().map(|p| format!("{}:{}:{}:{}", p.id, p.name, vm_of(p), p.phase().as_str())).collect::<Vec<_>>(),
-        })),
-        "container" => ok_json(json!({
-            "item": "container",
-            "cData": pods.iter().flat_map(|p| p.containers().into_iter().map(move |c| format!("{}:{}:{}:{}", c.id, c.name(), p.id, c.phase()))).collect::<Vec<_>>(),
-        })),
-        "vm" => ok_json(json!({
-            "item": "vm",
-            "vmData": pods
-                .iter()
-                .filter_map(|p| p.vm().map(|v| format!("{}:{}:{}", v.id, p.id, "associated")))
-                .chain(engine.idle_vms().into_iter().filter(|_| !q.contains_key("pod")).map(|(id, _, _)| format!("{id}::idle")))
-                .collect::<Vec<_>>(),
-        })),
-        other => Err(ApiError::bad_request(format!(
-            "unknown item {other:?} (pod, container or vm)"
-        ))),
+        "pod" => {
+            reply.pod_data = Some(
+                pods.iter()
+                    .map(|p| format!("{}:{}:{}:{}", p.id, p.name, vm_of(p), p.phase().as_str()))
+                    .collect(),
+            )
+        }
+        "container" => {
+            reply.c_data = Some(
+                pods.iter()
+                    .flat_map(|p| {
+                        p.containers()
+                            .into_iter()
+                            .map(move |c| format!("{}:{}:{}:{}", c.id, c.name(), p.id, c.phase()))
+                    })
+                    .collect(),
+            )
+        }
+        "vm" => {
+            reply.vm_data = Some(
+                pods.iter()
+                    .filter_map(|p| {
+                        p.vm()
+                            .map(|v| format!("{}:{}:{}", v.id, p.id, "associated"))
+                    })
+                    .chain(
+                        engine
+                            .idle_vms()
+                            .into_iter()
+                            .filter(|_| !q.contains_key("pod"))
+                            .map(|(id, _, _)| format!("{id}::idle")),
+                    )
+                    .collect(),
+            )
+        }
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "unknown item {other:?} (pod, container or vm)"
+            )))
+        }
     }
+    ok_json(reply)
 }
 
 /// `GET /exitcode?container=ID`: `{"ExitCode": n}` once the container has exited.
@@ -156,7 +197,7 @@ pub fn exitcode(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
         }
     };
     match code {
-        Some(code) => ok_json(json!({ "ExitCode": code })),
+        Some(code) => ok_json(ExitCodeReply { exit_code: code }),
         None => Err(ApiError::new(
             hyper::StatusCode::CONFLICT,
             format!("{what} has not exited"),
@@ -180,20 +221,37 @@ pub async fn labels(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
         })?;
     let pod = engine.label_pod(&id, labels, overwrite)?;
     let labels = pod.labels.lock().unwrap().clone();
-    ok_json(json!({ "ID": pod.id, "labels": labels }))
+    ok_json(LabelsReply {
+        id: pod.id.clone(),
+        labels,
+    })
 }
 
 /// `GET /pod/stats?podId=ID`: the VM's CPU and memory use.
 pub async fn stats(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
     let q = query(req);
     let (pod, s) = engine.pod_stats(param(&q, &["podId", "podName"])?).await?;
-    ok_json(json!({
-        "podID": pod.id,
-        "timestamp": crate::engine::io::chrono_now(),
-        "cpu": { "usage": { "total": s.cpu_ns } },
-        "memory": { "usage": s.memory_total.saturating_sub(s.memory_available), "available": s.memory_available, "limit": s.memory_total },
-        "load": s.load1,
-        "processes": s.processes,
-        "containers": pod.containers().iter().map(|c| json!({ "containerID": c.id, "name": c.name(), "phase": c.phase() })).collect::<Vec<_>>(),
-    }))
+    ok_json(PodStats {
+        pod_id: pod.id.clone(),
+        timestamp: crate::engine::io::chrono_now(),
+        cpu: CpuStats {
+            usage: CpuUsage { total: s.cpu_ns },
+        },
+        memory: MemoryStats {
+            usage: s.memory_total.saturating_sub(s.memory_available),
+            available: s.memory_available,
+            limit: s.memory_total,
+        },
+        load: s.load1,
+        processes: s.processes,
+        containers: pod
+            .containers()
+            .iter()
+            .map(|c| ContainerBrief {
+                container_id: c.id.clone(),
+                name: c.name().clone(),
+                phase: c.phase().to_string(),
+            })
+            .collect(),
+    })
 }

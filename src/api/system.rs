@@ -2,6 +2,7 @@
 use super::http::{full, ok_json, ApiResult};
 use crate::engine::Engine;
 use hyper::Response;
+use hyperd_api::system::{Component, Info, Platform, RegistryConfig, Runtime, Swarm, Version};
 use std::sync::Arc;
 
 pub fn ping() -> ApiResult {
@@ -13,18 +14,23 @@ pub fn ping() -> ApiResult {
 
 pub fn version() -> ApiResult {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    ok_json(serde_json::json!({
-        "Version": crate::VERSION,
-        "ApiVersion": crate::API_VERSION,
-        "MinAPIVersion": "1.24",
-        "GitCommit": "",
-        "GoVersion": "",
-        "Os": "linux",
-        "Arch": std::env::consts::ARCH,
-        "KernelVersion": kernel.trim(),
-        "Components": [{ "Name": "hyperd", "Version": crate::VERSION }],
-        "Platform": { "Name": "hyperd" },
-    }))
+    ok_json(Version {
+        version: crate::VERSION.into(),
+        api_version: crate::API_VERSION.into(),
+        min_api_version: "1.24".into(),
+        git_commit: String::new(),
+        go_version: String::new(),
+        os: "linux".into(),
+        arch: std::env::consts::ARCH.into(),
+        kernel_version: kernel.trim().into(),
+        components: vec![Component {
+            name: "hyperd".into(),
+            version: crate::VERSION.into(),
+        }],
+        platform: Platform {
+            name: "hyperd".into(),
+        },
+    })
 }
 
 pub fn info(engine: &Arc<Engine>) -> ApiResult {
@@ -46,44 +52,58 @@ pub fn info(engine: &Arc<Engine>) -> ApiResult {
         .ok()
         .and_then(|m| {
             m.lines()
-                .next()
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<u64>().ok())
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
         })
         .map(|kb| kb * 1024)
         .unwrap_or(0);
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    ok_json(serde_json::json!({
-        "ID": hostname.trim(),
-        "Name": hostname.trim(),
-        "Version": crate::VERSION,
-        "ServerVersion": crate::VERSION,
-        "ApiVersion": crate::API_VERSION,
-        "Driver": engine.driver.describe(),
-        "ContainersRunning": c_running,
-        "ContainersPaused": c_paused,
-        "ContainersStopped": containers.saturating_sub(c_running + c_paused),
-        "OSType": "linux",
-        "Architecture": std::env::consts::ARCH,
-        "DefaultRuntime": "hyperd",
-        "Runtimes": { "hyperd": { "path": "hyper-vmm" } },
-        "SecurityOptions": ["name=micro-vm"],
-        "Swarm": { "LocalNodeState": "inactive", "ControlAvailable": false },
-        "LoggingDriver": "json-file",
-        "CgroupDriver": "none",
-        "IndexServerAddress": "https://index.docker.io/v1/",
-        "RegistryConfig": { "InsecureRegistryCIDRs": ["127.0.0.0/8"], "IndexConfigs": {}, "Mirrors": [] },
-        "Pods": pods.len(),
-        "RunningPods": running,
-        "Pool": engine.pool_info(),
-        "Containers": containers,
-        "Images": engine.images.list().map(|l| l.len()).unwrap_or(0),
-        "DockerRootDir": engine.cfg.root,
-        "GuestKernel": engine.cfg.kernel,
-        "GuestInitrd": engine.cfg.initrd,
-        "KernelVersion": kernel.trim(),
-        "OperatingSystem": "linux",
-        "MemTotal": mem_total,
-        "NCPU": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-    }))
+    ok_json(Info {
+        id: hostname.trim().into(),
+        name: hostname.trim().into(),
+        version: crate::VERSION.into(),
+        server_version: crate::VERSION.into(),
+        api_version: crate::API_VERSION.into(),
+        driver: engine.driver.describe(),
+        containers_running: c_running,
+        containers_paused: c_paused,
+        containers_stopped: containers.saturating_sub(c_running + c_paused),
+        os_type: "linux".into(),
+        architecture: std::env::consts::ARCH.into(),
+        default_runtime: "hyperd".into(),
+        runtimes: [(
+            "hyperd".to_string(),
+            Runtime {
+                path: "hyper-vmm".into(),
+            },
+        )]
+        .into(),
+        security_options: vec!["name=micro-vm".into()],
+        swarm: Swarm {
+            local_node_state: "inactive".into(),
+            control_available: false,
+        },
+        logging_driver: "json-file".into(),
+        cgroup_driver: "none".into(),
+        index_server_address: "https://index.docker.io/v1/".into(),
+        registry_config: RegistryConfig {
+            insecure_registry_cidrs: vec!["127.0.0.0/8".into()],
+            index_configs: Default::default(),
+            mirrors: vec![],
+        },
+        pods: pods.len(),
+        running_pods: running,
+        pool: engine.pool_info(),
+        containers,
+        images: engine.images.list().map(|l| l.len()).unwrap_or(0),
+        docker_root_dir: engine.cfg.root.clone(),
+        guest_kernel: engine.cfg.kernel.clone(),
+        guest_initrd: engine.cfg.initrd.clone(),
+        kernel_version: kernel.trim().into(),
+        operating_system: "linux".into(),
+        mem_total,
+        ncpu: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+    })
 }

@@ -215,17 +215,22 @@ impl Engine {
     }
 
     /// The warm pool as `/info` shows it: sizes, idle VMs and their memory.
-    pub fn pool_info(&self) -> serde_json::Value {
+    pub fn pool_info(&self) -> hyperd_api::system::PoolInfo {
         let size = pooled_vm_size();
         let idle = self.idle_vms();
         let of_size = of_pooled_size(&idle);
-        serde_json::json!({
-            "Target": self.cfg.pool_size,
-            "MaxAgeSeconds": self.cfg.pool_max_age.as_secs(),
-            "Sizes": [{ "Vcpus": size.vcpu, "MemoryMiB": size.memory, "Idle": of_size, "Target": self.cfg.pool_size }],
-            "IdleVMs": idle.len(),
-            "IdleMemoryMiB": idle.iter().map(|(_, _, m)| u64::from(*m)).sum::<u64>(),
-        })
+        hyperd_api::system::PoolInfo {
+            target: self.cfg.pool_size,
+            max_age_seconds: self.cfg.pool_max_age.as_secs(),
+            sizes: vec![hyperd_api::system::PoolSize {
+                vcpus: size.vcpu,
+                memory_mib: size.memory,
+                idle: of_size,
+                target: self.cfg.pool_size,
+            }],
+            idle_vms: idle.len(),
+            idle_memory_mib: idle.iter().map(|(_, _, m)| u64::from(*m)).sum(),
+        }
     }
 
     /// Idle VMs: (id, vCPUs, MiB).

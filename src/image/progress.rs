@@ -1,30 +1,75 @@
 //! The JSON progress messages of pulls, pushes and loads, as Docker's jsonmessage
 //! stream: one JSON object per line, `status`, optional `id`, `progressDetail`,
 //! `progress`, and `error`/`errorDetail` for a failure.
-use serde_json::{json, Value};
+pub use hyperd_api::images::Progress;
+use hyperd_api::images::{ErrorDetail, ProgressDetail, PushAux};
 use tokio::sync::mpsc::UnboundedSender;
 
-pub type ProgressTx = UnboundedSender<Value>;
+pub type ProgressTx = UnboundedSender<Progress>;
 
-pub fn status(s: impl Into<String>) -> Value {
-    json!({ "status": s.into() })
+pub fn status(s: impl Into<String>) -> Progress {
+    Progress {
+        status: Some(s.into()),
+        ..Default::default()
+    }
 }
 
-pub fn layer(id: &str, status: &str) -> Value {
-    json!({ "status": status, "progressDetail": {}, "id": id })
+/// A status about `id` (a layer or the image).
+pub fn about(id: &str, status: impl Into<String>) -> Progress {
+    Progress {
+        status: Some(status.into()),
+        id: Some(id.to_string()),
+        ..Default::default()
+    }
 }
 
-pub fn transfer(id: &str, verb: &str, current: u64, total: u64) -> Value {
-    json!({
-        "status": verb,
-        "progressDetail": { "current": current, "total": total },
-        "progress": bar(current, total),
-        "id": id,
-    })
+pub fn layer(id: &str, status: &str) -> Progress {
+    Progress {
+        progress_detail: Some(ProgressDetail::default()),
+        ..about(id, status)
+    }
 }
 
-pub fn error(msg: &str) -> Value {
-    json!({ "errorDetail": { "message": msg }, "error": msg })
+pub fn transfer(id: &str, verb: &str, current: u64, total: u64) -> Progress {
+    Progress {
+        progress_detail: Some(ProgressDetail {
+            current: Some(current),
+            total: Some(total),
+        }),
+        progress: Some(bar(current, total)),
+        ..about(id, verb)
+    }
+}
+
+/// What a push stored: the tag, the manifest's digest and size.
+pub fn pushed(tag: &str, digest: &str, size: u64) -> Progress {
+    Progress {
+        progress_detail: Some(ProgressDetail::default()),
+        aux: Some(PushAux {
+            tag: tag.to_string(),
+            digest: digest.to_string(),
+            size,
+        }),
+        ..Default::default()
+    }
+}
+
+/// Free text, as `docker load` prints it.
+pub fn stream(text: impl Into<String>) -> Progress {
+    Progress {
+        stream: Some(text.into()),
+        ..Default::default()
+    }
+}
+
+pub fn error(msg: &str) -> Progress {
+    Progress {
+        error: Some(msg.to_string()),
+        error_detail: Some(ErrorDetail {
+            message: msg.to_string(),
+        }),
+        ..Default::default()
+    }
 }
 
 /// The short id Docker shows for a layer: 12 hex digits of its digest.
@@ -76,9 +121,17 @@ mod tests {
         assert!(b.starts_with("[============>"), "{b}");
         assert_eq!(b.find(']'), Some(51));
         assert!(bar(100, 100).starts_with(&format!("[{}]", "=".repeat(50))));
+        let t = serde_json::to_value(transfer("abc", "Downloading", 1, 2)).unwrap();
+        assert_eq!(t["progressDetail"]["total"], 2);
+        let l = serde_json::to_value(layer("abc", "Pull complete")).unwrap();
         assert_eq!(
-            transfer("abc", "Downloading", 1, 2)["progressDetail"]["total"],
-            2
+            l["progressDetail"],
+            serde_json::json!({}),
+            "Docker's empty detail"
+        );
+        assert_eq!(
+            serde_json::to_value(error("no")).unwrap(),
+            serde_json::json!({ "error": "no", "errorDetail": { "message": "no" } })
         );
     }
 }

@@ -14,7 +14,7 @@ use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::OciDistributionError;
 use oci_client::secrets::RegistryAuth;
 use oci_client::RegistryOperation;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -413,7 +413,13 @@ pub async fn pull(
     for l in resolved.manifest["layers"].as_array().into_iter().flatten() {
         pin.add(l["digest"].as_str().unwrap_or_default());
     }
-    let _ = progress.send(json!({ "status": format!("Pulling from {}", r.image.repository), "id": r.image.tag.clone().unwrap_or_else(|| r.image.digest.clone().unwrap_or_default()) }));
+    let _ = progress.send(progress::about(
+        &r.image
+            .tag
+            .clone()
+            .unwrap_or_else(|| r.image.digest.clone().unwrap_or_default()),
+        format!("Pulling from {}", r.image.repository),
+    ));
     let layers = resolved.manifest["layers"]
         .as_array()
         .cloned()
@@ -488,7 +494,10 @@ pub async fn pull(
         ));
     }
     let _ = progress.send(progress::status(format!("Digest: {}", rec.manifest_digest)));
-    let _ = progress.send(json!({ "status": format!("Status: Downloaded newer image for {}", r.image.familiar()), "id": rec.id }));
+    let _ = progress.send(progress::about(
+        &rec.id,
+        format!("Status: Downloaded newer image for {}", r.image.familiar()),
+    ));
     Ok(rec)
 }
 
@@ -552,7 +561,7 @@ pub async fn push(
         "{tag}: digest: {} size: {size}",
         rec.manifest_digest
     )));
-    let _ = progress.send(json!({ "progressDetail": {}, "aux": { "Tag": tag, "Digest": rec.manifest_digest, "Size": size } }));
+    let _ = progress.send(progress::pushed(&tag, &rec.manifest_digest, size as u64));
     Ok((rec.manifest_digest.clone(), size))
 }
 

@@ -40,7 +40,6 @@ fn check_guest_assets() {
 
 /// A binary of another workspace crate (`hyper-vmm`, `hyperctl`), built next to the test's
 /// own: `cargo test --workspace` (scripts/test.sh) builds every crate's binaries first.
-#[allow(dead_code)]
 pub fn workspace_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
@@ -124,7 +123,7 @@ impl Daemon {
     }
 
     pub fn hyperctl_with_stdin(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_hyperctl"))
+        let mut child = Command::new(workspace_binary("hyperctl"))
             .arg("-H")
             .arg(&self.socket)
             .args(args)

@@ -1,11 +1,11 @@
 //! Image commands: import, images, pull, push, tag, login, logout, load, save, rmi.
 use anyhow::{bail, Context};
 use hyper::Method;
-use hyperd::client::{enc, Client};
-use serde_json::{json, Value};
+use hyperctl::client::{enc, Client};
+use hyperd_api::error::ErrorBody;
+use hyperd_api::images::{AuthReply, ImagesList, Login, Progress};
 use std::io::Write;
 
-/// Import a root filesystem tarball (optionally gzipped) as an image.
 #[derive(clap::Args, Debug)]
 pub struct ImportArgs {
     /// The tarball; `-` reads standard input.
@@ -40,22 +40,20 @@ pub async fn import(client: &Client, args: ImportArgs) -> anyhow::Result<i32> {
         .await?;
     let text = String::from_utf8_lossy(&body);
     if !status.is_success() {
-        let msg = serde_json::from_str::<Value>(&text)
-            .ok()
-            .and_then(|v| v["message"].as_str().map(str::to_string))
+        let msg = serde_json::from_str::<ErrorBody>(&text)
+            .map(|e| e.message)
             .unwrap_or(text.to_string());
         bail!("{msg}");
     }
     let id = text
         .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter_map(|v| v["id"].as_str().map(str::to_string))
+        .filter_map(|l| serde_json::from_str::<Progress>(l).ok())
+        .filter_map(|v| v.id)
         .next_back();
     println!("{}", id.unwrap_or_default());
     Ok(0)
 }
 
-/// List images.
 #[derive(clap::Args, Debug)]
 pub struct ImagesArgs {
     /// Only print image ids.
@@ -66,33 +64,23 @@ pub struct ImagesArgs {
 /// List images.
 pub async fn images(client: &Client, args: ImagesArgs) -> anyhow::Result<i32> {
     let ImagesArgs { quiet } = args;
-    let v = client.json(Method::GET, "/images/get", None).await?;
+    let list: ImagesList = client.get("/images/get").await?;
     if !quiet {
         println!(
             "{:<40} {:<12} {:<14} {:>10}",
             "REPOSITORY", "TAG", "IMAGE ID", "SIZE"
         );
     }
-    // Each line is `repo:tag:id:created:size`; the repo may hold colons itself.
-    for line in v["imagesList"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|l| l.as_str())
-    {
-        let f: Vec<&str> = line.rsplitn(5, ':').collect();
-        if let [size, _created, id, tag, repo] = f[..] {
-            if quiet {
-                println!("{id}");
-            } else {
-                println!("{repo:<40} {tag:<12} {id:<14} {size:>10}");
-            }
+    for i in list.images() {
+        if quiet {
+            println!("{}", i.id);
+        } else {
+            println!("{:<40} {:<12} {:<14} {:>10}", i.repo, i.tag, i.id, i.size);
         }
     }
     Ok(0)
 }
 
-/// Pull an image from a registry.
 #[derive(clap::Args, Debug)]
 pub struct PullArgs {
     /// NAME[:TAG|@DIGEST]
@@ -112,12 +100,11 @@ pub async fn pull(client: &Client, args: PullArgs) -> anyhow::Result<i32> {
             "application/json",
         )
         .await?;
-    let out = hyperd::client::progress::render(resp, quiet).await?;
+    let out = hyperctl::client::progress::render(resp, quiet).await?;
     println!("{}", out.image_id.unwrap_or_default());
     Ok(0)
 }
 
-/// Push an image to a registry.
 #[derive(clap::Args, Debug)]
 pub struct PushArgs {
     /// NAME[:TAG] as it is to be named in the registry.
@@ -139,19 +126,18 @@ pub async fn push(client: &Client, args: PushArgs) -> anyhow::Result<i32> {
     let resp = client
         .send(Method::POST, &path, vec![], "application/json")
         .await?;
-    let out = hyperd::client::progress::render(resp, quiet).await?;
+    let out = hyperctl::client::progress::render(resp, quiet).await?;
     if let Some(d) = out
         .messages
         .iter()
         .rev()
-        .find_map(|m| m["aux"]["Digest"].as_str())
+        .find_map(|m| m.aux.as_ref().map(|a| a.digest.as_str()))
     {
         println!("{d}");
     }
     Ok(0)
 }
 
-/// Give an image another name.
 #[derive(clap::Args, Debug)]
 pub struct TagArgs {
     pub source: String,
@@ -180,7 +166,6 @@ pub async fn tag(client: &Client, args: TagArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// Log in to a registry; hyperd keeps the credentials for later pulls and pushes.
 #[derive(clap::Args, Debug)]
 pub struct LoginArgs {
     /// Registry (default: Docker Hub).
@@ -212,13 +197,16 @@ pub async fn login(client: &Client, args: LoginArgs) -> anyhow::Result<i32> {
         }
         _ => bail!("give the password with --password or --password-stdin"),
     };
-    let body = json!({ "username": username, "password": password, "serveraddress": server });
-    let v = client.json(Method::POST, "/auth", Some(&body)).await?;
-    println!("{}", v["Status"].as_str().unwrap_or("Login Succeeded"));
+    let body = Login {
+        username,
+        password,
+        serveraddress: server,
+    };
+    let v: AuthReply = client.call(Method::POST, "/auth", Some(&body)).await?;
+    println!("{}", v.status);
     Ok(0)
 }
 
-/// Forget the login the daemon keeps for a registry.
 #[derive(clap::Args, Debug)]
 pub struct LogoutArgs {
     /// Registry (default: Docker Hub).
@@ -229,18 +217,17 @@ pub struct LogoutArgs {
 /// Forget the login the daemon keeps for a registry.
 pub async fn logout(client: &Client, args: LogoutArgs) -> anyhow::Result<i32> {
     let LogoutArgs { server } = args;
-    let v = client
-        .json(
+    let v: AuthReply = client
+        .call(
             Method::DELETE,
             &format!("/auth?serveraddress={}", enc(&server)),
-            None,
+            None::<&()>,
         )
         .await?;
-    println!("{}", v["Status"].as_str().unwrap_or("Removed"));
+    println!("{}", v.status);
     Ok(0)
 }
 
-/// Load images from a `docker save` archive or an OCI layout tar.
 #[derive(clap::Args, Debug)]
 pub struct LoadArgs {
     /// The archive (default: standard input).
@@ -262,16 +249,15 @@ pub async fn load(client: &Client, args: LoadArgs) -> anyhow::Result<i32> {
     let resp = client
         .send(Method::POST, "/image/load", data, "application/x-tar")
         .await?;
-    let out = hyperd::client::progress::render(resp, true).await?;
+    let out = hyperctl::client::progress::render(resp, true).await?;
     for m in out.messages {
-        if let Some(s) = m["stream"].as_str() {
+        if let Some(s) = &m.stream {
             print!("{s}");
         }
     }
     Ok(0)
 }
 
-/// Save images to a tar archive (docker save format and OCI layout at once).
 #[derive(clap::Args, Debug)]
 pub struct SaveArgs {
     #[arg(required = true)]
@@ -297,8 +283,10 @@ pub async fn save(client: &Client, args: SaveArgs) -> anyhow::Result<i32> {
         )
         .await?;
     if !status.is_success() {
-        let v: Value = serde_json::from_slice(&body).unwrap_or_default();
-        bail!("{}", v["message"].as_str().unwrap_or("save failed"));
+        let e = serde_json::from_slice::<ErrorBody>(&body)
+            .map(|e| e.message)
+            .unwrap_or_else(|_| "save failed".into());
+        bail!("{e}");
     }
     match &output {
         Some(f) => std::fs::write(f, &body).with_context(|| format!("writing {f}"))?,
@@ -307,7 +295,6 @@ pub async fn save(client: &Client, args: SaveArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// Remove images.
 #[derive(clap::Args, Debug)]
 pub struct RmiArgs {
     #[arg(required = true)]

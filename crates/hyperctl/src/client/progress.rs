@@ -2,8 +2,8 @@
 //! indicatif bar per layer id, status lines for the rest. Without a terminal, plain lines.
 use super::ClientError;
 use http_body_util::BodyExt;
+use hyperd_api::images::Progress;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use serde_json::Value;
 use std::collections::HashMap;
 use std::io::IsTerminal;
 
@@ -12,7 +12,7 @@ use std::io::IsTerminal;
 pub struct Outcome {
     /// The last `id` seen on a status line that was not a layer (the image id of a pull).
     pub image_id: Option<String>,
-    pub messages: Vec<Value>,
+    pub messages: Vec<Progress>,
 }
 
 pub async fn render(
@@ -33,12 +33,13 @@ pub async fn render(
     let mut outcome = Outcome::default();
     let mut body = resp.into_body();
     let mut buf = Vec::new();
-    let mut handle = |v: Value, outcome: &mut Outcome| -> Result<(), ClientError> {
-        if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
-            return Err(ClientError::BadResponse(e.to_string()));
+    let mut handle = |v: Progress, outcome: &mut Outcome| -> Result<(), ClientError> {
+        if let Some(e) = &v.error {
+            return Err(ClientError::BadResponse(e.clone()));
         }
-        let status = v["status"].as_str().unwrap_or_default().to_string();
-        let id = v["id"].as_str().map(str::to_string);
+        let status = v.status.clone().unwrap_or_default();
+        let id = v.id.clone();
+        let detail = v.progress_detail.clone().unwrap_or_default();
         match id {
             Some(id) if id.len() == 12 => {
                 let bar = bars.entry(id.clone()).or_insert_with(|| {
@@ -47,15 +48,12 @@ pub async fn render(
                     b.set_prefix(id.clone());
                     b
                 });
-                if let (Some(cur), Some(total)) = (
-                    v["progressDetail"]["current"].as_u64(),
-                    v["progressDetail"]["total"].as_u64(),
-                ) {
+                if let (Some(cur), Some(total)) = (detail.current, detail.total) {
                     bar.set_length(total);
                     bar.set_position(cur);
                 }
                 bar.set_message(status.clone());
-                if !tty && !quiet && v["progressDetail"]["current"].is_null() {
+                if !tty && !quiet && detail.current.is_none() {
                     eprintln!("{id}: {status}");
                 }
             }
@@ -65,7 +63,7 @@ pub async fn render(
                         outcome.image_id = Some(id.clone());
                     }
                 }
-                if let Some(s) = v["stream"].as_str() {
+                if let Some(s) = &v.stream {
                     if !quiet {
                         let _ = multi.println(s.trim_end());
                         if !tty {
@@ -97,14 +95,14 @@ pub async fn render(
                 if text.trim().is_empty() {
                     continue;
                 }
-                let v: Value = serde_json::from_str(text.trim())
+                let v: Progress = serde_json::from_str(text.trim())
                     .map_err(|e| ClientError::BadResponse(format!("{e}: {text}")))?;
                 handle(v, &mut outcome)?;
             }
         }
     }
     if !buf.iter().all(u8::is_ascii_whitespace) {
-        let v: Value =
+        let v: Progress =
             serde_json::from_slice(&buf).map_err(|e| ClientError::BadResponse(e.to_string()))?;
         handle(v, &mut outcome)?;
     }

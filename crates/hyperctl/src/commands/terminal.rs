@@ -1,7 +1,7 @@
 //! The terminal side of attach, exec and run: copying a hijacked stream to and from
 //! the terminal, raw mode, window sizes.
 use hyper::Method;
-use hyperd::client::{parse_stdcopy, Client};
+use hyperctl::client::{parse_stdcopy, Client};
 use std::io::Write;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// or raw with a tty, the terminal in raw mode meanwhile) and, with `stdin`, standard
 /// input to the connection. Returns when the daemon closes the connection.
 pub(crate) async fn pump(
-    conn: hyperd::client::Hijacked,
+    conn: hyperctl::client::Hijacked,
     tty: bool,
     stdin: bool,
 ) -> anyhow::Result<()> {

@@ -1,9 +1,10 @@
 //! Pod commands: run, create, list, inspect, start, stop, rm, pause, unpause.
-use crate::{containers::*, terminal::*};
+use crate::commands::{containers::*, terminal::*};
 use anyhow::{bail, Context};
 use hyper::Method;
-use hyperd::client::{enc, Client};
-use serde_json::Value;
+use hyperctl::client::{enc, Client};
+use hyperd_api::pods::{ListReply, PodInfo, PodReply};
+use hyperd_api::spec::PodSpec;
 
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
@@ -49,7 +50,6 @@ pub struct RunArgs {
     pub command: Vec<String>,
 }
 
-/// Create a pod from a pod file (hyperd's pod JSON) without starting it.
 #[derive(clap::Args, Debug)]
 pub struct CreateArgs {
     /// The pod file; `-` reads standard input.
@@ -65,15 +65,15 @@ pub async fn create(client: &Client, args: CreateArgs) -> anyhow::Result<i32> {
     } else {
         std::fs::read_to_string(&podfile).with_context(|| format!("reading {podfile}"))?
     };
-    let spec: Value = serde_json::from_str(&text).with_context(|| format!("parsing {podfile}"))?;
-    let v = client
-        .json(Method::POST, "/pod/create", Some(&spec))
+    let spec: PodSpec =
+        serde_json::from_str(&text).with_context(|| format!("parsing {podfile}"))?;
+    let created: PodReply = client
+        .call(Method::POST, "/pod/create", Some(&spec))
         .await?;
-    println!("{}", v["ID"].as_str().unwrap_or_default());
+    println!("{}", created.id);
     Ok(0)
 }
 
-/// List pods, containers or VMs.
 #[derive(clap::Args, Debug)]
 pub struct ListArgs {
     /// pod, container or vm.
@@ -90,7 +90,6 @@ pub async fn list(client: &Client, args: ListArgs) -> anyhow::Result<i32> {
     list_items(client, &item, quiet).await
 }
 
-/// Show a pod's details as JSON.
 #[derive(clap::Args, Debug)]
 pub struct InspectArgs {
     pub pod: String,
@@ -99,46 +98,57 @@ pub struct InspectArgs {
 /// Show a pod's details as JSON.
 pub async fn inspect(client: &Client, args: InspectArgs) -> anyhow::Result<i32> {
     let InspectArgs { pod } = args;
-    let v = client
-        .json(
-            Method::GET,
-            &format!("/pod/info?podName={}", enc(&pod)),
-            None,
-        )
+    let info: PodInfo = client
+        .get(&format!("/pod/info?podName={}", enc(&pod)))
         .await?;
-    println!("{}", serde_json::to_string_pretty(&v)?);
+    println!("{}", serde_json::to_string_pretty(&info)?);
     Ok(0)
 }
 
-/// Start a created or stopped pod (or, with -c, one of its containers).
+/// A pod by id or name, or with `-c` one container: what start and stop act on.
 #[derive(clap::Args, Debug)]
-pub struct StartArgs {
+pub struct PodOrContainer {
     pub pod: Option<String>,
     /// A container instead of a pod.
     #[arg(short = 'c', long = "container")]
     pub container: Option<String>,
 }
 
+impl PodOrContainer {
+    /// The route for the target (`pod_route` with `podId=`, `container_route` with
+    /// `container=`, then `extra`) and its name.
+    fn route(
+        self,
+        pod_route: &str,
+        container_route: &str,
+        extra: &str,
+    ) -> anyhow::Result<(String, String)> {
+        match (self.container, self.pod) {
+            (Some(c), _) => Ok((format!("{container_route}?container={}{extra}", enc(&c)), c)),
+            (None, Some(p)) => Ok((format!("{pod_route}?podId={}{extra}", enc(&p)), p)),
+            (None, None) => anyhow::bail!("name a pod, or a container with -c"),
+        }
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct StartArgs {
+    #[command(flatten)]
+    pub target: PodOrContainer,
+}
+
 /// Start a created or stopped pod (or, with -c, one of its containers).
 pub async fn start(client: &Client, args: StartArgs) -> anyhow::Result<i32> {
-    let StartArgs { pod, container } = args;
-    let (path, name) = match (container, pod) {
-        (Some(c), _) => (format!("/container/start?container={}", enc(&c)), c),
-        (None, Some(p)) => (format!("/pod/start?podId={}", enc(&p)), p),
-        (None, None) => anyhow::bail!("name a pod, or a container with -c"),
-    };
+    let (path, name) = args.target.route("/pod/start", "/container/start", "")?;
     client.json(Method::POST, &path, None).await?;
     println!("{name}");
     Ok(0)
 }
 
-/// Stop a running pod: each container gets its stop signal, SIGKILL after the
 #[derive(clap::Args, Debug)]
 pub struct StopArgs {
-    pub pod: Option<String>,
-    /// A container instead of a pod.
-    #[arg(short = 'c', long = "container")]
-    pub container: Option<String>,
+    #[command(flatten)]
+    pub target: PodOrContainer,
     /// Seconds to wait after the stop signal before SIGKILL.
     #[arg(short = 't', long = "time", default_value_t = 10)]
     pub time: u64,
@@ -147,28 +157,18 @@ pub struct StopArgs {
 /// Stop a running pod: each container gets its stop signal, SIGKILL after the
 /// grace time, then the VM is shut down (with -c, one container only).
 pub async fn stop(client: &Client, args: StopArgs) -> anyhow::Result<i32> {
-    let StopArgs {
-        pod,
-        container,
-        time,
-    } = args;
-    let (path, name) = match (container, pod) {
-        (Some(c), _) => (
-            format!("/container/stop?container={}&time={time}", enc(&c)),
-            c,
-        ),
-        (None, Some(p)) => (
-            format!("/pod/stop?podId={}&stopVM=yes&time={time}", enc(&p)),
-            p,
-        ),
-        (None, None) => anyhow::bail!("name a pod, or a container with -c"),
-    };
+    let StopArgs { target, time } = args;
+    // A pod stop also powers its VM off (`stopVM=yes`); a container stop ignores it.
+    let (path, name) = target.route(
+        "/pod/stop",
+        "/container/stop",
+        &format!("&stopVM=yes&time={time}"),
+    )?;
     client.json(Method::POST, &path, None).await?;
     println!("{name}");
     Ok(0)
 }
 
-/// Remove pods (running ones are stopped first), or with -c containers.
 #[derive(clap::Args, Debug)]
 pub struct RmArgs {
     pub pods: Vec<String>,
@@ -209,7 +209,6 @@ pub async fn rm(client: &Client, args: RmArgs) -> anyhow::Result<i32> {
     Ok(code)
 }
 
-/// Freeze a running pod's VM.
 #[derive(clap::Args, Debug)]
 pub struct PauseArgs {
     pub pod: String,
@@ -229,7 +228,6 @@ pub async fn pause(client: &Client, args: PauseArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// Thaw a paused pod's VM.
 #[derive(clap::Args, Debug)]
 pub struct UnpauseArgs {
     pub pod: String,
@@ -250,20 +248,16 @@ pub async fn unpause(client: &Client, args: UnpauseArgs) -> anyhow::Result<i32> 
 }
 
 pub(crate) async fn list_items(client: &Client, item: &str, quiet: bool) -> anyhow::Result<i32> {
-    let v = client
-        .json(Method::GET, &format!("/list?item={}", enc(item)), None)
-        .await?;
-    let (key, header) = match item {
-        "pod" => ("podData", vec!["POD ID", "POD Name", "VM name", "Status"]),
-        "container" => ("cData", vec!["Container ID", "Name", "POD ID", "Status"]),
-        "vm" => ("vmData", vec!["VM name", "POD ID", "Status"]),
+    let header = match item {
+        "pod" => vec!["POD ID", "POD Name", "VM name", "Status"],
+        "container" => vec!["Container ID", "Name", "POD ID", "Status"],
+        "vm" => vec!["VM name", "POD ID", "Status"],
         other => bail!("unknown item {other}: pod, container or vm"),
     };
-    let rows: Vec<Vec<String>> = v[key]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|l| l.as_str())
+    let list: ListReply = client.get(&format!("/list?item={}", enc(item))).await?;
+    let rows: Vec<Vec<String>> = list
+        .lines()
+        .iter()
         .map(|l| l.split(':').map(str::to_string).collect())
         .collect();
     if quiet {
@@ -297,7 +291,7 @@ pub(crate) async fn list_items(client: &Client, item: &str, quiet: bool) -> anyh
     Ok(0)
 }
 
-pub(crate) fn pod_spec(args: &RunArgs) -> anyhow::Result<Value> {
+pub(crate) fn pod_spec(args: &RunArgs) -> anyhow::Result<PodSpec> {
     if let Some(file) = &args.podfile {
         let text = std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?;
         return serde_json::from_str(&text).with_context(|| format!("parsing {file}"));
@@ -309,9 +303,9 @@ pub(crate) fn pod_spec(args: &RunArgs) -> anyhow::Result<Value> {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
         (k.to_string(), v.to_string())
     };
-    let spec = hyperd::spec::PodSpec {
+    let spec = hyperd_api::spec::PodSpec {
         id: args.name.clone().unwrap_or_default(),
-        containers: vec![hyperd::spec::ContainerSpec {
+        containers: vec![hyperd_api::spec::ContainerSpec {
             image: image.clone(),
             command: args.command.clone(),
             entrypoint: args.entrypoint.iter().cloned().collect(),
@@ -320,13 +314,13 @@ pub(crate) fn pod_spec(args: &RunArgs) -> anyhow::Result<Value> {
                 .env
                 .iter()
                 .map(pair)
-                .map(|(env, value)| hyperd::spec::EnvVar { env, value })
+                .map(|(env, value)| hyperd_api::spec::EnvVar { env, value })
                 .collect(),
             tty: args.tty,
             restart_policy: args.restart.clone(),
             ..Default::default()
         }],
-        resource: hyperd::spec::Resource {
+        resource: hyperd_api::spec::Resource {
             vcpu: args.cpu,
             memory: args.memory,
             ..Default::default()
@@ -334,18 +328,15 @@ pub(crate) fn pod_spec(args: &RunArgs) -> anyhow::Result<Value> {
         labels: args.label.iter().map(pair).collect(),
         ..Default::default()
     };
-    Ok(serde_json::to_value(&spec)?)
+    Ok(spec)
 }
 
 pub(crate) async fn run_pod(client: &Client, args: RunArgs) -> anyhow::Result<i32> {
     let spec = pod_spec(&args)?;
-    let created = client
-        .json(Method::POST, "/pod/create", Some(&spec))
+    let created: PodReply = client
+        .call(Method::POST, "/pod/create", Some(&spec))
         .await?;
-    let pod_id = created["ID"]
-        .as_str()
-        .context("no pod id in answer")?
-        .to_string();
+    let pod_id = created.id;
     if args.detach {
         client
             .json(
@@ -357,19 +348,17 @@ pub(crate) async fn run_pod(client: &Client, args: RunArgs) -> anyhow::Result<i3
         println!("{pod_id}");
         return Ok(0);
     }
-    let info = client
-        .json(
-            Method::GET,
-            &format!("/pod/info?podName={}", enc(&pod_id)),
-            None,
-        )
+    let info: PodInfo = client
+        .get(&format!("/pod/info?podName={}", enc(&pod_id)))
         .await?;
-    let container = info["status"]["containerStatus"][0]["containerID"]
-        .as_str()
+    let container = info
+        .status
+        .container_status
+        .first()
         .context("pod has no container")?
-        .to_string();
-    let tty = info["status"]["containerStatus"][0].is_object()
-        && spec["containers"][0]["tty"].as_bool().unwrap_or(false);
+        .container_id
+        .clone();
+    let tty = spec.containers.first().is_some_and(|c| c.tty);
     let stdin = args.interactive || args.tty;
     let attach_path = format!(
         "/attach?container={}&stdin={}&stdout=1&stderr=1",

@@ -1,14 +1,11 @@
-//! hyperctl: hyperd's command-line client. The commands live in one module per group:
-//! [`pods`], [`containers`], [`images`], [`system`]; [`terminal`] is the terminal side
-//! of attach, exec and run.
-mod containers;
-mod images;
-mod pods;
-mod system;
-mod terminal;
+//! hyperctl: hyperd's command-line client. The commands live in one module per group
+//! under [`commands`]; the typed client is this crate's library (`hyperctl::client`).
+mod commands;
+
+use commands::{containers, images, pods, system};
 
 use clap::{Parser, Subcommand};
-use hyperd::client::{Client, ClientError};
+use hyperctl::client::{Client, ClientError};
 
 #[derive(Parser, Debug)]
 #[command(

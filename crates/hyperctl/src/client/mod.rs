@@ -119,6 +119,30 @@ impl Client {
         serde_json::from_slice(&bytes).map_err(|e| ClientError::BadResponse(e.to_string()))
     }
 
+    /// Sends a request with an optional JSON body and parses the answer as `T` (one of
+    /// `hyperd_api`'s models); a non-2xx status is an error carrying the daemon's message.
+    pub async fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&impl serde::Serialize>,
+    ) -> Result<T, ClientError> {
+        let body = match body {
+            Some(b) => {
+                serde_json::to_vec(b).map_err(|e| ClientError::BadResponse(e.to_string()))?
+            }
+            None => Vec::new(),
+        };
+        let (status, bytes) = self.raw(method, path, body, "application/json").await?;
+        check(status, &bytes)?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::BadResponse(e.to_string()))
+    }
+
+    /// `GET path`, parsed as `T`.
+    pub async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.call(Method::GET, path, None::<&()>).await
+    }
+
     /// Opens a hijacked connection (`Upgrade: tcp`).
     pub async fn hijack(
         &self,
@@ -149,14 +173,9 @@ fn check(status: StatusCode, body: &[u8]) -> Result<(), ClientError> {
     if status.is_success() {
         return Ok(());
     }
-    let message = serde_json::from_slice::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| {
-            v.get("message")
-                .and_then(|m| m.as_str())
-                .map(str::to_string)
-        })
-        .unwrap_or_else(|| String::from_utf8_lossy(body).trim().to_string());
+    let message = serde_json::from_slice::<hyperd_api::error::ErrorBody>(body)
+        .map(|e| e.message)
+        .unwrap_or_else(|_| String::from_utf8_lossy(body).trim().to_string());
     Err(ClientError::Api { status, message })
 }
 
@@ -167,32 +186,4 @@ pub fn enc(v: &str) -> String {
 
 /// Splits a stdcopy stream into (stream type, payload) frames; returns the frames and
 /// how many bytes were consumed.
-pub fn parse_stdcopy(buf: &[u8]) -> (Vec<(u8, &[u8])>, usize) {
-    let mut frames = Vec::new();
-    let mut pos = 0;
-    while buf.len() - pos >= 8 {
-        let len =
-            u32::from_be_bytes([buf[pos + 4], buf[pos + 5], buf[pos + 6], buf[pos + 7]]) as usize;
-        if buf.len() - pos - 8 < len {
-            break;
-        }
-        frames.push((buf[pos], &buf[pos + 8..pos + 8 + len]));
-        pos += 8 + len;
-    }
-    (frames, pos)
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn parses_partial_stdcopy() {
-        let mut b = crate::api::attach::stdcopy_frame(1, b"hello");
-        b.extend(crate::api::attach::stdcopy_frame(2, b"err"));
-        let (f, used) = super::parse_stdcopy(&b[..b.len() - 1]);
-        assert_eq!(f, vec![(1, &b"hello"[..])]);
-        assert_eq!(used, 13);
-        let (f, used) = super::parse_stdcopy(&b);
-        assert_eq!(f.len(), 2);
-        assert_eq!(used, b.len());
-    }
-}
+pub use hyperd_api::stdcopy::parse as parse_stdcopy;

@@ -1,9 +1,10 @@
 //! hyperd's pod spec (the JSON of `POST /pod/create` and `hyperctl run -p`), with the
 //! validation rules of hyperd's `types/validate.go` that apply so far.
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, JsonSchema)]
 pub struct PodSpec {
     #[serde(default)]
     pub id: String,
@@ -34,7 +35,7 @@ pub struct PodSpec {
 }
 
 /// A file of the pod, by name, with its content.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, JsonSchema)]
 pub struct PodFile {
     pub name: String,
     /// `raw` (default) or `base64`.
@@ -63,7 +64,7 @@ impl PodFile {
 }
 
 /// Where a pod file goes in a container.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, JsonSchema)]
 pub struct ContainerFile {
     /// The pod file's name.
     pub filename: String,
@@ -86,7 +87,7 @@ impl ContainerFile {
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, JsonSchema)]
 pub struct Port {
     #[serde(default, rename = "containerPort")]
     pub container_port: u32,
@@ -96,7 +97,7 @@ pub struct Port {
     pub protocol: String,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, JsonSchema)]
 pub struct ContainerSpec {
     #[serde(default)]
     pub name: String,
@@ -186,14 +187,14 @@ impl ContainerSpec {
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, JsonSchema)]
 pub struct EnvVar {
     pub env: String,
     #[serde(default)]
     pub value: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, JsonSchema)]
 pub struct Resource {
     #[serde(default = "default_vcpu")]
     pub vcpu: u32,
@@ -213,7 +214,7 @@ fn is_zero(v: &u32) -> bool {
 }
 
 /// Token-bucket limits on a VM's disk I/O.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, JsonSchema)]
 pub struct DiskLimits {
     #[serde(default, rename = "readBps")]
     pub read_bps: u64,

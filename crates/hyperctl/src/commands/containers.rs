@@ -1,12 +1,13 @@
 //! Container and process commands: exec, attach, logs, kill.
-use crate::terminal::*;
+use crate::commands::terminal::*;
 use anyhow::{bail, Context};
 use hyper::Method;
-use hyperd::client::{enc, parse_stdcopy, Client, ClientError};
-use serde_json::json;
+use hyperctl::client::{enc, parse_stdcopy, Client, ClientError};
+use hyperd_api::containers::{ContainerInfo, ExecCommand, ExecCreate};
+use hyperd_api::pods::{ExitCodeReply, PodInfo};
+use hyperd_api::IdReply;
 use std::io::Write;
 
-/// Run a command in a running container (or a pod's first container).
 #[derive(clap::Args, Debug)]
 pub struct ExecArgs {
     /// Give the command a terminal.
@@ -34,13 +35,16 @@ pub async fn exec(client: &Client, args: ExecArgs) -> anyhow::Result<i32> {
         command,
     } = args;
     let container = resolve_container(client, &target).await?;
-    let body = json!({ "container": container.0, "command": command, "tty": tty });
+    let body = ExecCreate {
+        container: container.0,
+        command: ExecCommand::Args(command),
+        tty,
+        ..Default::default()
+    };
     let id = client
-        .json(Method::POST, "/exec/create", Some(&body))
-        .await?["ID"]
-        .as_str()
-        .context("no exec id")?
-        .to_string();
+        .call::<IdReply>(Method::POST, "/exec/create", Some(&body))
+        .await?
+        .id;
     if detach {
         client
             .json(
@@ -69,7 +73,6 @@ pub async fn exec(client: &Client, args: ExecArgs) -> anyhow::Result<i32> {
     exit_code(client, &format!("exec={id}")).await
 }
 
-/// Attach to a running container's output (and input with -i).
 #[derive(clap::Args, Debug)]
 pub struct AttachArgs {
     #[arg(short, long)]
@@ -101,7 +104,6 @@ pub async fn attach(client: &Client, args: AttachArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// Print a container's output.
 #[derive(clap::Args, Debug)]
 pub struct LogsArgs {
     #[arg(short, long)]
@@ -170,7 +172,6 @@ pub async fn logs(client: &Client, args: LogsArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// Send a signal to a pod's containers (or one container).
 #[derive(clap::Args, Debug)]
 pub struct KillArgs {
     #[arg(short, long, default_value = "KILL")]
@@ -218,33 +219,22 @@ pub(crate) async fn resolve_container(
     target: &str,
 ) -> anyhow::Result<(String, bool)> {
     match client
-        .json(
-            Method::GET,
-            &format!("/container/info?container={}", enc(target)),
-            None,
-        )
+        .get::<ContainerInfo>(&format!("/container/info?container={}", enc(target)))
         .await
     {
-        Ok(v) => Ok((
-            v["containerID"].as_str().unwrap_or(target).to_string(),
-            v["tty"].as_bool().unwrap_or(false),
-        )),
+        Ok(c) => Ok((c.container_id, c.tty)),
         Err(ClientError::Api { status, .. }) if status == hyper::StatusCode::NOT_FOUND => {
-            let info = client
-                .json(
-                    Method::GET,
-                    &format!("/pod/info?podName={}", enc(target)),
-                    None,
-                )
+            let info: PodInfo = client
+                .get(&format!("/pod/info?podName={}", enc(target)))
                 .await?;
-            let c = &info["status"]["containerStatus"][0];
-            let id = c["containerID"]
-                .as_str()
+            let id = info
+                .status
+                .container_status
+                .first()
                 .context("pod has no container")?
-                .to_string();
-            let tty = info["spec"]["containers"][0]["tty"]
-                .as_bool()
-                .unwrap_or(false);
+                .container_id
+                .clone();
+            let tty = info.spec.containers.first().is_some_and(|c| c.tty);
             Ok((id, tty))
         }
         Err(e) => Err(e.into()),
@@ -256,8 +246,8 @@ pub(crate) async fn resolve_container(
 pub(crate) async fn exit_code(client: &Client, target: &str) -> anyhow::Result<i32> {
     let path = format!("/exitcode?{target}");
     for _ in 0..100 {
-        match client.json(Method::GET, &path, None).await {
-            Ok(v) => return Ok(v["ExitCode"].as_i64().unwrap_or(255) as i32),
+        match client.get::<ExitCodeReply>(&path).await {
+            Ok(v) => return Ok(v.exit_code),
             Err(ClientError::Api { status, .. }) if status == hyper::StatusCode::CONFLICT => {
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await
             }
