@@ -65,10 +65,20 @@ pub struct VmHandle {
     id: String,
     dir: PathBuf,
     pid: u32,
-    /// Refers to the process itself, not its number: kills never hit a recycled pid.
-    pidfd: OwnedFd,
-    control: Option<ControlSocket>,
-    process: tokio::sync::Mutex<Process>,
+    backend: Backend,
+}
+
+/// What a handle drives: a VM process, or (in the engine's unit tests) a fake VM.
+#[cfg_attr(test, allow(clippy::large_enum_variant))]
+enum Backend {
+    Process {
+        /// Refers to the process itself, not its number: kills never hit a recycled pid.
+        pidfd: OwnedFd,
+        control: Option<ControlSocket>,
+        process: tokio::sync::Mutex<Process>,
+    },
+    #[cfg(test)]
+    Fake(std::sync::Arc<super::fake::FakeVm>),
 }
 
 fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
@@ -113,9 +123,11 @@ impl VmHandle {
             id: id.to_string(),
             dir: dir.to_path_buf(),
             pid,
-            pidfd: pidfd_open(pid)?,
-            control,
-            process: tokio::sync::Mutex::new(Process::Child(child)),
+            backend: Backend::Process {
+                pidfd: pidfd_open(pid)?,
+                control,
+                process: tokio::sync::Mutex::new(Process::Child(child)),
+            },
         })
     }
 
@@ -141,10 +153,23 @@ impl VmHandle {
             id: id.to_string(),
             dir: dir.to_path_buf(),
             pid,
-            pidfd,
-            control: ControlSocket::find(dir),
-            process: tokio::sync::Mutex::new(Process::Adopted(watch)),
+            backend: Backend::Process {
+                pidfd,
+                control: ControlSocket::find(dir),
+                process: tokio::sync::Mutex::new(Process::Adopted(watch)),
+            },
         })
+    }
+
+    /// The handle of a fake VM (engine unit tests).
+    #[cfg(test)]
+    pub(crate) fn fake(id: &str, dir: &Path, vm: std::sync::Arc<super::fake::FakeVm>) -> VmHandle {
+        VmHandle {
+            id: id.to_string(),
+            dir: dir.to_path_buf(),
+            pid: 0,
+            backend: Backend::Fake(vm),
+        }
     }
 
     /// Kills the VM process a previous daemon left in `dir` (its `pid` file), if it is
@@ -182,6 +207,10 @@ impl VmHandle {
 
     /// Freezes the guest's vCPUs.
     pub async fn pause(&self) -> Result<(), VmError> {
+        #[cfg(test)]
+        if let Backend::Fake(vm) = &self.backend {
+            return vm.set_paused(true);
+        }
         match self.control()? {
             ControlSocket::Vmm(p) => self.vmm_call(p, &Request::Pause).await.map(drop),
             ControlSocket::Qmp(p) => Qmp::connect(p).await?.execute("stop").await.map(drop),
@@ -190,6 +219,10 @@ impl VmHandle {
 
     /// Lets a paused guest run again.
     pub async fn resume(&self) -> Result<(), VmError> {
+        #[cfg(test)]
+        if let Backend::Fake(vm) = &self.backend {
+            return vm.set_paused(false);
+        }
         match self.control()? {
             ControlSocket::Vmm(p) => self.vmm_call(p, &Request::Resume).await.map(drop),
             ControlSocket::Qmp(p) => Qmp::connect(p).await?.execute("cont").await.map(drop),
@@ -198,6 +231,10 @@ impl VmHandle {
 
     /// What the VM's monitor says it is doing.
     pub async fn status(&self) -> Result<VmStatus, VmError> {
+        #[cfg(test)]
+        if let Backend::Fake(vm) = &self.backend {
+            return Ok(vm.status());
+        }
         if !process_alive(self.pid) {
             return Ok(VmStatus::Stopped);
         }
@@ -226,6 +263,10 @@ impl VmHandle {
     /// cleanly is the agent's `shutdown`, which the engine tries first.
     pub async fn stop(&self, within: Duration) {
         let ask = async {
+            #[cfg(test)]
+            if let Backend::Fake(vm) = &self.backend {
+                return vm.monitor_stop();
+            }
             match self.control()? {
                 ControlSocket::Vmm(p) => self.vmm_call(p, &Request::Stop).await.map(drop),
                 ControlSocket::Qmp(p) => Qmp::connect(p).await?.execute("quit").await.map(drop),
@@ -242,22 +283,33 @@ impl VmHandle {
 
     /// SIGKILL to the VM process, through its pidfd.
     pub fn kill(&self) {
-        // SAFETY: pidfd_send_signal reads only its integer arguments; the pidfd is open
-        // for the life of `self`, and a null siginfo is allowed.
-        let _ = unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                self.pidfd.as_raw_fd(),
-                libc::SIGKILL,
-                std::ptr::null::<libc::siginfo_t>(),
-                0,
-            )
-        };
+        match &self.backend {
+            Backend::Process { pidfd, .. } => {
+                // SAFETY: pidfd_send_signal reads only its integer arguments; the pidfd
+                // is open for the life of `self`, and a null siginfo is allowed.
+                let _ = unsafe {
+                    libc::syscall(
+                        libc::SYS_pidfd_send_signal,
+                        pidfd.as_raw_fd(),
+                        libc::SIGKILL,
+                        std::ptr::null::<libc::siginfo_t>(),
+                        0,
+                    )
+                };
+            }
+            #[cfg(test)]
+            Backend::Fake(vm) => vm.kill(),
+        }
     }
 
     /// Waits until the VM process has exited (cancel-safe); describes how.
     pub async fn wait(&self) -> String {
-        let mut p = self.process.lock().await;
+        let process = match &self.backend {
+            Backend::Process { process, .. } => process,
+            #[cfg(test)]
+            Backend::Fake(vm) => return vm.wait().await,
+        };
+        let mut p = process.lock().await;
         match &mut *p {
             Process::Child(c) => format!("{:?}", c.wait().await),
             Process::Adopted(fd) => {
@@ -269,7 +321,11 @@ impl VmHandle {
 
     /// Whether the VM process is still there.
     pub fn is_alive(&self) -> bool {
-        process_alive(self.pid)
+        match &self.backend {
+            Backend::Process { .. } => process_alive(self.pid),
+            #[cfg(test)]
+            Backend::Fake(vm) => vm.status() != VmStatus::Stopped,
+        }
     }
 
     /// The VM process's memory and CPU time, from /proc.
@@ -308,7 +364,12 @@ impl VmHandle {
     }
 
     fn control(&self) -> Result<&ControlSocket, VmError> {
-        self.control.as_ref().ok_or_else(|| {
+        let control = match &self.backend {
+            Backend::Process { control, .. } => control,
+            #[cfg(test)]
+            Backend::Fake(_) => &None,
+        };
+        control.as_ref().ok_or_else(|| {
             VmError::Control(format!(
                 "VM {} has no control socket (started by an older hyperd)",
                 self.id

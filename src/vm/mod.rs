@@ -4,6 +4,8 @@
 //! ([`agent::AgentClient`]). Two drivers: hyperd's own VMM ([`hyper_vmm`], KVM only) and
 //! qemu's `microvm` machine ([`qemu`], KVM or TCG). [`Driver::select`] picks one.
 pub mod agent;
+#[cfg(test)]
+pub mod fake;
 pub mod handle;
 pub mod host;
 pub mod hyper_vmm;
@@ -67,6 +69,9 @@ impl VmConfig {
 pub enum Driver {
     Vmm(hyper_vmm::VmmDriver),
     Qemu(qemu::QemuDriver),
+    /// VMs without a guest, for the engine's unit tests.
+    #[cfg(test)]
+    Fake(fake::FakeDriver),
 }
 
 impl Driver {
@@ -99,6 +104,8 @@ impl Driver {
         match self {
             Driver::Vmm(_) => "hyper-vmm".to_string(),
             Driver::Qemu(q) => format!("qemu-{}", q.accel.as_str()),
+            #[cfg(test)]
+            Driver::Fake(_) => "fake".to_string(),
         }
     }
 
@@ -107,6 +114,8 @@ impl Driver {
         match self {
             Driver::Vmm(v) => v.boot(cfg).await,
             Driver::Qemu(q) => q.boot(cfg).await,
+            #[cfg(test)]
+            Driver::Fake(f) => f.boot(cfg).await,
         }
     }
 }
