@@ -35,10 +35,14 @@ impl ApiError {
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
         let status = match &e {
-            EngineError::NotFound(_) => StatusCode::NOT_FOUND,
-            EngineError::Conflict(_) => StatusCode::CONFLICT,
-            EngineError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            EngineError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            EngineError::NoSuch(_) => StatusCode::NOT_FOUND,
+            EngineError::WrongState(_) | EngineError::GuestRefused(_) => StatusCode::CONFLICT,
+            EngineError::Invalid(_) => StatusCode::BAD_REQUEST,
+            EngineError::GuestFailed(_)
+            | EngineError::Agent(_)
+            | EngineError::Vm(_)
+            | EngineError::Store(_)
+            | EngineError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             EngineError::Image(e) => image_status(e),
         };
         ApiError::new(status, e.to_string())

@@ -25,7 +25,7 @@ pub async fn create(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
     if json.is_empty() {
         return Err(ApiError::bad_request("missing pod spec (JSON body)"));
     }
-    let mut spec = PodSpec::parse(&json).map_err(ApiError::bad_request)?;
+    let mut spec = PodSpec::parse(&json).map_err(|e| ApiError::bad_request(e.0))?;
     spec.auto_remove |= super::http::flag(&q, "autoremove");
     let pod = engine.create_pod(spec)?;
     reply(&pod.id)

@@ -119,7 +119,7 @@ async fn main() -> anyhow::Result<()> {
             anyhow::bail!("{what} {} not found: build it with {how}", path.display());
         }
     }
-    let driver = Driver::select(&cfg.driver, &cfg.accel).map_err(anyhow::Error::msg)?;
+    let driver = Driver::select(&cfg.driver, &cfg.accel)?;
     tracing::info!("VM driver: {}", driver.describe());
     hyperd::root_dir::private_umask();
     let tightened = hyperd::root_dir::prepare(&cfg.root)

@@ -26,14 +26,14 @@ impl Engine {
         pod_key: &str,
         spec: ContainerSpec,
     ) -> Result<(Arc<Pod>, Arc<Container>), EngineError> {
-        spec.validate().map_err(EngineError::BadRequest)?;
+        spec.validate()?;
         let pod = self.pod(pod_key)?;
         let image = self.images.resolve(&spec.image)?;
         let process = process_for(&spec, &image)?;
         let _op = pod.op.lock().await;
         let stream = pod.containers().iter().map(|c| c.stream).max().unwrap_or(0) + 1;
         if stream >= FIRST_EXEC_STREAM {
-            return Err(EngineError::Conflict(format!(
+            return Err(EngineError::WrongState(format!(
                 "pod {} has too many containers",
                 pod.id
             )));
@@ -53,7 +53,7 @@ impl Engine {
             spec.name.clone()
         };
         if self.name_taken(&name) {
-            return Err(EngineError::Conflict(format!(
+            return Err(EngineError::WrongState(format!(
                 "a container named {name} already exists"
             )));
         }
@@ -81,14 +81,14 @@ impl Engine {
         let vm = match (pod.phase(), pod.vm()) {
             (PodPhase::Running, Some(vm)) => vm,
             _ => {
-                return Err(EngineError::Conflict(format!(
+                return Err(EngineError::WrongState(format!(
                     "pod {} is not running; start the pod",
                     pod.id
                 )))
             }
         };
         if *c.io.state().borrow() == IoState::Running {
-            return Err(EngineError::Conflict(format!(
+            return Err(EngineError::WrongState(format!(
                 "container {} is already running",
                 c.name()
             )));
@@ -121,10 +121,7 @@ impl Engine {
         if let Err(e) = vm.agent.call(op, AGENT_TIMEOUT).await {
             mark_exited(&c.io, &c.status, 127);
             self.persist_in_background(&pod);
-            return Err(EngineError::BadRequest(format!(
-                "container {}: {e}",
-                c.name()
-            )));
+            return Err(EngineError::Invalid(format!("container {}: {e}", c.name())));
         }
         self.persist(&pod)?;
         Ok(c)
@@ -166,7 +163,7 @@ impl Engine {
                 return Ok(c);
             }
         }
-        Err(EngineError::Internal(format!(
+        Err(EngineError::GuestFailed(format!(
             "container {} did not stop",
             c.name()
         )))
@@ -177,7 +174,7 @@ impl Engine {
         let (pod, c) = self.container(key)?;
         let _op = pod.op.lock().await;
         if *c.io.state().borrow() == IoState::Running {
-            return Err(EngineError::Conflict(format!(
+            return Err(EngineError::WrongState(format!(
                 "container {} is running; stop it first",
                 c.name()
             )));
@@ -197,13 +194,13 @@ impl Engine {
         new_name: &str,
     ) -> Result<Arc<Container>, EngineError> {
         if !valid_name(new_name) {
-            return Err(EngineError::BadRequest(format!(
+            return Err(EngineError::Invalid(format!(
                 "invalid container name {new_name:?}"
             )));
         }
         let (pod, c) = self.container(key)?;
         if c.name() != new_name && self.name_taken(new_name) {
-            return Err(EngineError::Conflict(format!(
+            return Err(EngineError::WrongState(format!(
                 "a container named {new_name} already exists"
             )));
         }

@@ -46,7 +46,7 @@ pub fn parse_signal(s: &str) -> Result<i32, EngineError> {
         "CONT" => libc::SIGCONT,
         "WINCH" => libc::SIGWINCH,
         "ALRM" => libc::SIGALRM,
-        _ => return Err(EngineError::BadRequest(format!("unknown signal {s:?}"))),
+        _ => return Err(EngineError::Invalid(format!("unknown signal {s:?}"))),
     };
     Ok(n)
 }
@@ -87,10 +87,11 @@ impl Pod {
     fn running_agent(&self) -> Result<crate::vm::agent::AgentClient, EngineError> {
         match (self.phase(), self.vm()) {
             (PodPhase::Running, Some(vm)) => Ok(vm.agent.clone()),
-            (PodPhase::Paused, _) => {
-                Err(EngineError::Conflict(format!("pod {} is paused", self.id)))
-            }
-            _ => Err(EngineError::Conflict(format!(
+            (PodPhase::Paused, _) => Err(EngineError::WrongState(format!(
+                "pod {} is paused",
+                self.id
+            ))),
+            _ => Err(EngineError::WrongState(format!(
                 "pod {} is not running",
                 self.id
             ))),
@@ -100,8 +101,8 @@ impl Pod {
 
 fn agent_err(e: crate::vm::agent::AgentError) -> EngineError {
     match e {
-        crate::vm::agent::AgentError::Failed(m) => EngineError::Conflict(m),
-        other => EngineError::Internal(other.to_string()),
+        crate::vm::agent::AgentError::Failed(m) => EngineError::GuestRefused(m),
+        other => EngineError::Agent(other),
     }
 }
 
@@ -121,16 +122,16 @@ impl Engine {
     /// A container by key, or the first container of a pod by its id or name.
     pub fn container_or_pod(&self, key: &str) -> Result<(Arc<Pod>, Arc<Container>), EngineError> {
         match self.container(key) {
-            Err(EngineError::NotFound(m)) => match self.pod(key) {
+            Err(EngineError::NoSuch(m)) => match self.pod(key) {
                 Ok(p) => {
                     let c = p
                         .containers()
                         .first()
                         .cloned()
-                        .ok_or(EngineError::NotFound(m))?;
+                        .ok_or(EngineError::NoSuch(m))?;
                     Ok((p, c))
                 }
-                Err(_) => Err(EngineError::NotFound(m)),
+                Err(_) => Err(EngineError::NoSuch(m)),
             },
             other => other,
         }
@@ -143,10 +144,10 @@ impl Engine {
     ) -> Result<(Arc<Pod>, Arc<Exec>), EngineError> {
         let (pod, c) = self.container_or_pod(key)?;
         if req.command.is_empty() {
-            return Err(EngineError::BadRequest("exec needs a command".into()));
+            return Err(EngineError::Invalid("exec needs a command".into()));
         }
         if *c.io.state().borrow() != IoState::Running {
-            return Err(EngineError::Conflict(format!(
+            return Err(EngineError::WrongState(format!(
                 "container {} is not running",
                 c.name()
             )));
@@ -192,13 +193,13 @@ impl Engine {
                 return Ok((p.clone(), e.clone()));
             }
         }
-        Err(EngineError::NotFound(format!("no such exec: {id}")))
+        Err(EngineError::NoSuch(format!("no such exec: {id}")))
     }
 
     /// Starts a created exec; its output goes to whoever attached to its io.
     pub async fn start_exec(&self, pod: &Pod, exec: &Exec) -> Result<(), EngineError> {
         if *exec.io.state().borrow() != IoState::NotStarted {
-            return Err(EngineError::Conflict(format!(
+            return Err(EngineError::WrongState(format!(
                 "exec {} was already started",
                 exec.id
             )));
@@ -239,7 +240,7 @@ impl Engine {
         let mut rx = exec
             .io
             .attach(false)
-            .ok_or_else(|| EngineError::Internal("exec ended before it started".into()))?;
+            .ok_or_else(|| EngineError::GuestFailed("exec ended before it started".into()))?;
         self.start_exec(&pod, &exec).await?;
         let mut out = Vec::new();
         let collect = async {
@@ -251,7 +252,7 @@ impl Engine {
             }
         };
         if tokio::time::timeout(timeout, collect).await.is_err() {
-            return Err(EngineError::Internal(format!(
+            return Err(EngineError::GuestFailed(format!(
                 "{} did not finish in {timeout:?}",
                 exec.process.args.join(" ")
             )));
@@ -267,7 +268,7 @@ impl Engine {
         let sig = parse_signal(signal)?;
         let (pod, c) = self.container(key)?;
         if *c.io.state().borrow() != IoState::Running {
-            return Err(EngineError::Conflict(format!(
+            return Err(EngineError::WrongState(format!(
                 "container {} is not running",
                 c.name()
             )));
@@ -332,7 +333,7 @@ impl Engine {
             .await
             .map_err(agent_err)?;
         let stats = serde_json::from_value(v.unwrap_or_default())
-            .map_err(|e| EngineError::Internal(format!("bad stats from the agent: {e}")))?;
+            .map_err(|e| EngineError::GuestFailed(format!("bad stats from the agent: {e}")))?;
         Ok((pod, stats))
     }
 
@@ -348,10 +349,10 @@ impl Engine {
             let mut current = pod.labels.lock().unwrap();
             for (k, v) in &labels {
                 if k.is_empty() || k.len() > 253 {
-                    return Err(EngineError::BadRequest(format!("invalid label key {k:?}")));
+                    return Err(EngineError::Invalid(format!("invalid label key {k:?}")));
                 }
                 if !overwrite && current.get(k).is_some_and(|old| old != v) {
-                    return Err(EngineError::Conflict(format!(
+                    return Err(EngineError::WrongState(format!(
                         "label {k} is already set; use override to change it"
                     )));
                 }
@@ -368,14 +369,14 @@ impl Engine {
         let _op = pod.op.lock().await;
         let vm = pod
             .vm()
-            .ok_or_else(|| EngineError::Conflict(format!("pod {} is not running", pod.id)))?;
+            .ok_or_else(|| EngineError::WrongState(format!("pod {} is not running", pod.id)))?;
         let (from, to) = if pause {
             (PodPhase::Running, PodPhase::Paused)
         } else {
             (PodPhase::Paused, PodPhase::Running)
         };
         if pod.phase() != from {
-            return Err(EngineError::Conflict(format!(
+            return Err(EngineError::WrongState(format!(
                 "pod {} is {}, not {}",
                 pod.id,
                 pod.phase().as_str(),
@@ -387,7 +388,7 @@ impl Engine {
         } else {
             vm.handle.resume().await
         };
-        done.map_err(|e| EngineError::Internal(e.to_string()))?;
+        done?;
         pod.set_phase(to);
         self.persist(&pod)?;
         drop(_op);

@@ -25,18 +25,51 @@ use tokio::sync::watch;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
+    /// No pod, container, exec or VM answers to the key.
     #[error("{0}")]
-    NotFound(String),
+    NoSuch(String),
+    /// The object is not in a state that allows the operation (not running, paused,
+    /// already started, name taken, no free slot).
     #[error("{0}")]
-    Conflict(String),
+    WrongState(String),
+    /// The request's own input is invalid (a spec, a signal, a label, a file).
     #[error("{0}")]
-    BadRequest(String),
+    Invalid(String),
+    /// The guest refused an operation (the agent's own error).
     #[error("{0}")]
-    Internal(String),
+    GuestRefused(String),
+    /// The guest did not do what it was asked in time, or answered nonsense.
+    #[error("{0}")]
+    GuestFailed(String),
+    #[error(transparent)]
+    Agent(#[from] crate::vm::agent::AgentError),
+    #[error(transparent)]
+    Vm(#[from] crate::vm::VmError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
     /// What the image store said, kept whole: the API layer maps it to a status in the
     /// one place it maps image errors.
     #[error(transparent)]
     Image(#[from] ImageError),
+}
+
+impl From<crate::spec::InvalidSpec> for EngineError {
+    fn from(e: crate::spec::InvalidSpec) -> Self {
+        EngineError::Invalid(e.0)
+    }
+}
+
+impl EngineError {
+    /// An I/O failure on `what` (a path or a step).
+    pub fn io(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> EngineError {
+        let what = what.to_string();
+        move |source| EngineError::Io { what, source }
+    }
 }
 
 const AGENT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -269,7 +302,7 @@ pub fn process_for(spec: &ContainerSpec, image: &ImageRecord) -> Result<ProcessS
     };
     let args: Vec<String> = entrypoint.into_iter().chain(cmd).collect();
     if args.is_empty() {
-        return Err(EngineError::BadRequest(format!(
+        return Err(EngineError::Invalid(format!(
             "no command given for a container of image {} and the image has none",
             spec.image
         )));
@@ -306,10 +339,9 @@ impl Engine {
         let images = ImageStore::open(&cfg.root, limits)?;
         for d in ["pods", "vm"] {
             std::fs::create_dir_all(cfg.root.join(d))
-                .map_err(|e| EngineError::Internal(e.to_string()))?;
+                .map_err(EngineError::io(cfg.root.join(d).display()))?;
         }
-        let store = crate::store::Store::open(&cfg.root)
-            .map_err(|e| EngineError::Internal(e.to_string()))?;
+        let store = crate::store::Store::open(&cfg.root)?;
         let engine = Engine {
             credentials: crate::image::auth::CredentialStore::new(&cfg.root),
             store,
@@ -384,7 +416,7 @@ impl Engine {
         pods.get(key)
             .or_else(|| pods.values().find(|p| p.name == key))
             .cloned()
-            .ok_or_else(|| EngineError::NotFound(format!("no such pod: {key}")))
+            .ok_or_else(|| EngineError::NoSuch(format!("no such pod: {key}")))
     }
 
     /// A container by id, unique id prefix, or name.
@@ -400,8 +432,8 @@ impl Engine {
         }
         match found.len() {
             1 => Ok(found.pop().unwrap()),
-            0 => Err(EngineError::NotFound(format!("no such container: {key}"))),
-            _ => Err(EngineError::BadRequest(format!(
+            0 => Err(EngineError::NoSuch(format!("no such container: {key}"))),
+            _ => Err(EngineError::Invalid(format!(
                 "container id {key} is ambiguous"
             ))),
         }
@@ -455,7 +487,7 @@ impl Engine {
     }
 
     pub fn create_pod(&self, spec: PodSpec) -> Result<Arc<Pod>, EngineError> {
-        spec.validate().map_err(EngineError::BadRequest)?;
+        spec.validate()?;
         let id = crate::ids::pod_id();
         let name = if spec.id.is_empty() {
             id.clone()
@@ -463,7 +495,7 @@ impl Engine {
             spec.id.clone()
         };
         if self.pod(&name).is_ok() {
-            return Err(EngineError::Conflict(format!(
+            return Err(EngineError::WrongState(format!(
                 "a pod named {name} already exists"
             )));
         }
@@ -492,7 +524,7 @@ impl Engine {
                 &dir,
             ));
         }
-        std::fs::create_dir_all(&dir).map_err(|e| EngineError::Internal(e.to_string()))?;
+        std::fs::create_dir_all(&dir).map_err(EngineError::io(dir.display()))?;
         let _ = crate::image::write_atomic(
             &dir.join("spec.json"),
             &serde_json::to_vec_pretty(&spec).unwrap_or_default(),
@@ -520,7 +552,7 @@ impl Engine {
         let mut pods = self.pods.lock().unwrap();
         if pods.values().any(|p| p.name == pod.name) {
             let _ = std::fs::remove_dir_all(&pod.dir);
-            return Err(EngineError::Conflict(format!(
+            return Err(EngineError::WrongState(format!(
                 "a pod named {} already exists",
                 pod.name
             )));
@@ -549,7 +581,7 @@ impl Engine {
         let kept = pod.keep_vm.load(std::sync::atomic::Ordering::SeqCst) && pod.all_done();
         let mut path = start_record::StartPath::Kept;
         if pod.phase() == PodPhase::Running || (pod.vm().is_some() && !kept) {
-            return Err(EngineError::Conflict(format!(
+            return Err(EngineError::WrongState(format!(
                 "pod {} is already running",
                 pod.id
             )));
@@ -577,7 +609,7 @@ impl Engine {
                 };
                 if runtime.slots.lock().unwrap().len() < count {
                     runtime.handle.kill();
-                    return Err(EngineError::Conflict(format!(
+                    return Err(EngineError::WrongState(format!(
                         "VM {} has fewer disk slots than the pod has containers",
                         runtime.id
                     )));
@@ -628,16 +660,11 @@ impl Engine {
                 process,
             };
             let res = async {
-                self.place(&pod, &runtime, c)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                self.place(&pod, &runtime, c).await?;
                 let created = std::time::Instant::now();
                 c.status.lock().unwrap().started_at = Some(io::chrono_now());
                 c.io.set_state(IoState::Running);
-                agent
-                    .call(start, AGENT_TIMEOUT)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                agent.call(start, AGENT_TIMEOUT).await?;
                 if let Some(r) = pod.start_record.lock().unwrap().as_mut() {
                     r.container_created_ms = Some(start_record::ms_between(requested, created));
                     r.process_started_ms = Some(start_record::ms_between(
@@ -645,7 +672,7 @@ impl Engine {
                         std::time::Instant::now(),
                     ));
                 }
-                Ok::<_, String>(())
+                Ok::<_, EngineError>(())
             }
             .await;
             if let Err(e) = res {
@@ -663,7 +690,7 @@ impl Engine {
         if failures.len() == pod.containers().len() {
             drop(_op);
             self.stop_vm(&pod).await;
-            return Err(EngineError::BadRequest(format!(
+            return Err(EngineError::Invalid(format!(
                 "pod {}: no container could start",
                 pod.id
             )));
@@ -678,7 +705,7 @@ impl Engine {
         let pod = self.pod(key)?;
         let _op = pod.op.lock().await;
         if pod.vm().is_none() {
-            return Err(EngineError::Conflict(format!(
+            return Err(EngineError::WrongState(format!(
                 "pod {} is not running",
                 pod.id
             )));
@@ -710,7 +737,7 @@ impl Engine {
         let pod = self.pod(key)?;
         let running = matches!(pod.phase(), PodPhase::Running | PodPhase::Paused);
         if pod.vm().is_none() || (keep_vm && !running) {
-            return Err(EngineError::Conflict(format!(
+            return Err(EngineError::WrongState(format!(
                 "pod {} is not running",
                 pod.id
             )));
@@ -736,7 +763,7 @@ impl Engine {
         }
         match self.stop_pod(&pod.id).await {
             Ok(p) => Ok(p),
-            Err(EngineError::Conflict(_)) => Ok(pod),
+            Err(EngineError::WrongState(_)) => Ok(pod),
             Err(e) => Err(e),
         }
     }
@@ -827,9 +854,11 @@ async fn restart_container(
             .call(op, AGENT_TIMEOUT)
             .await
             .map(|_| ())
-            .map_err(|e| e.to_string())
+            .map_err(EngineError::from)
     } else {
-        Err("the pod is no longer running".into())
+        Err(EngineError::WrongState(
+            "the pod is no longer running".into(),
+        ))
     };
     c.restarting
         .store(false, std::sync::atomic::Ordering::SeqCst);

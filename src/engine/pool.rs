@@ -67,8 +67,7 @@ impl Engine {
         let (vcpus, memory_mib) = (resource.vcpu, resource.memory);
         let id = crate::ids::vm_id();
         let dir = self.cfg.root.join("vm").join(&id);
-        let disks = slots::make(&dir, n_slots)
-            .map_err(|e| EngineError::Internal(format!("disk slots: {e}")))?;
+        let disks = slots::make(&dir, n_slots).map_err(EngineError::io("disk slots"))?;
         let cfg = VmConfig {
             id: id.clone(),
             dir: dir.clone(),
@@ -85,7 +84,7 @@ impl Engine {
             Ok(vm) => vm,
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&dir);
-                return Err(EngineError::Internal(e.to_string()));
+                return Err(e.into());
             }
         };
         tracing::info!(vm = %id, pid = vm.handle.pid(), "VM booted in {:?}", started.elapsed());
@@ -124,7 +123,7 @@ impl Engine {
             || vcpus > crate::spec::MAX_VCPU
             || !(crate::spec::MIN_MEMORY..=crate::spec::MAX_MEMORY).contains(&memory_mib)
         {
-            return Err(EngineError::BadRequest(format!(
+            return Err(EngineError::Invalid(format!(
                 "invalid VM size: {vcpus} vCPUs, {memory_mib} MiB"
             )));
         }
@@ -259,7 +258,7 @@ impl Engine {
             .pods()
             .into_iter()
             .find(|p| p.vm().is_some_and(|v| v.id == id))
-            .ok_or_else(|| EngineError::NotFound(format!("no such VM: {id}")))?;
+            .ok_or_else(|| EngineError::NoSuch(format!("no such VM: {id}")))?;
         self.stop_pod(&pod.id).await.map(|_| ())
     }
 
@@ -278,7 +277,7 @@ impl Engine {
                 Some(h) => Some(
                     pool.iter()
                         .position(|b| b.runtime.id == h)
-                        .ok_or_else(|| EngineError::NotFound(format!("no idle VM {h}")))?,
+                        .ok_or_else(|| EngineError::NoSuch(format!("no idle VM {h}")))?,
                 ),
                 // Pooled VMs have no limits: a pod with limits boots its own.
                 None if r.cpu_percent > 0 || !r.disk.is_none() => None,
@@ -297,7 +296,7 @@ impl Engine {
             }
             let _ = std::fs::remove_dir_all(&b.runtime.dir);
             if hint.is_some_and(|h| !h.is_empty()) {
-                return Err(EngineError::Conflict(format!(
+                return Err(EngineError::WrongState(format!(
                     "VM {} is gone",
                     b.runtime.id
                 )));

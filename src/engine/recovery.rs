@@ -133,7 +133,7 @@ impl Engine {
         };
         self.store.put_pod(&pod.id, &record).map_err(|e| {
             tracing::error!(pod = %pod.id, "cannot record pod: {e}");
-            EngineError::Internal(format!("cannot record pod {}: {e}", pod.id))
+            EngineError::Store(e)
         })
     }
 
@@ -256,14 +256,16 @@ impl Engine {
             tasks.spawn(async move {
                 let handle = crate::vm::VmHandle::adopt(&vm.id, &vm.dir, vm.pid).map(Arc::new);
                 let result = match &handle {
-                    Ok(_) if !AGENT_PROTOCOLS.contains(&vm.agent_protocol) => Err(format!(
-                        "its agent speaks protocol {}, this hyperd drives {} to {}; the VM is stopped",
-                        vm.agent_protocol,
-                        AGENT_PROTOCOLS.start(),
-                        AGENT_PROTOCOLS.end()
-                    )),
+                    Ok(_) if !AGENT_PROTOCOLS.contains(&vm.agent_protocol) => {
+                        Err(EngineError::GuestFailed(format!(
+                            "its agent speaks protocol {}, this hyperd drives {} to {}; the VM is stopped",
+                            vm.agent_protocol,
+                            AGENT_PROTOCOLS.start(),
+                            AGENT_PROTOCOLS.end()
+                        )))
+                    }
                     Ok(h) => engine.reattach(&pod, &vm, h.clone()).await,
-                    Err(_) => Err("its VM process is gone".to_string()),
+                    Err(_) => Err(EngineError::Vm(crate::vm::VmError::Gone(vm.id.clone()))),
                 };
                 match result {
                     Ok(()) => {
@@ -309,29 +311,30 @@ impl Engine {
         pod: &Arc<Pod>,
         vm: &VmRecord,
         handle: Arc<VmHandle>,
-    ) -> Result<(), String> {
+    ) -> Result<(), EngineError> {
         let sock = vm.dir.join("agent.sock");
         let _ = std::fs::remove_file(&sock);
-        let listener = tokio::net::UnixListener::bind(&sock)
-            .map_err(|e| format!("{}: {e}", sock.display()))?;
+        let listener =
+            tokio::net::UnixListener::bind(&sock).map_err(EngineError::io(sock.display()))?;
         let accepted = tokio::select! {
             r = tokio::time::timeout(RECONNECT_TIMEOUT, listener.accept()) => r,
-            _ = handle.wait() => return Err("the VM exited while re-attaching".into()),
+            _ = handle.wait() => {
+                return Err(EngineError::GuestFailed("the VM exited while re-attaching".into()))
+            }
         };
         drop(listener);
         let _ = std::fs::remove_file(&sock);
         let (stream, _) = accepted
-            .map_err(|_| "the VM did not reconnect its agent channel".to_string())?
-            .map_err(|e| e.to_string())?;
+            .map_err(|_| {
+                EngineError::GuestFailed("the VM did not reconnect its agent channel".into())
+            })?
+            .map_err(EngineError::io(sock.display()))?;
         let (agent, events) = AgentClient::new(stream);
         // A guest that may take the boot timeout to boot may take as long to answer once
         // it reconnects (hyper-vmm on emulated ring 0 runs its guest ~100x slower).
-        let status = agent
-            .call(Op::Status, self.cfg.boot_timeout)
-            .await
-            .map_err(|e| e.to_string())?;
+        let status = agent.call(Op::Status, self.cfg.boot_timeout).await?;
         let status: Status = serde_json::from_value(status.unwrap_or_default())
-            .map_err(|e| format!("bad status: {e}"))?;
+            .map_err(|e| EngineError::GuestFailed(format!("bad status: {e}")))?;
         let exited: HashMap<u32, i32> = status.exited.into_iter().collect();
         for c in &pod.containers() {
             if status.running.contains(&c.stream) {

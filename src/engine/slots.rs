@@ -65,7 +65,7 @@ impl Engine {
         let slot = {
             let mut slots = vm.slots.lock().unwrap();
             let i = slots.iter().position(Option::is_none).ok_or_else(|| {
-                EngineError::Conflict(format!("VM {} has no free disk slot", vm.id))
+                EngineError::WrongState(format!("VM {} has no free disk slot", vm.id))
             })?;
             slots[i] = Some(c.id.clone());
             i
@@ -74,8 +74,8 @@ impl Engine {
             let (dir, image) = (vm.dir.clone(), self.images.rootfs_path(&c.image));
             tokio::task::spawn_blocking(move || fill(&dir, slot, &image))
                 .await
-                .map_err(|e| EngineError::Internal(e.to_string()))?
-                .map_err(|e| EngineError::Internal(format!("slot {slot}: {e}")))?;
+                .map_err(|e| EngineError::io("the slot filler")(std::io::Error::other(e)))?
+                .map_err(EngineError::io(format!("slot {slot}")))?;
             let hostname = if pod.spec.hostname.is_empty() {
                 pod.name.clone()
             } else {
@@ -87,10 +87,7 @@ impl Engine {
                 fstype: "erofs".into(),
                 hostname: Some(hostname.chars().take(63).collect()),
             };
-            vm.agent
-                .call(create, AGENT_TIMEOUT)
-                .await
-                .map_err(|e| EngineError::Internal(e.to_string()))?;
+            vm.agent.call(create, AGENT_TIMEOUT).await?;
             // The pod's files and name servers, into the container's writable layer.
             let mut files = Vec::new();
             if !pod.spec.dns.is_empty() {
@@ -108,14 +105,8 @@ impl Engine {
                     .files
                     .iter()
                     .find(|p| p.name == f.filename)
-                    .ok_or_else(|| {
-                        EngineError::BadRequest(format!("no pod file {}", f.filename))
-                    })?;
-                files.push((
-                    f.path.clone(),
-                    src.bytes().map_err(EngineError::BadRequest)?,
-                    f.mode().map_err(EngineError::BadRequest)?,
-                ));
+                    .ok_or_else(|| EngineError::Invalid(format!("no pod file {}", f.filename)))?;
+                files.push((f.path.clone(), src.bytes()?, f.mode()?));
             }
             for (path, data, mode) in files {
                 let op = Op::WriteFile {
@@ -127,7 +118,7 @@ impl Engine {
                 vm.agent
                     .call(op, AGENT_TIMEOUT)
                     .await
-                    .map_err(|e| EngineError::BadRequest(format!("file {path}: {e}")))?;
+                    .map_err(|e| EngineError::Invalid(format!("file {path}: {e}")))?;
             }
             Ok(())
         }

@@ -359,7 +359,7 @@ impl VmHandle {
     }
 
     /// Caps the VM process at `percent` of one CPU (a cgroup of its own).
-    pub fn cap_cpu(&self, percent: u32) -> Result<(), String> {
+    pub fn cap_cpu(&self, percent: u32) -> Result<(), super::SetupError> {
         super::host::cap_cpu(&self.id, self.pid, percent)
     }
 

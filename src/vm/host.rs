@@ -24,7 +24,7 @@ impl Accel {
 pub use hyper_vmm_api::host::{cpu_has_hw_virt, kvm_emulates_ring0, kvm_usable};
 
 /// The accelerator for a setting of `auto`, `kvm` or `tcg`.
-pub fn choose_accel(setting: &str) -> Result<Accel, String> {
+pub fn choose_accel(setting: &str) -> Result<Accel, super::SetupError> {
     match setting {
         "kvm" => Ok(Accel::Kvm),
         "tcg" => Ok(Accel::Tcg),
@@ -33,9 +33,7 @@ pub fn choose_accel(setting: &str) -> Result<Accel, String> {
         } else {
             Accel::Tcg
         }),
-        other => Err(format!(
-            "unknown accelerator {other:?} (known: auto, kvm, tcg)"
-        )),
+        other => Err(super::SetupError::UnknownAccel(other.to_string())),
     }
 }
 
@@ -53,8 +51,8 @@ pub fn cpu_cgroup(vm_id: &str) -> Option<std::path::PathBuf> {
 }
 
 /// Caps a VM process at `percent` of one CPU: `cpu.max` (v2) or CFS quota (v1).
-pub fn cap_cpu(vm_id: &str, pid: u32, percent: u32) -> Result<(), String> {
-    let dir = cpu_cgroup(vm_id).ok_or("this host has no cgroup cpu controller")?;
+pub fn cap_cpu(vm_id: &str, pid: u32, percent: u32) -> Result<(), super::SetupError> {
+    let dir = cpu_cgroup(vm_id).ok_or(super::SetupError::NoCpuController)?;
     let v2 = dir.starts_with("/sys/fs/cgroup/hyperd");
     let period = 100_000u64;
     let quota = u64::from(percent) * period / 100;
@@ -75,12 +73,7 @@ pub fn cap_cpu(vm_id: &str, pid: u32, percent: u32) -> Result<(), String> {
         }
         std::fs::write(dir.join("cgroup.procs"), pid.to_string())
     };
-    setup().map_err(|e| {
-        format!(
-            "cannot cap the VM's CPU time through {}: {e}",
-            dir.display()
-        )
-    })
+    setup().map_err(|source| super::SetupError::Cgroup { dir, source })
 }
 
 /// Removes a VM's CPU cgroup (after the VM exited).

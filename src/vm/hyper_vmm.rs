@@ -26,11 +26,11 @@ pub fn kernel_cmdline() -> String {
 }
 
 /// Where the `hyper-vmm` binary is: `HYPERD_VMM`, else next to the running binary.
-pub fn find_binary() -> Result<PathBuf, String> {
+pub fn find_binary() -> Result<PathBuf, super::SetupError> {
     if let Some(p) = std::env::var_os("HYPERD_VMM") {
         return Ok(PathBuf::from(p));
     }
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let exe = std::env::current_exe().map_err(super::SetupError::NoExe)?;
     // Integration tests run from target/<profile>/deps; the binaries are one level up.
     for dir in exe.ancestors().skip(1).take(2) {
         let candidate = dir.join("hyper-vmm");
@@ -38,16 +38,13 @@ pub fn find_binary() -> Result<PathBuf, String> {
             return Ok(candidate);
         }
     }
-    Err(format!(
-        "hyper-vmm not found next to {} (set HYPERD_VMM)",
-        exe.display()
-    ))
+    Err(super::SetupError::VmmNotFound(exe))
 }
 
 impl VmmDriver {
-    pub fn new() -> Result<VmmDriver, String> {
+    pub fn new() -> Result<VmmDriver, super::SetupError> {
         if !super::host::kvm_usable() {
-            return Err("the hyper-vmm driver needs a usable /dev/kvm".into());
+            return Err(super::SetupError::NoKvm);
         }
         Ok(VmmDriver {
             binary: find_binary()?,

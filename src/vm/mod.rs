@@ -35,6 +35,28 @@ pub enum VmError {
     Io(#[from] std::io::Error),
 }
 
+/// Why a driver cannot be set up on this host.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("unknown VM driver {0:?} (known: auto, hyper-vmm, qemu)")]
+    UnknownDriver(String),
+    #[error("unknown accelerator {0:?} (known: auto, kvm, tcg)")]
+    UnknownAccel(String),
+    #[error("the hyper-vmm driver needs a usable /dev/kvm")]
+    NoKvm,
+    #[error("hyper-vmm not found next to {0} (set HYPERD_VMM)")]
+    VmmNotFound(PathBuf),
+    #[error("cannot find the running binary: {0}")]
+    NoExe(std::io::Error),
+    #[error("this host has no cgroup cpu controller")]
+    NoCpuController,
+    #[error("cannot cap the VM's CPU time through {dir}: {source}")]
+    Cgroup {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+}
+
 #[derive(Debug, Clone)]
 pub struct DiskConfig {
     pub path: PathBuf,
@@ -79,7 +101,7 @@ impl Driver {
     /// hyper-vmm wherever KVM runs guests on the CPU (`/dev/kvm` and VT-x/AMD-V) and
     /// qemu otherwise. On hosts whose KVM emulates guest ring 0 hyper-vmm works but boots
     /// slower than qemu's TCG (docs/decisions.md), so `auto` takes qemu there.
-    pub fn select(setting: &str, accel: &str) -> Result<Driver, String> {
+    pub fn select(setting: &str, accel: &str) -> Result<Driver, SetupError> {
         match setting {
             "hyper-vmm" => Ok(Driver::Vmm(hyper_vmm::VmmDriver::new()?)),
             "qemu" => Ok(Driver::Qemu(qemu::QemuDriver::new(accel)?)),
@@ -93,9 +115,7 @@ impl Driver {
                 }
             }
             "auto" => Ok(Driver::Qemu(qemu::QemuDriver::new(accel)?)),
-            other => Err(format!(
-                "unknown VM driver {other:?} (known: auto, hyper-vmm, qemu)"
-            )),
+            other => Err(SetupError::UnknownDriver(other.to_string())),
         }
     }
 

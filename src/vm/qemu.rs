@@ -25,7 +25,7 @@ pub fn kernel_cmdline() -> String {
 }
 
 impl QemuDriver {
-    pub fn new(accel: &str) -> Result<QemuDriver, String> {
+    pub fn new(accel: &str) -> Result<QemuDriver, super::SetupError> {
         Ok(QemuDriver {
             accel: choose_accel(accel)?,
             binary: std::env::var("HYPERD_QEMU").unwrap_or_else(|_| "qemu-system-x86_64".into()),

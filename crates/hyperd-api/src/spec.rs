@@ -1,6 +1,18 @@
 //! hyperd's pod spec (the JSON of `POST /pod/create` and `hyperctl run -p`), with the
 //! validation rules of hyperd's `types/validate.go` that apply so far.
 use schemars::JsonSchema;
+
+/// A spec breaks one of hyperd's rules; the message says which.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InvalidSpec(pub String);
+
+impl std::fmt::Display for InvalidSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for InvalidSpec {}
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -46,19 +58,19 @@ pub struct PodFile {
 }
 
 impl PodFile {
-    pub fn bytes(&self) -> Result<Vec<u8>, String> {
+    pub fn bytes(&self) -> Result<Vec<u8>, InvalidSpec> {
         match self.encoding.as_str() {
             "" | "raw" => Ok(self.content.clone().into_bytes()),
             "base64" => {
                 use base64::Engine as _;
                 base64::engine::general_purpose::STANDARD
                     .decode(self.content.trim())
-                    .map_err(|e| format!("file {}: bad base64: {e}", self.name))
+                    .map_err(|e| InvalidSpec(format!("file {}: bad base64: {e}", self.name)))
             }
-            other => Err(format!(
+            other => Err(InvalidSpec(format!(
                 "file {}: unknown encoding {other:?} (raw, base64)",
                 self.name
-            )),
+            ))),
         }
     }
 }
@@ -76,14 +88,14 @@ pub struct ContainerFile {
 }
 
 impl ContainerFile {
-    pub fn mode(&self) -> Result<u32, String> {
+    pub fn mode(&self) -> Result<u32, InvalidSpec> {
         if self.perm.is_empty() {
             return Ok(0o644);
         }
         u32::from_str_radix(self.perm.trim_start_matches("0o"), 8)
             .ok()
             .filter(|m| *m <= 0o7777)
-            .ok_or_else(|| format!("invalid perm {:?} for {}", self.perm, self.path))
+            .ok_or_else(|| InvalidSpec(format!("invalid perm {:?} for {}", self.perm, self.path)))
     }
 }
 
@@ -140,37 +152,43 @@ pub struct ContainerSpec {
 
 impl ContainerSpec {
     /// hyperd's rules for one container.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidSpec> {
         let c = self;
         if c.image.trim().is_empty() {
-            return Err("every container needs an image".into());
+            return Err(InvalidSpec("every container needs an image".into()));
         }
         if !c.name.is_empty() && !valid_name(&c.name) {
-            return Err(format!("invalid container name {:?}", c.name));
+            return Err(InvalidSpec(format!("invalid container name {:?}", c.name)));
         }
         for e in &c.envs {
             if e.env.is_empty() || e.env.contains('=') {
-                return Err(format!("invalid environment variable name {:?}", e.env));
+                return Err(InvalidSpec(format!(
+                    "invalid environment variable name {:?}",
+                    e.env
+                )));
             }
         }
         if !matches!(
             c.restart_policy.as_str(),
             "" | "never" | "onFailure" | "always"
         ) {
-            return Err(format!(
+            return Err(InvalidSpec(format!(
                 "invalid restartPolicy {:?} (never, onFailure, always)",
                 c.restart_policy
-            ));
+            )));
         }
         if !c.workdir.is_empty() && !c.workdir.starts_with('/') {
-            return Err(format!("workdir must be absolute, not {:?}", c.workdir));
+            return Err(InvalidSpec(format!(
+                "workdir must be absolute, not {:?}",
+                c.workdir
+            )));
         }
         for f in &c.files {
             if !f.path.starts_with('/') || f.path.split('/').any(|p| p == "..") {
-                return Err(format!(
+                return Err(InvalidSpec(format!(
                     "file path must be absolute and stay inside, not {:?}",
                     f.path
-                ));
+                )));
             }
             f.mode()?;
         }
@@ -264,41 +282,44 @@ pub fn valid_name(name: &str) -> bool {
 
 impl PodSpec {
     /// Parses and validates; the message of an error is meant for the user.
-    pub fn parse(json: &[u8]) -> Result<PodSpec, String> {
-        let spec: PodSpec =
-            serde_json::from_slice(json).map_err(|e| format!("invalid pod spec: {e}"))?;
+    pub fn parse(json: &[u8]) -> Result<PodSpec, InvalidSpec> {
+        let spec: PodSpec = serde_json::from_slice(json)
+            .map_err(|e| InvalidSpec(format!("invalid pod spec: {e}")))?;
         spec.validate()?;
         Ok(spec)
     }
 
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidSpec> {
         if !self.id.is_empty() && !valid_name(&self.id) {
-            return Err(format!("invalid pod name {:?}", self.id));
+            return Err(InvalidSpec(format!("invalid pod name {:?}", self.id)));
         }
         if !self.hostname.is_empty() && (self.hostname.len() > 63 || !valid_name(&self.hostname)) {
-            return Err(format!("invalid hostname {:?}", self.hostname));
+            return Err(InvalidSpec(format!("invalid hostname {:?}", self.hostname)));
         }
         if self.containers.is_empty() {
-            return Err("a pod needs at least one container".into());
+            return Err(InvalidSpec("a pod needs at least one container".into()));
         }
         let r = &self.resource;
         if r.vcpu == 0 || r.vcpu > MAX_VCPU {
-            return Err(format!(
+            return Err(InvalidSpec(format!(
                 "vcpu must be between 1 and {MAX_VCPU}, not {}",
                 r.vcpu
-            ));
+            )));
         }
         if r.memory < MIN_MEMORY || r.memory > MAX_MEMORY {
-            return Err(format!(
+            return Err(InvalidSpec(format!(
                 "memory must be between {MIN_MEMORY} and {MAX_MEMORY} MiB, not {}",
                 r.memory
-            ));
+            )));
         }
         let mut names = std::collections::HashSet::new();
         for c in &self.containers {
             c.validate()?;
             if !c.name.is_empty() && !names.insert(c.name.as_str()) {
-                return Err(format!("duplicate container name {:?}", c.name));
+                return Err(InvalidSpec(format!(
+                    "duplicate container name {:?}",
+                    c.name
+                )));
             }
         }
         // As hyperd: a host port is used once in a pod.
@@ -309,10 +330,16 @@ impl PodSpec {
             .chain(self.containers.iter().flat_map(|c| c.ports.iter()));
         for p in ports {
             if p.container_port == 0 || p.container_port > 65535 || p.host_port > 65535 {
-                return Err(format!("invalid port {}:{}", p.host_port, p.container_port));
+                return Err(InvalidSpec(format!(
+                    "invalid port {}:{}",
+                    p.host_port, p.container_port
+                )));
             }
             if !matches!(p.protocol.as_str(), "" | "tcp" | "udp") {
-                return Err(format!("invalid protocol {:?} (tcp, udp)", p.protocol));
+                return Err(InvalidSpec(format!(
+                    "invalid protocol {:?} (tcp, udp)",
+                    p.protocol
+                )));
             }
             let key = (
                 p.host_port,
@@ -323,32 +350,35 @@ impl PodSpec {
                 },
             );
             if p.host_port != 0 && !host_ports.insert(key) {
-                return Err(format!("port {} has already been used", p.host_port));
+                return Err(InvalidSpec(format!(
+                    "port {} has already been used",
+                    p.host_port
+                )));
             }
         }
         let mut file_names = std::collections::HashSet::new();
         for f in &self.files {
             if f.name.is_empty() || !file_names.insert(f.name.as_str()) {
-                return Err(format!(
+                return Err(InvalidSpec(format!(
                     "file names must be unique and not empty: {:?}",
                     f.name
-                ));
+                )));
             }
             f.bytes()?;
         }
         for c in &self.containers {
             for f in &c.files {
                 if !file_names.contains(f.filename.as_str()) {
-                    return Err(format!(
+                    return Err(InvalidSpec(format!(
                         "container file {} names no pod file {:?}",
                         f.path, f.filename
-                    ));
+                    )));
                 }
             }
         }
         for d in &self.dns {
             if d.parse::<std::net::IpAddr>().is_err() {
-                return Err(format!("invalid DNS server {d:?}"));
+                return Err(InvalidSpec(format!("invalid DNS server {d:?}")));
             }
         }
         Ok(())

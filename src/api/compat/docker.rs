@@ -713,7 +713,7 @@ async fn resize(
         None => find(engine, container)?.1.id.clone(),
     };
     match engine.resize(&id, exec, num("h"), num("w")).await {
-        Ok(()) | Err(crate::engine::EngineError::Conflict(_)) => ok_json(json!({})),
+        Ok(()) | Err(crate::engine::EngineError::WrongState(_)) => ok_json(json!({})),
         Err(e) => Err(e.into()),
     }
 }

@@ -47,13 +47,13 @@ pub async fn route(
 }
 
 /// `100000b`, `1000k`, `128m`, `1g`, a plain number of bytes, or a JSON integer.
-pub fn parse_mem_limit(v: &Value) -> Result<Option<u64>, String> {
+pub fn parse_mem_limit(v: &Value) -> Result<Option<u64>, ApiError> {
     match v {
         Value::Null => Ok(None),
         Value::Number(n) => n
             .as_u64()
             .map(Some)
-            .ok_or_else(|| format!("bad mem_limit {n}")),
+            .ok_or_else(|| ApiError::bad_request(format!("bad mem_limit {n}"))),
         Value::String(s) => {
             let s = s.trim().to_ascii_lowercase();
             let (num, mult) = match s.chars().last() {
@@ -67,9 +67,13 @@ pub fn parse_mem_limit(v: &Value) -> Result<Option<u64>, String> {
                 .ok()
                 .and_then(|n| n.checked_mul(mult))
                 .map(Some)
-                .ok_or_else(|| format!("bad mem_limit {s:?} (a number with b, k, m or g)"))
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "bad mem_limit {s:?} (a number with b, k, m or g)"
+                    ))
+                })
         }
-        other => Err(format!("bad mem_limit {other}")),
+        other => Err(ApiError::bad_request(format!("bad mem_limit {other}"))),
     }
 }
 
@@ -152,7 +156,7 @@ async fn create(engine: &Arc<Engine>, req: Request<Incoming>) -> Reply {
         .as_str()
         .filter(|s| !s.is_empty())
         .ok_or_else(|| ApiError::bad_request("image_name is required"))?;
-    let mem = parse_mem_limit(&v["mem_limit"]).map_err(ApiError::bad_request)?;
+    let mem = parse_mem_limit(&v["mem_limit"])?;
     let memory = match mem {
         Some(b) => u32::try_from(b.div_ceil(1 << 20))
             .unwrap_or(u32::MAX)
