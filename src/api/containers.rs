@@ -283,10 +283,12 @@ pub async fn container_remove(engine: &Arc<Engine>, req: &Request<Incoming>) -> 
 /// `POST /container/rename?container=OLD&newName=NEW` (`oldName` also names it).
 pub async fn container_rename(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
     let q = query(req);
-    let c = engine.rename_container(
-        param(&q, &["container", "oldName"])?,
-        param(&q, &["newName"])?,
-    )?;
+    let c = engine
+        .rename_container(
+            param(&q, &["container", "oldName"])?,
+            param(&q, &["newName"])?,
+        )
+        .await?;
     ok_json(Renamed {
         id: c.id.clone(),
         name: c.name().clone(),

@@ -27,7 +27,7 @@ pub async fn create(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
     }
     let mut spec = PodSpec::parse(&json).map_err(|e| ApiError::bad_request(e.0))?;
     spec.auto_remove |= super::http::flag(&q, "autoremove");
-    let pod = engine.create_pod(spec)?;
+    let pod = engine.create_pod(spec).await?;
     reply(&pod.id)
 }
 
@@ -92,8 +92,8 @@ pub fn pod_info(pod: &Pod) -> PodInfo {
         vm: vm.as_ref().map(|v| v.id.clone()).unwrap_or_default(),
         vm_pid: vm.as_ref().map(|v| v.handle.pid()),
         created_at: pod.created.clone(),
-        start_record: pod.start_record.lock().unwrap().clone(),
-        labels: pod.labels.lock().unwrap().clone(),
+        start_record: pod.start_record(),
+        labels: pod.labels(),
         spec: pod.spec.clone(),
         status: PodStatus {
             phase: pod.phase().as_str().to_string(),
@@ -219,8 +219,8 @@ pub async fn labels(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
         serde_json::from_slice(&raw).map_err(|e| {
             ApiError::bad_request(format!("labels must be a JSON object of strings: {e}"))
         })?;
-    let pod = engine.label_pod(&id, labels, overwrite)?;
-    let labels = pod.labels.lock().unwrap().clone();
+    let pod = engine.label_pod(&id, labels, overwrite).await?;
+    let labels = pod.labels();
     ok_json(LabelsReply {
         id: pod.id.clone(),
         labels,

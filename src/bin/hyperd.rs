@@ -153,6 +153,7 @@ async fn main() -> anyhow::Result<()> {
     // Pods keep running: the next daemon re-attaches to their VMs. Idle VMs go.
     tracing::info!("shutting down; running pods stay up");
     engine.drain_pool().await;
+    engine.flush_records().await;
     let _ = std::fs::remove_file(&socket);
     Ok(())
 }

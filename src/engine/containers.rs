@@ -69,8 +69,8 @@ impl Engine {
         if let (PodPhase::Running, Some(vm)) = (pod.phase(), pod.vm()) {
             self.place(&pod, &vm, &c).await?;
         }
-        pod.containers.write().unwrap().push(c.clone());
-        self.persist(&pod)?;
+        pod.state().containers.push(c.clone());
+        self.persist(&pod).await?;
         drop(_op);
         Ok((pod, c))
     }
@@ -123,7 +123,7 @@ impl Engine {
             self.persist_in_background(&pod);
             return Err(EngineError::Invalid(format!("container {}: {e}", c.name())));
         }
-        self.persist(&pod)?;
+        self.persist(&pod).await?;
         Ok(c)
     }
 
@@ -182,13 +182,13 @@ impl Engine {
         if let Some(vm) = pod.vm() {
             self.unplace(&vm, &c).await;
         }
-        pod.containers.write().unwrap().retain(|x| x.id != c.id);
+        pod.state().containers.retain(|x| x.id != c.id);
         let _ = std::fs::remove_file(&c.io.log_path);
-        self.persist(&pod)?;
+        self.persist(&pod).await?;
         Ok(())
     }
 
-    pub fn rename_container(
+    pub async fn rename_container(
         &self,
         key: &str,
         new_name: &str,
@@ -205,7 +205,7 @@ impl Engine {
             )));
         }
         c.set_name(new_name.to_string());
-        self.persist(&pod)?;
+        self.persist(&pod).await?;
         Ok(c)
     }
 }

@@ -55,7 +55,8 @@ impl Pod {
     /// CPU use since the previous sample, percent of one CPU (0 at the first sample).
     pub fn cpu_percent(&self, cpu_ns: u64) -> f64 {
         let now = std::time::Instant::now();
-        let mut last = self.cpu_sample.lock().unwrap();
+        let mut state = self.state();
+        let last = &mut state.cpu_sample;
         let pct = match *last {
             Some((t, ns)) if cpu_ns >= ns && now > t => {
                 (cpu_ns - ns) as f64 / now.duration_since(t).as_nanos() as f64 * 100.0
@@ -68,17 +69,16 @@ impl Pod {
 
     /// Records a memory reading (MiB); returns the largest seen.
     pub fn note_memory(&self, mib: f64) -> f64 {
-        let mut max = self.mem_max.lock().unwrap();
-        if mib > *max {
-            *max = mib;
+        let mut state = self.state();
+        if mib > state.mem_max {
+            state.mem_max = mib;
         }
-        *max
+        state.mem_max
     }
 
     pub fn exec_by_stream(&self, stream: u32) -> Option<Arc<Exec>> {
-        self.execs
-            .lock()
-            .unwrap()
+        self.state()
+            .execs
             .values()
             .find(|e| e.stream == stream)
             .cloned()
@@ -183,14 +183,15 @@ impl Engine {
             container: c,
             status: Mutex::new(ContainerStatus::default()),
         });
-        pod.execs.lock().unwrap().insert(id, exec.clone());
+        pod.state().execs.insert(id, exec.clone());
         Ok((pod, exec))
     }
 
     pub fn exec(&self, id: &str) -> Result<(Arc<Pod>, Arc<Exec>), EngineError> {
         for p in self.pods() {
-            if let Some(e) = p.execs.lock().unwrap().get(id) {
-                return Ok((p.clone(), e.clone()));
+            let found = p.state().execs.get(id).cloned();
+            if let Some(e) = found {
+                return Ok((p.clone(), e));
             }
         }
         Err(EngineError::NoSuch(format!("no such exec: {id}")))
@@ -338,7 +339,7 @@ impl Engine {
     }
 
     /// Sets labels on a pod; an existing label changes only with `overwrite`.
-    pub fn label_pod(
+    pub async fn label_pod(
         &self,
         key: &str,
         labels: std::collections::BTreeMap<String, String>,
@@ -346,7 +347,8 @@ impl Engine {
     ) -> Result<Arc<Pod>, EngineError> {
         let pod = self.pod(key)?;
         {
-            let mut current = pod.labels.lock().unwrap();
+            let mut state = pod.state();
+            let current = &mut state.labels;
             for (k, v) in &labels {
                 if k.is_empty() || k.len() > 253 {
                     return Err(EngineError::Invalid(format!("invalid label key {k:?}")));
@@ -359,7 +361,7 @@ impl Engine {
             }
             current.extend(labels);
         }
-        self.persist(&pod)?;
+        self.persist(&pod).await?;
         Ok(pod)
     }
 
@@ -390,7 +392,7 @@ impl Engine {
         };
         done?;
         pod.set_phase(to);
-        self.persist(&pod)?;
+        self.persist(&pod).await?;
         drop(_op);
         Ok(pod)
     }

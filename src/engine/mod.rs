@@ -204,45 +204,107 @@ pub struct Pod {
     pub spec: PodSpec,
     pub created: String,
     pub dir: PathBuf,
-    containers: std::sync::RwLock<Vec<Arc<Container>>>,
-    phase: Mutex<PodPhase>,
-    vm: Mutex<Option<Arc<VmRuntime>>>,
-    /// The VM a reloaded pod had, until it is re-attached or found dead.
-    recorded_vm: Mutex<Option<recovery::VmRecord>>,
-    /// Serializes start, stop and removal.
+    /// What changes, under the pod's one lock (held briefly, never across an await).
+    state: Mutex<PodState>,
+    /// Serializes start, stop and removal (held across their awaits).
     op: tokio::sync::Mutex<()>,
-    /// The pod's labels (from its spec, then `POST /pod/labels`).
-    pub labels: Mutex<std::collections::BTreeMap<String, String>>,
-    /// Extra processes run in the pod's containers, by exec id.
-    pub execs: Mutex<HashMap<String, Arc<exec::Exec>>>,
-    /// The last CPU sample (for percentages) and the largest memory use seen (MiB).
-    cpu_sample: Mutex<Option<(std::time::Instant, u64)>>,
-    mem_max: Mutex<f64>,
     /// Stream numbers for execs (containers use 1..=n).
     next_stream: std::sync::atomic::AtomicU32,
+}
+
+/// Everything about a pod that changes while it lives.
+pub struct PodState {
+    pub containers: Vec<Arc<Container>>,
+    pub phase: PodPhase,
+    pub vm: Option<Arc<VmRuntime>>,
+    /// The VM a reloaded pod had, until it is re-attached or found dead.
+    pub recorded_vm: Option<recovery::VmRecord>,
+    /// The pod's labels (from its spec, then `POST /pod/labels`).
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Extra processes run in the pod's containers, by exec id.
+    pub execs: HashMap<String, Arc<exec::Exec>>,
+    /// The last CPU sample (for percentages) and the largest memory use seen (MiB).
+    pub cpu_sample: Option<(std::time::Instant, u64)>,
+    pub mem_max: f64,
     /// Set by a stop with `stopVM=no`: the VM outlives the containers and the pod's next
     /// start runs them in it again.
-    keep_vm: std::sync::atomic::AtomicBool,
+    pub keep_vm: bool,
     /// The phases of the pod's last start.
-    pub start_record: Mutex<Option<start_record::StartRecord>>,
+    pub start_record: Option<start_record::StartRecord>,
+}
+
+impl PodState {
+    fn new(
+        containers: Vec<Arc<Container>>,
+        phase: PodPhase,
+        labels: std::collections::BTreeMap<String, String>,
+        recorded_vm: Option<recovery::VmRecord>,
+    ) -> PodState {
+        PodState {
+            containers,
+            phase,
+            vm: None,
+            recorded_vm,
+            labels,
+            execs: HashMap::new(),
+            cpu_sample: None,
+            mem_max: 0.0,
+            keep_vm: false,
+            start_record: None,
+        }
+    }
 }
 
 impl Pod {
+    fn new(
+        id: String,
+        name: String,
+        spec: PodSpec,
+        created: String,
+        dir: PathBuf,
+        state: PodState,
+    ) -> Pod {
+        Pod {
+            id,
+            name,
+            spec,
+            created,
+            dir,
+            state: Mutex::new(state),
+            op: tokio::sync::Mutex::new(()),
+            next_stream: std::sync::atomic::AtomicU32::new(1000),
+        }
+    }
+
+    /// The pod's state, locked: read or change it in one statement or a short block
+    /// that calls no other method of the pod.
+    pub fn state(&self) -> std::sync::MutexGuard<'_, PodState> {
+        self.state.lock().unwrap()
+    }
+
     /// The pod's containers, in order.
     pub fn containers(&self) -> Vec<Arc<Container>> {
-        self.containers.read().unwrap().clone()
+        self.state().containers.clone()
     }
 
     pub fn phase(&self) -> PodPhase {
-        *self.phase.lock().unwrap()
+        self.state().phase
     }
 
     pub fn vm(&self) -> Option<Arc<VmRuntime>> {
-        self.vm.lock().unwrap().clone()
+        self.state().vm.clone()
     }
 
     fn set_phase(&self, p: PodPhase) {
-        *self.phase.lock().unwrap() = p;
+        self.state().phase = p;
+    }
+
+    pub fn labels(&self) -> std::collections::BTreeMap<String, String> {
+        self.state().labels.clone()
+    }
+
+    pub fn start_record(&self) -> Option<start_record::StartRecord> {
+        self.state().start_record.clone()
     }
 
     /// Whether every container has exited for good (none is waiting for a restart).
@@ -271,7 +333,7 @@ pub struct Engine {
     pub cfg: Config,
     pub images: Arc<ImageStore>,
     pub credentials: crate::image::auth::CredentialStore,
-    pub store: crate::store::Store,
+    pub store: Arc<crate::store::Store>,
     pub driver: Driver,
     /// VMs booted ahead of their pods.
     pool: Mutex<Vec<pool::Booted>>,
@@ -282,6 +344,10 @@ pub struct Engine {
     pods: Mutex<HashMap<String, Arc<Pod>>>,
     /// Pod and VM directories of records a newer hyperd wrote: never cleaned up.
     foreign_dirs: Mutex<Vec<PathBuf>>,
+    /// Commits pod records off the async workers.
+    writer: crate::store::Writer,
+    /// Held while a pod's record is taken and queued, so queue order is snapshot order.
+    record_order: Mutex<()>,
 }
 
 /// The process a container runs: its spec over its image's defaults (Docker's rules for
@@ -341,7 +407,8 @@ impl Engine {
             std::fs::create_dir_all(cfg.root.join(d))
                 .map_err(EngineError::io(cfg.root.join(d).display()))?;
         }
-        let store = crate::store::Store::open(&cfg.root)?;
+        let store = Arc::new(crate::store::Store::open(&cfg.root)?);
+        let writer = crate::store::Writer::start(store.clone());
         let engine = Engine {
             credentials: crate::image::auth::CredentialStore::new(&cfg.root),
             store,
@@ -353,6 +420,8 @@ impl Engine {
             starts_in_progress: std::sync::atomic::AtomicUsize::new(0),
             pods: Mutex::new(HashMap::new()),
             foreign_dirs: Mutex::new(Vec::new()),
+            writer,
+            record_order: Mutex::new(()),
         };
         engine.load_pods();
         engine.clean_leftovers();
@@ -366,13 +435,7 @@ impl Engine {
         let known_vms: std::collections::HashSet<PathBuf> = self
             .pods()
             .iter()
-            .filter_map(|p| {
-                p.recorded_vm
-                    .lock()
-                    .unwrap()
-                    .as_ref()
-                    .map(|v| v.dir.clone())
-            })
+            .filter_map(|p| p.state().recorded_vm.as_ref().map(|v| v.dir.clone()))
             .collect();
         let known_pods: std::collections::HashSet<PathBuf> = self
             .pods()
@@ -486,7 +549,7 @@ impl Engine {
             .any(|p| p.containers().iter().any(|c| c.image.id == image_id))
     }
 
-    pub fn create_pod(&self, spec: PodSpec) -> Result<Arc<Pod>, EngineError> {
+    pub async fn create_pod(&self, spec: PodSpec) -> Result<Arc<Pod>, EngineError> {
         spec.validate()?;
         let id = crate::ids::pod_id();
         let name = if spec.id.is_empty() {
@@ -529,39 +592,33 @@ impl Engine {
             &dir.join("spec.json"),
             &serde_json::to_vec_pretty(&spec).unwrap_or_default(),
         );
-        let labels = Mutex::new(spec.labels.clone());
-        let pod = Arc::new(Pod {
-            id: id.clone(),
+        let state = PodState::new(containers, PodPhase::Pending, spec.labels.clone(), None);
+        let pod = Arc::new(Pod::new(
+            id.clone(),
             name,
             spec,
-            created: io::chrono_now(),
+            io::chrono_now(),
             dir,
-            containers: containers.into(),
-            phase: Mutex::new(PodPhase::Pending),
-            vm: Mutex::new(None),
-            recorded_vm: Mutex::new(None),
-            labels,
-            op: tokio::sync::Mutex::new(()),
-            execs: Mutex::new(HashMap::new()),
-            cpu_sample: Mutex::new(None),
-            mem_max: Mutex::new(0.0),
-            next_stream: std::sync::atomic::AtomicU32::new(1000),
-            keep_vm: std::sync::atomic::AtomicBool::new(false),
-            start_record: Mutex::new(None),
-        });
-        let mut pods = self.pods.lock().unwrap();
-        if pods.values().any(|p| p.name == pod.name) {
-            let _ = std::fs::remove_dir_all(&pod.dir);
-            return Err(EngineError::WrongState(format!(
-                "a pod named {} already exists",
-                pod.name
-            )));
+            state,
+        ));
+        {
+            let mut pods = self.pods.lock().unwrap();
+            if pods.values().any(|p| p.name == pod.name) {
+                let _ = std::fs::remove_dir_all(&pod.dir);
+                return Err(EngineError::WrongState(format!(
+                    "a pod named {} already exists",
+                    pod.name
+                )));
+            }
+            // Taken now, so that a second create of the name fails while this one is
+            // being recorded.
+            pods.insert(id.clone(), pod.clone());
         }
-        if let Err(e) = self.persist(&pod) {
+        if let Err(e) = self.persist(&pod).await {
+            self.pods.lock().unwrap().remove(&id);
             let _ = std::fs::remove_dir_all(&pod.dir);
             return Err(e);
         }
-        pods.insert(id, pod.clone());
         tracing::info!(pod = %pod.id, name = %pod.name, "pod created");
         Ok(pod)
     }
@@ -578,7 +635,8 @@ impl Engine {
         let _starting = pool::StartInProgress::new(self);
         let pod = self.pod(key)?;
         let _op = pod.op.lock().await;
-        let kept = pod.keep_vm.load(std::sync::atomic::Ordering::SeqCst) && pod.all_done();
+        let keep_vm = pod.state().keep_vm;
+        let kept = keep_vm && pod.all_done();
         let mut path = start_record::StartPath::Kept;
         if pod.phase() == PodPhase::Running || (pod.vm().is_some() && !kept) {
             return Err(EngineError::WrongState(format!(
@@ -593,8 +651,7 @@ impl Engine {
                 for c in &pod.containers() {
                     self.unplace(&runtime, c).await;
                 }
-                pod.keep_vm
-                    .store(false, std::sync::atomic::Ordering::SeqCst);
+                pod.state().keep_vm = false;
                 runtime
             }
             None => {
@@ -619,7 +676,7 @@ impl Engine {
                 } else {
                     start_record::StartPath::Cold
                 };
-                *pod.vm.lock().unwrap() = Some(runtime.clone());
+                pod.state().vm = Some(runtime.clone());
                 tokio::spawn(monitor(
                     self.clone(),
                     pod.clone(),
@@ -647,7 +704,7 @@ impl Engine {
             container_created_ms: None,
             process_started_ms: None,
         };
-        *pod.start_record.lock().unwrap() = Some(record);
+        pod.state().start_record = Some(record);
         let agent = runtime.agent.clone();
         pod.set_phase(PodPhase::Running);
         let mut failures = Vec::new();
@@ -665,7 +722,7 @@ impl Engine {
                 c.status.lock().unwrap().started_at = Some(io::chrono_now());
                 c.io.set_state(IoState::Running);
                 agent.call(start, AGENT_TIMEOUT).await?;
-                if let Some(r) = pod.start_record.lock().unwrap().as_mut() {
+                if let Some(r) = pod.state().start_record.as_mut() {
                     r.container_created_ms = Some(start_record::ms_between(requested, created));
                     r.process_started_ms = Some(start_record::ms_between(
                         requested,
@@ -695,7 +752,7 @@ impl Engine {
                 pod.id
             )));
         }
-        self.persist(&pod)?;
+        self.persist(&pod).await?;
         drop(_op);
         Ok(pod)
     }
@@ -742,8 +799,7 @@ impl Engine {
                 pod.id
             )));
         }
-        pod.keep_vm
-            .store(keep_vm, std::sync::atomic::Ordering::SeqCst);
+        pod.state().keep_vm = keep_vm;
         if pod.phase() == PodPhase::Paused {
             self.pause_pod(&pod.id, false).await?;
         }
@@ -758,7 +814,7 @@ impl Engine {
         }
         if keep_vm {
             pod.set_phase(pod.finished_phase());
-            self.persist(&pod)?;
+            self.persist(&pod).await?;
             return Ok(pod);
         }
         match self.stop_pod(&pod.id).await {
@@ -787,10 +843,11 @@ impl Engine {
         let _op = pod.op.lock().await;
         self.stop_vm(&pod).await;
         self.pods.lock().unwrap().remove(&pod.id);
-        if let Err(e) = self.store.delete_pod(&pod.id) {
+        if let Err(e) = self.writer.delete(&pod.id).await {
             tracing::error!(pod = %pod.id, "cannot delete the pod record: {e}");
         }
-        let _ = std::fs::remove_dir_all(&pod.dir);
+        let dir = pod.dir.clone();
+        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
         tracing::info!(pod = %pod.id, "pod removed");
         Ok(())
     }
@@ -941,7 +998,7 @@ async fn monitor(
             }
             if pod.all_done() && !*shutting_down {
                 pod.set_phase(pod.finished_phase());
-                if !pod.keep_vm.load(std::sync::atomic::Ordering::SeqCst) {
+                if !pod.state().keep_vm {
                     *shutting_down = true;
                     let agent = vm.agent.clone();
                     tokio::spawn(async move {
@@ -973,13 +1030,14 @@ async fn monitor(
             mark_exited(&c.io, &c.status, 137);
         }
     }
-    for e in pod.execs.lock().unwrap().values() {
+    let execs: Vec<_> = pod.state().execs.values().cloned().collect();
+    for e in execs {
         if *e.io.state().borrow() == IoState::Running {
             mark_exited(&e.io, &e.status, 137);
         }
     }
     pod.set_phase(pod.finished_phase());
-    *pod.vm.lock().unwrap() = None;
+    pod.state().vm = None;
     // The guest console stays with the pod, for `hyperctl inspect` readers and bug reports.
     let _ = std::fs::rename(dir.join("console.log"), pod.dir.join("console.log"));
     let _ = std::fs::remove_dir_all(&dir);

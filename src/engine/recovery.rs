@@ -3,7 +3,9 @@
 //! channel reconnects to the same socket path) and learns from each agent what ran and
 //! what exited meanwhile; pods whose VM died are marked exited and their leftovers freed.
 use super::io::{ContainerIo, IoState};
-use super::{mark_exited, monitor, Container, ContainerStatus, Engine, Pod, PodPhase, VmRuntime};
+use super::{
+    mark_exited, monitor, Container, ContainerStatus, Engine, Pod, PodPhase, PodState, VmRuntime,
+};
 use crate::engine::EngineError;
 use crate::image::ImageRecord;
 use crate::spec::{ContainerSpec, PodSpec};
@@ -94,9 +96,33 @@ struct PodRecord {
 }
 
 impl Engine {
-    /// Writes a pod's current state to the store; a request whose change cannot be
-    /// stored fails with the error.
-    pub fn persist(&self, pod: &Pod) -> Result<(), EngineError> {
+    /// Writes a pod's current state to the store, on the store's writer thread; a request
+    /// whose change cannot be stored fails with the error.
+    pub async fn persist(&self, pod: &Pod) -> Result<(), EngineError> {
+        let done = {
+            // Snapshots reach the writer in the order they were taken.
+            let _order = self.record_order.lock().unwrap();
+            self.writer.queue(&pod.id, &self.record_of(pod))
+        };
+        done.await.map_err(|e| {
+            tracing::error!(pod = %pod.id, "cannot record pod: {e}");
+            EngineError::Store(e)
+        })
+    }
+
+    /// [`Engine::persist`] where no request waits for the answer (VM events, recovery):
+    /// the error is logged, and the next change records the pod again.
+    pub fn persist_in_background(&self, pod: &Pod) {
+        let _order = self.record_order.lock().unwrap();
+        self.writer.put_in_background(&pod.id, &self.record_of(pod));
+    }
+
+    /// Waits until every pod record queued so far is on disk (at shutdown).
+    pub async fn flush_records(&self) {
+        self.writer.flush().await;
+    }
+
+    fn record_of(&self, pod: &Pod) -> PodRecord {
         let vm = pod
             .vm()
             .map(|v| VmRecord {
@@ -106,8 +132,8 @@ impl Engine {
                 slots: v.slots.lock().unwrap().clone(),
                 agent_protocol: v.agent_protocol,
             })
-            .or_else(|| pod.recorded_vm.lock().unwrap().clone());
-        let record = PodRecord {
+            .or_else(|| pod.state().recorded_vm.clone());
+        PodRecord {
             version: RECORD_VERSION,
             id: pod.id.clone(),
             name: pod.name.clone(),
@@ -115,7 +141,7 @@ impl Engine {
             created: pod.created.clone(),
             phase: pod.phase(),
             vm,
-            labels: pod.labels.lock().unwrap().clone(),
+            labels: pod.labels(),
             containers: pod
                 .containers()
                 .iter()
@@ -130,17 +156,7 @@ impl Engine {
                     spec: Some(c.spec.clone()),
                 })
                 .collect(),
-        };
-        self.store.put_pod(&pod.id, &record).map_err(|e| {
-            tracing::error!(pod = %pod.id, "cannot record pod: {e}");
-            EngineError::Store(e)
-        })
-    }
-
-    /// [`Engine::persist`] where no request waits for the answer (VM events, recovery):
-    /// the error is logged, and the next change records the pod again.
-    pub fn persist_in_background(&self, pod: &Pod) {
-        let _ = self.persist(pod);
+        }
     }
 
     /// Rebuilds the pods of the store (their VMs not yet re-attached).
@@ -221,25 +237,15 @@ impl Engine {
                     })
                 })
                 .collect::<Vec<_>>();
-            let pod = Arc::new(Pod {
-                id: r.id.clone(),
-                name: r.name,
-                spec: r.spec,
-                created: r.created,
+            let state = PodState::new(containers, r.phase, r.labels, r.vm);
+            let pod = Arc::new(Pod::new(
+                r.id.clone(),
+                r.name,
+                r.spec,
+                r.created,
                 dir,
-                containers: containers.into(),
-                phase: Mutex::new(r.phase),
-                vm: Mutex::new(None),
-                recorded_vm: Mutex::new(r.vm),
-                labels: Mutex::new(r.labels),
-                op: tokio::sync::Mutex::new(()),
-                execs: Mutex::new(HashMap::new()),
-                cpu_sample: Mutex::new(None),
-                mem_max: Mutex::new(0.0),
-                next_stream: std::sync::atomic::AtomicU32::new(1000),
-                keep_vm: std::sync::atomic::AtomicBool::new(false),
-                start_record: Mutex::new(None),
-            });
+                state,
+            ));
             pods.insert(r.id, pod);
         }
         tracing::info!("{} pods in the state store", pods.len());
@@ -249,7 +255,7 @@ impl Engine {
     pub async fn recover(self: &Arc<Self>) {
         let mut tasks = tokio::task::JoinSet::new();
         for pod in self.pods() {
-            let Some(vm) = pod.recorded_vm.lock().unwrap().clone() else {
+            let Some(vm) = pod.state().recorded_vm.clone() else {
                 continue;
             };
             let engine = self.clone();
@@ -292,7 +298,7 @@ impl Engine {
                                 PodPhase::Failed
                             },
                         );
-                        *pod.recorded_vm.lock().unwrap() = None;
+                        pod.state().recorded_vm = None;
                         let _ = std::fs::rename(
                             vm.dir.join("console.log"),
                             pod.dir.join("console.log"),
@@ -346,7 +352,7 @@ impl Engine {
             }
         }
         let (gone_tx, gone_rx) = watch::channel(false);
-        *pod.vm.lock().unwrap() = Some(Arc::new(VmRuntime {
+        pod.state().vm = Some(Arc::new(VmRuntime {
             id: vm.id.clone(),
             handle: handle.clone(),
             dir: vm.dir.clone(),
@@ -358,7 +364,7 @@ impl Engine {
             spawned_at: std::time::Instant::now(),
             agent_protocol: vm.agent_protocol,
         }));
-        *pod.recorded_vm.lock().unwrap() = None;
+        pod.state().recorded_vm = None;
         let stopped = matches!(handle.status().await, Ok(VmStatus::Paused));
         let all_done = pod
             .containers()
@@ -443,8 +449,8 @@ mod tests {
 
     /// A record of the first release (no version) is read and written back in the
     /// current version; one from a newer release is left alone, files and all.
-    #[test]
-    fn older_records_load_and_newer_ones_are_left_alone() {
+    #[tokio::test]
+    async fn older_records_load_and_newer_ones_are_left_alone() {
         let root = tempfile::tempdir().unwrap();
         let root = root.path();
         let (old_vm, new_vm) = (root.join("vm/vm-old"), root.join("vm/vm-new"));
@@ -480,7 +486,7 @@ mod tests {
         assert!(root.join("pods/pod-old").is_dir());
         // Written back, the old record carries the current version.
         let pod = engine.pods().pop().unwrap();
-        engine.persist(&pod).unwrap();
+        engine.persist(&pod).await.unwrap();
         let back: Vec<serde_json::Value> = engine
             .store
             .pods::<serde_json::Value>()

@@ -107,6 +107,7 @@ async fn a_pod_runs_its_containers_and_records_their_exit_codes() {
             container(&["echo", "hello"], ""),
             container(&["exit", "3"], ""),
         ]))
+        .await
         .unwrap();
     assert_eq!(pod.phase(), PodPhase::Pending);
     h.engine.start_pod(&pod.id, None).await.unwrap();
@@ -128,6 +129,7 @@ async fn a_pod_runs_its_containers_and_records_their_exit_codes() {
     let ok = h
         .engine
         .create_pod(pod_of(vec![container(&["exit", "0"], "")]))
+        .await
         .unwrap();
     h.engine.start_pod(&ok.id, None).await.unwrap();
     assert_eq!(exit_code(&ok.containers()[0]).await, 0);
@@ -143,6 +145,7 @@ async fn restart_policies_restart_with_a_doubling_backoff() {
     let failing = h
         .engine
         .create_pod(pod_of(vec![container(&["exit", "1"], "onFailure")]))
+        .await
         .unwrap();
     h.engine.start_pod(&failing.id, None).await.unwrap();
     let vm = h.driver.vms.lock().unwrap()[0].clone();
@@ -176,6 +179,7 @@ async fn restart_policies_restart_with_a_doubling_backoff() {
     let done = h
         .engine
         .create_pod(pod_of(vec![container(&["exit", "0"], "onFailure")]))
+        .await
         .unwrap();
     h.engine.start_pod(&done.id, None).await.unwrap();
     assert_eq!(exit_code(&done.containers()[0]).await, 0);
@@ -184,6 +188,7 @@ async fn restart_policies_restart_with_a_doubling_backoff() {
     let always = h
         .engine
         .create_pod(pod_of(vec![container(&["exit", "0"], "always")]))
+        .await
         .unwrap();
     h.engine.start_pod(&always.id, None).await.unwrap();
     let vm = h.driver.vms.lock().unwrap()[2].clone();
@@ -206,6 +211,7 @@ async fn a_pod_whose_vm_hangs_is_stopped_through_the_monitor_then_killed() {
     let pod = h
         .engine
         .create_pod(pod_of(vec![container(&["ignore-term"], "")]))
+        .await
         .unwrap();
     h.engine.start_pod(&pod.id, None).await.unwrap();
     let c = pod.containers()[0].clone();
@@ -237,6 +243,7 @@ async fn pause_and_resume_go_through_the_vm_handle() {
     let pod = h
         .engine
         .create_pod(pod_of(vec![container(&["sleep"], "")]))
+        .await
         .unwrap();
     h.engine.start_pod(&pod.id, None).await.unwrap();
     let vm = h.driver.vms.lock().unwrap()[0].clone();
@@ -284,6 +291,7 @@ async fn recovery_marks_pods_whose_vm_died_while_the_daemon_was_down() {
                 import_image(&engine);
                 let pod = engine
                     .create_pod(pod_of(vec![container(&["sleep"], "")]))
+                    .await
                     .unwrap();
                 engine.start_pod(&pod.id, None).await.unwrap();
                 let c = pod.containers()[0].clone();

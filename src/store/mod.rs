@@ -36,10 +36,14 @@ impl Store {
 
     pub fn put_pod<T: Serialize>(&self, id: &str, record: &T) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(record).map_err(db_err)?;
+        self.put_raw(id, &bytes)
+    }
+
+    fn put_raw(&self, id: &str, bytes: &[u8]) -> Result<(), StoreError> {
         let tx = self.db.begin_write().map_err(db_err)?;
         {
             let mut t = tx.open_table(PODS).map_err(db_err)?;
-            t.insert(id, bytes.as_slice()).map_err(db_err)?;
+            t.insert(id, bytes).map_err(db_err)?;
         }
         tx.commit().map_err(db_err)
     }
@@ -66,6 +70,109 @@ impl Store {
             );
         }
         Ok(out)
+    }
+}
+
+/// One change for the writer thread.
+enum Job {
+    Put(String, Vec<u8>),
+    Delete(String),
+    /// Nothing: answered once every job before it is done.
+    Flush,
+}
+
+/// Where the writer says how a job went (nowhere for a background write).
+type Done = Option<tokio::sync::oneshot::Sender<Result<(), StoreError>>>;
+
+/// The state store's writer: one thread that makes every commit (each an fsync), in the
+/// order they were asked for, so that no commit runs on an async worker and a later
+/// snapshot of a pod is never overwritten by an earlier one.
+pub struct Writer {
+    tx: Option<std::sync::mpsc::Sender<(Job, Done)>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Writer {
+    /// Finishes the queued commits and closes the store (a new daemon, or a test, may open
+    /// it right after).
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Writer {
+    pub fn start(store: std::sync::Arc<Store>) -> Writer {
+        let (tx, rx) = std::sync::mpsc::channel::<(Job, Done)>();
+        let thread = std::thread::Builder::new()
+            .name("state-writer".into())
+            .spawn(move || {
+                for (job, done) in rx {
+                    let r = match &job {
+                        Job::Put(id, bytes) => store.put_raw(id, bytes),
+                        Job::Delete(id) => store.delete_pod(id),
+                        Job::Flush => Ok(()),
+                    };
+                    if let Err(e) = &r {
+                        tracing::error!("{e}");
+                    }
+                    if let Some(done) = done {
+                        let _ = done.send(r);
+                    }
+                }
+            })
+            .expect("the state writer thread starts");
+        Writer {
+            tx: Some(tx),
+            thread: Some(thread),
+        }
+    }
+
+    fn send(&self, job: Job) -> tokio::sync::oneshot::Receiver<Result<(), StoreError>> {
+        let (done, rx) = tokio::sync::oneshot::channel();
+        if let Some(tx) = &self.tx {
+            let _ = tx.send((job, Some(done)));
+        }
+        rx
+    }
+
+    /// Queues a record's commit now; the answer says when it is on disk.
+    pub fn queue<T: Serialize>(
+        &self,
+        id: &str,
+        record: &T,
+    ) -> impl std::future::Future<Output = Result<(), StoreError>> {
+        let rx = match serde_json::to_vec(record) {
+            Ok(bytes) => Ok(self.send(Job::Put(id.to_string(), bytes))),
+            Err(e) => Err(db_err(e)),
+        };
+        async move {
+            rx?.await
+                .unwrap_or_else(|_| Err(StoreError::Db("the state writer stopped".into())))
+        }
+    }
+
+    /// Commits a record without waiting (failures are logged).
+    pub fn put_in_background<T: Serialize>(&self, id: &str, record: &T) {
+        if let Ok(bytes) = serde_json::to_vec(record) {
+            if let Some(tx) = &self.tx {
+                let _ = tx.send((Job::Put(id.to_string(), bytes), None));
+            }
+        }
+    }
+
+    /// Waits until every commit queued so far is on disk.
+    pub async fn flush(&self) {
+        let _ = self.send(Job::Flush).await;
+    }
+
+    /// Deletes a record and waits until that is on disk.
+    pub async fn delete(&self, id: &str) -> Result<(), StoreError> {
+        self.send(Job::Delete(id.to_string()))
+            .await
+            .unwrap_or_else(|_| Err(StoreError::Db("the state writer stopped".into())))
     }
 }
 

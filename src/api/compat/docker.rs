@@ -44,7 +44,7 @@ pub async fn route(
         ("POST", ["containers", id, "restart"]) => docker_ops::restart(engine, id, &req).await,
         ("POST", ["containers", id, "pause"]) => docker_ops::pause(engine, id, true).await,
         ("POST", ["containers", id, "unpause"]) => docker_ops::pause(engine, id, false).await,
-        ("POST", ["containers", id, "rename"]) => docker_ops::rename(engine, id, &req),
+        ("POST", ["containers", id, "rename"]) => docker_ops::rename(engine, id, &req).await,
         ("GET", ["containers", id, "stats"]) => docker_ops::stats(engine, id, &req).await,
         ("GET", ["containers", id, "top"]) => docker_ops::top(engine, id, &req).await,
         ("POST", ["images", "load"]) => crate::api::images::load(engine, req).await,
@@ -372,7 +372,7 @@ async fn create(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
         ..Default::default()
     };
     let warnings = unsupported_options(&cfg);
-    let pod = engine.create_pod(spec).map_err(|e| match e {
+    let pod = engine.create_pod(spec).await.map_err(|e| match e {
         crate::engine::EngineError::Image(crate::image::ImageError::NotFound(_)) => {
             ApiError::not_found(format!(
                 "No such image: {}",
@@ -470,7 +470,7 @@ fn list(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
                 "State": st,
                 "Status": status_line(pod, &c),
                 "Ports": [],
-                "Labels": *pod.labels.lock().unwrap(),
+                "Labels": pod.labels(),
                 "HostConfig": { "NetworkMode": "none" },
                 "Mounts": [],
             }));
@@ -588,7 +588,7 @@ fn inspect(engine: &Arc<Engine>, id: &str) -> ApiResult {
             "Volumes": null,
             "WorkingDir": c.process.workdir,
             "OnBuild": null,
-            "Labels": *pod.labels.lock().unwrap(),
+            "Labels": pod.labels(),
             "StopSignal": c.stop_signal(),
         },
         "NetworkSettings": {

@@ -68,7 +68,7 @@ pub async fn pause(engine: &Arc<Engine>, id: &str, pause: bool) -> ApiResult {
 }
 
 /// `POST /containers/{id}/rename?name=NEW`.
-pub fn rename(engine: &Arc<Engine>, id: &str, req: &Request<Incoming>) -> ApiResult {
+pub async fn rename(engine: &Arc<Engine>, id: &str, req: &Request<Incoming>) -> ApiResult {
     let (_, c) = find(engine, id)?;
     let q = query(req);
     let name = q
@@ -76,7 +76,7 @@ pub fn rename(engine: &Arc<Engine>, id: &str, req: &Request<Incoming>) -> ApiRes
         .map(|n| n.trim_start_matches('/'))
         .filter(|n| !n.is_empty())
         .ok_or_else(|| ApiError::bad_request("name is required"))?;
-    engine.rename_container(&c.id, name)?;
+    engine.rename_container(&c.id, name).await?;
     no_content()
 }
 

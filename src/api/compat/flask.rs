@@ -216,7 +216,7 @@ async fn create(engine: &Arc<Engine>, req: Request<Incoming>) -> Reply {
         ..Default::default()
     };
     engine.ensure_image(image).await?;
-    let pod = engine.create_pod(spec)?;
+    let pod = engine.create_pod(spec).await?;
     engine.start_pod(&pod.id, None).await?;
     let c = pod.containers().first().cloned().expect("one container");
     let mut entry = container_entry(engine, &pod, &c).await;

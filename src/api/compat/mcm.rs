@@ -262,7 +262,7 @@ async fn create_container(
         ..Default::default()
     };
     engine.ensure_image(image).await?;
-    let pod = engine.create_pod(spec)?;
+    let pod = engine.create_pod(spec).await?;
     let c = pod.containers().first().cloned().expect("one container");
     Ok(json_response(
         StatusCode::CREATED,
