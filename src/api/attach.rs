@@ -179,7 +179,9 @@ pub async fn exec_start(engine: &Arc<Engine>, mut req: Request<Incoming>) -> Api
     let (pod, exec) = engine.exec(param(&q, &["exec"])?)?;
     if flag(&q, "detach") {
         engine.start_exec(&pod, &exec).await?;
-        return super::http::ok_json(serde_json::json!({ "ID": exec.id }));
+        return super::http::ok_json(hyperd_api::IdReply {
+            id: exec.id.clone(),
+        });
     }
     if !upgrade {
         return Err(ApiError::bad_request(

@@ -1,6 +1,7 @@
 //! The Docker Engine API subset the `docker` CLI needs for images, ps, run, exec, logs,
 //! stop, rm (and the remote API of seed 002). A Docker container is a one-container pod;
 //! its id is the container's id, its name the container's (and the pod's) name.
+use super::docker_models as m;
 use super::docker_ops;
 use crate::api::attach::{upgrade_response, wants_upgrade, Session};
 use crate::api::http::{flag, ok_json, query, read_body, ApiError, ApiResult, MAX_JSON_BODY};
@@ -9,7 +10,7 @@ use crate::engine::{Container, Engine, Pod, PodPhase};
 use crate::spec::{ContainerSpec, EnvVar, PodSpec, Resource};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::sync::Arc;
 
 /// The API version hyperd answers the Docker CLI with.
@@ -102,47 +103,44 @@ fn rfc3339_of(secs: u64) -> String {
     crate::engine::io::rfc3339(secs as i64, 0)
 }
 
-fn image_json(engine: &Engine, rec: &crate::image::ImageRecord) -> Value {
+fn image_json(engine: &Engine, rec: &crate::image::ImageRecord) -> m::ImageSummary {
     let containers = engine
         .pods()
         .iter()
         .flat_map(|p| p.containers())
         .filter(|c| c.image.id == rec.id)
         .count();
-    json!({
-        "Id": rec.id,
-        "ParentId": "",
-        "RepoTags": rec.repo_tags,
-        "RepoDigests": rec.repo_digests,
-        "Created": rec.created,
-        "Size": rec.size,
-        "VirtualSize": rec.size,
-        "SharedSize": -1,
-        "Labels": {},
-        "Containers": containers,
-    })
+    m::ImageSummary {
+        id: rec.id.clone(),
+        parent_id: String::new(),
+        repo_tags: rec.repo_tags.clone(),
+        repo_digests: rec.repo_digests.clone(),
+        created: rec.created,
+        size: rec.size,
+        virtual_size: rec.size,
+        shared_size: -1,
+        labels: m::Empty::new(),
+        containers,
+    }
 }
 
 /// `GET /images/json[?all=][&filters={"dangling":["true"],"reference":["busybox"]}]`.
 fn images_json(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
     let q = query(req);
-    let filters: Value = match q.get("filters").filter(|f| !f.is_empty()) {
+    let filters: m::Filters = match q.get("filters").filter(|f| !f.is_empty()) {
         Some(f) => serde_json::from_str(f)
             .map_err(|e| ApiError::bad_request(format!("invalid filters: {e}")))?,
-        None => json!({}),
+        None => m::Filters::new(),
     };
-    let dangling = filters["dangling"]
-        .as_array()
-        .and_then(|a| a.first())
-        .and_then(|v| v.as_str())
-        .map(|v| v == "true" || v == "1");
-    let reference: Vec<String> = filters["reference"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|v| v.as_str().map(str::to_string))
-        .collect();
-    let list: Vec<Value> = engine
+    let values = |k: &str| {
+        filters
+            .get(k)
+            .map(m::FilterValues::values)
+            .unwrap_or_default()
+    };
+    let dangling = values("dangling").first().map(|v| v == "true" || v == "1");
+    let reference = values("reference");
+    let list: Vec<m::ImageSummary> = engine
         .images
         .list()?
         .iter()
@@ -157,7 +155,7 @@ fn images_json(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
         })
         .map(|r| image_json(engine, r))
         .collect();
-    ok_json(json!(list))
+    ok_json(list)
 }
 
 fn image_inspect(engine: &Arc<Engine>, name: &str) -> ApiResult {
@@ -166,20 +164,32 @@ fn image_inspect(engine: &Arc<Engine>, name: &str) -> ApiResult {
         .resolve(name)
         .map_err(|_| ApiError::not_found(format!("No such image: {name}")))?;
     let c = &rec.config;
-    ok_json(json!({
-        "Id": rec.id,
-        "RepoTags": rec.repo_tags,
-        "RepoDigests": rec.repo_digests,
-        "Parent": "",
-        "Created": rfc3339_of(rec.created),
-        "Size": rec.size,
-        "VirtualSize": rec.size,
-        "Os": "linux",
-        "Architecture": "amd64",
-        "Config": { "Cmd": c.cmd, "Entrypoint": c.entrypoint, "Env": c.env, "WorkingDir": c.working_dir, "User": c.user, "Labels": {} },
-        "RootFS": { "Type": "layers", "Layers": rec.layers.iter().map(|l| l.diff_id.clone()).collect::<Vec<_>>() },
-        "Metadata": { "LastTagTime": "" },
-    }))
+    ok_json(m::ImageInspect {
+        id: rec.id.clone(),
+        repo_tags: rec.repo_tags.clone(),
+        repo_digests: rec.repo_digests.clone(),
+        parent: String::new(),
+        created: rfc3339_of(rec.created),
+        size: rec.size,
+        virtual_size: rec.size,
+        os: "linux".into(),
+        architecture: "amd64".into(),
+        config: m::ImageConfig {
+            cmd: c.cmd.clone(),
+            entrypoint: c.entrypoint.clone(),
+            env: c.env.clone(),
+            working_dir: c.working_dir.clone(),
+            user: c.user.clone(),
+            labels: m::Empty::new(),
+        },
+        root_fs: m::RootFs {
+            kind: "layers".into(),
+            layers: rec.layers.iter().map(|l| l.diff_id.clone()).collect(),
+        },
+        metadata: m::ImageMetadata {
+            last_tag_time: String::new(),
+        },
+    })
 }
 
 fn image_delete(engine: &Arc<Engine>, name: &str, req: &Request<Incoming>) -> ApiResult {
@@ -233,62 +243,55 @@ fn image_tag(engine: &Arc<Engine>, name: &str, req: &Request<Incoming>) -> ApiRe
         .expect("valid response"))
 }
 
-fn strings(v: &Value) -> Vec<String> {
-    match v {
-        Value::Array(a) => a
-            .iter()
-            .filter_map(|s| s.as_str().map(str::to_string))
-            .collect(),
-        Value::String(s) => vec!["/bin/sh".into(), "-c".into(), s.clone()],
-        _ => vec![],
-    }
-}
-
 /// Create options hyperd cannot honour yet: each gets a `Warnings` entry, never silence.
-fn unsupported_options(cfg: &Value) -> Vec<String> {
-    let host = &cfg["HostConfig"];
-    let set = |v: &Value| match v {
-        Value::Null => false,
-        Value::Bool(b) => *b,
-        Value::Array(a) => !a.is_empty(),
-        Value::Object(o) => !o.is_empty(),
-        Value::String(s) => !s.is_empty(),
-        Value::Number(_) => true,
-    };
+fn unsupported_options(cfg: &m::ContainerCreate) -> Vec<String> {
+    let default = m::CreateHostConfig::default();
+    let host = cfg.host_config.as_ref().unwrap_or(&default);
+    let yes = |b: Option<bool>| b.unwrap_or(false);
+    let some_map =
+        |v: &Option<serde_json::Map<String, Value>>| v.as_ref().is_some_and(|m| !m.is_empty());
+    let some_list = |v: Option<usize>| v.is_some_and(|n| n > 0);
     let mut out = Vec::new();
-    if set(&host["PortBindings"]) || set(&host["PublishAllPorts"]) {
+    if some_map(&host.port_bindings) || yes(host.publish_all_ports) {
         out.push(
             "Published ports are not supported yet (pods have no network device): ignored."
                 .to_string(),
         );
     }
-    if set(&host["Binds"]) || set(&host["Mounts"]) || set(&cfg["Volumes"]) {
+    if some_list(host.binds.as_ref().map(Vec::len))
+        || some_list(host.mounts.as_ref().map(Vec::len))
+        || some_map(&cfg.volumes)
+    {
         out.push(
             "Volumes and bind mounts are not supported yet: ignored; writes stay in the VM."
                 .to_string(),
         );
     }
-    if set(&host["Privileged"]) {
+    if yes(host.privileged) {
         out.push("--privileged is ignored: the container runs in its own micro-VM.".to_string());
     }
-    if set(&host["CapAdd"]) || set(&host["CapDrop"]) {
+    if some_list(host.cap_add.as_ref().map(Vec::len))
+        || some_list(host.cap_drop.as_ref().map(Vec::len))
+    {
         out.push(
             "Capability changes (--cap-add, --cap-drop) are not supported yet: ignored."
                 .to_string(),
         );
     }
-    if set(&host["ReadonlyRootfs"]) {
+    if yes(host.readonly_rootfs) {
         out.push(
             "--read-only is not supported yet: the root filesystem stays writable.".to_string(),
         );
     }
-    if set(&host["Devices"]) {
+    if some_list(host.devices.as_ref().map(Vec::len)) {
         out.push("Devices are not passed into micro-VMs: ignored.".to_string());
     }
-    if set(&host["Dns"]) || set(&host["ExtraHosts"]) {
+    if some_list(host.dns.as_ref().map(Vec::len))
+        || some_list(host.extra_hosts.as_ref().map(Vec::len))
+    {
         out.push("DNS servers and extra hosts are not supported yet: ignored.".to_string());
     }
-    if let Some(mode) = host["NetworkMode"].as_str() {
+    if let Some(mode) = host.network_mode.as_deref() {
         if !matches!(mode, "" | "default" | "bridge" | "none") {
             out.push(format!(
                 "Network mode {mode:?} is not supported yet: ignored."
@@ -302,29 +305,33 @@ fn unsupported_options(cfg: &Value) -> Vec<String> {
 async fn create(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
     let q = query(&req);
     let body = read_body(req.into_body(), MAX_JSON_BODY).await?;
-    let cfg: Value = serde_json::from_slice(&body)
+    let cfg: m::ContainerCreate = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("invalid container config: {e}")))?;
-    let image = cfg["Image"]
-        .as_str()
+    let image = cfg
+        .image
+        .clone()
         .filter(|s| !s.is_empty())
-        .ok_or_else(|| ApiError::bad_request("config has no Image"))?
-        .to_string();
+        .ok_or_else(|| ApiError::bad_request("config has no Image"))?;
     let name = q
         .get("name")
         .map(|n| n.trim_start_matches('/').to_string())
         .unwrap_or_default();
-    let host = &cfg["HostConfig"];
-    let memory_mib = host["Memory"]
-        .as_u64()
+    let default = m::CreateHostConfig::default();
+    let host = cfg.host_config.as_ref().unwrap_or(&default);
+    let memory_mib = host
+        .memory
         .filter(|m| *m > 0)
         .map(|m| (m >> 20).max(u64::from(crate::spec::MIN_MEMORY)) as u32)
         .unwrap_or(128);
-    let vcpu = host["NanoCpus"]
-        .as_u64()
+    let vcpu = host
+        .nano_cpus
         .filter(|n| *n > 0)
         .map(|n| n.div_ceil(1_000_000_000) as u32)
         .unwrap_or(1);
-    let envs = strings(&cfg["Env"])
+    let envs = cfg
+        .env
+        .clone()
+        .unwrap_or_default()
         .into_iter()
         .map(|kv| {
             let (k, v) = kv.split_once('=').unwrap_or((&kv, ""));
@@ -334,25 +341,32 @@ async fn create(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
             }
         })
         .collect();
-    let restart = match host["RestartPolicy"]["Name"].as_str().unwrap_or("") {
+    let restart = match host
+        .restart_policy
+        .as_ref()
+        .and_then(|r| r.name.as_deref())
+        .unwrap_or("")
+    {
         "always" | "unless-stopped" => "always",
         "on-failure" => "onFailure",
         _ => "",
     };
+    let warnings = unsupported_options(&cfg);
+    let auto_remove = host.auto_remove.unwrap_or(false);
     let spec = PodSpec {
         id: name.clone(),
-        hostname: cfg["Hostname"].as_str().unwrap_or_default().to_string(),
+        hostname: cfg.hostname.unwrap_or_default(),
         containers: vec![ContainerSpec {
             name: name.clone(),
-            image,
-            command: strings(&cfg["Cmd"]),
-            entrypoint: strings(&cfg["Entrypoint"]),
-            workdir: cfg["WorkingDir"].as_str().unwrap_or_default().to_string(),
+            image: image.clone(),
+            command: cfg.cmd.map(m::Command::args).unwrap_or_default(),
+            entrypoint: cfg.entrypoint.map(m::Command::args).unwrap_or_default(),
+            workdir: cfg.working_dir.unwrap_or_default(),
             envs,
-            user: cfg["User"].as_str().unwrap_or_default().to_string(),
-            tty: cfg["Tty"].as_bool().unwrap_or(false),
+            user: cfg.user.unwrap_or_default(),
+            tty: cfg.tty.unwrap_or(false),
             restart_policy: restart.to_string(),
-            stop_signal: cfg["StopSignal"].as_str().unwrap_or_default().to_string(),
+            stop_signal: cfg.stop_signal.unwrap_or_default(),
             ..Default::default()
         }],
         resource: Resource {
@@ -360,24 +374,13 @@ async fn create(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
             memory: memory_mib,
             ..Default::default()
         },
-        auto_remove: host["AutoRemove"].as_bool().unwrap_or(false),
-        labels: cfg["Labels"]
-            .as_object()
-            .map(|m| {
-                m.iter()
-                    .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
-                    .collect()
-            })
-            .unwrap_or_default(),
+        auto_remove,
+        labels: cfg.labels.unwrap_or_default(),
         ..Default::default()
     };
-    let warnings = unsupported_options(&cfg);
     let pod = engine.create_pod(spec).await.map_err(|e| match e {
         crate::engine::EngineError::Image(crate::image::ImageError::NotFound(_)) => {
-            ApiError::not_found(format!(
-                "No such image: {}",
-                cfg["Image"].as_str().unwrap_or_default()
-            ))
+            ApiError::not_found(format!("No such image: {image}"))
         }
         other => other.into(),
     })?;
@@ -385,7 +388,10 @@ async fn create(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
     for w in &warnings {
         tracing::warn!(container = %c.id, "{w}");
     }
-    let resp = json!({ "Id": c.id, "Warnings": warnings });
+    let resp = m::Created {
+        id: c.id.clone(),
+        warnings,
+    };
     Ok(crate::api::http::json_response(StatusCode::CREATED, &resp))
 }
 
@@ -460,23 +466,25 @@ fn list(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
             if !all && st != "running" && st != "paused" {
                 continue;
             }
-            out.push(json!({
-                "Id": c.id,
-                "Names": [format!("/{}", c.name())],
-                "Image": c.image_ref,
-                "ImageID": c.image.id,
-                "Command": c.process.args.join(" "),
-                "Created": created_secs(pod),
-                "State": st,
-                "Status": status_line(pod, &c),
-                "Ports": [],
-                "Labels": pod.labels(),
-                "HostConfig": { "NetworkMode": "none" },
-                "Mounts": [],
-            }));
+            out.push(m::ContainerSummary {
+                id: c.id.clone(),
+                names: vec![format!("/{}", c.name())],
+                image: c.image_ref.clone(),
+                image_id: c.image.id.clone(),
+                command: c.process.args.join(" "),
+                created: created_secs(pod),
+                state: st,
+                status: status_line(pod, &c),
+                ports: vec![],
+                labels: pod.labels(),
+                host_config: m::SummaryHostConfig {
+                    network_mode: "none".into(),
+                },
+                mounts: vec![],
+            });
         }
     }
-    ok_json(json!(out))
+    ok_json(out)
 }
 
 fn inspect(engine: &Arc<Engine>, id: &str) -> ApiResult {
@@ -490,120 +498,130 @@ fn inspect(engine: &Arc<Engine>, id: &str) -> ApiResult {
     };
     // Fields hyperd cannot fill yet carry Docker's empty values, so that clients
     // (docker-py, compose) find every key they read.
-    let host_config = json!({
-        "Binds": null,
-        "ContainerIDFile": "",
-        "LogConfig": { "Type": "json-file", "Config": {} },
-        "NetworkMode": "none",
-        "PortBindings": {},
-        "RestartPolicy": {
-            "Name": match c.spec.restart_policy.as_str() { "always" => "always", "onFailure" => "on-failure", _ => "no" },
-            "MaximumRetryCount": 0,
+    let host_config = m::HostConfig {
+        binds: None,
+        container_id_file: String::new(),
+        log_config: m::LogConfig {
+            kind: "json-file".into(),
+            config: m::Empty::new(),
         },
-        "AutoRemove": pod.spec.auto_remove,
-        "VolumeDriver": "",
-        "VolumesFrom": null,
-        "CapAdd": null,
-        "CapDrop": null,
-        "Dns": [],
-        "DnsOptions": [],
-        "DnsSearch": [],
-        "ExtraHosts": null,
-        "Privileged": false,
-        "PublishAllPorts": false,
-        "ReadonlyRootfs": false,
-        "SecurityOpt": null,
-        "Tmpfs": null,
-        "UTSMode": "",
-        "UsernsMode": "",
-        "ShmSize": 67108864,
-        "Runtime": "hyperd",
-        "Isolation": "",
-        "CpuShares": 0,
-        "Memory": u64::from(pod.spec.resource.memory) << 20,
-        "NanoCpus": u64::from(pod.spec.resource.vcpu) * 1_000_000_000,
-        "CgroupParent": "",
-        "BlkioWeight": 0,
-        "CpuPeriod": 0,
-        "CpuQuota": 0,
-        "CpusetCpus": "",
-        "Devices": [],
-        "MemoryReservation": 0,
-        "MemorySwap": 0,
-        "OomKillDisable": false,
-        "PidsLimit": null,
-        "Ulimits": null,
-        "Mounts": null,
-        "Init": null,
-    });
-    ok_json(json!({
-        "Id": c.id,
-        "Created": pod.created,
-        "Path": c.process.args.first().cloned().unwrap_or_default(),
-        "Args": c.process.args.iter().skip(1).collect::<Vec<_>>(),
-        "State": {
-            "Status": s,
-            "Running": s == "running" || s == "paused",
-            "Paused": s == "paused",
-            "Restarting": c.restarting.load(std::sync::atomic::Ordering::SeqCst),
-            "OOMKilled": false,
-            "Dead": false,
-            "Pid": pid,
-            "ExitCode": st.exit_code.unwrap_or(0),
-            "Error": "",
-            "StartedAt": st.started_at.clone().unwrap_or_else(|| zero.clone()),
-            "FinishedAt": st.finished_at.clone().unwrap_or(zero),
+        network_mode: "none".into(),
+        port_bindings: m::Empty::new(),
+        restart_policy: m::RestartPolicy {
+            name: match c.spec.restart_policy.as_str() {
+                "always" => "always",
+                "onFailure" => "on-failure",
+                _ => "no",
+            },
+            maximum_retry_count: 0,
         },
-        "Image": c.image.id,
-        "ResolvConfPath": "",
-        "HostnamePath": "",
-        "HostsPath": "",
-        "LogPath": c.io.log_path,
-        "Name": format!("/{}", c.name()),
-        "RestartCount": st.restart_count,
-        "Driver": engine.driver.describe(),
-        "Platform": "linux",
-        "MountLabel": "",
-        "ProcessLabel": "",
-        "AppArmorProfile": "",
-        "ExecIDs": null,
-        "HostConfig": host_config,
-        "GraphDriver": { "Name": "erofs", "Data": {} },
-        "Mounts": [],
-        "Config": {
-            "Hostname": pod.spec.hostname,
-            "Domainname": "",
-            "User": c.process.user,
-            "AttachStdin": false,
-            "AttachStdout": true,
-            "AttachStderr": true,
-            "ExposedPorts": null,
-            "Tty": c.process.tty,
-            "OpenStdin": c.process.tty,
-            "StdinOnce": false,
-            "Env": c.process.env,
-            "Cmd": c.spec.command,
-            "Entrypoint": c.spec.entrypoint,
-            "Image": c.image_ref,
-            "Volumes": null,
-            "WorkingDir": c.process.workdir,
-            "OnBuild": null,
-            "Labels": pod.labels(),
-            "StopSignal": c.stop_signal(),
+        auto_remove: pod.spec.auto_remove,
+        volume_driver: String::new(),
+        volumes_from: None,
+        cap_add: None,
+        cap_drop: None,
+        dns: vec![],
+        dns_options: vec![],
+        dns_search: vec![],
+        extra_hosts: None,
+        privileged: false,
+        publish_all_ports: false,
+        readonly_rootfs: false,
+        security_opt: None,
+        tmpfs: None,
+        uts_mode: String::new(),
+        userns_mode: String::new(),
+        shm_size: 67108864,
+        runtime: "hyperd".into(),
+        isolation: String::new(),
+        cpu_shares: 0,
+        memory: u64::from(pod.spec.resource.memory) << 20,
+        nano_cpus: u64::from(pod.spec.resource.vcpu) * 1_000_000_000,
+        cgroup_parent: String::new(),
+        blkio_weight: 0,
+        cpu_period: 0,
+        cpu_quota: 0,
+        cpuset_cpus: String::new(),
+        devices: vec![],
+        memory_reservation: 0,
+        memory_swap: 0,
+        oom_kill_disable: false,
+        pids_limit: None,
+        ulimits: None,
+        mounts: None,
+        init: None,
+    };
+    ok_json(m::ContainerInspect {
+        id: c.id.clone(),
+        created: pod.created.clone(),
+        path: c.process.args.first().cloned().unwrap_or_default(),
+        args: c.process.args.iter().skip(1).cloned().collect(),
+        state: m::ContainerState {
+            status: s,
+            running: s == "running" || s == "paused",
+            paused: s == "paused",
+            restarting: c.restarting.load(std::sync::atomic::Ordering::SeqCst),
+            oom_killed: false,
+            dead: false,
+            pid,
+            exit_code: st.exit_code.unwrap_or(0),
+            error: String::new(),
+            started_at: st.started_at.clone().unwrap_or_else(|| zero.clone()),
+            finished_at: st.finished_at.clone().unwrap_or(zero),
         },
-        "NetworkSettings": {
-            "Bridge": "",
-            "SandboxID": "",
-            "SandboxKey": "",
-            "Ports": {},
-            "IPAddress": "",
-            "IPPrefixLen": 0,
-            "Gateway": "",
-            "MacAddress": "",
-            "Networks": {},
+        image: c.image.id.clone(),
+        resolv_conf_path: String::new(),
+        hostname_path: String::new(),
+        hosts_path: String::new(),
+        log_path: c.io.log_path.clone(),
+        name: format!("/{}", c.name()),
+        restart_count: st.restart_count,
+        driver: engine.driver.describe(),
+        platform: "linux".into(),
+        mount_label: String::new(),
+        process_label: String::new(),
+        app_armor_profile: String::new(),
+        exec_ids: None,
+        host_config,
+        graph_driver: m::GraphDriver {
+            name: "erofs".into(),
+            data: m::Empty::new(),
         },
-        "HyperPodID": pod.id,
-    }))
+        mounts: vec![],
+        config: m::ContainerConfig {
+            hostname: pod.spec.hostname.clone(),
+            domainname: String::new(),
+            user: c.process.user.clone(),
+            attach_stdin: false,
+            attach_stdout: true,
+            attach_stderr: true,
+            exposed_ports: None,
+            tty: c.process.tty,
+            open_stdin: c.process.tty,
+            stdin_once: false,
+            env: c.process.env.clone(),
+            cmd: c.spec.command.clone(),
+            entrypoint: c.spec.entrypoint.clone(),
+            image: c.image_ref.clone(),
+            volumes: None,
+            working_dir: c.process.workdir.clone(),
+            on_build: None,
+            labels: pod.labels(),
+            stop_signal: c.stop_signal().to_string(),
+        },
+        network_settings: m::NetworkSettings {
+            bridge: String::new(),
+            sandbox_id: String::new(),
+            sandbox_key: String::new(),
+            ports: m::Empty::new(),
+            ip_address: String::new(),
+            ip_prefix_len: 0,
+            gateway: String::new(),
+            mac_address: String::new(),
+            networks: m::Empty::new(),
+        },
+        hyper_pod_id: pod.id.clone(),
+    })
 }
 
 pub(super) fn no_content() -> ApiResult {
@@ -676,10 +694,13 @@ async fn wait(engine: &Arc<Engine>, id: &str, req: &Request<Incoming>) -> ApiRes
             }
         }
         let code = c.status.lock().unwrap().exit_code.unwrap_or(0);
-        let _ = tx.send(bytes::Bytes::from(format!(
-            "{}\n",
-            json!({ "StatusCode": code, "Error": null })
-        )));
+        let reply = m::WaitReply {
+            status_code: code,
+            error: None,
+        };
+        let mut line = serde_json::to_vec(&reply).unwrap_or_default();
+        line.push(b'\n');
+        let _ = tx.send(bytes::Bytes::from(line));
     });
     Ok(crate::api::http::stream_chunks(rx, "application/json"))
 }
@@ -713,7 +734,7 @@ async fn resize(
         None => find(engine, container)?.1.id.clone(),
     };
     match engine.resize(&id, exec, num("h"), num("w")).await {
-        Ok(()) | Err(crate::engine::EngineError::WrongState(_)) => ok_json(json!({})),
+        Ok(()) | Err(crate::engine::EngineError::WrongState(_)) => ok_json(m::Empty::new()),
         Err(e) => Err(e.into()),
     }
 }
@@ -731,27 +752,32 @@ async fn remove(engine: &Arc<Engine>, id: &str, req: &Request<Incoming>) -> ApiR
 async fn exec_create(engine: &Arc<Engine>, id: &str, req: Request<Incoming>) -> ApiResult {
     let (_, c) = find(engine, id)?;
     let body = read_body(req.into_body(), MAX_JSON_BODY).await?;
-    let cfg: Value = serde_json::from_slice(&body)
+    let cfg: m::ExecCreate = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("invalid exec config: {e}")))?;
+    let attach_stdin = cfg.attach_stdin.unwrap_or(false);
     let request = crate::engine::exec::ExecRequest {
-        command: strings(&cfg["Cmd"]),
-        tty: cfg["Tty"].as_bool().unwrap_or(false),
-        env: strings(&cfg["Env"])
+        command: cfg.cmd.map(m::Command::args).unwrap_or_default(),
+        tty: cfg.tty.unwrap_or(false),
+        env: cfg
+            .env
+            .unwrap_or_default()
             .into_iter()
             .filter(|e| e.contains('='))
             .collect(),
-        workdir: cfg["WorkingDir"].as_str().unwrap_or_default().to_string(),
-        user: cfg["User"].as_str().unwrap_or_default().to_string(),
+        workdir: cfg.working_dir.unwrap_or_default(),
+        user: cfg.user.unwrap_or_default(),
     };
     let (_, exec) = engine.create_exec(&c.id, request)?;
-    if cfg["AttachStdin"].as_bool().unwrap_or(false) {
+    if attach_stdin {
         exec.io
             .stdin_wanted
             .store(true, std::sync::atomic::Ordering::SeqCst);
     }
     Ok(crate::api::http::json_response(
         StatusCode::CREATED,
-        &json!({ "Id": exec.id }),
+        &m::ExecCreated {
+            id: exec.id.clone(),
+        },
     ))
 }
 
@@ -760,16 +786,16 @@ async fn exec_start(engine: &Arc<Engine>, id: &str, mut req: Request<Incoming>) 
     let upgrade = wants_upgrade(&req);
     let on_upgrade = hyper::upgrade::on(&mut req);
     let body = read_body(req.into_body(), MAX_JSON_BODY).await?;
-    let cfg: Value = if body.iter().all(u8::is_ascii_whitespace) {
-        json!({})
+    let cfg: m::ExecStart = if body.iter().all(u8::is_ascii_whitespace) {
+        m::ExecStart::default()
     } else {
         serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?
+            .map_err(|e| ApiError::bad_request(format!("invalid exec start: {e}")))?
     };
     let (pod, exec) = engine.exec(id)?;
-    if cfg["Detach"].as_bool().unwrap_or(false) || !upgrade {
+    if cfg.detach.unwrap_or(false) || !upgrade {
         engine.start_exec(&pod, &exec).await?;
-        return ok_json(json!({}));
+        return ok_json(m::Empty::new());
     }
     let stdin = exec
         .io
@@ -794,15 +820,20 @@ fn exec_inspect(engine: &Arc<Engine>, id: &str) -> ApiResult {
     let (_, e) = engine.exec(id)?;
     let st = e.status.lock().unwrap().clone();
     let running = *e.io.state().borrow() == IoState::Running;
-    ok_json(json!({
-        "ID": e.id,
-        "Running": running,
-        "ExitCode": if running { Value::Null } else { json!(st.exit_code.unwrap_or(0)) },
-        "ProcessConfig": { "tty": e.process.tty, "entrypoint": e.process.args.first(), "arguments": e.process.args.iter().skip(1).collect::<Vec<_>>(), "user": e.process.user },
-        "OpenStdin": e.io.stdin_wanted.load(std::sync::atomic::Ordering::SeqCst),
-        "OpenStdout": true,
-        "OpenStderr": true,
-        "ContainerID": e.container.id,
-        "Pid": 0,
-    }))
+    ok_json(m::ExecInspect {
+        id: e.id.clone(),
+        running,
+        exit_code: (!running).then(|| st.exit_code.unwrap_or(0)),
+        process_config: m::ProcessConfig {
+            tty: e.process.tty,
+            entrypoint: e.process.args.first().cloned(),
+            arguments: e.process.args.iter().skip(1).cloned().collect(),
+            user: e.process.user.clone(),
+        },
+        open_stdin: e.io.stdin_wanted.load(std::sync::atomic::Ordering::SeqCst),
+        open_stdout: true,
+        open_stderr: true,
+        container_id: e.container.id.clone(),
+        pid: 0,
+    })
 }

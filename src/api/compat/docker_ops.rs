@@ -1,12 +1,12 @@
 //! Docker container operations beyond the lifecycle: graceful stop and restart, pause,
 //! rename, stats in Docker's JSON shape, and top (`ps` inside the container).
 use super::docker::{find, no_content, not_modified, state};
+use super::docker_models as m;
 use crate::api::containers::{grace_of, MAX_GRACE};
 use crate::api::http::{flag, query, ApiError, ApiResult};
 use crate::engine::Engine;
 use hyper::body::Incoming;
 use hyper::Request;
-use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -109,6 +109,13 @@ async fn sample(
     ))
 }
 
+/// One JSON object and a newline, as a streamed stats line.
+fn json_line(v: &impl serde::Serialize) -> String {
+    let mut line = serde_json::to_string(v).unwrap_or_default();
+    line.push('\n');
+    line
+}
+
 fn stats_json(
     id: &str,
     name: &str,
@@ -116,38 +123,38 @@ fn stats_json(
     now: &Sample,
     pre: Option<&Sample>,
     s: &hyperd_agent::protocol::Stats,
-) -> Value {
-    let cpu = |x: Option<&Sample>| match x {
-        Some(x) => json!({
-            "cpu_usage": { "total_usage": x.cpu_ns, "usage_in_kernelmode": 0, "usage_in_usermode": 0 },
-            "system_cpu_usage": x.system_ns,
-            "online_cpus": vcpus,
-            "throttling_data": { "periods": 0, "throttled_periods": 0, "throttled_time": 0 },
-        }),
-        None => json!({
-            "cpu_usage": { "total_usage": 0, "usage_in_kernelmode": 0, "usage_in_usermode": 0 },
-            "throttling_data": { "periods": 0, "throttled_periods": 0, "throttled_time": 0 },
-        }),
-    };
-    let used = s.memory_total.saturating_sub(s.memory_available);
-    json!({
-        "id": id,
-        "name": format!("/{name}"),
-        "read": now.read,
-        "preread": pre.map(|p| p.read.clone()).unwrap_or_else(|| "0001-01-01T00:00:00Z".into()),
-        "num_procs": 0,
-        "pids_stats": { "current": s.processes },
-        "cpu_stats": cpu(Some(now)),
-        "precpu_stats": cpu(pre),
-        "memory_stats": { "usage": used, "limit": s.memory_total, "stats": {} },
-        "blkio_stats": {
-            "io_service_bytes_recursive": null, "io_serviced_recursive": null,
-            "io_queue_recursive": null, "io_service_time_recursive": null,
-            "io_wait_time_recursive": null, "io_merged_recursive": null,
-            "io_time_recursive": null, "sectors_recursive": null,
+) -> m::Stats {
+    let cpu = |x: Option<&Sample>| m::CpuStats {
+        cpu_usage: m::CpuUsage {
+            total_usage: x.map_or(0, |x| x.cpu_ns),
+            usage_in_kernelmode: 0,
+            usage_in_usermode: 0,
         },
-        "storage_stats": {},
-    })
+        system_cpu_usage: x.map(|x| x.system_ns),
+        online_cpus: x.map(|_| vcpus),
+        throttling_data: m::ThrottlingData::default(),
+    };
+    m::Stats {
+        id: id.to_string(),
+        name: format!("/{name}"),
+        read: now.read.clone(),
+        preread: pre
+            .map(|p| p.read.clone())
+            .unwrap_or_else(|| "0001-01-01T00:00:00Z".into()),
+        num_procs: 0,
+        pids_stats: m::PidsStats {
+            current: s.processes,
+        },
+        cpu_stats: cpu(Some(now)),
+        precpu_stats: cpu(pre),
+        memory_stats: m::MemoryStats {
+            usage: s.memory_total.saturating_sub(s.memory_available),
+            limit: s.memory_total,
+            stats: m::Empty::new(),
+        },
+        blkio_stats: m::BlkioStats::default(),
+        storage_stats: m::Empty::new(),
+    }
 }
 
 /// `GET /containers/{id}/stats[?stream=false][&one-shot=true]`: a sample a second, or
@@ -174,10 +181,9 @@ pub async fn stats(engine: &Arc<Engine>, id: &str, req: &Request<Incoming>) -> A
     }
     let (first, s) = sample(engine, &pod.id, vcpus, epoch).await?;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let _ = tx.send(bytes::Bytes::from(format!(
-        "{}\n",
-        stats_json(&id, &name, vcpus, &first, None, &s)
-    )));
+    let _ = tx.send(bytes::Bytes::from(json_line(&stats_json(
+        &id, &name, vcpus, &first, None, &s,
+    ))));
     let engine = engine.clone();
     let pod_id = pod.id.clone();
     tokio::spawn(async move {
@@ -191,7 +197,7 @@ pub async fn stats(engine: &Arc<Engine>, id: &str, req: &Request<Incoming>) -> A
             let Ok((now, s)) = sample(&engine, &pod_id, vcpus, epoch).await else {
                 return;
             };
-            let line = format!("{}\n", stats_json(&id, &name, vcpus, &now, Some(&pre), &s));
+            let line = json_line(&stats_json(&id, &name, vcpus, &now, Some(&pre), &s));
             if tx.send(bytes::Bytes::from(line)).is_err() {
                 return;
             }
@@ -203,7 +209,7 @@ pub async fn stats(engine: &Arc<Engine>, id: &str, req: &Request<Incoming>) -> A
 
 /// `ps` output as Docker's top: the first line's words are the titles, each later line
 /// has as many fields, the last taking the rest of the line (the command).
-pub fn parse_ps(text: &str) -> Value {
+pub fn parse_ps(text: &str) -> m::Top {
     let mut lines = text.lines().filter(|l| !l.trim().is_empty());
     let titles: Vec<&str> = lines.next().unwrap_or("").split_whitespace().collect();
     let n = titles.len().max(1);
@@ -220,7 +226,10 @@ pub fn parse_ps(text: &str) -> Value {
             fields
         })
         .collect();
-    json!({ "Titles": titles, "Processes": processes })
+    m::Top {
+        titles: titles.iter().map(|t| t.to_string()).collect(),
+        processes,
+    }
 }
 
 /// `GET /containers/{id}/top[?ps_args=-ef]`: `ps` run inside the container.
@@ -259,11 +268,13 @@ mod tests {
     fn parses_ps_output() {
         let v =
             super::parse_ps("PID   USER     COMMAND\n    1 root     sleep 100\n   7 root ps -ef\n");
-        assert_eq!(v["Titles"], serde_json::json!(["PID", "USER", "COMMAND"]));
+        assert_eq!(v.titles, ["PID", "USER", "COMMAND"]);
         assert_eq!(
-            v["Processes"],
-            serde_json::json!([["1", "root", "sleep 100"], ["7", "root", "ps -ef"]])
+            v.processes,
+            [["1", "root", "sleep 100"], ["7", "root", "ps -ef"]]
         );
-        assert_eq!(super::parse_ps("")["Processes"], serde_json::json!([]));
+        assert!(super::parse_ps("").processes.is_empty());
+        let json = serde_json::to_value(&v).unwrap();
+        assert!(json["Titles"].is_array() && json["Processes"].is_array());
     }
 }

@@ -9,8 +9,109 @@ use crate::image::ImageRecord;
 use crate::spec::{ContainerSpec, DiskLimits, EnvVar, PodSpec, Port, Resource};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
 use std::sync::Arc;
+
+/// The Flask API's wire format.
+mod models {
+    use serde::{Deserialize, Serialize};
+    use std::collections::BTreeMap;
+
+    /// `{"error": "…"}`.
+    #[derive(Serialize)]
+    pub struct ErrorReply {
+        pub error: String,
+    }
+
+    /// A container with its statistics, keyed by its short id in every answer.
+    #[derive(Serialize)]
+    pub struct Container {
+        pub cpu_percent: f64,
+        pub image_short_id: String,
+        pub image_tags: Vec<String>,
+        pub mem_limit: f64,
+        pub mem_max_usage: f64,
+        pub mem_usage: f64,
+        pub name: String,
+        pub short_id: String,
+        /// `created`, `running`, `paused` or `exited`.
+        pub status: &'static str,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        pub notes: Vec<&'static str>,
+    }
+
+    #[derive(Serialize)]
+    pub struct Image {
+        pub created: String,
+        pub size: u64,
+        pub tags: Vec<String>,
+    }
+
+    #[derive(Serialize)]
+    pub struct Removed {
+        pub removed: String,
+    }
+
+    /// `GET /image/updateall`.
+    #[derive(Serialize)]
+    pub struct Updated {
+        pub updated: Vec<String>,
+        pub failed: BTreeMap<String, String>,
+    }
+
+    /// A memory limit: bytes, or text with a unit (`128m`).
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    pub enum MemLimit {
+        Bytes(u64),
+        Text(String),
+    }
+
+    /// One `device_*` entry; only the rate is used (it applies to every VM disk).
+    #[derive(Deserialize)]
+    pub struct DeviceRate {
+        #[serde(rename = "Rate")]
+        pub rate: u64,
+    }
+
+    /// `POST /container`.
+    #[derive(Deserialize)]
+    pub struct CreateContainer {
+        #[serde(default)]
+        pub image_name: String,
+        #[serde(default)]
+        pub mem_limit: Option<MemLimit>,
+        #[serde(default)]
+        pub cpu_percent_limit: Option<u64>,
+        /// `KEY=VALUE` entries.
+        #[serde(default)]
+        pub environment: Vec<String>,
+        /// `"PORT[/PROTO]": HOST_PORT`.
+        #[serde(default)]
+        pub ports: BTreeMap<String, Option<u32>>,
+        #[serde(default)]
+        pub device_read_bps: Vec<DeviceRate>,
+        #[serde(default)]
+        pub device_read_iops: Vec<DeviceRate>,
+        #[serde(default)]
+        pub device_write_bps: Vec<DeviceRate>,
+        #[serde(default)]
+        pub device_write_iops: Vec<DeviceRate>,
+    }
+
+    /// `POST /image`: one name or a list.
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    pub enum Names {
+        One(String),
+        Many(Vec<String>),
+    }
+
+    #[derive(Deserialize)]
+    pub struct Pull {
+        pub image_name: Option<Names>,
+    }
+}
 
 type Reply = Result<Response<crate::api::http::Body>, ApiError>;
 
@@ -42,19 +143,16 @@ pub async fn route(
         _ => return None,
     };
     Some(Ok(reply.unwrap_or_else(|e| {
-        json_response(e.status, &json!({ "error": e.message }))
+        json_response(e.status, &models::ErrorReply { error: e.message })
     })))
 }
 
 /// `100000b`, `1000k`, `128m`, `1g`, a plain number of bytes, or a JSON integer.
-pub fn parse_mem_limit(v: &Value) -> Result<Option<u64>, ApiError> {
+fn parse_mem_limit(v: Option<&models::MemLimit>) -> Result<Option<u64>, ApiError> {
     match v {
-        Value::Null => Ok(None),
-        Value::Number(n) => n
-            .as_u64()
-            .map(Some)
-            .ok_or_else(|| ApiError::bad_request(format!("bad mem_limit {n}"))),
-        Value::String(s) => {
+        None => Ok(None),
+        Some(models::MemLimit::Bytes(n)) => Ok(Some(*n)),
+        Some(models::MemLimit::Text(s)) => {
             let s = s.trim().to_ascii_lowercase();
             let (num, mult) = match s.chars().last() {
                 Some('b') => (&s[..s.len() - 1], 1u64),
@@ -73,7 +171,6 @@ pub fn parse_mem_limit(v: &Value) -> Result<Option<u64>, ApiError> {
                     ))
                 })
         }
-        other => Err(ApiError::bad_request(format!("bad mem_limit {other}"))),
     }
 }
 
@@ -90,7 +187,7 @@ fn status(pod: &Pod, c: &Container) -> &'static str {
     }
 }
 
-async fn container_entry(engine: &Engine, pod: &Arc<Pod>, c: &Container) -> Value {
+async fn container_entry(engine: &Engine, pod: &Arc<Pod>, c: &Container) -> models::Container {
     let (mut usage, mut cpu) = (0.0, 0.0);
     if status(pod, c) == "running" {
         if let Ok((_, s)) = engine.pod_stats(&pod.id).await {
@@ -99,27 +196,28 @@ async fn container_entry(engine: &Engine, pod: &Arc<Pod>, c: &Container) -> Valu
         }
     }
     let max = pod.note_memory(usage);
-    json!({
-        "cpu_percent": cpu,
-        "image_short_id": format!("sha256:{}", short(&c.image.id)),
-        "image_tags": c.image.repo_tags,
-        "mem_limit": mib(u64::from(pod.spec.resource.memory) << 20),
-        "mem_max_usage": max,
-        "mem_usage": usage,
-        "name": c.name(),
-        "short_id": short(&c.id),
-        "status": status(pod, c),
-    })
+    models::Container {
+        cpu_percent: cpu,
+        image_short_id: format!("sha256:{}", short(&c.image.id)),
+        image_tags: c.image.repo_tags.clone(),
+        mem_limit: mib(u64::from(pod.spec.resource.memory) << 20),
+        mem_max_usage: max,
+        mem_usage: usage,
+        name: c.name().clone(),
+        short_id: short(&c.id),
+        status: status(pod, c),
+        notes: Vec::new(),
+    }
 }
 
 async fn list_containers(engine: &Arc<Engine>) -> Reply {
-    let mut out = Map::new();
+    let mut out = BTreeMap::new();
     for pod in engine.pods() {
         for c in pod.containers() {
             out.insert(short(&c.id), container_entry(engine, &pod, &c).await);
         }
     }
-    Ok(json_response(StatusCode::OK, &Value::Object(out)))
+    Ok(json_response(StatusCode::OK, &out))
 }
 
 fn find(engine: &Engine, id: &str) -> Result<(Arc<Pod>, Arc<Container>), ApiError> {
@@ -132,50 +230,39 @@ async fn one_container(engine: &Arc<Engine>, id: &str) -> Reply {
     let (pod, c) = find(engine, id)?;
     Ok(json_response(
         StatusCode::OK,
-        &json!({ short(&c.id): container_entry(engine, &pod, &c).await }),
+        &BTreeMap::from([(short(&c.id), container_entry(engine, &pod, &c).await)]),
     ))
 }
 
-fn rate(v: &Value, field: &str) -> Result<u64, ApiError> {
-    let mut total = 0u64;
-    for item in v[field].as_array().into_iter().flatten() {
-        let r = item["Rate"].as_u64().ok_or_else(|| {
-            ApiError::bad_request(format!("{field}: every entry needs a numeric Rate"))
-        })?;
-        total = if total == 0 { r } else { total.min(r) };
-    }
-    Ok(total)
+/// The smallest rate of a `device_*` list (0: none).
+fn rate(entries: &[models::DeviceRate]) -> u64 {
+    entries.iter().map(|e| e.rate).min().unwrap_or(0)
 }
 
 /// `POST /container`: creates and starts a container.
 async fn create(engine: &Arc<Engine>, req: Request<Incoming>) -> Reply {
     let body = read_body(req.into_body(), MAX_JSON_BODY).await?;
-    let v: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
-    let image = v["image_name"]
-        .as_str()
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| ApiError::bad_request("image_name is required"))?;
-    let mem = parse_mem_limit(&v["mem_limit"])?;
+    let v: models::CreateContainer = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("invalid container: {e}")))?;
+    if v.image_name.is_empty() {
+        return Err(ApiError::bad_request("image_name is required"));
+    }
+    let image = v.image_name.as_str();
+    let mem = parse_mem_limit(v.mem_limit.as_ref())?;
     let memory = match mem {
         Some(b) => u32::try_from(b.div_ceil(1 << 20))
             .unwrap_or(u32::MAX)
             .max(crate::spec::MIN_MEMORY),
         None => 128,
     };
-    let cpu_percent = match &v["cpu_percent_limit"] {
-        Value::Null => 0,
-        n => n
-            .as_u64()
-            .filter(|p| (1..=100).contains(p))
-            .ok_or_else(|| ApiError::bad_request("cpu_percent_limit must be 1..100"))?
-            as u32,
+    let cpu_percent = match v.cpu_percent_limit {
+        None => 0,
+        Some(p) if (1..=100).contains(&p) => p as u32,
+        Some(_) => return Err(ApiError::bad_request("cpu_percent_limit must be 1..100")),
     };
-    let envs = v["environment"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.as_str())
+    let envs = v
+        .environment
+        .iter()
         .filter_map(|kv| {
             kv.split_once('=').map(|(k, val)| EnvVar {
                 env: k.into(),
@@ -184,21 +271,21 @@ async fn create(engine: &Arc<Engine>, req: Request<Incoming>) -> Reply {
         })
         .collect();
     let mut ports = Vec::new();
-    for (k, host) in v["ports"].as_object().into_iter().flatten() {
+    for (k, host) in &v.ports {
         let (port, proto) = k.split_once('/').unwrap_or((k, "tcp"));
         ports.push(Port {
             container_port: port
                 .parse()
                 .map_err(|_| ApiError::bad_request(format!("bad port {k:?}")))?,
-            host_port: host.as_u64().unwrap_or(0) as u32,
+            host_port: host.unwrap_or(0),
             protocol: proto.to_string(),
         });
     }
     let disk = DiskLimits {
-        read_bps: rate(&v, "device_read_bps")?,
-        read_iops: rate(&v, "device_read_iops")?,
-        write_bps: rate(&v, "device_write_bps")?,
-        write_iops: rate(&v, "device_write_iops")?,
+        read_bps: rate(&v.device_read_bps),
+        read_iops: rate(&v.device_read_iops),
+        write_bps: rate(&v.device_write_bps),
+        write_iops: rate(&v.device_write_iops),
     };
     let spec = PodSpec {
         containers: vec![ContainerSpec {
@@ -222,13 +309,13 @@ async fn create(engine: &Arc<Engine>, req: Request<Incoming>) -> Reply {
     let mut entry = container_entry(engine, &pod, &c).await;
     // The device limits apply to the VM's disks, whatever the device path said.
     if !disk.is_none() {
-        entry["notes"] = json!([
-            "device_* limits apply to the VM's disks (all of them), not to a host device path"
-        ]);
+        entry.notes = vec![
+            "device_* limits apply to the VM's disks (all of them), not to a host device path",
+        ];
     }
     Ok(json_response(
         StatusCode::CREATED,
-        &json!({ short(&c.id): entry }),
+        &BTreeMap::from([(short(&c.id), entry)]),
     ))
 }
 
@@ -241,7 +328,7 @@ async fn start_stop(engine: &Arc<Engine>, id: &str, action: &str) -> Reply {
     }
     Ok(json_response(
         StatusCode::OK,
-        &json!({ short(&c.id): container_entry(engine, &pod, &c).await }),
+        &BTreeMap::from([(short(&c.id), container_entry(engine, &pod, &c).await)]),
     ))
 }
 
@@ -250,20 +337,28 @@ async fn remove(engine: &Arc<Engine>, id: &str) -> Reply {
     engine.remove_pod(&pod.id).await?;
     Ok(json_response(
         StatusCode::OK,
-        &json!({ "removed": short(&c.id) }),
+        &models::Removed {
+            removed: short(&c.id),
+        },
     ))
 }
 
-fn image_entry(rec: &ImageRecord) -> Value {
-    json!({ "created": crate::engine::io::rfc3339(rec.created as i64, 0), "size": rec.size, "tags": rec.repo_tags })
+fn image_entry(rec: &ImageRecord) -> models::Image {
+    models::Image {
+        created: crate::engine::io::rfc3339(rec.created as i64, 0),
+        size: rec.size,
+        tags: rec.repo_tags.clone(),
+    }
 }
 
 fn list_images(engine: &Arc<Engine>) -> Reply {
-    let mut out = Map::new();
-    for rec in engine.images.list()? {
-        out.insert(format!("sha256:{}", short(&rec.id)), image_entry(&rec));
-    }
-    Ok(json_response(StatusCode::OK, &Value::Object(out)))
+    let out: BTreeMap<String, models::Image> = engine
+        .images
+        .list()?
+        .iter()
+        .map(|rec| (format!("sha256:{}", short(&rec.id)), image_entry(rec)))
+        .collect();
+    Ok(json_response(StatusCode::OK, &out))
 }
 
 async fn pull_one(engine: &Arc<Engine>, name: &str) -> Result<ImageRecord, ApiError> {
@@ -273,44 +368,41 @@ async fn pull_one(engine: &Arc<Engine>, name: &str) -> Result<ImageRecord, ApiEr
 /// `POST /image` with `{"image_name": [..]}` (default tag latest).
 async fn pull(engine: &Arc<Engine>, req: Request<Incoming>) -> Reply {
     let body = read_body(req.into_body(), MAX_JSON_BODY).await?;
-    let v: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
-    let names: Vec<String> = match &v["image_name"] {
-        Value::Array(a) => a
-            .iter()
-            .filter_map(|n| n.as_str().map(str::to_string))
-            .collect(),
-        Value::String(s) => vec![s.clone()],
-        _ => vec![],
+    let v: models::Pull = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("invalid pull: {e}")))?;
+    let names: Vec<String> = match v.image_name {
+        Some(models::Names::Many(a)) => a,
+        Some(models::Names::One(s)) => vec![s],
+        None => vec![],
     };
     if names.is_empty() {
         return Err(ApiError::bad_request(
             "image_name is required (a list of images)",
         ));
     }
-    let mut out = Map::new();
+    let mut out = BTreeMap::new();
     for n in names {
         let rec = pull_one(engine, &n).await?;
         out.insert(format!("sha256:{}", short(&rec.id)), image_entry(&rec));
     }
-    Ok(json_response(StatusCode::OK, &Value::Object(out)))
+    Ok(json_response(StatusCode::OK, &out))
 }
 
 /// `GET /image/updateall`: pulls every tagged image again.
 async fn update_all(engine: &Arc<Engine>) -> Reply {
     let mut updated = Vec::new();
-    let mut failed = Map::new();
+    let mut failed = BTreeMap::new();
     for rec in engine.images.list()? {
         for tag in &rec.repo_tags {
             match pull_one(engine, tag).await {
                 Ok(_) => updated.push(tag.clone()),
-                Err(e) => drop(failed.insert(tag.clone(), json!(e.message))),
+                Err(e) => drop(failed.insert(tag.clone(), e.message)),
             }
         }
     }
     Ok(json_response(
         StatusCode::OK,
-        &json!({ "updated": updated, "failed": failed }),
+        &models::Updated { updated, failed },
     ))
 }
 
@@ -321,7 +413,7 @@ fn one_image(engine: &Arc<Engine>, id: &str) -> Reply {
         .map_err(|_| ApiError::not_found(format!("image {id} not found")))?;
     Ok(json_response(
         StatusCode::OK,
-        &json!({ format!("sha256:{}", short(&rec.id)): image_entry(&rec) }),
+        &BTreeMap::from([(format!("sha256:{}", short(&rec.id)), image_entry(&rec))]),
     ))
 }
 
@@ -335,26 +427,32 @@ fn delete_image(engine: &Arc<Engine>, id: &str) -> Reply {
         .remove(&rec.id, |img| engine.image_in_use(img), false)?;
     Ok(json_response(
         StatusCode::OK,
-        &json!({ "removed": format!("sha256:{}", short(&rec.id)) }),
+        &models::Removed {
+            removed: format!("sha256:{}", short(&rec.id)),
+        },
     ))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::parse_mem_limit;
-    use serde_json::json;
+    use super::{models::MemLimit, parse_mem_limit};
+
+    fn parse(json: &str) -> Result<Option<u64>, ()> {
+        let v: Option<MemLimit> = serde_json::from_str(json).map_err(|_| ())?;
+        parse_mem_limit(v.as_ref()).map_err(|_| ())
+    }
 
     #[test]
     fn parses_memory_limits() {
-        assert_eq!(parse_mem_limit(&json!("2g")).unwrap(), Some(2 << 30));
-        assert_eq!(parse_mem_limit(&json!("128m")).unwrap(), Some(128 << 20));
-        assert_eq!(parse_mem_limit(&json!("1000k")).unwrap(), Some(1000 << 10));
-        assert_eq!(parse_mem_limit(&json!("100000b")).unwrap(), Some(100000));
-        assert_eq!(parse_mem_limit(&json!("4096")).unwrap(), Some(4096));
-        assert_eq!(parse_mem_limit(&json!(1024)).unwrap(), Some(1024));
-        assert_eq!(parse_mem_limit(&json!(null)).unwrap(), None);
-        for bad in [json!("2x"), json!("g"), json!(""), json!(-1), json!([1])] {
-            assert!(parse_mem_limit(&bad).is_err(), "{bad}");
+        assert_eq!(parse(r#""2g""#), Ok(Some(2 << 30)));
+        assert_eq!(parse(r#""128m""#), Ok(Some(128 << 20)));
+        assert_eq!(parse(r#""1000k""#), Ok(Some(1000 << 10)));
+        assert_eq!(parse(r#""100000b""#), Ok(Some(100000)));
+        assert_eq!(parse(r#""4096""#), Ok(Some(4096)));
+        assert_eq!(parse("1024"), Ok(Some(1024)));
+        assert_eq!(parse("null"), Ok(None));
+        for bad in [r#""2x""#, r#""g""#, r#""""#, "-1", "[1]"] {
+            assert!(parse(bad).is_err(), "{bad}");
         }
     }
 }

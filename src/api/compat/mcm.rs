@@ -9,8 +9,78 @@ use crate::image::ImageRecord;
 use crate::spec::{ContainerSpec, EnvVar, PodSpec};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::sync::Arc;
+
+/// mCM's wire format: what its clients send and read.
+mod models {
+    use serde::{Deserialize, Serialize};
+
+    /// `{"error": {"code": N, "message": "…"}}`.
+    #[derive(Serialize)]
+    pub struct ErrorReply {
+        pub error: ErrorDetail,
+    }
+
+    #[derive(Serialize)]
+    pub struct ErrorDetail {
+        pub code: u16,
+        pub message: String,
+    }
+
+    /// `{"data": …}`.
+    #[derive(Serialize)]
+    pub struct Data<T> {
+        pub data: T,
+    }
+
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct Image {
+        pub id: String,
+        pub name: String,
+        pub repo_digests: Vec<Vec<String>>,
+        pub created: u64,
+        pub size: u64,
+        pub containers: usize,
+    }
+
+    /// A container as mCM shows it: `env` is never sent back.
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct Container {
+        pub id: String,
+        pub name: String,
+        pub image: String,
+        pub image_id: String,
+        pub created: u64,
+        /// `created`, `running`, `paused` or `removing`.
+        pub state: &'static str,
+    }
+
+    /// `POST /containers`.
+    #[derive(Deserialize)]
+    pub struct CreateContainer {
+        #[serde(default)]
+        pub image: String,
+        #[serde(default)]
+        pub name: String,
+        /// `KEY=VALUE`; a variable without `=` is removed from the environment.
+        #[serde(default)]
+        pub env: Vec<String>,
+    }
+
+    /// `PUT /containers/{id}`.
+    #[derive(Deserialize)]
+    pub struct UpdateContainer {
+        #[serde(default = "start")]
+        pub action: String,
+    }
+
+    fn start() -> String {
+        "start".into()
+    }
+}
 
 /// Largest image a request may carry in base64 (or a payload URL may return).
 const MAX_IMAGE_BYTES: usize = 1 << 30;
@@ -30,7 +100,12 @@ fn err(status: StatusCode, message: impl Into<String>) -> Response<crate::api::h
     let message = message.into();
     json_response(
         status,
-        &json!({ "error": { "code": status.as_u16(), "message": message } }),
+        &models::ErrorReply {
+            error: models::ErrorDetail {
+                code: status.as_u16(),
+                message,
+            },
+        },
     )
 }
 
@@ -61,7 +136,7 @@ pub async fn route(
     Some(Ok(resp.unwrap_or_else(from_api)))
 }
 
-fn image_json(engine: &Engine, rec: &ImageRecord) -> Value {
+fn image_json(engine: &Engine, rec: &ImageRecord) -> models::Image {
     let containers = engine
         .pods()
         .iter()
@@ -73,24 +148,31 @@ fn image_json(engine: &Engine, rec: &ImageRecord) -> Value {
         .first()
         .map(|t| t.rsplit_once(':').map(|(n, _)| n).unwrap_or(t).to_string())
         .unwrap_or_default();
-    json!({
-        "id": format!("sha256:{}", rec.short_id()),
-        "name": name,
-        "repoDigests": [rec.layers.iter().map(|l| format!("sha256:{}", &l.digest.trim_start_matches("sha256:")[..12])).collect::<Vec<_>>()],
-        "created": rec.created,
-        "size": rec.size,
-        "containers": containers,
-    })
+    models::Image {
+        id: format!("sha256:{}", rec.short_id()),
+        name,
+        repo_digests: vec![rec
+            .layers
+            .iter()
+            .map(|l| {
+                let hex = l.digest.trim_start_matches("sha256:");
+                format!("sha256:{}", &hex[..12.min(hex.len())])
+            })
+            .collect()],
+        created: rec.created,
+        size: rec.size,
+        containers,
+    }
 }
 
 fn list_images(engine: &Arc<Engine>) -> Result<Response<crate::api::http::Body>, ApiError> {
-    let data: Vec<Value> = engine
+    let data: Vec<models::Image> = engine
         .images
         .list()?
         .iter()
         .map(|r| image_json(engine, r))
         .collect();
-    Ok(json_response(StatusCode::OK, &json!({ "data": data })))
+    Ok(json_response(StatusCode::OK, &models::Data { data }))
 }
 
 /// `POST /images[?mode=reference|payload]` with `{"url": …}` or `{"base64Image": …}`:
@@ -201,20 +283,19 @@ fn state(pod: &Pod, c: &Container) -> &'static str {
     }
 }
 
-/// A container as mCM shows it: `env` is never sent back.
-fn container_json(pod: &Pod, c: &Container) -> Value {
-    json!({
-        "id": c.id,
-        "name": c.name(),
-        "image": c.image_ref,
-        "imageId": c.image.id,
-        "created": crate::image::parse_rfc3339(&pod.created).unwrap_or(0),
-        "state": state(pod, c),
-    })
+fn container_json(pod: &Pod, c: &Container) -> models::Container {
+    models::Container {
+        id: c.id.clone(),
+        name: c.name().clone(),
+        image: c.image_ref.clone(),
+        image_id: c.image.id.clone(),
+        created: crate::image::parse_rfc3339(&pod.created).unwrap_or(0),
+        state: state(pod, c),
+    }
 }
 
 fn list_containers(engine: &Arc<Engine>) -> Result<Response<crate::api::http::Body>, ApiError> {
-    let data: Vec<Value> = engine
+    let data: Vec<models::Container> = engine
         .pods()
         .iter()
         .flat_map(|p| {
@@ -223,7 +304,7 @@ fn list_containers(engine: &Arc<Engine>) -> Result<Response<crate::api::http::Bo
                 .map(move |c| container_json(p, &c))
         })
         .collect();
-    Ok(json_response(StatusCode::OK, &json!({ "data": data })))
+    Ok(json_response(StatusCode::OK, &models::Data { data }))
 }
 
 async fn create_container(
@@ -231,26 +312,22 @@ async fn create_container(
     req: Request<Incoming>,
 ) -> Result<Response<crate::api::http::Body>, ApiError> {
     let body = read_body(req.into_body(), MAX_JSON_BODY).await?;
-    let v: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
-    let image = v["image"]
-        .as_str()
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| ApiError::bad_request("image is required"))?;
-    let name = v["name"].as_str().unwrap_or_default().to_string();
-    let mut envs = Vec::new();
-    for e in v["env"].as_array().into_iter().flatten() {
-        let s = e
-            .as_str()
-            .ok_or_else(|| ApiError::bad_request("env entries are strings"))?;
-        // "A variable without = is removed from the environment."
-        if let Some((k, val)) = s.split_once('=') {
-            envs.push(EnvVar {
-                env: k.to_string(),
-                value: val.to_string(),
-            });
-        }
+    let v: models::CreateContainer = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("invalid container: {e}")))?;
+    if v.image.is_empty() {
+        return Err(ApiError::bad_request("image is required"));
     }
+    let (image, name) = (v.image.as_str(), v.name.clone());
+    // "A variable without = is removed from the environment."
+    let envs = v
+        .env
+        .iter()
+        .filter_map(|s| s.split_once('='))
+        .map(|(k, val)| EnvVar {
+            env: k.to_string(),
+            value: val.to_string(),
+        })
+        .collect();
     let spec = PodSpec {
         id: name.clone(),
         containers: vec![ContainerSpec {
@@ -283,9 +360,9 @@ async fn update_container(
     req: Request<Incoming>,
 ) -> Result<Response<crate::api::http::Body>, ApiError> {
     let body = read_body(req.into_body(), MAX_JSON_BODY).await?;
-    let v: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
-    let action = v["action"].as_str().unwrap_or("start").to_string();
+    let v: models::UpdateContainer = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("invalid update: {e}")))?;
+    let action = v.action;
     if !matches!(action.as_str(), "start" | "stop") {
         return Err(ApiError::bad_request(format!(
             "action must be start or stop, not {action:?}"
@@ -299,7 +376,9 @@ async fn update_container(
     }
     Ok(json_response(
         StatusCode::OK,
-        &json!({ "data": container_json(&pod, &c) }),
+        &models::Data {
+            data: container_json(&pod, &c),
+        },
     ))
 }
 
@@ -309,7 +388,7 @@ async fn delete_container(
 ) -> Result<Response<crate::api::http::Body>, ApiError> {
     let (pod, c) = find(engine, id)?;
     let mut body = container_json(&pod, &c);
-    body["state"] = json!("removing");
+    body.state = "removing";
     engine.remove_pod(&pod.id).await?;
     Ok(json_response(StatusCode::OK, &body))
 }

@@ -9,6 +9,7 @@
 //! Routing: paths with parameters in them (`/containers/{id}/json`) are matched here
 //! after hyperd's own fixed routes; see docs/api-compat.md for which API owns which path.
 pub mod docker;
+pub mod docker_models;
 pub mod docker_ops;
 pub mod flask;
 pub mod mcm;
