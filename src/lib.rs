@@ -13,12 +13,12 @@
 pub mod api;
 pub mod config;
 pub mod engine;
-pub mod ids;
+pub(crate) mod ids;
 pub mod image;
 pub mod root_dir;
 /// The pod spec lives with the API's types (`hyperd-api`), shared with the client.
 pub use hyperd_api::spec;
-pub mod store;
+pub(crate) mod store;
 pub mod vm;
 
 /// The daemon's version, reported by `/version` and `/info`.

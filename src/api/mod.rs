@@ -7,15 +7,15 @@
 //! - [`base64_field`]: a JSON body's large base64 member, decoded as it streams.
 //! - [`http`]: request and response helpers shared by the handlers, and the one place
 //!   errors become statuses.
-pub mod attach;
+pub(crate) mod attach;
 pub mod base64_field;
-pub mod compat;
-pub mod containers;
+pub(crate) mod compat;
+pub(crate) mod containers;
 
-pub mod http;
-pub mod images;
-pub mod pods;
+pub(crate) mod http;
+pub(crate) mod images;
+pub(crate) mod pods;
 pub mod server;
-pub mod system;
+pub(crate) mod system;
 
 pub use server::serve;

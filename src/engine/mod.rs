@@ -1,12 +1,12 @@
 //! Pods and their containers: creation, start (boot a VM, create and start the
 //! containers through its agent), the stream of output and exits, stop and removal.
 mod containers;
-pub mod exec;
-pub mod io;
+pub(crate) mod exec;
+pub(crate) mod io;
 mod pool;
 mod recovery;
-pub mod slots;
-pub mod start_record;
+pub(crate) mod slots;
+pub(crate) mod start_record;
 #[cfg(test)]
 mod tests;
 

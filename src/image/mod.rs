@@ -11,13 +11,13 @@
 //! either the old or the new state, never a half-written one. Images come from registries
 //! ([`registry`]), from `docker save`/OCI archives ([`archive`]) or from root filesystem
 //! tarballs ([`ImageStore::import`]); all three end in [`ImageStore::commit_image`].
-pub mod archive;
-pub mod auth;
-pub mod beneath;
-pub mod blobs;
-pub mod progress;
+pub(crate) mod archive;
+pub(crate) mod auth;
+pub(crate) mod beneath;
+pub(crate) mod blobs;
+pub(crate) mod progress;
 pub mod registry;
-pub mod remote_archive;
+pub(crate) mod remote_archive;
 mod rootfs;
 pub mod unpack;
 

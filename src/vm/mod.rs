@@ -3,14 +3,14 @@
 //! A driver turns a [`VmConfig`] into a running VM process and a connected agent channel
 //! ([`agent::AgentClient`]). Two drivers: hyperd's own VMM ([`hyper_vmm`], KVM only) and
 //! qemu's `microvm` machine ([`qemu`], KVM or TCG). [`Driver::select`] picks one.
-pub mod agent;
+pub(crate) mod agent;
 #[cfg(test)]
-pub mod fake;
+pub(crate) mod fake;
 pub mod handle;
 pub mod host;
 pub mod hyper_vmm;
 pub mod qemu;
-pub mod qmp;
+pub(crate) mod qmp;
 
 pub use handle::{process_alive, ControlSocket, VmHandle, VmStats, VmStatus};
 

@@ -13,9 +13,6 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::Value;
 use std::sync::Arc;
 
-/// The API version hyperd answers the Docker CLI with.
-pub const DOCKER_API_VERSION: &str = "1.41";
-
 fn no_such_container(id: &str) -> ApiError {
     ApiError::not_found(format!("No such container: {id}"))
 }

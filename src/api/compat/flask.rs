@@ -243,7 +243,7 @@ fn rate(entries: &[models::DeviceRate]) -> u64 {
 async fn create(engine: &Arc<Engine>, req: Request<Incoming>) -> Reply {
     let body = read_body(req.into_body(), MAX_JSON_BODY).await?;
     let v: models::CreateContainer = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("invalid container: {e}")))?;
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
     if v.image_name.is_empty() {
         return Err(ApiError::bad_request("image_name is required"));
     }
@@ -369,7 +369,7 @@ async fn pull_one(engine: &Arc<Engine>, name: &str) -> Result<ImageRecord, ApiEr
 async fn pull(engine: &Arc<Engine>, req: Request<Incoming>) -> Reply {
     let body = read_body(req.into_body(), MAX_JSON_BODY).await?;
     let v: models::Pull = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("invalid pull: {e}")))?;
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
     let names: Vec<String> = match v.image_name {
         Some(models::Names::Many(a)) => a,
         Some(models::Names::One(s)) => vec![s],

@@ -313,7 +313,7 @@ async fn create_container(
 ) -> Result<Response<crate::api::http::Body>, ApiError> {
     let body = read_body(req.into_body(), MAX_JSON_BODY).await?;
     let v: models::CreateContainer = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("invalid container: {e}")))?;
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
     if v.image.is_empty() {
         return Err(ApiError::bad_request("image is required"));
     }
@@ -361,7 +361,7 @@ async fn update_container(
 ) -> Result<Response<crate::api::http::Body>, ApiError> {
     let body = read_body(req.into_body(), MAX_JSON_BODY).await?;
     let v: models::UpdateContainer = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("invalid update: {e}")))?;
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
     let action = v.action;
     if !matches!(action.as_str(), "start" | "stop") {
         return Err(ApiError::bad_request(format!(
