@@ -2,7 +2,7 @@
 use std::io::Read;
 
 /// `n` random bytes as lowercase hex, from the kernel's CSPRNG.
-pub fn random_hex(n: usize) -> String {
+pub(crate) fn random_hex(n: usize) -> String {
     let mut buf = vec![0u8; n];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut buf))
@@ -10,15 +10,15 @@ pub fn random_hex(n: usize) -> String {
     hex::encode(buf)
 }
 
-pub fn pod_id() -> String {
+pub(crate) fn pod_id() -> String {
     format!("pod-{}", &random_hex(5))
 }
 
-pub fn vm_id() -> String {
+pub(crate) fn vm_id() -> String {
     format!("vm-{}", &random_hex(5))
 }
 
-pub fn container_id() -> String {
+pub(crate) fn container_id() -> String {
     random_hex(32)
 }
 

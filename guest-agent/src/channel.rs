@@ -8,13 +8,13 @@ use std::io::{self, Read};
 use std::sync::Mutex;
 use std::time::Duration;
 
-pub struct Channel {
+pub(crate) struct Channel {
     reader: Mutex<File>,
     writer: Mutex<File>,
 }
 
 impl Channel {
-    pub fn open() -> io::Result<Channel> {
+    pub(crate) fn open() -> io::Result<Channel> {
         let dev = find_port()?;
         let f = OpenOptions::new().read(true).write(true).open(&dev)?;
         let w = f.try_clone()?;
@@ -25,7 +25,7 @@ impl Channel {
     }
 
     /// Blocks until a whole frame arrived. Protocol errors are logged and skipped.
-    pub fn read_frame(&self) -> Frame {
+    pub(crate) fn read_frame(&self) -> Frame {
         let mut r = self.reader.lock().unwrap();
         loop {
             match Frame::read_from(&mut RetryReader(&mut r)) {
@@ -36,7 +36,7 @@ impl Channel {
         }
     }
 
-    pub fn send(&self, frame: &Frame) {
+    pub(crate) fn send(&self, frame: &Frame) {
         let mut w = self.writer.lock().unwrap();
         if let Err(e) = frame.write_to(&mut *w) {
             crate::log(&format!("write to host: {e}"));

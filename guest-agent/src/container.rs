@@ -24,7 +24,7 @@ fn valid_id(id: &str) -> io::Result<()> {
 }
 
 /// Finds the virtio-blk disk whose serial is `serial`.
-pub fn find_disk(serial: &str) -> io::Result<String> {
+pub(crate) fn find_disk(serial: &str) -> io::Result<String> {
     for _ in 0..200 {
         if let Ok(dir) = std::fs::read_dir("/sys/block") {
             for entry in dir.flatten() {
@@ -42,7 +42,7 @@ pub fn find_disk(serial: &str) -> io::Result<String> {
     ))
 }
 
-pub fn create(id: &str, serial: &str, fstype: &str) -> io::Result<PathBuf> {
+pub(crate) fn create(id: &str, serial: &str, fstype: &str) -> io::Result<PathBuf> {
     valid_id(id)?;
     if !matches!(fstype, "erofs" | "ext4") {
         return Err(io::Error::new(
@@ -113,7 +113,7 @@ fn flush_buffers(disk: &str) -> io::Result<()> {
 
 /// Writes a file at `path` inside a container's root, never following a symlink: the
 /// image must not be able to point the write outside the container.
-pub fn write_file(root: &Path, path: &str, data: &[u8], mode: u32) -> io::Result<()> {
+pub(crate) fn write_file(root: &Path, path: &str, data: &[u8], mode: u32) -> io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let rel = Path::new(path.trim_start_matches('/'));
@@ -171,7 +171,7 @@ pub fn write_file(root: &Path, path: &str, data: &[u8], mode: u32) -> io::Result
     Ok(())
 }
 
-pub fn remove(id: &str) -> io::Result<()> {
+pub(crate) fn remove(id: &str) -> io::Result<()> {
     valid_id(id)?;
     let b = base(id);
     for m in [

@@ -70,7 +70,7 @@ struct PidTable {
     unclaimed: HashMap<i32, i32>,
 }
 
-pub struct Agent {
+pub(crate) struct Agent {
     chan: Arc<Channel>,
     containers: Mutex<HashMap<String, ContainerState>>,
     procs: Mutex<HashMap<u32, Proc>>,
@@ -85,7 +85,7 @@ pub struct Agent {
 const EARLY_STDIN_LIMIT: usize = 1 << 20;
 
 impl Agent {
-    pub fn new(chan: Arc<Channel>) -> Self {
+    pub(crate) fn new(chan: Arc<Channel>) -> Self {
         Agent {
             chan,
             containers: Mutex::new(HashMap::new()),
@@ -96,7 +96,7 @@ impl Agent {
         }
     }
 
-    pub fn add_container(&self, id: String, root: PathBuf, hostname: Option<String>) {
+    pub(crate) fn add_container(&self, id: String, root: PathBuf, hostname: Option<String>) {
         self.containers.lock().unwrap().insert(
             id,
             ContainerState {
@@ -107,7 +107,7 @@ impl Agent {
         );
     }
 
-    pub fn container_root(&self, id: &str) -> Result<PathBuf, String> {
+    pub(crate) fn container_root(&self, id: &str) -> Result<PathBuf, String> {
         self.containers
             .lock()
             .unwrap()
@@ -116,11 +116,11 @@ impl Agent {
             .ok_or_else(|| format!("no container {id}"))
     }
 
-    pub fn remove_container(&self, id: &str) {
+    pub(crate) fn remove_container(&self, id: &str) {
         self.containers.lock().unwrap().remove(id);
     }
 
-    pub fn start_process(
+    pub(crate) fn start_process(
         self: &Arc<Self>,
         container: &str,
         stream: u32,
@@ -340,7 +340,7 @@ impl Agent {
         })
     }
 
-    pub fn status(&self) -> hyperd_agent::protocol::Status {
+    pub(crate) fn status(&self) -> hyperd_agent::protocol::Status {
         hyperd_agent::protocol::Status {
             running: self.procs.lock().unwrap().keys().copied().collect(),
             exited: self
@@ -353,7 +353,7 @@ impl Agent {
         }
     }
 
-    pub fn write_stdin(&self, stream: u32, data: Vec<u8>) {
+    pub(crate) fn write_stdin(&self, stream: u32, data: Vec<u8>) {
         let mut procs = self.procs.lock().unwrap();
         if let Some(p) = procs.get_mut(&stream) {
             if let Some(tx) = &p.stdin {
@@ -372,7 +372,7 @@ impl Agent {
         }
     }
 
-    pub fn signal(&self, stream: u32, signal: i32) -> Result<(), String> {
+    pub(crate) fn signal(&self, stream: u32, signal: i32) -> Result<(), String> {
         let pid = self
             .procs
             .lock()
@@ -387,7 +387,7 @@ impl Agent {
         Ok(())
     }
 
-    pub fn resize(&self, stream: u32, rows: u16, cols: u16) -> Result<(), String> {
+    pub(crate) fn resize(&self, stream: u32, rows: u16, cols: u16) -> Result<(), String> {
         let procs = self.procs.lock().unwrap();
         let p = procs
             .get(&stream)
@@ -427,7 +427,7 @@ where
 }
 
 /// PID 1 reaps every child; exit codes of the processes it started go to their waiters.
-pub fn start_reaper(agent: Arc<Agent>) {
+pub(crate) fn start_reaper(agent: Arc<Agent>) {
     std::thread::spawn(move || loop {
         let mut status = 0;
         // SAFETY: waitpid writes the status into a local integer.

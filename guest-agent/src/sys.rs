@@ -2,11 +2,11 @@
 use std::ffi::CString;
 use std::io;
 
-pub fn cstr(s: &str) -> CString {
+pub(crate) fn cstr(s: &str) -> CString {
     CString::new(s).unwrap_or_else(|_| CString::new("?").unwrap())
 }
 
-pub fn mount(
+pub(crate) fn mount(
     src: &str,
     target: &str,
     fstype: &str,
@@ -39,7 +39,7 @@ pub fn mount(
     }
 }
 
-pub fn umount(target: &str) -> io::Result<()> {
+pub(crate) fn umount(target: &str) -> io::Result<()> {
     let t = cstr(target);
     // SAFETY: valid NUL-terminated path.
     if unsafe { libc::umount2(t.as_ptr(), libc::MNT_DETACH) } == 0 {
@@ -50,7 +50,7 @@ pub fn umount(target: &str) -> io::Result<()> {
 }
 
 /// What PID 1 mounts before anything else.
-pub fn init_mounts() {
+pub(crate) fn init_mounts() {
     let _ = std::fs::create_dir_all("/dev");
     let _ = mount("devtmpfs", "/dev", "devtmpfs", libc::MS_NOSUID, "mode=0755");
     for (src, target, fstype, data) in [
@@ -81,7 +81,7 @@ pub fn init_mounts() {
 }
 
 /// Sync and power the VM off (a reset, which the VMM treats as the end of the VM).
-pub fn power_off() -> ! {
+pub(crate) fn power_off() -> ! {
     // SAFETY: sync and reboot take no pointers; reboot only returns on failure.
     unsafe {
         libc::sync();
@@ -91,7 +91,7 @@ pub fn power_off() -> ! {
 }
 
 /// The guest's resource use, from /proc.
-pub fn stats() -> hyperd_agent::protocol::Stats {
+pub(crate) fn stats() -> hyperd_agent::protocol::Stats {
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let mem = |key: &str| -> u64 {
         meminfo
@@ -139,7 +139,7 @@ pub fn stats() -> hyperd_agent::protocol::Stats {
 }
 
 /// Milliseconds since the kernel started (CLOCK_BOOTTIME), for the host's start record.
-pub fn uptime_ms() -> u64 {
+pub(crate) fn uptime_ms() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-pub fn upgrade_response() -> Response<Body> {
+pub(crate) fn upgrade_response() -> Response<Body> {
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header("Connection", "Upgrade")
@@ -22,7 +22,7 @@ pub fn upgrade_response() -> Response<Body> {
         .expect("valid response")
 }
 
-pub fn wants_upgrade(req: &Request<Incoming>) -> bool {
+pub(crate) fn wants_upgrade(req: &Request<Incoming>) -> bool {
     req.headers()
         .get(hyper::header::UPGRADE)
         .and_then(|v| v.to_str().ok())
@@ -30,7 +30,7 @@ pub fn wants_upgrade(req: &Request<Incoming>) -> bool {
 }
 
 /// One side of a hijacked connection: whose output it carries and where its input goes.
-pub struct Session {
+pub(crate) struct Session {
     pub pod: Arc<Pod>,
     pub io: Arc<ContainerIo>,
     pub stream: u32,
@@ -43,7 +43,7 @@ pub struct Session {
 impl Session {
     /// Which streams the query asks for (`stdin`, `stdout`, `stderr`; all output if
     /// neither output is named).
-    pub fn from_query(
+    pub(crate) fn from_query(
         q: &HashMap<String, String>,
         pod: Arc<Pod>,
         io: Arc<ContainerIo>,
@@ -64,7 +64,7 @@ impl Session {
 
     /// Registers the output listener now (before the process starts, nothing is
     /// missed) and returns the task that serves the connection once it is upgraded.
-    pub fn begin(
+    pub(crate) fn begin(
         self,
         on_upgrade: hyper::upgrade::OnUpgrade,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
@@ -142,7 +142,7 @@ fn need_upgrade(req: &Request<Incoming>) -> Result<(), ApiError> {
     }
 }
 
-pub async fn attach(engine: &Arc<Engine>, mut req: Request<Incoming>) -> ApiResult {
+pub(crate) async fn attach(engine: &Arc<Engine>, mut req: Request<Incoming>) -> ApiResult {
     let q = query(&req);
     let key = param(&q, &["container", "value"])?;
     let (pod, c) = engine.container(key)?;
@@ -154,7 +154,7 @@ pub async fn attach(engine: &Arc<Engine>, mut req: Request<Incoming>) -> ApiResu
 
 /// `POST /exec/start?exec=ID[&detach=1][&stdin=1]` (or those as a JSON body): starts the
 /// exec; without `detach`, on a hijacked connection carrying its stdio.
-pub async fn exec_start(engine: &Arc<Engine>, mut req: Request<Incoming>) -> ApiResult {
+pub(crate) async fn exec_start(engine: &Arc<Engine>, mut req: Request<Incoming>) -> ApiResult {
     let mut q = query(&req);
     let upgrade = wants_upgrade(&req);
     let on_upgrade = hyper::upgrade::on(&mut req);

@@ -21,7 +21,7 @@ fn id_reply(id: &str) -> ApiResult {
 
 /// `POST /exec/create`: body `{"container": ID, "command": [..] | "cmd", "tty": bool,
 /// "env": [..], "workdir": .., "user": ..}` → `{"ID": exec id}`.
-pub async fn exec_create(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
+pub(crate) async fn exec_create(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
     let body = read_body(req.into_body(), MAX_JSON_BODY).await?;
     let v: ExecCreate = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("invalid exec config: {e}")))?;
@@ -41,7 +41,7 @@ pub async fn exec_create(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiRes
     })
 }
 
-pub async fn container_kill(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
+pub(crate) async fn container_kill(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
     let q = query(req);
     let key = param(&q, &["container"])?;
     engine
@@ -50,7 +50,7 @@ pub async fn container_kill(engine: &Arc<Engine>, req: &Request<Incoming>) -> Ap
     id_reply(key)
 }
 
-pub async fn pod_kill(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
+pub(crate) async fn pod_kill(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
     let q = query(req);
     let pod = engine
         .kill_pod(
@@ -61,7 +61,11 @@ pub async fn pod_kill(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResul
     ok_json(PodReply::ok(&pod.id))
 }
 
-pub async fn pod_pause(engine: &Arc<Engine>, req: &Request<Incoming>, pause: bool) -> ApiResult {
+pub(crate) async fn pod_pause(
+    engine: &Arc<Engine>,
+    req: &Request<Incoming>,
+    pause: bool,
+) -> ApiResult {
     let q = query(req);
     let pod = engine
         .pause_pod(param(&q, &["podId", "podName"])?, pause)
@@ -70,7 +74,7 @@ pub async fn pod_pause(engine: &Arc<Engine>, req: &Request<Incoming>, pause: boo
 }
 
 /// `POST /tty/resize?container=ID[&exec=ID]&h=ROWS&w=COLS`.
-pub async fn tty_resize(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
+pub(crate) async fn tty_resize(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
     let q = query(req);
     let num = |k: &str| -> Result<u16, ApiError> {
         param(&q, &[k])?
@@ -89,7 +93,7 @@ pub async fn tty_resize(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiRes
 }
 
 /// `GET /container/info?container=ID`: hyperd's ContainerInfo.
-pub fn container_info(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
+pub(crate) fn container_info(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
     let q = query(req);
     let (pod, c) = engine.container(param(&q, &["container"])?)?;
     let st = c.status.lock().unwrap().clone();
@@ -134,7 +138,7 @@ fn since_secs(v: &str) -> Result<f64, ApiError> {
 /// `GET /container/logs?container=ID[&follow=1][&tail=N|all][&since=T][&timestamps=1]
 /// [&stdout=1][&stderr=1]`: the log as stdcopy frames (raw for a tty), then, with
 /// `follow`, what the container writes until it exits.
-pub fn container_logs(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
+pub(crate) fn container_logs(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
     let q = query(req);
     let (_, c) = engine.container(param(&q, &["container"])?)?;
     logs_of(&c, &q)
@@ -142,7 +146,7 @@ pub fn container_logs(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResul
 
 /// A container's log as a response, for the query's `follow`, `tail`, `since`,
 /// `timestamps`, `stdout`, `stderr` (shared with the Docker API).
-pub fn logs_of(
+pub(crate) fn logs_of(
     c: &crate::engine::Container,
     q: &std::collections::HashMap<String, String>,
 ) -> ApiResult {
@@ -225,7 +229,7 @@ pub fn logs_of(
 }
 
 /// `POST /container/create?podId=ID` with a container spec (hyperd's JSON) as the body.
-pub async fn container_create(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
+pub(crate) async fn container_create(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
     let q = query(&req);
     let pod = param(&q, &["podId", "podName"])?.to_string();
     let body = read_body(req.into_body(), MAX_JSON_BODY).await?;
@@ -239,7 +243,7 @@ pub async fn container_create(engine: &Arc<Engine>, req: Request<Incoming>) -> A
     })
 }
 
-pub async fn container_start(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
+pub(crate) async fn container_start(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
     let q = query(req);
     let c = engine.start_container(param(&q, &["container"])?).await?;
     id_reply(&c.id)
@@ -247,7 +251,7 @@ pub async fn container_start(engine: &Arc<Engine>, req: &Request<Incoming>) -> A
 
 /// `POST /container/stop?container=ID[&time=SECONDS]`: SIGTERM, then SIGKILL after
 /// `time` (default 10).
-pub async fn container_stop(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
+pub(crate) async fn container_stop(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
     let q = query(req);
     let grace = grace_of(&q)?;
     let c = engine
@@ -257,11 +261,11 @@ pub async fn container_stop(engine: &Arc<Engine>, req: &Request<Incoming>) -> Ap
 }
 
 /// The longest grace a stop waits before SIGKILL.
-pub const MAX_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
+pub(crate) const MAX_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// The grace before SIGKILL a stop request asks for: `time` (or `t`) seconds, 10 when
 /// absent (Docker's default), at most [`MAX_GRACE`].
-pub fn grace_of(
+pub(crate) fn grace_of(
     q: &std::collections::HashMap<String, String>,
 ) -> Result<std::time::Duration, ApiError> {
     let secs: u64 = match q.get("time").or(q.get("t")).filter(|t| !t.is_empty()) {
@@ -273,7 +277,7 @@ pub fn grace_of(
     Ok(std::time::Duration::from_secs(secs).min(MAX_GRACE))
 }
 
-pub async fn container_remove(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
+pub(crate) async fn container_remove(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
     let q = query(req);
     let key = param(&q, &["container"])?;
     engine.remove_container(key).await?;
@@ -281,7 +285,7 @@ pub async fn container_remove(engine: &Arc<Engine>, req: &Request<Incoming>) -> 
 }
 
 /// `POST /container/rename?container=OLD&newName=NEW` (`oldName` also names it).
-pub async fn container_rename(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
+pub(crate) async fn container_rename(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
     let q = query(req);
     let c = engine
         .rename_container(
@@ -296,7 +300,7 @@ pub async fn container_rename(engine: &Arc<Engine>, req: &Request<Incoming>) -> 
 }
 
 /// `POST /vm/create[?cpu=N][&mem=MiB]`: a VM booted ahead of its pod.
-pub async fn vm_create(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
+pub(crate) async fn vm_create(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
     let q = query(req);
     let num = |k: &str, d: u32| -> Result<u32, ApiError> {
         match q.get(k).filter(|v| !v.is_empty()) {
@@ -310,7 +314,7 @@ pub async fn vm_create(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResu
     id_reply(&id)
 }
 
-pub async fn vm_delete(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
+pub(crate) async fn vm_delete(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
     let q = query(req);
     let id = param(&q, &["vm"])?;
     engine.delete_vm(id).await?;

@@ -6,28 +6,28 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use std::collections::HashMap;
 
-pub type Body = BoxBody<Bytes, std::io::Error>;
+pub(crate) type Body = BoxBody<Bytes, std::io::Error>;
 
 /// Largest JSON request body accepted.
-pub const MAX_JSON_BODY: usize = 4 << 20;
+pub(crate) const MAX_JSON_BODY: usize = 4 << 20;
 
 #[derive(Debug)]
-pub struct ApiError {
+pub(crate) struct ApiError {
     pub status: StatusCode,
     pub message: String,
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Self {
         ApiError {
             status,
             message: message.into(),
         }
     }
-    pub fn bad_request(message: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, message)
     }
-    pub fn not_found(message: impl Into<String>) -> Self {
+    pub(crate) fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, message)
     }
 }
@@ -51,7 +51,7 @@ impl From<EngineError> for ApiError {
 
 /// The one status map of image errors: 401 for a refused login, 502 for a registry that
 /// fails or lies, 400 for bad input, 404, 409, and 500 for the daemon's own I/O.
-pub fn image_status(e: &crate::image::ImageError) -> StatusCode {
+pub(crate) fn image_status(e: &crate::image::ImageError) -> StatusCode {
     use crate::image::ImageError as E;
     match e {
         E::NotFound(_) => StatusCode::NOT_FOUND,
@@ -72,7 +72,7 @@ impl From<crate::image::ImageError> for ApiError {
 }
 
 /// A response that streams the chunks sent into the channel, as they come.
-pub fn stream_chunks(
+pub(crate) fn stream_chunks(
     rx: tokio::sync::mpsc::UnboundedReceiver<Bytes>,
     content_type: &str,
 ) -> Response<Body> {
@@ -88,7 +88,7 @@ pub fn stream_chunks(
 
 /// A response that streams JSON lines as they are sent into the channel; the stream ends
 /// when every sender is gone.
-pub fn json_lines<T: serde::Serialize + Send + 'static>(
+pub(crate) fn json_lines<T: serde::Serialize + Send + 'static>(
     rx: tokio::sync::mpsc::UnboundedReceiver<T>,
 ) -> Response<Body> {
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
@@ -104,15 +104,15 @@ pub fn json_lines<T: serde::Serialize + Send + 'static>(
         .expect("valid response")
 }
 
-pub type ApiResult = Result<Response<Body>, ApiError>;
+pub(crate) type ApiResult = Result<Response<Body>, ApiError>;
 
-pub fn full(bytes: impl Into<Bytes>) -> Body {
+pub(crate) fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into())
         .map_err(|never| match never {})
         .boxed()
 }
 
-pub fn json_response(status: StatusCode, value: &impl serde::Serialize) -> Response<Body> {
+pub(crate) fn json_response(status: StatusCode, value: &impl serde::Serialize) -> Response<Body> {
     let mut body = serde_json::to_vec(value).unwrap_or_default();
     body.push(b'\n');
     Response::builder()
@@ -123,11 +123,11 @@ pub fn json_response(status: StatusCode, value: &impl serde::Serialize) -> Respo
 }
 
 /// A 200 answer with `value` as JSON (a model of `hyperd_api`, or a compat API's).
-pub fn ok_json(value: impl serde::Serialize) -> ApiResult {
+pub(crate) fn ok_json(value: impl serde::Serialize) -> ApiResult {
     Ok(json_response(StatusCode::OK, &value))
 }
 
-pub fn error_response(e: &ApiError) -> Response<Body> {
+pub(crate) fn error_response(e: &ApiError) -> Response<Body> {
     json_response(
         e.status,
         &hyperd_api::error::ErrorBody {
@@ -137,14 +137,17 @@ pub fn error_response(e: &ApiError) -> Response<Body> {
 }
 
 /// The query string as a map (the last value of a repeated key wins).
-pub fn query(req: &Request<Incoming>) -> HashMap<String, String> {
+pub(crate) fn query(req: &Request<Incoming>) -> HashMap<String, String> {
     form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
         .into_owned()
         .collect()
 }
 
 /// A required query parameter.
-pub fn param<'a>(q: &'a HashMap<String, String>, names: &[&str]) -> Result<&'a str, ApiError> {
+pub(crate) fn param<'a>(
+    q: &'a HashMap<String, String>,
+    names: &[&str],
+) -> Result<&'a str, ApiError> {
     names
         .iter()
         .find_map(|n| q.get(*n).filter(|v| !v.is_empty()))
@@ -153,7 +156,7 @@ pub fn param<'a>(q: &'a HashMap<String, String>, names: &[&str]) -> Result<&'a s
 }
 
 /// `yes`, `true`, `1` are true.
-pub fn flag(q: &HashMap<String, String>, name: &str) -> bool {
+pub(crate) fn flag(q: &HashMap<String, String>, name: &str) -> bool {
     matches!(
         q.get(name).map(|s| s.to_ascii_lowercase()).as_deref(),
         Some("yes" | "true" | "1")
@@ -161,7 +164,7 @@ pub fn flag(q: &HashMap<String, String>, name: &str) -> bool {
 }
 
 /// Reads a body up to `limit` bytes.
-pub async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, ApiError> {
+pub(crate) async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, ApiError> {
     Limited::new(body, limit)
         .collect()
         .await

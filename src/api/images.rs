@@ -15,7 +15,7 @@ use hyperd_api::images::{AuthReply, ImageNamed, ImagesList, Removed};
 use std::sync::Arc;
 
 /// Applies Docker `changes` lines (`CMD`, `ENTRYPOINT`, `ENV`, `WORKDIR`, `USER`).
-pub fn apply_changes(cfg: &mut ImageConfig, changes: &[String]) -> Result<(), ApiError> {
+pub(crate) fn apply_changes(cfg: &mut ImageConfig, changes: &[String]) -> Result<(), ApiError> {
     for line in changes {
         let line = line.trim();
         let (instr, arg) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
@@ -91,7 +91,7 @@ fn reference_from(
 
 /// `POST /image/create?imageName=NAME[:TAG|@DIGEST][&tag=TAG]`: pulls, streaming
 /// progress. With `fromSrc=-`, imports the body (a root filesystem tar) instead.
-pub async fn create(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
+pub(crate) async fn create(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
     let q = query(&req);
     let reference = reference_from(&q, &["imageName", "fromImage", "repo"])?;
     if q.get("fromSrc").map(String::as_str) == Some("-") {
@@ -159,7 +159,7 @@ pub(crate) fn body_reader(req: Request<Incoming>) -> impl std::io::Read + Send +
 
 /// `POST /image/push?remote=NAME[&tag=TAG][&imageId=LOCAL]`: pushes the local image
 /// named `remote` (or `imageId`, which is then also tagged as `remote`).
-pub async fn push(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
+pub(crate) async fn push(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
     let q = query(&req);
     let reference = reference_from(&q, &["remote", "imageName"])?;
     let local = q.get("imageId").filter(|s| !s.is_empty()).cloned();
@@ -168,7 +168,7 @@ pub async fn push(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
 
 /// Pushes `reference` (the local image of that name, or `local` tagged so) with the
 /// request's `X-Registry-Auth` or the stored login, streaming progress.
-pub async fn push_reference(
+pub(crate) async fn push_reference(
     engine: &Arc<Engine>,
     req: Request<Incoming>,
     reference: &str,
@@ -213,7 +213,7 @@ pub async fn push_reference(
 
 /// `POST /auth`: checks a login against its registry and stores it for later pulls and
 /// pushes.
-pub async fn auth(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
+pub(crate) async fn auth(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
     let body = read_body(req.into_body(), MAX_JSON_BODY).await?;
     let cfg: AuthConfig = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("invalid auth config: {e}")))?;
@@ -232,7 +232,7 @@ pub async fn auth(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
 }
 
 /// `DELETE /auth?serveraddress=REGISTRY`: forgets a stored login (`hyperctl logout`).
-pub fn logout(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
+pub(crate) fn logout(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
     let q = query(req);
     let registry = registry_key(param(&q, &["serveraddress"])?);
     if !engine.credentials.remove(&registry)? {
@@ -247,7 +247,7 @@ pub fn logout(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
 
 /// Loads an image archive (docker save or OCI layout, maybe compressed) on a blocking
 /// thread, in a work directory that goes away afterwards.
-pub async fn load_archive(
+pub(crate) async fn load_archive(
     engine: &Arc<Engine>,
     archive: impl std::io::Read + Send + 'static,
 ) -> Result<Vec<crate::image::ImageRecord>, ApiError> {
@@ -266,7 +266,7 @@ pub async fn load_archive(
 }
 
 /// `POST /image/load`: a `docker save` archive or an OCI layout (tar) in the body.
-pub async fn load(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
+pub(crate) async fn load(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
     let recs = load_archive(engine, body_reader(req)).await?;
     let mut body = String::new();
     for rec in recs {
@@ -289,7 +289,7 @@ pub async fn load(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
 
 /// `GET /images/save?imageId=A[&imageId=B]` (also `names=`): a tar that is both a
 /// `docker save` archive and an OCI layout.
-pub async fn save(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
+pub(crate) async fn save(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
     let wanted: Vec<String> = form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
         .filter(|(k, _)| k == "imageId" || k == "names")
         .map(|(_, v)| v.into_owned())
@@ -301,7 +301,7 @@ pub async fn save(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
 }
 
 /// The images `wanted` names as one `docker save`/OCI archive, streamed.
-pub async fn save_names(engine: &Arc<Engine>, wanted: &[String]) -> ApiResult {
+pub(crate) async fn save_names(engine: &Arc<Engine>, wanted: &[String]) -> ApiResult {
     let mut images = Vec::new();
     for w in wanted {
         let rec = engine.images.resolve(w)?;
@@ -336,7 +336,7 @@ pub async fn save_names(engine: &Arc<Engine>, wanted: &[String]) -> ApiResult {
 }
 
 /// `POST /image/tag?imageId=SOURCE&repo=NAME[&tag=TAG]`: another name for an image.
-pub fn tag(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
+pub(crate) fn tag(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
     let q = query(req);
     let rec = engine.images.resolve(param(&q, &["imageId", "image"])?)?;
     let name = ImageRef::parse(&reference_from(&q, &["repo"])?)?.familiar();
@@ -348,7 +348,7 @@ pub fn tag(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
 
 /// `GET /images/get`: with Docker's `names` parameter (`docker save`), the images as
 /// one archive; without it, hyperd's list.
-pub async fn list_or_save(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
+pub(crate) async fn list_or_save(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
     if query(req).contains_key("names") {
         save(engine, req).await
     } else {
@@ -357,7 +357,7 @@ pub async fn list_or_save(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiR
 }
 
 /// `GET /images/get[?all=yes]`: hyperd's `repo:tag:id:created:size` lines.
-pub fn list(engine: &Arc<Engine>) -> ApiResult {
+pub(crate) fn list(engine: &Arc<Engine>) -> ApiResult {
     let mut lines = Vec::new();
     for rec in engine.images.list()? {
         if rec.repo_tags.is_empty() {
@@ -382,7 +382,7 @@ pub fn list(engine: &Arc<Engine>) -> ApiResult {
 }
 
 /// `DELETE /image?imageId=ID|NAME[&force=yes][&noprune=yes]`.
-pub fn remove(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
+pub(crate) fn remove(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
     let q = query(req);
     let id = param(&q, &["imageId"])?;
     let force = flag(&q, "force");
@@ -395,7 +395,7 @@ pub fn remove(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
 }
 
 /// `Untagged: x` / `Deleted: y` lines as Docker's `[{"Untagged": x}, {"Deleted": y}]`.
-pub fn removal_json(removed: &[String]) -> Vec<Removed> {
+pub(crate) fn removal_json(removed: &[String]) -> Vec<Removed> {
     removed
         .iter()
         .map(|r| match r.split_once(": ") {

@@ -15,7 +15,7 @@ fn reply(id: &str) -> ApiResult {
 }
 
 /// `POST /pod/create`: the pod JSON as the body, or (hyperd's older form) as `podArgs`.
-pub async fn create(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
+pub(crate) async fn create(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
     let q = query(&req);
     let body = read_body(req.into_body(), MAX_JSON_BODY).await?;
     let json = match q.get("podArgs") {
@@ -31,7 +31,7 @@ pub async fn create(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
     reply(&pod.id)
 }
 
-pub async fn start(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
+pub(crate) async fn start(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
     let q = query(&req);
     let id = param(&q, &["podId", "podName"])?;
     let pod = engine
@@ -43,7 +43,7 @@ pub async fn start(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
 /// `POST /pod/stop?podId=ID[&time=SECONDS][&stopVM=no]`: each container gets its stop
 /// signal, then SIGKILL after `time` (default 10, as Docker); the VM powers off after,
 /// unless `stopVM=no` keeps it for the pod's next start.
-pub async fn stop(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
+pub(crate) async fn stop(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
     let q = query(&req);
     let id = param(&q, &["podId", "podName"])?;
     let grace = crate::api::containers::grace_of(&q)?;
@@ -54,7 +54,7 @@ pub async fn stop(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
     reply(&pod.id)
 }
 
-pub async fn remove(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
+pub(crate) async fn remove(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
     let q = query(&req);
     let id = param(&q, &["podId", "podName"])?;
     let pod = engine.pod(id)?;
@@ -82,7 +82,7 @@ fn container_status(c: &Container) -> PodContainerStatus {
     }
 }
 
-pub fn pod_info(pod: &Pod) -> PodInfo {
+pub(crate) fn pod_info(pod: &Pod) -> PodInfo {
     let vm = pod.vm();
     PodInfo {
         kind: "Pod".into(),
@@ -106,7 +106,7 @@ pub fn pod_info(pod: &Pod) -> PodInfo {
     }
 }
 
-pub fn info(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
+pub(crate) fn info(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
     let q = query(req);
     let id = param(&q, &["podName", "podId"])?;
     let pod = engine.pod(id)?;
@@ -114,7 +114,7 @@ pub fn info(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
 }
 
 /// `GET /list?item=pod|container|vm[&pod=ID][&vm=ID]`, in hyperd's colon-joined format.
-pub fn list(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
+pub(crate) fn list(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
     let q = query(req);
     let item = q.get("item").map(String::as_str).unwrap_or("pod");
     let pods: Vec<_> = engine
@@ -182,7 +182,7 @@ pub fn list(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
 }
 
 /// `GET /exitcode?container=ID`: `{"ExitCode": n}` once the container has exited.
-pub fn exitcode(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
+pub(crate) fn exitcode(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
     let q = query(req);
     let (code, what) = match q.get("exec").filter(|e| !e.is_empty()) {
         Some(exec) => {
@@ -206,7 +206,7 @@ pub fn exitcode(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
 }
 
 /// `POST /pod/labels?podId=ID&labels={"k":"v"}[&override=yes]` (labels also as the body).
-pub async fn labels(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
+pub(crate) async fn labels(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
     let q = query(&req);
     let id = param(&q, &["podId", "podName"])?.to_string();
     let overwrite = super::http::flag(&q, "override");
@@ -228,7 +228,7 @@ pub async fn labels(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
 }
 
 /// `GET /pod/stats?podId=ID`: the VM's CPU and memory use.
-pub async fn stats(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
+pub(crate) async fn stats(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
     let q = query(req);
     let (pod, s) = engine.pod_stats(param(&q, &["podId", "podName"])?).await?;
     ok_json(PodStats {

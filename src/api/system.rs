@@ -5,14 +5,14 @@ use hyper::Response;
 use hyperd_api::system::{Component, Info, Platform, RegistryConfig, Runtime, Swarm, Version};
 use std::sync::Arc;
 
-pub fn ping() -> ApiResult {
+pub(crate) fn ping() -> ApiResult {
     Ok(Response::builder()
         .header("Content-Type", "text/plain")
         .body(full("OK"))
         .expect("valid response"))
 }
 
-pub fn version() -> ApiResult {
+pub(crate) fn version() -> ApiResult {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     ok_json(Version {
         version: crate::VERSION.into(),
@@ -33,7 +33,7 @@ pub fn version() -> ApiResult {
     })
 }
 
-pub fn info(engine: &Arc<Engine>) -> ApiResult {
+pub(crate) fn info(engine: &Arc<Engine>) -> ApiResult {
     let pods = engine.pods();
     let containers: usize = pods.iter().map(|p| p.containers().len()).sum();
     let running = pods.iter().filter(|p| p.vm().is_some()).count();

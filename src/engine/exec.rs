@@ -26,7 +26,7 @@ pub struct ExecRequest {
 }
 
 /// A signal by name (`KILL`, `SIGKILL`) or number.
-pub fn parse_signal(s: &str) -> Result<i32, EngineError> {
+pub(crate) fn parse_signal(s: &str) -> Result<i32, EngineError> {
     let up = s.trim().to_ascii_uppercase();
     let name = up.strip_prefix("SIG").unwrap_or(&up);
     if let Ok(n) = name.parse::<i32>() {

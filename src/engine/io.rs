@@ -130,7 +130,7 @@ pub struct LogEntry {
 }
 
 /// RFC 3339 time with nanoseconds, UTC.
-pub fn chrono_now() -> String {
+pub(crate) fn chrono_now() -> String {
     let d = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
@@ -138,7 +138,7 @@ pub fn chrono_now() -> String {
 }
 
 /// Formats seconds since the epoch (UTC) as RFC 3339.
-pub fn rfc3339(secs: i64, nanos: u32) -> String {
+pub(crate) fn rfc3339(secs: i64, nanos: u32) -> String {
     let days = secs.div_euclid(86400);
     let rem = secs.rem_euclid(86400);
     // Civil from days (Howard Hinnant's algorithm).

@@ -26,7 +26,7 @@ const RECONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// The version of the pod records this daemon writes. Version 1 is the first release's
 /// (records without a `version` field); each release that changes a record's meaning
 /// bumps it and reads every older version it can.
-pub const RECORD_VERSION: u32 = 2;
+pub(super) const RECORD_VERSION: u32 = 2;
 
 fn record_v1() -> u32 {
     1
@@ -51,7 +51,8 @@ pub(super) fn check_record_version(v: u32) -> RecordCheck {
 }
 
 /// The agent protocol versions this daemon can drive in an adopted VM.
-pub const AGENT_PROTOCOLS: std::ops::RangeInclusive<u32> = 1..=hyperd_agent::protocol::VERSION;
+pub(super) const AGENT_PROTOCOLS: std::ops::RangeInclusive<u32> =
+    1..=hyperd_agent::protocol::VERSION;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VmRecord {

@@ -9,11 +9,11 @@ use hyperd_agent::protocol::Op;
 use std::path::{Path, PathBuf};
 
 /// Size of every slot disk; sparse, so it costs what the image written into it costs.
-pub const SLOT_BYTES: u64 = 8 << 30;
+pub(crate) const SLOT_BYTES: u64 = 8 << 30;
 /// Slots a VM gets at least.
-pub const MIN_SLOTS: usize = 4;
+pub(crate) const MIN_SLOTS: usize = 4;
 
-pub fn serial(i: usize) -> String {
+pub(crate) fn serial(i: usize) -> String {
     format!("hyper-s{i}")
 }
 
@@ -22,7 +22,7 @@ fn path(dir: &Path, i: usize) -> PathBuf {
 }
 
 /// Creates `n` empty slot files in a VM directory; returns their disks.
-pub fn make(dir: &Path, n: usize) -> std::io::Result<Vec<DiskConfig>> {
+pub(crate) fn make(dir: &Path, n: usize) -> std::io::Result<Vec<DiskConfig>> {
     std::fs::create_dir_all(dir)?;
     (0..n)
         .map(|i| {

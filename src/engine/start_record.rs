@@ -2,11 +2,11 @@
 //! request (negative for what a VM booted ahead did before it), and the path taken.
 //! The equivalent of Firecracker's boot timer; `/pod/info` shows it, and the start
 //! benchmark and the pool tests read it.
-pub use hyperd_api::pods::{StartPath, StartRecord};
+pub(crate) use hyperd_api::pods::{StartPath, StartRecord};
 use std::time::Instant;
 
 /// Milliseconds from `from` to `to`, negative when `to` came first.
-pub fn ms_between(from: Instant, to: Instant) -> f64 {
+pub(crate) fn ms_between(from: Instant, to: Instant) -> f64 {
     if to >= from {
         (to - from).as_secs_f64() * 1000.0
     } else {

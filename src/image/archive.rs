@@ -15,7 +15,7 @@ use std::path::Path;
 const MAX_JSON_FILE: u64 = 4 << 20;
 
 /// Loads every image of an archive; returns them with the names they were loaded as.
-pub fn load(
+pub(crate) fn load(
     store: &ImageStore,
     archive: impl Read + 'static,
     work: &Path,
@@ -171,7 +171,7 @@ fn names_of(list: Option<&Vec<Value>>) -> Vec<String> {
 }
 
 /// Writes images as one archive that is both a `docker save` tarball and an OCI layout.
-pub fn save(
+pub(crate) fn save(
     store: &ImageStore,
     images: &[(ImageRecord, Vec<String>)],
     out: impl Write,

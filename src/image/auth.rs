@@ -79,7 +79,7 @@ fn decode_b64(s: &str) -> Option<Vec<u8>> {
 }
 
 /// Decodes an `X-Registry-Auth` header (base64 JSON `AuthConfig`, URL-safe or not).
-pub fn decode_header(value: &str) -> Result<AuthConfig, ImageError> {
+pub(crate) fn decode_header(value: &str) -> Result<AuthConfig, ImageError> {
     let raw = decode_b64(value)
         .ok_or_else(|| ImageError::BadReference("X-Registry-Auth is not base64".into()))?;
     if raw.iter().all(u8::is_ascii_whitespace) || raw == b"{}" || raw == b"null" {
@@ -91,7 +91,7 @@ pub fn decode_header(value: &str) -> Result<AuthConfig, ImageError> {
 
 /// The registry host a server address names: `https://index.docker.io/v1/` is
 /// `docker.io`, `http://127.0.0.1:5000` is `127.0.0.1:5000`.
-pub fn registry_key(server: &str) -> String {
+pub(crate) fn registry_key(server: &str) -> String {
     let s = server.trim();
     let s = s
         .strip_prefix("https://")
@@ -184,7 +184,7 @@ fn host_of(url: &reqwest::Url) -> String {
 }
 
 /// The host a registry name is reached at (`docker.io` is `registry-1.docker.io`).
-pub fn registry_host(registry: &str) -> &str {
+pub(crate) fn registry_host(registry: &str) -> &str {
     if registry == "docker.io" {
         "registry-1.docker.io"
     } else {
@@ -194,7 +194,7 @@ pub fn registry_host(registry: &str) -> &str {
 
 /// A registry name's host alone: without a numeric `:port` and without the brackets of
 /// an IPv6 address (`[::1]:5000` is `::1`).
-pub fn bare_host(registry: &str) -> &str {
+pub(crate) fn bare_host(registry: &str) -> &str {
     let host = match registry.rsplit_once(':') {
         Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
         _ => registry,
@@ -204,7 +204,7 @@ pub fn bare_host(registry: &str) -> &str {
 
 /// Whether Basic credentials may go to a token realm: only on the registry's own host,
 /// Docker Hub's auth host for Docker Hub, or a host the operator trusted.
-pub fn realm_trusted(registry: &str, realm: &reqwest::Url, trusted: &[String]) -> bool {
+pub(crate) fn realm_trusted(registry: &str, realm: &reqwest::Url, trusted: &[String]) -> bool {
     let realm_host = host_of(realm);
     let realm_host = bare_host(&realm_host);
     realm_host.eq_ignore_ascii_case(bare_host(registry_host(registry)))
@@ -220,7 +220,7 @@ fn challenge_param(challenge: &str, name: &str) -> Option<String> {
 }
 
 /// Reads at most `cap` bytes of a response body; more is an error.
-pub async fn read_capped(
+pub(crate) async fn read_capped(
     mut res: reqwest::Response,
     cap: usize,
     what: &str,
@@ -251,7 +251,7 @@ pub async fn read_capped(
 /// `repository:app:pull`). Credentials reach a realm only where [`realm_trusted`] says
 /// so; a token answer is read under a cap. The result is what every later request of
 /// this operation carries.
-pub async fn authorize(
+pub(crate) async fn authorize(
     registry: &str,
     cfg: &AuthConfig,
     scope: Option<&str>,
@@ -350,7 +350,7 @@ fn http_client() -> Result<reqwest::Client, ImageError> {
 
 /// Checks credentials against a registry: `GET /v2/` with basic auth, or, when the
 /// registry answers with a bearer challenge, a token request to its (trusted) realm.
-pub async fn check_login(
+pub(crate) async fn check_login(
     registry: &str,
     cfg: &AuthConfig,
     policy: &AuthPolicy,

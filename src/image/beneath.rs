@@ -31,7 +31,7 @@ fn io_err(e: Errno) -> io::Error {
 
 /// What a name beneath a [`Dir`] is, read without following it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     Dir,
     File,
     Symlink,
@@ -49,7 +49,7 @@ fn kind_of(st: &FileStat) -> Kind {
 }
 
 /// A single, plain path component: not empty, not `.` or `..`, no `/`, no NUL.
-pub fn is_plain_name(name: &OsStr) -> bool {
+pub(crate) fn is_plain_name(name: &OsStr) -> bool {
     let b = name.as_bytes();
     !b.is_empty() && b != b"." && b != b".." && !b.contains(&b'/') && !b.contains(&0)
 }
@@ -66,7 +66,7 @@ fn check_name(name: &OsStr) -> io::Result<()> {
 }
 
 /// An open directory; every operation names one entry directly inside it.
-pub struct Dir {
+pub(crate) struct Dir {
     fd: OwnedFd,
 }
 
@@ -78,7 +78,7 @@ impl AsFd for Dir {
 
 impl Dir {
     /// Opens the root of a tree. The path itself is the caller's, trusted.
-    pub fn open(path: &Path) -> io::Result<Dir> {
+    pub(crate) fn open(path: &Path) -> io::Result<Dir> {
         let fd = nix::fcntl::open(
             path,
             OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
@@ -89,14 +89,14 @@ impl Dir {
     }
 
     /// A second descriptor of the same directory.
-    pub fn try_clone(&self) -> io::Result<Dir> {
+    pub(crate) fn try_clone(&self) -> io::Result<Dir> {
         Ok(Dir {
             fd: self.fd.try_clone()?,
         })
     }
 
     /// What `name` is, without following it; `None` when it does not exist.
-    pub fn kind(&self, name: &OsStr) -> io::Result<Option<Kind>> {
+    pub(crate) fn kind(&self, name: &OsStr) -> io::Result<Option<Kind>> {
         check_name(name)?;
         match fstatat(&self.fd, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
             Ok(st) => Ok(Some(kind_of(&st))),
@@ -107,7 +107,7 @@ impl Dir {
 
     /// Opens the directory `name`; `None` when it is missing, a symlink or not a
     /// directory (never followed).
-    pub fn open_dir(&self, name: &OsStr) -> io::Result<Option<Dir>> {
+    pub(crate) fn open_dir(&self, name: &OsStr) -> io::Result<Option<Dir>> {
         check_name(name)?;
         match openat(
             &self.fd,
@@ -122,14 +122,14 @@ impl Dir {
     }
 
     /// Creates the directory `name` (mode 0700 until the caller sets its own).
-    pub fn mkdir(&self, name: &OsStr) -> io::Result<()> {
+    pub(crate) fn mkdir(&self, name: &OsStr) -> io::Result<()> {
         check_name(name)?;
         mkdirat(&self.fd, name, Mode::from_bits_truncate(0o700)).map_err(io_err)
     }
 
     /// Creates the regular file `name`, which must not exist, for writing (0600 until the
     /// caller sets its mode).
-    pub fn create_file(&self, name: &OsStr) -> io::Result<File> {
+    pub(crate) fn create_file(&self, name: &OsStr) -> io::Result<File> {
         check_name(name)?;
         let fd = openat(
             &self.fd,
@@ -143,7 +143,7 @@ impl Dir {
 
     /// Opens the regular file `name` for reading; refuses links and special files.
     #[cfg(test)]
-    pub fn open_file(&self, name: &OsStr) -> io::Result<File> {
+    pub(crate) fn open_file(&self, name: &OsStr) -> io::Result<File> {
         check_name(name)?;
         let fd = openat(
             &self.fd,
@@ -156,13 +156,13 @@ impl Dir {
     }
 
     /// Creates the symbolic link `name` holding `target` (text, never resolved here).
-    pub fn symlink(&self, target: &Path, name: &OsStr) -> io::Result<()> {
+    pub(crate) fn symlink(&self, target: &Path, name: &OsStr) -> io::Result<()> {
         check_name(name)?;
         symlinkat(target, &self.fd, name).map_err(io_err)
     }
 
     /// Hard-links the regular file `from_name` of `from` as `name` here.
-    pub fn hard_link(&self, from: &Dir, from_name: &OsStr, name: &OsStr) -> io::Result<()> {
+    pub(crate) fn hard_link(&self, from: &Dir, from_name: &OsStr, name: &OsStr) -> io::Result<()> {
         check_name(name)?;
         check_name(from_name)?;
         // No AT_SYMLINK_FOLLOW: a link to a symlink would link the symlink itself, and
@@ -178,7 +178,7 @@ impl Dir {
     }
 
     /// Sets the owner of the link `name` itself.
-    pub fn lchown(&self, name: &OsStr, uid: u32, gid: u32) -> io::Result<()> {
+    pub(crate) fn lchown(&self, name: &OsStr, uid: u32, gid: u32) -> io::Result<()> {
         check_name(name)?;
         fchownat(
             &self.fd,
@@ -192,7 +192,7 @@ impl Dir {
 
     /// Removes `name` whatever it is, directories with their content; nothing outside
     /// this directory is touched, and links inside are removed, never followed.
-    pub fn remove_all(&self, name: &OsStr) -> io::Result<()> {
+    pub(crate) fn remove_all(&self, name: &OsStr) -> io::Result<()> {
         self.remove_all_depth(name, 0)
     }
 
@@ -215,7 +215,7 @@ impl Dir {
     }
 
     /// Names directly inside this directory.
-    pub fn entries(&self) -> io::Result<Vec<OsString>> {
+    pub(crate) fn entries(&self) -> io::Result<Vec<OsString>> {
         let dup = self.fd.try_clone()?;
         let mut d = nix::dir::Dir::from_fd(dup).map_err(io_err)?;
         let mut out = Vec::new();
@@ -230,14 +230,14 @@ impl Dir {
     }
 
     /// Mode, owner and modification time of the directory itself.
-    pub fn set_meta(&self, meta: &Meta) -> io::Result<()> {
+    pub(crate) fn set_meta(&self, meta: &Meta) -> io::Result<()> {
         set_meta(self.fd.as_fd(), meta)
     }
 }
 
 /// Metadata an archive entry asks for.
 #[derive(Debug, Clone, Copy)]
-pub struct Meta {
+pub(crate) struct Meta {
     /// Permission bits, setuid/setgid/sticky included.
     pub mode: u32,
     pub uid: u32,
@@ -247,7 +247,7 @@ pub struct Meta {
 }
 
 /// Owner first (chown clears setuid bits), then mode, then times, all on the descriptor.
-pub fn set_meta(fd: BorrowedFd<'_>, meta: &Meta) -> io::Result<()> {
+pub(crate) fn set_meta(fd: BorrowedFd<'_>, meta: &Meta) -> io::Result<()> {
     // Ownership may fail when not run as root (unit tests): the object stays the
     // caller's, which is never more than it asked for.
     let _ = fchown(
@@ -274,7 +274,7 @@ fn regular(fd: OwnedFd, what: &OsStr) -> io::Result<File> {
 /// Opens the regular file `rel` beneath `root` for reading. The kernel refuses any
 /// symlink on the way (`RESOLVE_NO_SYMLINKS`) and any escape (`RESOLVE_BENEATH`);
 /// `..` and absolute paths are refused before asking.
-pub fn open_file(root: &Path, rel: &Path) -> io::Result<File> {
+pub(crate) fn open_file(root: &Path, rel: &Path) -> io::Result<File> {
     if rel
         .components()
         .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))

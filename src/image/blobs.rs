@@ -15,7 +15,7 @@ pub struct BlobStore {
 }
 
 /// `sha256:<64 hex>` checked, the hex returned.
-pub fn digest_hex(digest: &str) -> Result<&str, ImageError> {
+pub(crate) fn digest_hex(digest: &str) -> Result<&str, ImageError> {
     let hex = digest
         .strip_prefix("sha256:")
         .ok_or_else(|| ImageError::BadDigest(digest.to_string()))?;
@@ -29,7 +29,7 @@ pub fn digest_hex(digest: &str) -> Result<&str, ImageError> {
     Ok(hex)
 }
 
-pub fn sha256_digest(bytes: &[u8]) -> String {
+pub(crate) fn sha256_digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 

@@ -1,13 +1,13 @@
 //! The JSON progress messages of pulls, pushes and loads, as Docker's jsonmessage
 //! stream: one JSON object per line, `status`, optional `id`, `progressDetail`,
 //! `progress`, and `error`/`errorDetail` for a failure.
-pub use hyperd_api::images::Progress;
+pub(crate) use hyperd_api::images::Progress;
 use hyperd_api::images::{ErrorDetail, ProgressDetail, PushAux};
 use tokio::sync::mpsc::UnboundedSender;
 
-pub type ProgressTx = UnboundedSender<Progress>;
+pub(crate) type ProgressTx = UnboundedSender<Progress>;
 
-pub fn status(s: impl Into<String>) -> Progress {
+pub(crate) fn status(s: impl Into<String>) -> Progress {
     Progress {
         status: Some(s.into()),
         ..Default::default()
@@ -15,7 +15,7 @@ pub fn status(s: impl Into<String>) -> Progress {
 }
 
 /// A status about `id` (a layer or the image).
-pub fn about(id: &str, status: impl Into<String>) -> Progress {
+pub(crate) fn about(id: &str, status: impl Into<String>) -> Progress {
     Progress {
         status: Some(status.into()),
         id: Some(id.to_string()),
@@ -23,14 +23,14 @@ pub fn about(id: &str, status: impl Into<String>) -> Progress {
     }
 }
 
-pub fn layer(id: &str, status: &str) -> Progress {
+pub(crate) fn layer(id: &str, status: &str) -> Progress {
     Progress {
         progress_detail: Some(ProgressDetail::default()),
         ..about(id, status)
     }
 }
 
-pub fn transfer(id: &str, verb: &str, current: u64, total: u64) -> Progress {
+pub(crate) fn transfer(id: &str, verb: &str, current: u64, total: u64) -> Progress {
     Progress {
         progress_detail: Some(ProgressDetail {
             current: Some(current),
@@ -42,7 +42,7 @@ pub fn transfer(id: &str, verb: &str, current: u64, total: u64) -> Progress {
 }
 
 /// What a push stored: the tag, the manifest's digest and size.
-pub fn pushed(tag: &str, digest: &str, size: u64) -> Progress {
+pub(crate) fn pushed(tag: &str, digest: &str, size: u64) -> Progress {
     Progress {
         progress_detail: Some(ProgressDetail::default()),
         aux: Some(PushAux {
@@ -55,14 +55,14 @@ pub fn pushed(tag: &str, digest: &str, size: u64) -> Progress {
 }
 
 /// Free text, as `docker load` prints it.
-pub fn stream(text: impl Into<String>) -> Progress {
+pub(crate) fn stream(text: impl Into<String>) -> Progress {
     Progress {
         stream: Some(text.into()),
         ..Default::default()
     }
 }
 
-pub fn error(msg: &str) -> Progress {
+pub(crate) fn error(msg: &str) -> Progress {
     Progress {
         error: Some(msg.to_string()),
         error_detail: Some(ErrorDetail {
@@ -73,13 +73,13 @@ pub fn error(msg: &str) -> Progress {
 }
 
 /// The short id Docker shows for a layer: 12 hex digits of its digest.
-pub fn short(digest: &str) -> String {
+pub(crate) fn short(digest: &str) -> String {
     let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
     hex[..12.min(hex.len())].to_string()
 }
 
 /// `[=====>      ]  1.2MB/3.4MB`, 50 columns wide as Docker draws it.
-pub fn bar(current: u64, total: u64) -> String {
+pub(crate) fn bar(current: u64, total: u64) -> String {
     const WIDTH: u64 = 50;
     if total == 0 {
         return format!("{:>8}", human(current));
@@ -94,7 +94,7 @@ pub fn bar(current: u64, total: u64) -> String {
 }
 
 /// Decimal units, as Docker prints sizes.
-pub fn human(bytes: u64) -> String {
+pub(crate) fn human(bytes: u64) -> String {
     let units = ["B", "kB", "MB", "GB", "TB"];
     let mut v = bytes as f64;
     let mut u = 0;

@@ -13,13 +13,13 @@ use std::time::Duration;
 
 /// Bounds of one download.
 #[derive(Debug, Clone)]
-pub struct DownloadLimits {
+pub(crate) struct DownloadLimits {
     pub max_bytes: u64,
     pub timeout: Duration,
 }
 
 /// The URL as it may be shown: without user name and password.
-pub fn redacted(url: &reqwest::Url) -> String {
+pub(crate) fn redacted(url: &reqwest::Url) -> String {
     let mut u = url.clone();
     let _ = u.set_username("");
     let _ = u.set_password(None);
@@ -29,7 +29,7 @@ pub fn redacted(url: &reqwest::Url) -> String {
 /// Addresses a request from the daemon must never reach: link-local (cloud metadata
 /// services live at 169.254.169.254 and fd00:ec2::254), unspecified, multicast,
 /// broadcast.
-pub fn forbidden(ip: IpAddr) -> bool {
+pub(crate) fn forbidden(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(a) => {
             a.is_link_local() || a.is_unspecified() || a.is_multicast() || a.is_broadcast()
@@ -54,7 +54,11 @@ fn bad(msg: impl Into<String>) -> ImageError {
 }
 
 /// Downloads `url` into `dest` under `limits`.
-pub async fn download(url: &str, dest: &Path, limits: &DownloadLimits) -> Result<(), ImageError> {
+pub(crate) async fn download(
+    url: &str,
+    dest: &Path,
+    limits: &DownloadLimits,
+) -> Result<(), ImageError> {
     let url = reqwest::Url::parse(url).map_err(|e| bad(format!("invalid URL: {e}")))?;
     let shown = redacted(&url);
     if !matches!(url.scheme(), "http" | "https") {

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::Command;
 
-pub fn make_erofs(dir: &Path, out: &Path) -> std::io::Result<()> {
+pub(super) fn make_erofs(dir: &Path, out: &Path) -> std::io::Result<()> {
     let tmp = out.with_extension("erofs.tmp");
     let output = Command::new("mkfs.erofs")
         .arg("-Enoinline_data")

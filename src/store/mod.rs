@@ -87,7 +87,7 @@ type Done = Option<tokio::sync::oneshot::Sender<Result<(), StoreError>>>;
 /// The state store's writer: one thread that makes every commit (each an fsync), in the
 /// order they were asked for, so that no commit runs on an async worker and a later
 /// snapshot of a pod is never overwritten by an earlier one.
-pub struct Writer {
+pub(crate) struct Writer {
     tx: Option<std::sync::mpsc::Sender<(Job, Done)>>,
     thread: Option<std::thread::JoinHandle<()>>,
     /// Unit tests commit on the caller's thread: a wait for another thread would let
@@ -108,7 +108,7 @@ impl Drop for Writer {
 }
 
 impl Writer {
-    pub fn start(store: std::sync::Arc<Store>) -> Writer {
+    pub(crate) fn start(store: std::sync::Arc<Store>) -> Writer {
         #[cfg(test)]
         let inline = store.clone();
         let (tx, rx) = std::sync::mpsc::channel::<(Job, Done)>();
@@ -154,7 +154,7 @@ impl Writer {
     }
 
     /// Queues a record's commit now; the answer says when it is on disk.
-    pub fn queue<T: Serialize>(
+    pub(crate) fn queue<T: Serialize>(
         &self,
         id: &str,
         record: &T,
@@ -170,7 +170,7 @@ impl Writer {
     }
 
     /// Commits a record without waiting (failures are logged).
-    pub fn put_in_background<T: Serialize>(&self, id: &str, record: &T) {
+    pub(crate) fn put_in_background<T: Serialize>(&self, id: &str, record: &T) {
         if let Ok(bytes) = serde_json::to_vec(record) {
             #[cfg(test)]
             let _ = self.inline.put_raw(id, &bytes);
@@ -182,12 +182,12 @@ impl Writer {
     }
 
     /// Waits until every commit queued so far is on disk.
-    pub async fn flush(&self) {
+    pub(crate) async fn flush(&self) {
         let _ = self.send(Job::Flush).await;
     }
 
     /// Deletes a record and waits until that is on disk.
-    pub async fn delete(&self, id: &str) -> Result<(), StoreError> {
+    pub(crate) async fn delete(&self, id: &str) -> Result<(), StoreError> {
         self.send(Job::Delete(id.to_string()))
             .await
             .unwrap_or_else(|_| Err(StoreError::Db("the state writer stopped".into())))

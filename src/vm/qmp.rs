@@ -16,20 +16,20 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What `query-status` answers, in the fields hyperd reads.
 #[derive(Debug, Deserialize)]
-pub struct QmpStatus {
+pub(crate) struct QmpStatus {
     pub running: bool,
     pub status: String,
 }
 
 /// One QMP session, in command mode.
-pub struct Qmp {
+pub(crate) struct Qmp {
     reader: BufReader<tokio::net::unix::OwnedReadHalf>,
     writer: tokio::net::unix::OwnedWriteHalf,
 }
 
 impl Qmp {
     /// Connects and leaves capabilities negotiation.
-    pub async fn connect(path: &Path) -> Result<Qmp, VmError> {
+    pub(crate) async fn connect(path: &Path) -> Result<Qmp, VmError> {
         let stream = tokio::time::timeout(COMMAND_TIMEOUT, UnixStream::connect(path))
             .await
             .map_err(|_| VmError::Control(format!("{}: connect timed out", path.display())))?
@@ -49,7 +49,7 @@ impl Qmp {
 
     /// Runs a command without arguments and returns its `return` value; events that
     /// arrive meanwhile are skipped.
-    pub async fn execute(&mut self, command: &str) -> Result<serde_json::Value, VmError> {
+    pub(crate) async fn execute(&mut self, command: &str) -> Result<serde_json::Value, VmError> {
         let mut line = serde_json::to_vec(&serde_json::json!({ "execute": command }))
             .map_err(|e| VmError::Control(e.to_string()))?;
         line.push(b'\n');
@@ -69,7 +69,7 @@ impl Qmp {
         .map_err(|_| VmError::Control(format!("qemu did not answer {command}")))?
     }
 
-    pub async fn query_status(&mut self) -> Result<QmpStatus, VmError> {
+    pub(crate) async fn query_status(&mut self) -> Result<QmpStatus, VmError> {
         let v = self.execute("query-status").await?;
         serde_json::from_value(v).map_err(|e| VmError::Control(format!("query-status: {e}")))
     }

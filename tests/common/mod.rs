@@ -1,6 +1,6 @@
 //! Test harness: a real hyperd on a temporary socket and state directory, the real
 //! hyperctl and curl as clients, and a busybox image built from busybox-static.
-#![allow(dead_code)]
+#![allow(dead_code, unreachable_pub)]
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};

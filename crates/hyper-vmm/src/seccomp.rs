@@ -114,7 +114,7 @@ mod kvm {
 
     /// Every KVM request hyper-vmm makes (creating the VM, setting vCPUs up, running them,
     /// reading a failed vCPU's registers).
-    pub fn requests() -> Vec<u64> {
+    pub(super) fn requests() -> Vec<u64> {
         [
             KVM_CREATE_VM(),
             KVM_GET_VCPU_MMAP_SIZE(),

@@ -18,7 +18,7 @@ fn no_such_container(id: &str) -> ApiError {
 }
 
 /// Routes with path parameters; `None` when the path is not Docker's.
-pub async fn route(
+pub(crate) async fn route(
     engine: &Arc<Engine>,
     method: &Method,
     path: &str,
@@ -404,7 +404,7 @@ pub(super) fn state(pod: &Pod, c: &Container) -> &'static str {
 
 /// Docker's human duration (go-units' `HumanDuration`): `3 seconds`, `About a minute`,
 /// `2 hours`, ...
-pub fn human_duration(secs: u64) -> String {
+pub(crate) fn human_duration(secs: u64) -> String {
     let (m, h) = (secs / 60, secs / 3600);
     match () {
         _ if secs < 1 => "Less than a second".into(),

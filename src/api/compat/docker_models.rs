@@ -5,12 +5,12 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 
 /// `{}`.
-pub type Empty = BTreeMap<String, String>;
+pub(crate) type Empty = BTreeMap<String, String>;
 
 /// `GET /images/json`.
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
-pub struct ImageSummary {
+pub(crate) struct ImageSummary {
     pub id: String,
     pub parent_id: String,
     pub repo_tags: Vec<String>,
@@ -26,7 +26,7 @@ pub struct ImageSummary {
 /// `GET /images/{name}/json`.
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
-pub struct ImageInspect {
+pub(crate) struct ImageInspect {
     pub id: String,
     pub repo_tags: Vec<String>,
     pub repo_digests: Vec<String>,
@@ -44,13 +44,13 @@ pub struct ImageInspect {
 
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
-pub struct ImageMetadata {
+pub(crate) struct ImageMetadata {
     pub last_tag_time: String,
 }
 
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
-pub struct ImageConfig {
+pub(crate) struct ImageConfig {
     pub cmd: Vec<String>,
     pub entrypoint: Vec<String>,
     pub env: Vec<String>,
@@ -61,7 +61,7 @@ pub struct ImageConfig {
 
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
-pub struct RootFs {
+pub(crate) struct RootFs {
     #[serde(rename = "Type")]
     pub kind: String,
     pub layers: Vec<String>,
@@ -70,7 +70,7 @@ pub struct RootFs {
 /// `GET /containers/json`.
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
-pub struct ContainerSummary {
+pub(crate) struct ContainerSummary {
     pub id: String,
     pub names: Vec<String>,
     pub image: String,
@@ -88,14 +88,14 @@ pub struct ContainerSummary {
 
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
-pub struct SummaryHostConfig {
+pub(crate) struct SummaryHostConfig {
     pub network_mode: String,
 }
 
 /// `GET /containers/{id}/json`.
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
-pub struct ContainerInspect {
+pub(crate) struct ContainerInspect {
     pub id: String,
     pub created: String,
     pub path: String,
@@ -127,7 +127,7 @@ pub struct ContainerInspect {
 
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
-pub struct ContainerState {
+pub(crate) struct ContainerState {
     pub status: &'static str,
     pub running: bool,
     pub paused: bool,
@@ -144,7 +144,7 @@ pub struct ContainerState {
 
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
-pub struct HostConfig {
+pub(crate) struct HostConfig {
     pub binds: Option<Vec<String>>,
     #[serde(rename = "ContainerIDFile")]
     pub container_id_file: String,
@@ -192,7 +192,7 @@ pub struct HostConfig {
 
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
-pub struct LogConfig {
+pub(crate) struct LogConfig {
     #[serde(rename = "Type")]
     pub kind: String,
     pub config: Empty,
@@ -200,7 +200,7 @@ pub struct LogConfig {
 
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
-pub struct RestartPolicy {
+pub(crate) struct RestartPolicy {
     /// `no`, `always` or `on-failure`.
     pub name: &'static str,
     pub maximum_retry_count: u32,
@@ -208,14 +208,14 @@ pub struct RestartPolicy {
 
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
-pub struct GraphDriver {
+pub(crate) struct GraphDriver {
     pub name: String,
     pub data: Empty,
 }
 
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
-pub struct ContainerConfig {
+pub(crate) struct ContainerConfig {
     pub hostname: String,
     pub domainname: String,
     pub user: String,
@@ -239,7 +239,7 @@ pub struct ContainerConfig {
 
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
-pub struct NetworkSettings {
+pub(crate) struct NetworkSettings {
     pub bridge: String,
     #[serde(rename = "SandboxID")]
     pub sandbox_id: String,
@@ -257,7 +257,7 @@ pub struct NetworkSettings {
 /// `POST /containers/create`.
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
-pub struct Created {
+pub(crate) struct Created {
     pub id: String,
     pub warnings: Vec<String>,
 }
@@ -265,7 +265,7 @@ pub struct Created {
 /// `POST /containers/{id}/wait`.
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
-pub struct WaitReply {
+pub(crate) struct WaitReply {
     pub status_code: i32,
     pub error: Option<Empty>,
 }
@@ -273,14 +273,14 @@ pub struct WaitReply {
 /// `POST /containers/{id}/exec`.
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
-pub struct ExecCreated {
+pub(crate) struct ExecCreated {
     pub id: String,
 }
 
 /// `GET /exec/{id}/json`.
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
-pub struct ExecInspect {
+pub(crate) struct ExecInspect {
     #[serde(rename = "ID")]
     pub id: String,
     pub running: bool,
@@ -295,7 +295,7 @@ pub struct ExecInspect {
 }
 
 #[derive(Serialize)]
-pub struct ProcessConfig {
+pub(crate) struct ProcessConfig {
     pub tty: bool,
     pub entrypoint: Option<String>,
     pub arguments: Vec<String>,
@@ -305,7 +305,7 @@ pub struct ProcessConfig {
 /// `GET /containers/{id}/top`.
 #[derive(Serialize, Debug, PartialEq)]
 #[serde(rename_all = "PascalCase")]
-pub struct Top {
+pub(crate) struct Top {
     pub titles: Vec<String>,
     pub processes: Vec<Vec<String>>,
 }
@@ -313,14 +313,14 @@ pub struct Top {
 /// A command as Docker's clients send it: an argument list, or a shell line.
 #[derive(serde::Deserialize)]
 #[serde(untagged)]
-pub enum Command {
+pub(crate) enum Command {
     Args(Vec<String>),
     Line(String),
 }
 
 impl Command {
     /// The argument list (a shell line runs under `/bin/sh -c`).
-    pub fn args(self) -> Vec<String> {
+    pub(crate) fn args(self) -> Vec<String> {
         match self {
             Command::Args(a) => a,
             Command::Line(s) => vec!["/bin/sh".into(), "-c".into(), s],
@@ -332,7 +332,7 @@ impl Command {
 /// `null` (docker-py sends `null` for what it does not set).
 #[derive(serde::Deserialize, Default)]
 #[serde(rename_all = "PascalCase", default)]
-pub struct ContainerCreate {
+pub(crate) struct ContainerCreate {
     pub image: Option<String>,
     pub hostname: Option<String>,
     pub cmd: Option<Command>,
@@ -350,7 +350,7 @@ pub struct ContainerCreate {
 /// The `HostConfig` of a create: what hyperd honours, and what it warns about.
 #[derive(serde::Deserialize, Default)]
 #[serde(rename_all = "PascalCase", default)]
-pub struct CreateHostConfig {
+pub(crate) struct CreateHostConfig {
     pub memory: Option<u64>,
     pub nano_cpus: Option<u64>,
     pub restart_policy: Option<CreateRestartPolicy>,
@@ -371,14 +371,14 @@ pub struct CreateHostConfig {
 
 #[derive(serde::Deserialize, Default)]
 #[serde(rename_all = "PascalCase", default)]
-pub struct CreateRestartPolicy {
+pub(crate) struct CreateRestartPolicy {
     pub name: Option<String>,
 }
 
 /// `POST /containers/{id}/exec`.
 #[derive(serde::Deserialize, Default)]
 #[serde(rename_all = "PascalCase", default)]
-pub struct ExecCreate {
+pub(crate) struct ExecCreate {
     pub cmd: Option<Command>,
     pub tty: Option<bool>,
     pub env: Option<Vec<String>>,
@@ -390,20 +390,20 @@ pub struct ExecCreate {
 /// `POST /exec/{id}/start`.
 #[derive(serde::Deserialize, Default)]
 #[serde(rename_all = "PascalCase", default)]
-pub struct ExecStart {
+pub(crate) struct ExecStart {
     pub detach: Option<bool>,
 }
 
 /// One filter's values: `["a", "b"]`, or the older `{"a": true}`.
 #[derive(serde::Deserialize)]
 #[serde(untagged)]
-pub enum FilterValues {
+pub(crate) enum FilterValues {
     List(Vec<String>),
     Set(BTreeMap<String, bool>),
 }
 
 impl FilterValues {
-    pub fn values(&self) -> Vec<String> {
+    pub(crate) fn values(&self) -> Vec<String> {
         match self {
             FilterValues::List(l) => l.clone(),
             FilterValues::Set(s) => s
@@ -416,11 +416,11 @@ impl FilterValues {
 }
 
 /// The `filters` query parameter.
-pub type Filters = BTreeMap<String, FilterValues>;
+pub(crate) type Filters = BTreeMap<String, FilterValues>;
 
 /// `GET /containers/{id}/stats`: Docker's shape, from the VM's numbers.
 #[derive(Serialize)]
-pub struct Stats {
+pub(crate) struct Stats {
     pub id: String,
     pub name: String,
     pub read: String,
@@ -435,12 +435,12 @@ pub struct Stats {
 }
 
 #[derive(Serialize)]
-pub struct PidsStats {
+pub(crate) struct PidsStats {
     pub current: u64,
 }
 
 #[derive(Serialize)]
-pub struct CpuStats {
+pub(crate) struct CpuStats {
     pub cpu_usage: CpuUsage,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub system_cpu_usage: Option<u64>,
@@ -450,21 +450,21 @@ pub struct CpuStats {
 }
 
 #[derive(Serialize)]
-pub struct CpuUsage {
+pub(crate) struct CpuUsage {
     pub total_usage: u64,
     pub usage_in_kernelmode: u64,
     pub usage_in_usermode: u64,
 }
 
 #[derive(Serialize, Default)]
-pub struct ThrottlingData {
+pub(crate) struct ThrottlingData {
     pub periods: u64,
     pub throttled_periods: u64,
     pub throttled_time: u64,
 }
 
 #[derive(Serialize)]
-pub struct MemoryStats {
+pub(crate) struct MemoryStats {
     pub usage: u64,
     pub limit: u64,
     pub stats: Empty,
@@ -472,7 +472,7 @@ pub struct MemoryStats {
 
 /// Every list `null`: the VM's disks are not accounted per container.
 #[derive(Serialize, Default)]
-pub struct BlkioStats {
+pub(crate) struct BlkioStats {
     pub io_service_bytes_recursive: Option<Vec<u64>>,
     pub io_serviced_recursive: Option<Vec<u64>>,
     pub io_queue_recursive: Option<Vec<u64>>,

@@ -26,7 +26,7 @@ fn grace(req: &Request<Incoming>) -> Result<Duration, ApiError> {
 }
 
 /// `POST /containers/{id}/stop[?t=SECONDS]`: the stop signal, SIGKILL after `t`.
-pub async fn stop(engine: &Arc<Engine>, id: &str, req: &Request<Incoming>) -> ApiResult {
+pub(crate) async fn stop(engine: &Arc<Engine>, id: &str, req: &Request<Incoming>) -> ApiResult {
     let (pod, _) = find(engine, id)?;
     let grace = grace(req)?;
     if pod.vm().is_none() {
@@ -37,7 +37,7 @@ pub async fn stop(engine: &Arc<Engine>, id: &str, req: &Request<Incoming>) -> Ap
 }
 
 /// `POST /containers/{id}/restart[?t=SECONDS]`.
-pub async fn restart(engine: &Arc<Engine>, id: &str, req: &Request<Incoming>) -> ApiResult {
+pub(crate) async fn restart(engine: &Arc<Engine>, id: &str, req: &Request<Incoming>) -> ApiResult {
     let (pod, _) = find(engine, id)?;
     let grace = grace(req)?;
     if pod.vm().is_some() {
@@ -48,7 +48,7 @@ pub async fn restart(engine: &Arc<Engine>, id: &str, req: &Request<Incoming>) ->
 }
 
 /// `POST /containers/{id}/pause` and `/unpause`: the VM is frozen or thawed.
-pub async fn pause(engine: &Arc<Engine>, id: &str, pause: bool) -> ApiResult {
+pub(crate) async fn pause(engine: &Arc<Engine>, id: &str, pause: bool) -> ApiResult {
     let (pod, c) = find(engine, id)?;
     let st = state(&pod, &c);
     if pause && st != "running" {
@@ -68,7 +68,7 @@ pub async fn pause(engine: &Arc<Engine>, id: &str, pause: bool) -> ApiResult {
 }
 
 /// `POST /containers/{id}/rename?name=NEW`.
-pub async fn rename(engine: &Arc<Engine>, id: &str, req: &Request<Incoming>) -> ApiResult {
+pub(crate) async fn rename(engine: &Arc<Engine>, id: &str, req: &Request<Incoming>) -> ApiResult {
     let (_, c) = find(engine, id)?;
     let q = query(req);
     let name = q
@@ -159,7 +159,7 @@ fn stats_json(
 
 /// `GET /containers/{id}/stats[?stream=false][&one-shot=true]`: a sample a second, or
 /// one (with the previous second's sample as `precpu_stats`, unless `one-shot`).
-pub async fn stats(engine: &Arc<Engine>, id: &str, req: &Request<Incoming>) -> ApiResult {
+pub(crate) async fn stats(engine: &Arc<Engine>, id: &str, req: &Request<Incoming>) -> ApiResult {
     let (pod, c) = find(engine, id)?;
     let q = query(req);
     // Clients send `false`, `False` (docker-py through requests) or `0`.
@@ -209,7 +209,7 @@ pub async fn stats(engine: &Arc<Engine>, id: &str, req: &Request<Incoming>) -> A
 
 /// `ps` output as Docker's top: the first line's words are the titles, each later line
 /// has as many fields, the last taking the rest of the line (the command).
-pub fn parse_ps(text: &str) -> m::Top {
+pub(crate) fn parse_ps(text: &str) -> m::Top {
     let mut lines = text.lines().filter(|l| !l.trim().is_empty());
     let titles: Vec<&str> = lines.next().unwrap_or("").split_whitespace().collect();
     let n = titles.len().max(1);
@@ -233,7 +233,7 @@ pub fn parse_ps(text: &str) -> m::Top {
 }
 
 /// `GET /containers/{id}/top[?ps_args=-ef]`: `ps` run inside the container.
-pub async fn top(engine: &Arc<Engine>, id: &str, req: &Request<Incoming>) -> ApiResult {
+pub(crate) async fn top(engine: &Arc<Engine>, id: &str, req: &Request<Incoming>) -> ApiResult {
     let (pod, c) = find(engine, id)?;
     if state(&pod, &c) != "running" {
         return Err(ApiError::new(

@@ -19,13 +19,13 @@ mod models {
 
     /// `{"error": "…"}`.
     #[derive(Serialize)]
-    pub struct ErrorReply {
+    pub(super) struct ErrorReply {
         pub error: String,
     }
 
     /// A container with its statistics, keyed by its short id in every answer.
     #[derive(Serialize)]
-    pub struct Container {
+    pub(super) struct Container {
         pub cpu_percent: f64,
         pub image_short_id: String,
         pub image_tags: Vec<String>,
@@ -41,20 +41,20 @@ mod models {
     }
 
     #[derive(Serialize)]
-    pub struct Image {
+    pub(super) struct Image {
         pub created: String,
         pub size: u64,
         pub tags: Vec<String>,
     }
 
     #[derive(Serialize)]
-    pub struct Removed {
+    pub(super) struct Removed {
         pub removed: String,
     }
 
     /// `GET /image/updateall`.
     #[derive(Serialize)]
-    pub struct Updated {
+    pub(super) struct Updated {
         pub updated: Vec<String>,
         pub failed: BTreeMap<String, String>,
     }
@@ -62,21 +62,21 @@ mod models {
     /// A memory limit: bytes, or text with a unit (`128m`).
     #[derive(Deserialize)]
     #[serde(untagged)]
-    pub enum MemLimit {
+    pub(super) enum MemLimit {
         Bytes(u64),
         Text(String),
     }
 
     /// One `device_*` entry; only the rate is used (it applies to every VM disk).
     #[derive(Deserialize)]
-    pub struct DeviceRate {
+    pub(super) struct DeviceRate {
         #[serde(rename = "Rate")]
         pub rate: u64,
     }
 
     /// `POST /container`.
     #[derive(Deserialize)]
-    pub struct CreateContainer {
+    pub(super) struct CreateContainer {
         #[serde(default)]
         pub image_name: String,
         #[serde(default)]
@@ -102,13 +102,13 @@ mod models {
     /// `POST /image`: one name or a list.
     #[derive(Deserialize)]
     #[serde(untagged)]
-    pub enum Names {
+    pub(super) enum Names {
         One(String),
         Many(Vec<String>),
     }
 
     #[derive(Deserialize)]
-    pub struct Pull {
+    pub(super) struct Pull {
         pub image_name: Option<Names>,
     }
 }
@@ -120,7 +120,7 @@ fn mib(bytes: u64) -> f64 {
 }
 
 /// Flask routes; `None` when the path is not Flask's.
-pub async fn route(
+pub(crate) async fn route(
     engine: &Arc<Engine>,
     method: &Method,
     path: &str,

@@ -18,25 +18,25 @@ mod models {
 
     /// `{"error": {"code": N, "message": "…"}}`.
     #[derive(Serialize)]
-    pub struct ErrorReply {
+    pub(super) struct ErrorReply {
         pub error: ErrorDetail,
     }
 
     #[derive(Serialize)]
-    pub struct ErrorDetail {
+    pub(super) struct ErrorDetail {
         pub code: u16,
         pub message: String,
     }
 
     /// `{"data": …}`.
     #[derive(Serialize)]
-    pub struct Data<T> {
+    pub(super) struct Data<T> {
         pub data: T,
     }
 
     #[derive(Serialize)]
     #[serde(rename_all = "camelCase")]
-    pub struct Image {
+    pub(super) struct Image {
         pub id: String,
         pub name: String,
         pub repo_digests: Vec<Vec<String>>,
@@ -48,7 +48,7 @@ mod models {
     /// A container as mCM shows it: `env` is never sent back.
     #[derive(Serialize)]
     #[serde(rename_all = "camelCase")]
-    pub struct Container {
+    pub(super) struct Container {
         pub id: String,
         pub name: String,
         pub image: String,
@@ -60,7 +60,7 @@ mod models {
 
     /// `POST /containers`.
     #[derive(Deserialize)]
-    pub struct CreateContainer {
+    pub(super) struct CreateContainer {
         #[serde(default)]
         pub image: String,
         #[serde(default)]
@@ -72,7 +72,7 @@ mod models {
 
     /// `PUT /containers/{id}`.
     #[derive(Deserialize)]
-    pub struct UpdateContainer {
+    pub(super) struct UpdateContainer {
         #[serde(default = "start")]
         pub action: String,
     }
@@ -114,7 +114,7 @@ fn from_api(e: ApiError) -> Response<crate::api::http::Body> {
 }
 
 /// mCM routes; `None` when the path is not mCM's.
-pub async fn route(
+pub(crate) async fn route(
     engine: &Arc<Engine>,
     method: &Method,
     path: &str,

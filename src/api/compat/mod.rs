@@ -8,8 +8,8 @@
 //!
 //! Routing: paths with parameters in them (`/containers/{id}/json`) are matched here
 //! after hyperd's own fixed routes; see docs/api-compat.md for which API owns which path.
-pub mod docker;
-pub mod docker_models;
-pub mod docker_ops;
-pub mod flask;
-pub mod mcm;
+pub(crate) mod docker;
+pub(crate) mod docker_models;
+pub(crate) mod docker_ops;
+pub(crate) mod flask;
+pub(crate) mod mcm;

@@ -9,7 +9,7 @@ use hyperd_api::IdReply;
 use std::io::Write;
 
 #[derive(clap::Args, Debug)]
-pub struct ExecArgs {
+pub(crate) struct ExecArgs {
     /// Give the command a terminal.
     #[arg(short, long)]
     pub tty: bool,
@@ -26,7 +26,7 @@ pub struct ExecArgs {
 }
 
 /// Run a command in a running container (or a pod's first container).
-pub async fn exec(client: &Client, args: ExecArgs) -> anyhow::Result<i32> {
+pub(crate) async fn exec(client: &Client, args: ExecArgs) -> anyhow::Result<i32> {
     let ExecArgs {
         tty,
         interactive,
@@ -74,7 +74,7 @@ pub async fn exec(client: &Client, args: ExecArgs) -> anyhow::Result<i32> {
 }
 
 #[derive(clap::Args, Debug)]
-pub struct AttachArgs {
+pub(crate) struct AttachArgs {
     #[arg(short, long)]
     pub interactive: bool,
     /// POD or CONTAINER.
@@ -82,7 +82,7 @@ pub struct AttachArgs {
 }
 
 /// Attach to a running container's output (and input with -i).
-pub async fn attach(client: &Client, args: AttachArgs) -> anyhow::Result<i32> {
+pub(crate) async fn attach(client: &Client, args: AttachArgs) -> anyhow::Result<i32> {
     let AttachArgs {
         interactive,
         target,
@@ -105,7 +105,7 @@ pub async fn attach(client: &Client, args: AttachArgs) -> anyhow::Result<i32> {
 }
 
 #[derive(clap::Args, Debug)]
-pub struct LogsArgs {
+pub(crate) struct LogsArgs {
     #[arg(short, long)]
     pub follow: bool,
     /// Only the last N lines.
@@ -121,7 +121,7 @@ pub struct LogsArgs {
 }
 
 /// Print a container's output.
-pub async fn logs(client: &Client, args: LogsArgs) -> anyhow::Result<i32> {
+pub(crate) async fn logs(client: &Client, args: LogsArgs) -> anyhow::Result<i32> {
     let LogsArgs {
         follow,
         tail,
@@ -173,7 +173,7 @@ pub async fn logs(client: &Client, args: LogsArgs) -> anyhow::Result<i32> {
 }
 
 #[derive(clap::Args, Debug)]
-pub struct KillArgs {
+pub(crate) struct KillArgs {
     #[arg(short, long, default_value = "KILL")]
     pub signal: String,
     /// POD or CONTAINER.
@@ -181,7 +181,7 @@ pub struct KillArgs {
 }
 
 /// Send a signal to a pod's containers (or one container).
-pub async fn kill(client: &Client, args: KillArgs) -> anyhow::Result<i32> {
+pub(crate) async fn kill(client: &Client, args: KillArgs) -> anyhow::Result<i32> {
     let KillArgs { signal, target } = args;
     match client
         .json(

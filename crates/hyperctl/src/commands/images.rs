@@ -7,7 +7,7 @@ use hyperd_api::images::{AuthReply, ImagesList, Login, Progress};
 use std::io::Write;
 
 #[derive(clap::Args, Debug)]
-pub struct ImportArgs {
+pub(crate) struct ImportArgs {
     /// The tarball; `-` reads standard input.
     pub file: String,
     /// NAME[:TAG]
@@ -18,7 +18,7 @@ pub struct ImportArgs {
 }
 
 /// Import a root filesystem tarball (optionally gzipped) as an image.
-pub async fn import(client: &Client, args: ImportArgs) -> anyhow::Result<i32> {
+pub(crate) async fn import(client: &Client, args: ImportArgs) -> anyhow::Result<i32> {
     let ImportArgs {
         file,
         reference,
@@ -55,14 +55,14 @@ pub async fn import(client: &Client, args: ImportArgs) -> anyhow::Result<i32> {
 }
 
 #[derive(clap::Args, Debug)]
-pub struct ImagesArgs {
+pub(crate) struct ImagesArgs {
     /// Only print image ids.
     #[arg(short, long)]
     pub quiet: bool,
 }
 
 /// List images.
-pub async fn images(client: &Client, args: ImagesArgs) -> anyhow::Result<i32> {
+pub(crate) async fn images(client: &Client, args: ImagesArgs) -> anyhow::Result<i32> {
     let ImagesArgs { quiet } = args;
     let list: ImagesList = client.get("/images/get").await?;
     if !quiet {
@@ -82,7 +82,7 @@ pub async fn images(client: &Client, args: ImagesArgs) -> anyhow::Result<i32> {
 }
 
 #[derive(clap::Args, Debug)]
-pub struct PullArgs {
+pub(crate) struct PullArgs {
     /// NAME[:TAG|@DIGEST]
     pub image: String,
     #[arg(short, long)]
@@ -90,7 +90,7 @@ pub struct PullArgs {
 }
 
 /// Pull an image from a registry.
-pub async fn pull(client: &Client, args: PullArgs) -> anyhow::Result<i32> {
+pub(crate) async fn pull(client: &Client, args: PullArgs) -> anyhow::Result<i32> {
     let PullArgs { image, quiet } = args;
     let resp = client
         .send(
@@ -106,7 +106,7 @@ pub async fn pull(client: &Client, args: PullArgs) -> anyhow::Result<i32> {
 }
 
 #[derive(clap::Args, Debug)]
-pub struct PushArgs {
+pub(crate) struct PushArgs {
     /// NAME[:TAG] as it is to be named in the registry.
     pub image: String,
     /// Push this local image (and tag it as IMAGE) instead of the one named IMAGE.
@@ -117,7 +117,7 @@ pub struct PushArgs {
 }
 
 /// Push an image to a registry.
-pub async fn push(client: &Client, args: PushArgs) -> anyhow::Result<i32> {
+pub(crate) async fn push(client: &Client, args: PushArgs) -> anyhow::Result<i32> {
     let PushArgs { image, from, quiet } = args;
     let mut path = format!("/image/push?remote={}", enc(&image));
     if let Some(f) = &from {
@@ -139,13 +139,13 @@ pub async fn push(client: &Client, args: PushArgs) -> anyhow::Result<i32> {
 }
 
 #[derive(clap::Args, Debug)]
-pub struct TagArgs {
+pub(crate) struct TagArgs {
     pub source: String,
     pub target: String,
 }
 
 /// Give an image another name.
-pub async fn tag(client: &Client, args: TagArgs) -> anyhow::Result<i32> {
+pub(crate) async fn tag(client: &Client, args: TagArgs) -> anyhow::Result<i32> {
     let TagArgs { source, target } = args;
     let (repo, tag) = match target.rsplit_once(':').filter(|(_, t)| !t.contains('/')) {
         Some((r, t)) => (r.to_string(), t.to_string()),
@@ -167,7 +167,7 @@ pub async fn tag(client: &Client, args: TagArgs) -> anyhow::Result<i32> {
 }
 
 #[derive(clap::Args, Debug)]
-pub struct LoginArgs {
+pub(crate) struct LoginArgs {
     /// Registry (default: Docker Hub).
     #[arg(default_value = "https://index.docker.io/v1/")]
     pub server: String,
@@ -181,7 +181,7 @@ pub struct LoginArgs {
 }
 
 /// Log in to a registry; hyperd keeps the credentials for later pulls and pushes.
-pub async fn login(client: &Client, args: LoginArgs) -> anyhow::Result<i32> {
+pub(crate) async fn login(client: &Client, args: LoginArgs) -> anyhow::Result<i32> {
     let LoginArgs {
         server,
         username,
@@ -208,14 +208,14 @@ pub async fn login(client: &Client, args: LoginArgs) -> anyhow::Result<i32> {
 }
 
 #[derive(clap::Args, Debug)]
-pub struct LogoutArgs {
+pub(crate) struct LogoutArgs {
     /// Registry (default: Docker Hub).
     #[arg(default_value = "https://index.docker.io/v1/")]
     pub server: String,
 }
 
 /// Forget the login the daemon keeps for a registry.
-pub async fn logout(client: &Client, args: LogoutArgs) -> anyhow::Result<i32> {
+pub(crate) async fn logout(client: &Client, args: LogoutArgs) -> anyhow::Result<i32> {
     let LogoutArgs { server } = args;
     let v: AuthReply = client
         .call(
@@ -229,14 +229,14 @@ pub async fn logout(client: &Client, args: LogoutArgs) -> anyhow::Result<i32> {
 }
 
 #[derive(clap::Args, Debug)]
-pub struct LoadArgs {
+pub(crate) struct LoadArgs {
     /// The archive (default: standard input).
     #[arg(short, long)]
     pub input: Option<String>,
 }
 
 /// Load images from a `docker save` archive or an OCI layout tar.
-pub async fn load(client: &Client, args: LoadArgs) -> anyhow::Result<i32> {
+pub(crate) async fn load(client: &Client, args: LoadArgs) -> anyhow::Result<i32> {
     let LoadArgs { input } = args;
     let data = match &input {
         Some(f) => std::fs::read(f).with_context(|| format!("reading {f}"))?,
@@ -259,7 +259,7 @@ pub async fn load(client: &Client, args: LoadArgs) -> anyhow::Result<i32> {
 }
 
 #[derive(clap::Args, Debug)]
-pub struct SaveArgs {
+pub(crate) struct SaveArgs {
     #[arg(required = true)]
     pub images: Vec<String>,
     /// The archive (default: standard output).
@@ -268,7 +268,7 @@ pub struct SaveArgs {
 }
 
 /// Save images to a tar archive (docker save format and OCI layout at once).
-pub async fn save(client: &Client, args: SaveArgs) -> anyhow::Result<i32> {
+pub(crate) async fn save(client: &Client, args: SaveArgs) -> anyhow::Result<i32> {
     let SaveArgs { images, output } = args;
     let q: Vec<String> = images
         .iter()
@@ -296,7 +296,7 @@ pub async fn save(client: &Client, args: SaveArgs) -> anyhow::Result<i32> {
 }
 
 #[derive(clap::Args, Debug)]
-pub struct RmiArgs {
+pub(crate) struct RmiArgs {
     #[arg(required = true)]
     pub images: Vec<String>,
     #[arg(short, long)]
@@ -304,7 +304,7 @@ pub struct RmiArgs {
 }
 
 /// Remove images.
-pub async fn rmi(client: &Client, args: RmiArgs) -> anyhow::Result<i32> {
+pub(crate) async fn rmi(client: &Client, args: RmiArgs) -> anyhow::Result<i32> {
     let RmiArgs { images, force } = args;
     let mut code = 0;
     for img in images {

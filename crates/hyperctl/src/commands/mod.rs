@@ -1,7 +1,7 @@
 //! hyperctl's commands, one module per group: [`pods`], [`containers`], [`images`],
 //! [`system`]; [`terminal`] is the terminal side of attach, exec and run.
-pub mod containers;
-pub mod images;
-pub mod pods;
-pub mod system;
-pub mod terminal;
+pub(crate) mod containers;
+pub(crate) mod images;
+pub(crate) mod pods;
+pub(crate) mod system;
+pub(crate) mod terminal;

@@ -7,7 +7,7 @@ use hyperd_api::pods::{ListReply, PodInfo, PodReply};
 use hyperd_api::spec::PodSpec;
 
 #[derive(clap::Args, Debug)]
-pub struct RunArgs {
+pub(crate) struct RunArgs {
     /// Run in the background and print the pod id.
     #[arg(short, long)]
     pub detach: bool,
@@ -51,14 +51,14 @@ pub struct RunArgs {
 }
 
 #[derive(clap::Args, Debug)]
-pub struct CreateArgs {
+pub(crate) struct CreateArgs {
     /// The pod file; `-` reads standard input.
     #[arg(short = 'p', long = "podfile")]
     pub podfile: String,
 }
 
 /// Create a pod from a pod file (hyperd's pod JSON) without starting it.
-pub async fn create(client: &Client, args: CreateArgs) -> anyhow::Result<i32> {
+pub(crate) async fn create(client: &Client, args: CreateArgs) -> anyhow::Result<i32> {
     let CreateArgs { podfile } = args;
     let text = if podfile == "-" {
         std::io::read_to_string(std::io::stdin())?
@@ -75,7 +75,7 @@ pub async fn create(client: &Client, args: CreateArgs) -> anyhow::Result<i32> {
 }
 
 #[derive(clap::Args, Debug)]
-pub struct ListArgs {
+pub(crate) struct ListArgs {
     /// pod, container or vm.
     #[arg(default_value = "pod")]
     pub item: String,
@@ -85,18 +85,18 @@ pub struct ListArgs {
 }
 
 /// List pods, containers or VMs.
-pub async fn list(client: &Client, args: ListArgs) -> anyhow::Result<i32> {
+pub(crate) async fn list(client: &Client, args: ListArgs) -> anyhow::Result<i32> {
     let ListArgs { item, quiet } = args;
     list_items(client, &item, quiet).await
 }
 
 #[derive(clap::Args, Debug)]
-pub struct InspectArgs {
+pub(crate) struct InspectArgs {
     pub pod: String,
 }
 
 /// Show a pod's details as JSON.
-pub async fn inspect(client: &Client, args: InspectArgs) -> anyhow::Result<i32> {
+pub(crate) async fn inspect(client: &Client, args: InspectArgs) -> anyhow::Result<i32> {
     let InspectArgs { pod } = args;
     let info: PodInfo = client
         .get(&format!("/pod/info?podName={}", enc(&pod)))
@@ -107,7 +107,7 @@ pub async fn inspect(client: &Client, args: InspectArgs) -> anyhow::Result<i32> 
 
 /// A pod by id or name, or with `-c` one container: what start and stop act on.
 #[derive(clap::Args, Debug)]
-pub struct PodOrContainer {
+pub(crate) struct PodOrContainer {
     pub pod: Option<String>,
     /// A container instead of a pod.
     #[arg(short = 'c', long = "container")]
@@ -132,13 +132,13 @@ impl PodOrContainer {
 }
 
 #[derive(clap::Args, Debug)]
-pub struct StartArgs {
+pub(crate) struct StartArgs {
     #[command(flatten)]
     pub target: PodOrContainer,
 }
 
 /// Start a created or stopped pod (or, with -c, one of its containers).
-pub async fn start(client: &Client, args: StartArgs) -> anyhow::Result<i32> {
+pub(crate) async fn start(client: &Client, args: StartArgs) -> anyhow::Result<i32> {
     let (path, name) = args.target.route("/pod/start", "/container/start", "")?;
     client.json(Method::POST, &path, None).await?;
     println!("{name}");
@@ -146,7 +146,7 @@ pub async fn start(client: &Client, args: StartArgs) -> anyhow::Result<i32> {
 }
 
 #[derive(clap::Args, Debug)]
-pub struct StopArgs {
+pub(crate) struct StopArgs {
     #[command(flatten)]
     pub target: PodOrContainer,
     /// Seconds to wait after the stop signal before SIGKILL.
@@ -156,7 +156,7 @@ pub struct StopArgs {
 
 /// Stop a running pod: each container gets its stop signal, SIGKILL after the
 /// grace time, then the VM is shut down (with -c, one container only).
-pub async fn stop(client: &Client, args: StopArgs) -> anyhow::Result<i32> {
+pub(crate) async fn stop(client: &Client, args: StopArgs) -> anyhow::Result<i32> {
     let StopArgs { target, time } = args;
     // A pod stop also powers its VM off (`stopVM=yes`); a container stop ignores it.
     let (path, name) = target.route(
@@ -170,7 +170,7 @@ pub async fn stop(client: &Client, args: StopArgs) -> anyhow::Result<i32> {
 }
 
 #[derive(clap::Args, Debug)]
-pub struct RmArgs {
+pub(crate) struct RmArgs {
     pub pods: Vec<String>,
     /// Containers to remove (stopped ones) instead of pods.
     #[arg(short = 'c', long = "container")]
@@ -178,7 +178,7 @@ pub struct RmArgs {
 }
 
 /// Remove pods (running ones are stopped first), or with -c containers.
-pub async fn rm(client: &Client, args: RmArgs) -> anyhow::Result<i32> {
+pub(crate) async fn rm(client: &Client, args: RmArgs) -> anyhow::Result<i32> {
     let RmArgs { pods, containers } = args;
     if pods.is_empty() && containers.is_empty() {
         anyhow::bail!("name pods, or containers with -c");
@@ -210,12 +210,12 @@ pub async fn rm(client: &Client, args: RmArgs) -> anyhow::Result<i32> {
 }
 
 #[derive(clap::Args, Debug)]
-pub struct PauseArgs {
+pub(crate) struct PauseArgs {
     pub pod: String,
 }
 
 /// Freeze a running pod's VM.
-pub async fn pause(client: &Client, args: PauseArgs) -> anyhow::Result<i32> {
+pub(crate) async fn pause(client: &Client, args: PauseArgs) -> anyhow::Result<i32> {
     let PauseArgs { pod } = args;
     client
         .json(
@@ -229,12 +229,12 @@ pub async fn pause(client: &Client, args: PauseArgs) -> anyhow::Result<i32> {
 }
 
 #[derive(clap::Args, Debug)]
-pub struct UnpauseArgs {
+pub(crate) struct UnpauseArgs {
     pub pod: String,
 }
 
 /// Thaw a paused pod's VM.
-pub async fn unpause(client: &Client, args: UnpauseArgs) -> anyhow::Result<i32> {
+pub(crate) async fn unpause(client: &Client, args: UnpauseArgs) -> anyhow::Result<i32> {
     let UnpauseArgs { pod } = args;
     client
         .json(

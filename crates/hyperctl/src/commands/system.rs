@@ -3,7 +3,7 @@ use hyperctl::client::Client;
 use hyperd_api::system::{Info, Version};
 
 /// Show system-wide information.
-pub async fn info(client: &Client) -> anyhow::Result<i32> {
+pub(crate) async fn info(client: &Client) -> anyhow::Result<i32> {
     let i: Info = client.get("/info").await?;
     let pool = &i.pool;
     for (k, v) in [
@@ -40,7 +40,7 @@ pub async fn info(client: &Client) -> anyhow::Result<i32> {
 }
 
 /// Show the client's and the daemon's versions.
-pub async fn version(client: &Client) -> anyhow::Result<i32> {
+pub(crate) async fn version(client: &Client) -> anyhow::Result<i32> {
     println!("Client version: {}", env!("CARGO_PKG_VERSION"));
     let v: Version = client.get("/version").await?;
     println!("Server version: {} (API {})", v.version, v.api_version);
