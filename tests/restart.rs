@@ -47,6 +47,9 @@ fn pods_survive_a_daemon_kill() {
     )
     .unwrap();
     std::thread::sleep(Duration::from_millis(1500));
+    // The runner's record is rewritten as the first release wrote it (no record version,
+    // no agent protocol): the new daemon adopts a VM started by the previous release.
+    as_first_release(&d.root.join("state.redb"), "runner");
     d.restart();
 
     // Nothing twice, everything once.
@@ -122,4 +125,36 @@ fn pods_survive_a_daemon_kill() {
     // A stop after the restart still powers the adopted VM off.
     out_ok(&d.hyperctl(&["stop", "-t", "1", "runner"]));
     wait_gone(runner_pid, "the adopted VM after stop");
+}
+
+/// Rewrites the record of the pod named `name` as the first release wrote it: without
+/// `version` and without the VM's `agent_protocol`.
+fn as_first_release(db: &std::path::Path, name: &str) {
+    use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+    const PODS: TableDefinition<&str, &[u8]> = TableDefinition::new("pods");
+    let db = redb::Database::open(db).unwrap();
+    let (id, mut record) = {
+        let tx = db.begin_read().unwrap();
+        let t = tx.open_table(PODS).unwrap();
+        t.iter()
+            .unwrap()
+            .map(|row| row.unwrap())
+            .map(|(k, v)| {
+                let r: serde_json::Value = serde_json::from_slice(v.value()).unwrap();
+                (k.value().to_string(), r)
+            })
+            .find(|(_, r)| r["name"] == name)
+            .expect("the pod's record")
+    };
+    assert_eq!(record["version"], 2, "written by this release");
+    let o = record.as_object_mut().unwrap();
+    o.remove("version");
+    o["vm"].as_object_mut().unwrap().remove("agent_protocol");
+    let tx = db.begin_write().unwrap();
+    {
+        let mut t = tx.open_table(PODS).unwrap();
+        let bytes = serde_json::to_vec(&record).unwrap();
+        t.insert(id.as_str(), bytes.as_slice()).unwrap();
+    }
+    tx.commit().unwrap();
 }

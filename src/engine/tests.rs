@@ -325,3 +325,53 @@ async fn recovery_marks_pods_whose_vm_died_while_the_daemon_was_down() {
         "the pod stays"
     );
 }
+
+/// A VM whose agent speaks a protocol this daemon does not drive is not adopted: it is
+/// stopped (its process killed) and its pod marked finished, with the reason logged.
+#[tokio::test]
+async fn a_vm_whose_agent_speaks_an_unknown_protocol_is_stopped_not_adopted() {
+    let root = tempfile::tempdir().unwrap();
+    let vm_dir = root.path().join("vm/vm-future");
+    std::fs::create_dir_all(&vm_dir).unwrap();
+    std::fs::create_dir_all(root.path().join("pods/pod-future")).unwrap();
+    // A process that is "the VM of" the directory: its command line names it. It waits
+    // in the shell's own `read` on a pipe nobody writes (no child process to leak).
+    let mut vm = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("read line")
+        .arg(&vm_dir)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        let store = crate::store::Store::open(root.path()).unwrap();
+        let record = serde_json::json!({
+            "version": recovery::RECORD_VERSION,
+            "id": "pod-future",
+            "name": "future",
+            "spec": {"id": "future", "containers": []},
+            "created": "2026-11-29T00:00:00Z",
+            "phase": "running",
+            "vm": {
+                "id": "vm-future",
+                "pid": vm.id(),
+                "dir": vm_dir,
+                "agent_protocol": hyperd_agent::protocol::VERSION + 1,
+            },
+            "containers": [],
+        });
+        store.put_pod("pod-future", &record).unwrap();
+    }
+    let h = harness_on(root, FakeDriver::default());
+    h.engine.recover().await;
+    let pod = h.engine.pod("pod-future").unwrap();
+    assert!(pod.vm().is_none(), "not adopted");
+    assert_eq!(pod.phase(), PodPhase::Failed);
+    assert!(pod.state().recorded_vm.is_none());
+    let status = tokio::task::spawn_blocking(move || vm.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!status.success(), "the VM process was killed: {status:?}");
+    assert!(!vm_dir.exists());
+}
