@@ -105,34 +105,45 @@ impl Daemon {
     }
 }
 
+/// The processes whose command line mentions `needle` (a daemon's root, a VM directory).
+fn pids_mentioning(needle: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            String::from_utf8_lossy(&std::fs::read(e.path().join("cmdline")).unwrap_or_default())
+                .contains(needle)
+        })
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+        .collect()
+}
+
+/// Runs a set-up command; it must succeed.
+fn succeeded(cmd: &mut Command) {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
         // Idle VMs outlive the daemon by design: kill what runs under its root.
-        let needle = self.root.to_string_lossy().to_string();
-        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-            if String::from_utf8_lossy(&cmd).contains(&needle) {
-                if let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid as i32),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
-            }
+        for pid in pids_mentioning(&self.root.to_string_lossy()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
     }
 }
 
-const PHASES: [&str; 6] = [
-    "vmSpawnedMs",
-    "kernelStartedMs",
-    "agentReadyMs",
-    "vmReadyMs",
-    "containerCreatedMs",
-    "processStartedMs",
-];
+use hyperd_api::pods::START_PHASES as PHASES;
 
 /// `runs` hyperd starts; before each, waits for the pool to hold an idle VM when
 /// `pooled`. Returns the times and the median of each phase of the start records.
@@ -252,15 +263,9 @@ async fn main() {
     let cold = Daemon::start(work.path(), "0");
     let warm = Daemon::start(work.path(), "1");
     for d in [&cold, &warm] {
-        let out = d
-            .hyperctl()
-            .args(["import", rootfs.to_str().unwrap(), "busybox"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        succeeded(
+            d.hyperctl()
+                .args(["import", rootfs.to_str().unwrap(), "busybox"]),
         );
     }
     let (t_cold, p_cold, path_cold) = hyperd_runs(&cold, runs, false);
@@ -270,35 +275,19 @@ async fn main() {
     while warm.idle() < 1 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    let needle = warm.root.join("vm").to_string_lossy().to_string();
-    let idle_pss: Vec<u64> = std::fs::read_dir("/proc")
+    let idle_pss: Vec<u64> = pids_mentioning(&warm.root.join("vm").to_string_lossy())
         .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| {
-            String::from_utf8_lossy(&std::fs::read(e.path().join("cmdline")).unwrap_or_default())
-                .contains(&needle)
-        })
-        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
         .map(pss_kib)
         .collect();
     drop(warm);
 
     // 3: bare qemu; 4: podman.
     let t_bare = bare_qemu(runs, work.path()).await;
-    let out = podman()
-        .args([
-            "import",
-            rootfs.to_str().unwrap(),
-            "localhost/busybox:latest",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeded(podman().args([
+        "import",
+        rootfs.to_str().unwrap(),
+        "localhost/busybox:latest",
+    ]));
     let mut t_podman = Vec::new();
     for _ in 0..runs {
         t_podman.push(

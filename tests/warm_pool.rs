@@ -116,14 +116,7 @@ fn without_a_pool_pods_boot_cold_and_record_every_phase() {
             .as_f64()
             .unwrap_or_else(|| panic!("{k} missing: {rec}"))
     };
-    let phases = [
-        "vmSpawnedMs",
-        "kernelStartedMs",
-        "agentReadyMs",
-        "vmReadyMs",
-        "containerCreatedMs",
-        "processStartedMs",
-    ];
+    let phases = hyperd_api::pods::START_PHASES;
     for w in phases.windows(2) {
         assert!(ms(w[0]) <= ms(w[1]) + 1.0, "{} after {}: {rec}", w[0], w[1]);
     }

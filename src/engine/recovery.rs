@@ -401,23 +401,7 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
-
-    fn config(root: &std::path::Path) -> Config {
-        Config {
-            root: root.to_path_buf(),
-            socket: root.join("hyper.sock"),
-            kernel: root.join("vmlinux"),
-            initrd: root.join("initrd.img"),
-            driver: "qemu".into(),
-            accel: "tcg".into(),
-            boot_timeout: Duration::from_secs(1),
-            registry: Default::default(),
-            max_layer_bytes: 1 << 20,
-            pool_size: 0,
-            pool_max_age: Duration::from_secs(60),
-        }
-    }
+    use crate::engine::tests::config;
 
     fn record(id: &str, version: Option<u32>, vm_dir: &std::path::Path) -> serde_json::Value {
         let mut r = serde_json::json!({

@@ -14,7 +14,8 @@ struct Harness {
     root: tempfile::TempDir,
 }
 
-fn config(root: &std::path::Path) -> Config {
+/// A daemon configuration on `root` with the pool off (shared with the recovery tests).
+pub(super) fn config(root: &std::path::Path) -> Config {
     Config {
         root: root.to_path_buf(),
         socket: root.join("hyper.sock"),

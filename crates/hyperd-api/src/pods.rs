@@ -125,6 +125,25 @@ pub struct StartRecord {
     pub process_started_ms: Option<f64>,
 }
 
+/// The phase fields of a [`StartRecord`] as `/pod/info` names them, in the order a start
+/// passes them.
+pub const START_PHASES: [&str; 6] = [
+    "vmSpawnedMs",
+    "kernelStartedMs",
+    "agentReadyMs",
+    "vmReadyMs",
+    "containerCreatedMs",
+    "processStartedMs",
+];
+
+impl PodInfo {
+    /// The pod's first container (the one `hyperctl run`, exec and attach address when
+    /// they are given a pod).
+    pub fn first_container(&self) -> Option<&PodContainerStatus> {
+        self.status.container_status.first()
+    }
+}
+
 /// `GET /list?item=pod|container|vm`, in hyperd's colon-joined lines: `podData`
 /// (`id:name:vm:phase`), `cData` (`id:name:pod:phase`) or `vmData` (`id:pod:state`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -224,21 +224,24 @@ pub(crate) async fn resolve_container(
     {
         Ok(c) => Ok((c.container_id, c.tty)),
         Err(ClientError::Api { status, .. }) if status == hyper::StatusCode::NOT_FOUND => {
-            let info: PodInfo = client
-                .get(&format!("/pod/info?podName={}", enc(target)))
-                .await?;
-            let id = info
-                .status
-                .container_status
-                .first()
-                .context("pod has no container")?
-                .container_id
-                .clone();
-            let tty = info.spec.containers.first().is_some_and(|c| c.tty);
-            Ok((id, tty))
+            first_container(client, target).await
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// A pod's first container id, and whether it has a tty.
+pub(crate) async fn first_container(client: &Client, pod: &str) -> anyhow::Result<(String, bool)> {
+    let info: PodInfo = client
+        .get(&format!("/pod/info?podName={}", enc(pod)))
+        .await?;
+    let id = info
+        .first_container()
+        .context("pod has no container")?
+        .container_id
+        .clone();
+    let tty = info.spec.containers.first().is_some_and(|c| c.tty);
+    Ok((id, tty))
 }
 
 /// A process's exit code (`target` is `container=ID` or `exec=ID`); it is recorded

@@ -348,17 +348,7 @@ pub(crate) async fn run_pod(client: &Client, args: RunArgs) -> anyhow::Result<i3
         println!("{pod_id}");
         return Ok(0);
     }
-    let info: PodInfo = client
-        .get(&format!("/pod/info?podName={}", enc(&pod_id)))
-        .await?;
-    let container = info
-        .status
-        .container_status
-        .first()
-        .context("pod has no container")?
-        .container_id
-        .clone();
-    let tty = spec.containers.first().is_some_and(|c| c.tty);
+    let (container, tty) = first_container(client, &pod_id).await?;
     let stdin = args.interactive || args.tty;
     let attach_path = format!(
         "/attach?container={}&stdin={}&stdout=1&stderr=1",
