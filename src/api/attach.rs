@@ -29,6 +29,21 @@ pub(crate) fn wants_upgrade(req: &Request<Incoming>) -> bool {
         .is_some_and(|v| v.eq_ignore_ascii_case("tcp"))
 }
 
+/// Starts the process once the connection is hijacked.
+pub(crate) type StartAfterUpgrade = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<(), crate::engine::EngineError>> + Send>,
+>;
+
+/// Starts `exec` on `engine` when a hijacked connection is ready for its output.
+pub(crate) fn start_exec_later(
+    engine: &Arc<Engine>,
+    pod: &Arc<Pod>,
+    exec: &Arc<crate::engine::exec::Exec>,
+) -> StartAfterUpgrade {
+    let (engine, pod, exec) = (engine.clone(), pod.clone(), exec.clone());
+    Box::pin(async move { engine.start_exec(&pod, &exec).await })
+}
+
 /// One side of a hijacked connection: whose output it carries and where its input goes.
 pub(crate) struct Session {
     pub pod: Arc<Pod>,
@@ -68,6 +83,18 @@ impl Session {
         self,
         on_upgrade: hyper::upgrade::OnUpgrade,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        self.begin_then(on_upgrade, None)
+    }
+
+    /// As `begin`, and once the connection is upgraded (the `101` answer written) runs
+    /// `start`, as Docker starts an exec only after it hijacked the connection. Clients
+    /// such as docker-py read the answer's head through a buffer and then read the bare
+    /// socket, so output that arrived with the head would be lost to them.
+    pub(crate) fn begin_then(
+        self,
+        on_upgrade: hyper::upgrade::OnUpgrade,
+        start: Option<StartAfterUpgrade>,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let output = self.io.attach(self.stdin);
         async move {
             let upgraded = match on_upgrade.await {
@@ -78,6 +105,15 @@ impl Session {
                 }
             };
             let (mut rd, mut wr) = tokio::io::split(TokioIo::new(upgraded));
+            if let Some(start) = start {
+                if let Err(e) = start.await {
+                    // As Docker does: the answer is already sent, so the error goes
+                    // down the stream.
+                    let _ = wr.write_all(format!("{e}\r\n").as_bytes()).await;
+                    let _ = wr.shutdown().await;
+                    return;
+                }
+            }
             let Session {
                 pod,
                 io,
@@ -195,9 +231,9 @@ pub(crate) async fn exec_start(engine: &Arc<Engine>, mut req: Request<Incoming>)
         exec.stream,
         exec.process.tty,
     );
-    let serve = session.begin(on_upgrade);
-    engine.start_exec(&pod, &exec).await?;
-    tokio::spawn(serve);
+    engine.exec_startable(&pod, &exec)?;
+    let start = start_exec_later(engine, &pod, &exec);
+    tokio::spawn(session.begin_then(on_upgrade, Some(start)));
     Ok(upgrade_response())
 }
 

@@ -198,13 +198,20 @@ impl Engine {
     }
 
     /// Starts a created exec; its output goes to whoever attached to its io.
-    pub async fn start_exec(&self, pod: &Pod, exec: &Exec) -> Result<(), EngineError> {
+    /// Whether `exec` can start now: never started, and its pod running. Hijacked
+    /// starts check this before they answer, then start once the connection is theirs.
+    pub fn exec_startable(&self, pod: &Pod, exec: &Exec) -> Result<(), EngineError> {
         if *exec.io.state().borrow() != IoState::NotStarted {
             return Err(EngineError::WrongState(format!(
                 "exec {} was already started",
                 exec.id
             )));
         }
+        pod.running_agent().map(drop)
+    }
+
+    pub async fn start_exec(&self, pod: &Pod, exec: &Exec) -> Result<(), EngineError> {
+        self.exec_startable(pod, exec)?;
         let agent = pod.running_agent()?;
         let mut process = exec.process.clone();
         process.stdin |= exec.io.stdin_wanted.load(Ordering::SeqCst);

@@ -3,7 +3,7 @@
 //! its id is the container's id, its name the container's (and the pod's) name.
 use super::docker_models as m;
 use super::docker_ops;
-use crate::api::attach::{upgrade_response, wants_upgrade, Session};
+use crate::api::attach::{start_exec_later, upgrade_response, wants_upgrade, Session};
 use crate::api::http::{flag, ok_json, query, read_body, ApiError, ApiResult, MAX_JSON_BODY};
 use crate::engine::io::IoState;
 use crate::engine::{Container, Engine, Pod, PodPhase};
@@ -807,9 +807,9 @@ async fn exec_start(engine: &Arc<Engine>, id: &str, mut req: Request<Incoming>) 
         stdout: true,
         stderr: true,
     };
-    let serve = session.begin(on_upgrade);
-    engine.start_exec(&pod, &exec).await?;
-    tokio::spawn(serve);
+    engine.exec_startable(&pod, &exec)?;
+    let start = start_exec_later(engine, &pod, &exec);
+    tokio::spawn(session.begin_then(on_upgrade, Some(start)));
     Ok(upgrade_response())
 }
 
