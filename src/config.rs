@@ -27,6 +27,8 @@ pub struct Config {
     pub pool_size: usize,
     /// Idle pool VMs older than this are replaced.
     pub pool_max_age: std::time::Duration,
+    /// How much of each container's log is kept on disk.
+    pub log_limits: crate::engine::LogLimits,
 }
 
 /// The cache the build scripts write to: `$HYPERD_CACHE`, else `$XDG_CACHE_HOME/hyperd`,

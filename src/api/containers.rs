@@ -138,15 +138,15 @@ fn since_secs(v: &str) -> Result<f64, ApiError> {
 /// `GET /container/logs?container=ID[&follow=1][&tail=N|all][&since=T][&timestamps=1]
 /// [&stdout=1][&stderr=1]`: the log as stdcopy frames (raw for a tty), then, with
 /// `follow`, what the container writes until it exits.
-pub(crate) fn container_logs(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
+pub(crate) async fn container_logs(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
     let q = query(req);
     let (_, c) = engine.container(param(&q, &["container"])?)?;
-    logs_of(&c, &q)
+    logs_of(&c, &q).await
 }
 
 /// A container's log as a response, for the query's `follow`, `tail`, `since`,
 /// `timestamps`, `stdout`, `stderr` (shared with the Docker API).
-pub(crate) fn logs_of(
+pub(crate) async fn logs_of(
     c: &crate::engine::Container,
     q: &std::collections::HashMap<String, String>,
 ) -> ApiResult {
@@ -178,7 +178,7 @@ pub(crate) fn logs_of(
             hyperd_api::stdcopy::frame(if stderr { 2 } else { 1 }, &payload)
         }))
     };
-    let (entries, follow) = c.io.log_and_follow(flag(&q, "follow"));
+    let (entries, follow) = c.io.log_and_follow(flag(&q, "follow")).await;
     let mut picked: Vec<&LogEntry> = entries
         .iter()
         .filter(|e| {

@@ -258,10 +258,12 @@ pub(crate) async fn load_archive(
         .join("image/tmp")
         .join(crate::ids::random_hex(8));
     let w2 = work.clone();
-    let result =
-        tokio::task::spawn_blocking(move || crate::image::archive::load(&images, archive, &w2))
-            .await;
-    let _ = std::fs::remove_dir_all(&work);
+    let result = tokio::task::spawn_blocking(move || {
+        let r = crate::image::archive::load(&images, archive, &w2);
+        let _ = std::fs::remove_dir_all(&w2);
+        r
+    })
+    .await;
     Ok(result.map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??)
 }
 

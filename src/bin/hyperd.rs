@@ -70,6 +70,12 @@ struct Args {
     /// Seconds after which an idle pool VM is replaced by a fresh one.
     #[arg(long, env = "HYPERD_POOL_MAX_AGE", default_value_t = 3600)]
     pool_max_age: u64,
+    /// Bytes of a container's log file before it rotates (json-file's `max-size`).
+    #[arg(long, env = "HYPERD_LOG_MAX_SIZE", default_value_t = 10 << 20)]
+    log_max_size: u64,
+    /// Log files kept per container, the current one included (json-file's `max-file`).
+    #[arg(long, env = "HYPERD_LOG_MAX_FILES", default_value_t = 3)]
+    log_max_files: u32,
     /// Log filter (tracing's EnvFilter syntax).
     #[arg(long, env = "HYPERD_LOG", default_value = "info")]
     log: String,
@@ -106,6 +112,10 @@ async fn main() -> anyhow::Result<()> {
         max_layer_bytes: args.max_layer_bytes,
         pool_size: args.pool,
         pool_max_age: std::time::Duration::from_secs(args.pool_max_age.max(1)),
+        log_limits: hyperd::engine::LogLimits {
+            max_size: args.log_max_size.max(1),
+            max_files: args.log_max_files.max(1),
+        },
     };
     for (what, path, how) in [
         ("guest kernel", &cfg.kernel, "kernel-config/build.sh"),

@@ -57,14 +57,15 @@ impl Engine {
                 "a container named {name} already exists"
             )));
         }
+        let id = crate::ids::container_id();
         let c = Container::new(
-            crate::ids::container_id(),
+            id.clone(),
             name,
             image,
             spec,
             process,
             stream,
-            &pod.dir,
+            self.container_io(&pod.dir, &id),
         );
         if let (PodPhase::Running, Some(vm)) = (pod.phase(), pod.vm()) {
             self.place(&pod, &vm, &c).await?;
@@ -183,7 +184,7 @@ impl Engine {
             self.unplace(&vm, &c).await;
         }
         pod.state().containers.retain(|x| x.id != c.id);
-        let _ = std::fs::remove_file(&c.io.log_path);
+        c.io.remove_log().await;
         self.persist(&pod).await?;
         Ok(())
     }

@@ -161,7 +161,10 @@ impl Engine {
         }
         let id = crate::ids::random_hex(32);
         let exec = Arc::new(Exec {
-            io: Arc::new(ContainerIo::new(pod.dir.join(format!("exec-{id}.log")))),
+            io: Arc::new(ContainerIo::new(
+                pod.dir.join(format!("exec-{id}.log")),
+                &self.logs,
+            )),
             id: id.clone(),
             process: ProcessSpec {
                 args: req.command,

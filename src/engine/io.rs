@@ -1,10 +1,10 @@
 //! A container's stdio on the host: output goes to its log file and to every attached
 //! client; stdin comes from attached clients.
+use super::logs::{LogFile, LogWriter};
 use bytes::Bytes;
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, watch};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -22,23 +22,28 @@ pub enum IoState {
 }
 
 pub struct ContainerIo {
+    /// Attached clients; also the lock that fixes the order of output lines.
     attachers: Mutex<Vec<mpsc::UnboundedSender<Chunk>>>,
-    log: Mutex<Option<std::fs::File>>,
-    pub log_path: PathBuf,
+    log: Arc<LogFile>,
+    logs: LogWriter,
     /// Set when a client attached with stdin before the start: the process gets a pipe.
     pub stdin_wanted: AtomicBool,
     state_tx: watch::Sender<IoState>,
 }
 
 impl ContainerIo {
-    pub fn new(log_path: PathBuf) -> ContainerIo {
+    pub fn new(log_path: PathBuf, logs: &LogWriter) -> ContainerIo {
         ContainerIo {
             attachers: Mutex::new(Vec::new()),
-            log: Mutex::new(None),
-            log_path,
+            log: logs.file(log_path),
+            logs: logs.clone(),
             stdin_wanted: AtomicBool::new(false),
             state_tx: watch::channel(IoState::NotStarted).0,
         }
+    }
+
+    pub fn log_path(&self) -> &std::path::Path {
+        self.log.path()
     }
 
     pub fn state(&self) -> watch::Receiver<IoState> {
@@ -50,7 +55,7 @@ impl ContainerIo {
         if s == IoState::Exited {
             // Dropping the senders ends every attached client's stream.
             self.attachers.lock().unwrap().clear();
-            *self.log.lock().unwrap() = None;
+            self.logs.close(&self.log);
         }
     }
 
@@ -67,67 +72,55 @@ impl ContainerIo {
         Some(rx)
     }
 
-    /// The log so far and, with `follow` and while the process runs, what comes next;
-    /// taken under the log's lock so that no line is missed or seen twice.
-    pub fn log_and_follow(
+    /// The log so far and, with `follow` and while the process runs, what comes next:
+    /// the read is queued behind every line before it and the follower registered at
+    /// the same moment, so that no line is missed or seen twice.
+    pub async fn log_and_follow(
         &self,
         follow: bool,
     ) -> (Vec<LogEntry>, Option<mpsc::UnboundedReceiver<Chunk>>) {
-        let _log = self.log.lock().unwrap();
-        let entries = std::fs::read_to_string(&self.log_path)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect();
-        let rx = if follow && *self.state_tx.borrow() != IoState::Exited {
-            let (tx, rx) = mpsc::unbounded_channel();
-            self.attachers.lock().unwrap().push(tx);
-            Some(rx)
-        } else {
-            None
+        let slot = self.logs.slot().await;
+        let (read, rx) = {
+            let mut attachers = self.attachers.lock().unwrap();
+            let read = slot.read(&self.log);
+            let rx = (follow && *self.state_tx.borrow() != IoState::Exited).then(|| {
+                let (tx, rx) = mpsc::unbounded_channel();
+                attachers.push(tx);
+                rx
+            });
+            (read, rx)
         };
-        (entries, rx)
+        (read.await.unwrap_or_default(), rx)
     }
 
     /// Records output: a JSON line in the log (as Docker's json-file driver writes), and a
-    /// copy to each attached client still listening.
-    pub fn output(&self, chunk: Chunk) {
-        {
-            let mut log = self.log.lock().unwrap();
-            if log.is_none() {
-                *log = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&self.log_path)
-                    .ok();
-            }
-            if let Some(f) = log.as_mut() {
-                let (stream, data) = match &chunk {
-                    Chunk::Stdout(d) => ("stdout", d),
-                    Chunk::Stderr(d) => ("stderr", d),
-                };
-                let line = serde_json::json!({
-                    "log": String::from_utf8_lossy(data),
-                    "stream": stream,
-                    "time": chrono_now(),
-                });
-                let _ = writeln!(f, "{line}");
-            }
-        }
-        self.attachers
-            .lock()
-            .unwrap()
-            .retain(|tx| tx.send(chunk.clone()).is_ok());
+    /// copy to each attached client still listening. Waits while the log writer is
+    /// behind, which holds back the guest's output channel.
+    pub async fn output(&self, chunk: Chunk) {
+        let (stream, data) = match &chunk {
+            Chunk::Stdout(d) => ("stdout", d),
+            Chunk::Stderr(d) => ("stderr", d),
+        };
+        let entry = LogEntry {
+            log: String::from_utf8_lossy(data).into_owned(),
+            stream: stream.into(),
+            time: chrono_now(),
+        };
+        let mut line = serde_json::to_vec(&entry).expect("a log entry serializes");
+        line.push(b'\n');
+        let slot = self.logs.slot().await;
+        let mut attachers = self.attachers.lock().unwrap();
+        slot.append(&self.log, line);
+        attachers.retain(|tx| tx.send(chunk.clone()).is_ok());
+    }
+
+    /// Removes the log and its rotated files.
+    pub async fn remove_log(&self) {
+        self.logs.remove(&self.log).await;
     }
 }
 
-/// A line of a container's log file.
-#[derive(Debug, Clone, serde::Deserialize)]
-pub struct LogEntry {
-    pub log: String,
-    pub stream: String,
-    pub time: String,
-}
+pub(crate) use super::logs::LogEntry;
 
 /// RFC 3339 time with nanoseconds, UTC.
 pub(crate) fn chrono_now() -> String {
@@ -173,9 +166,10 @@ mod tests {
     #[tokio::test]
     async fn fans_out_and_ends_on_exit() {
         let dir = tempfile::tempdir().unwrap();
-        let io = ContainerIo::new(dir.path().join("c.log"));
+        let logs = LogWriter::start(Default::default());
+        let io = ContainerIo::new(dir.path().join("c.log"), &logs);
         let mut a = io.attach(false).unwrap();
-        io.output(Chunk::Stdout(Bytes::from_static(b"hi\n")));
+        io.output(Chunk::Stdout(Bytes::from_static(b"hi\n"))).await;
         io.set_state(IoState::Exited);
         assert_eq!(
             a.recv().await,
@@ -183,6 +177,9 @@ mod tests {
         );
         assert_eq!(a.recv().await, None);
         assert!(io.attach(false).is_none());
+        let (entries, follower) = io.log_and_follow(true).await;
+        assert_eq!(entries.len(), 1);
+        assert!(follower.is_none());
         let log = std::fs::read_to_string(dir.path().join("c.log")).unwrap();
         assert!(log.contains(r#""stream":"stdout""#), "{log}");
     }

@@ -3,6 +3,7 @@
 mod containers;
 pub(crate) mod exec;
 pub(crate) mod io;
+pub(crate) mod logs;
 mod pool;
 mod recovery;
 pub(crate) mod slots;
@@ -17,6 +18,7 @@ use crate::vm::agent::{AgentClient, AgentEvent};
 use crate::vm::{Driver, RunningVm};
 use hyperd_agent::protocol::{Op, ProcessSpec};
 use io::{Chunk, ContainerIo, IoState};
+pub use logs::LogLimits;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -134,7 +136,7 @@ impl Container {
             .map_or("SIGTERM", String::as_str)
     }
 
-    /// A container not started yet, its log in `pod_dir`.
+    /// A container not started yet, its output going to `io`.
     pub fn new(
         id: String,
         name: String,
@@ -142,10 +144,10 @@ impl Container {
         spec: ContainerSpec,
         process: ProcessSpec,
         stream: u32,
-        pod_dir: &std::path::Path,
+        io: Arc<ContainerIo>,
     ) -> Arc<Container> {
         Arc::new(Container {
-            io: Arc::new(ContainerIo::new(pod_dir.join(format!("{id}.log")))),
+            io,
             id,
             name: name.into(),
             image,
@@ -346,6 +348,8 @@ pub struct Engine {
     foreign_dirs: Mutex<Vec<PathBuf>>,
     /// Commits pod records off the async workers.
     writer: crate::store::Writer,
+    /// Writes container logs off the async workers.
+    pub(crate) logs: logs::LogWriter,
     /// Held while a pod's record is taken and queued, so queue order is snapshot order.
     record_order: Mutex<()>,
 }
@@ -409,6 +413,7 @@ impl Engine {
         }
         let store = Arc::new(crate::store::Store::open(&cfg.root)?);
         let writer = crate::store::Writer::start(store.clone());
+        let cfg_log_limits = cfg.log_limits;
         let engine = Engine {
             credentials: crate::image::auth::CredentialStore::new(&cfg.root),
             store,
@@ -421,6 +426,7 @@ impl Engine {
             pods: Mutex::new(HashMap::new()),
             foreign_dirs: Mutex::new(Vec::new()),
             writer,
+            logs: logs::LogWriter::start(cfg_log_limits),
             record_order: Mutex::new(()),
         };
         engine.load_pods();
@@ -578,20 +584,23 @@ impl Engine {
                 cs.name.clone()
             };
             containers.push(Container::new(
-                cid,
+                cid.clone(),
                 cname,
                 image,
                 cs.clone(),
                 process,
                 i as u32 + 1,
-                &dir,
+                self.container_io(&dir, &cid),
             ));
         }
-        std::fs::create_dir_all(&dir).map_err(EngineError::io(dir.display()))?;
-        let _ = crate::image::write_atomic(
-            &dir.join("spec.json"),
-            &serde_json::to_vec_pretty(&spec).unwrap_or_default(),
-        );
+        let spec_json = serde_json::to_vec_pretty(&spec).unwrap_or_default();
+        let pod_dir = dir.clone();
+        blocking(move || {
+            std::fs::create_dir_all(&pod_dir).map_err(EngineError::io(pod_dir.display()))?;
+            let _ = crate::image::write_atomic(&pod_dir.join("spec.json"), &spec_json);
+            Ok(())
+        })
+        .await?;
         let state = PodState::new(containers, PodPhase::Pending, spec.labels.clone(), None);
         let pod = Arc::new(Pod::new(
             id.clone(),
@@ -601,22 +610,26 @@ impl Engine {
             dir,
             state,
         ));
-        {
+        let taken = {
             let mut pods = self.pods.lock().unwrap();
-            if pods.values().any(|p| p.name == pod.name) {
-                let _ = std::fs::remove_dir_all(&pod.dir);
-                return Err(EngineError::WrongState(format!(
-                    "a pod named {} already exists",
-                    pod.name
-                )));
+            let taken = pods.values().any(|p| p.name == pod.name);
+            if !taken {
+                // Taken now, so that a second create of the name fails while this one
+                // is being recorded.
+                pods.insert(id.clone(), pod.clone());
             }
-            // Taken now, so that a second create of the name fails while this one is
-            // being recorded.
-            pods.insert(id.clone(), pod.clone());
+            taken
+        };
+        if taken {
+            remove_tree(pod.dir.clone()).await;
+            return Err(EngineError::WrongState(format!(
+                "a pod named {} already exists",
+                pod.name
+            )));
         }
         if let Err(e) = self.persist(&pod).await {
             self.pods.lock().unwrap().remove(&id);
-            let _ = std::fs::remove_dir_all(&pod.dir);
+            remove_tree(pod.dir.clone()).await;
             return Err(e);
         }
         tracing::info!(pod = %pod.id, name = %pod.name, "pod created");
@@ -737,7 +750,8 @@ impl Engine {
                 tracing::warn!(pod = %pod.id, "{msg}");
                 c.io.output(Chunk::Stderr(bytes::Bytes::from(format!(
                     "hyperd: {msg}\n"
-                ))));
+                ))))
+                .await;
                 mark_exited(&c.io, &c.status, 127);
                 failures.push(msg);
             }
@@ -847,7 +861,7 @@ impl Engine {
             tracing::error!(pod = %pod.id, "cannot delete the pod record: {e}");
         }
         let dir = pod.dir.clone();
-        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
+        remove_tree(dir).await;
         tracing::info!(pod = %pod.id, "pod removed");
         Ok(())
     }
@@ -933,6 +947,38 @@ async fn restart_container(
     engine.persist_in_background(&pod);
 }
 
+impl Engine {
+    /// The stdio of container `id` of the pod in `pod_dir`: its log is `<id>.log` there.
+    fn container_io(&self, pod_dir: &std::path::Path, id: &str) -> Arc<ContainerIo> {
+        Arc::new(ContainerIo::new(
+            pod_dir.join(format!("{id}.log")),
+            &self.logs,
+        ))
+    }
+}
+
+/// Removes a directory tree (a pod's or a VM's) on the blocking pool; a tree that is
+/// already gone is fine.
+pub(crate) async fn remove_tree(dir: PathBuf) {
+    let _ = blocking(move || {
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
+    })
+    .await;
+}
+
+/// Runs blocking file work on tokio's blocking pool, not on an async worker.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, EngineError> + Send + 'static,
+) -> Result<T, EngineError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| EngineError::Io {
+            what: "a blocking task".into(),
+            source: std::io::Error::other(e),
+        })?
+}
+
 /// Records a process's exit (the first report wins) and ends its attached streams.
 fn mark_exited(io: &ContainerIo, status: &Mutex<ContainerStatus>, code: i32) {
     {
@@ -945,19 +991,18 @@ fn mark_exited(io: &ContainerIo, status: &Mutex<ContainerStatus>, code: i32) {
     io.set_state(IoState::Exited);
 }
 
-/// Follows a VM: routes its output to the containers, records exits, powers the VM off
-/// when every container has exited, and cleans up when the VM process is gone.
-async fn monitor(
-    engine: Arc<Engine>,
-    pod: Arc<Pod>,
-    mut vm: RunningVm,
-    gone: watch::Sender<bool>,
-    dir: PathBuf,
+/// One event of a VM's agent: output to its container's or exec's log and clients, an
+/// exit recorded (and a restart or the VM's shutdown begun).
+async fn handle_event(
+    engine: &Arc<Engine>,
+    pod: &Arc<Pod>,
+    agent: &AgentClient,
+    ev: AgentEvent,
+    shutting_down: &mut bool,
 ) {
     // Containers come and go while the VM runs: look them up at each event.
     let container_of = |stream: u32| pod.containers().into_iter().find(|c| c.stream == stream);
-    let mut shutting_down = false;
-    let handle = |ev: AgentEvent, shutting_down: &mut bool| match ev {
+    match ev {
         AgentEvent::Output {
             stream,
             stderr,
@@ -969,9 +1014,9 @@ async fn monitor(
                 Chunk::Stdout(data)
             };
             if let Some(c) = container_of(stream) {
-                c.io.output(chunk);
+                c.io.output(chunk).await;
             } else if let Some(e) = pod.exec_by_stream(stream) {
-                e.io.output(chunk);
+                e.io.output(chunk).await;
             }
         }
         AgentEvent::Exited { stream, code } => {
@@ -988,10 +1033,10 @@ async fn monitor(
                         engine.clone(),
                         pod.clone(),
                         c.clone(),
-                        vm.agent.clone(),
+                        agent.clone(),
                     ));
                 }
-                engine.persist_in_background(&pod);
+                engine.persist_in_background(pod);
             } else if let Some(e) = pod.exec_by_stream(stream) {
                 mark_exited(&e.io, &e.status, code);
                 return;
@@ -1000,7 +1045,7 @@ async fn monitor(
                 pod.set_phase(pod.finished_phase());
                 if !pod.state().keep_vm {
                     *shutting_down = true;
-                    let agent = vm.agent.clone();
+                    let agent = agent.clone();
                     tokio::spawn(async move {
                         let _ = agent.call(Op::Shutdown, Duration::from_secs(10)).await;
                     });
@@ -1008,17 +1053,29 @@ async fn monitor(
             }
         }
         AgentEvent::Closed => {}
-    };
+    }
+}
+
+/// Follows a VM: routes its output to the containers, records exits, powers the VM off
+/// when every container has exited, and cleans up when the VM process is gone.
+async fn monitor(
+    engine: Arc<Engine>,
+    pod: Arc<Pod>,
+    mut vm: RunningVm,
+    gone: watch::Sender<bool>,
+    dir: PathBuf,
+) {
+    let mut shutting_down = false;
     let status = loop {
         tokio::select! {
             ev = vm.events.recv() => match ev {
-                Some(ev) => handle(ev, &mut shutting_down),
+                Some(ev) => handle_event(&engine, &pod, &vm.agent, ev, &mut shutting_down).await,
                 None => break vm.handle.wait().await,
             },
             status = vm.handle.wait() => {
                 // Whatever the agent sent before the end is still delivered.
                 while let Ok(ev) = vm.events.try_recv() {
-                    handle(ev, &mut shutting_down);
+                    handle_event(&engine, &pod, &vm.agent, ev, &mut shutting_down).await;
                 }
                 break status;
             }
@@ -1039,11 +1096,16 @@ async fn monitor(
     pod.set_phase(pod.finished_phase());
     pod.state().vm = None;
     // The guest console stays with the pod, for `hyperctl inspect` readers and bug reports.
-    let _ = std::fs::rename(dir.join("console.log"), pod.dir.join("console.log"));
-    let _ = std::fs::remove_dir_all(&dir);
-    if let Some(vm_id) = dir.file_name() {
-        crate::vm::host::remove_cpu_cgroup(&vm_id.to_string_lossy());
-    }
+    let pod_dir = pod.dir.clone();
+    let _ = blocking(move || {
+        let _ = std::fs::rename(dir.join("console.log"), pod_dir.join("console.log"));
+        let _ = std::fs::remove_dir_all(&dir);
+        if let Some(vm_id) = dir.file_name() {
+            crate::vm::host::remove_cpu_cgroup(&vm_id.to_string_lossy());
+        }
+        Ok(())
+    })
+    .await;
     engine.persist_in_background(&pod);
     let _ = gone.send(true);
     if pod.spec.auto_remove && pod.phase() != PodPhase::Running {

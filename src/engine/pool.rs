@@ -32,7 +32,7 @@ fn of_pooled_size(idle: &[(String, u32, u32)]) -> usize {
 async fn power_off_idle(b: Booted) {
     let handle = b.vm.handle.clone();
     super::stop_runtime_with(&b.runtime, async move { handle.wait().await }).await;
-    let _ = std::fs::remove_dir_all(&b.runtime.dir);
+    super::remove_tree(b.runtime.dir.clone()).await;
 }
 
 /// Counts a pod start while it runs, so that the pool keeper waits for it.
@@ -83,7 +83,7 @@ impl Engine {
         let vm = match self.driver.boot(&cfg).await {
             Ok(vm) => vm,
             Err(e) => {
-                let _ = std::fs::remove_dir_all(&dir);
+                super::remove_tree(dir).await;
                 return Err(e.into());
             }
         };
@@ -294,7 +294,7 @@ impl Engine {
                 tracing::info!(pod = %pod.id, vm = %b.runtime.id, "pod takes a VM booted ahead");
                 return Ok((b.vm, b.runtime, b.gone, true));
             }
-            let _ = std::fs::remove_dir_all(&b.runtime.dir);
+            super::remove_tree(b.runtime.dir.clone()).await;
             if hint.is_some_and(|h| !h.is_empty()) {
                 return Err(EngineError::WrongState(format!(
                     "VM {} is gone",

@@ -2,7 +2,7 @@
 //! at start the daemon reloads the pods, re-attaches to VMs that kept running (their agent
 //! channel reconnects to the same socket path) and learns from each agent what ran and
 //! what exited meanwhile; pods whose VM died are marked exited and their leftovers freed.
-use super::io::{ContainerIo, IoState};
+use super::io::IoState;
 use super::{
     mark_exited, monitor, Container, ContainerStatus, Engine, Pod, PodPhase, PodState, VmRuntime,
 };
@@ -214,7 +214,7 @@ impl Engine {
                 .containers
                 .into_iter()
                 .map(|c| {
-                    let io = Arc::new(ContainerIo::new(dir.join(format!("{}.log", c.id))));
+                    let io = self.container_io(&dir, &c.id);
                     io.set_state(match (&c.status.exit_code, &c.status.started_at) {
                         (Some(_), _) => IoState::Exited,
                         (None, Some(_)) => IoState::Running,
@@ -300,11 +300,16 @@ impl Engine {
                             },
                         );
                         pod.state().recorded_vm = None;
-                        let _ = std::fs::rename(
-                            vm.dir.join("console.log"),
-                            pod.dir.join("console.log"),
-                        );
-                        let _ = std::fs::remove_dir_all(&vm.dir);
+                        let (vm_dir, pod_dir) = (vm.dir.clone(), pod.dir.clone());
+                        let _ = super::blocking(move || {
+                            let _ = std::fs::rename(
+                                vm_dir.join("console.log"),
+                                pod_dir.join("console.log"),
+                            );
+                            let _ = std::fs::remove_dir_all(&vm_dir);
+                            Ok(())
+                        })
+                        .await;
                         engine.persist_in_background(&pod);
                     }
                 }

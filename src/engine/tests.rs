@@ -28,6 +28,7 @@ pub(super) fn config(root: &std::path::Path) -> Config {
         max_layer_bytes: 1 << 20,
         pool_size: 0,
         pool_max_age: Duration::from_secs(60),
+        log_limits: Default::default(),
     }
 }
 
@@ -115,7 +116,7 @@ async fn a_pod_runs_its_containers_and_records_their_exit_codes() {
     let cs = pod.containers();
     assert_eq!(exit_code(&cs[0]).await, 0);
     assert_eq!(exit_code(&cs[1]).await, 3);
-    let (log, _) = cs[0].io.log_and_follow(false);
+    let (log, _) = cs[0].io.log_and_follow(false).await;
     assert_eq!(
         log.iter().map(|e| e.log.as_str()).collect::<String>(),
         "hello\n"

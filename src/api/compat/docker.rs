@@ -65,7 +65,7 @@ pub(crate) async fn route(
         }
         ("POST", ["containers", id, "kill"]) => kill(engine, id, &req).await,
         ("POST", ["containers", id, "wait"]) => wait(engine, id, &req).await,
-        ("GET", ["containers", id, "logs"]) => logs(engine, id, &req),
+        ("GET", ["containers", id, "logs"]) => logs(engine, id, &req).await,
         ("POST", ["containers", id, "attach"]) => attach(engine, id, req).await,
         ("POST", ["containers", id, "resize"]) => resize(engine, id, None, &req).await,
         ("DELETE", ["containers", id]) => remove(engine, id, &req).await,
@@ -570,7 +570,7 @@ fn inspect(engine: &Arc<Engine>, id: &str) -> ApiResult {
         resolv_conf_path: String::new(),
         hostname_path: String::new(),
         hosts_path: String::new(),
-        log_path: c.io.log_path.clone(),
+        log_path: c.io.log_path().to_path_buf(),
         name: format!("/{}", c.name()),
         restart_count: st.restart_count,
         driver: engine.driver.describe(),
@@ -702,9 +702,9 @@ async fn wait(engine: &Arc<Engine>, id: &str, req: &Request<Incoming>) -> ApiRes
     Ok(crate::api::http::stream_chunks(rx, "application/json"))
 }
 
-fn logs(engine: &Arc<Engine>, id: &str, req: &Request<Incoming>) -> ApiResult {
+async fn logs(engine: &Arc<Engine>, id: &str, req: &Request<Incoming>) -> ApiResult {
     let (_, c) = find(engine, id)?;
-    crate::api::containers::logs_of(&c, &query(req))
+    crate::api::containers::logs_of(&c, &query(req)).await
 }
 
 async fn attach(engine: &Arc<Engine>, id: &str, mut req: Request<Incoming>) -> ApiResult {
