@@ -70,6 +70,7 @@ async fn measure(
             disks: Vec::<DiskConfig>::new(),
             boot_timeout: Duration::from_secs(900),
             disk_limits: Default::default(),
+            net: Default::default(),
         };
         let t = Instant::now();
         let vm = match driver.boot(&cfg).await {

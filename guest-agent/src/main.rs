@@ -6,6 +6,7 @@
 //! namespaces with their stdio streamed back to the host.
 mod channel;
 mod container;
+mod net;
 mod process;
 mod sys;
 
@@ -17,6 +18,9 @@ fn main() {
         sys::init_mounts();
     }
     log("hyper-agent starting");
+    if let Err(e) = net::loopback_up() {
+        log(&format!("loopback: {e}"));
+    }
     let chan = match channel::Channel::open() {
         Ok(c) => Arc::new(c),
         Err(e) => {
@@ -84,6 +88,7 @@ fn handle(agent: &Arc<process::Agent>, chan: &channel::Channel, req: Request) {
                 container::write_file(&root, &path, &data, mode).map_err(|e| format!("{path}: {e}"))
             })
             .map(|_| None),
+        Op::ConfigureNetwork { network } => net::configure(&network).map(|_| None),
         Op::Stats => Ok(Some(
             serde_json::to_value(sys::stats()).expect("stats serialize"),
         )),

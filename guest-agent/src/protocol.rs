@@ -20,8 +20,10 @@ use std::io::{self, Read, Write};
 
 /// Largest payload a frame may carry; anything larger is a protocol error.
 pub const MAX_PAYLOAD: u32 = 4 << 20;
-/// Protocol version announced by the agent in [`Event::Ready`].
-pub const VERSION: u32 = 1;
+/// Protocol version announced by the agent in [`Event::Ready`]. 2 added
+/// [`Op::ConfigureNetwork`]; a daemon still adopts VMs whose agent speaks 1 (it sends
+/// them no op they do not know).
+pub const VERSION: u32 = 2;
 /// Name of the virtio-serial port the agent listens on.
 pub const SERIAL_PORT_NAME: &str = "hyper.agent";
 /// vsock port the agent listens on when the VM has a vsock device.
@@ -213,6 +215,9 @@ pub enum Op {
     Status,
     /// Resource use of the VM: answered with [`Stats`].
     Stats,
+    /// Configures a network interface of the VM (shared by all its containers) and the
+    /// default route; since protocol 2.
+    ConfigureNetwork { network: NetworkConfig },
     /// Writes a file into a created container's root filesystem (its writable layer).
     WriteFile {
         container: String,
@@ -221,6 +226,20 @@ pub enum Op {
         data: Vec<u8>,
         mode: u32,
     },
+}
+
+/// One interface's IPv4 configuration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct NetworkConfig {
+    pub interface: String,
+    pub address: String,
+    pub prefix: u8,
+    /// Default gateway; empty for none.
+    #[serde(default)]
+    pub gateway: String,
+    /// 0 leaves the driver's MTU.
+    #[serde(default)]
+    pub mtu: u32,
 }
 
 /// The answer to [`Op::Stats`], read from the guest's /proc.

@@ -38,6 +38,8 @@ impl From<EngineError> for ApiError {
             EngineError::NoSuch(_) => StatusCode::NOT_FOUND,
             EngineError::WrongState(_) | EngineError::GuestRefused(_) => StatusCode::CONFLICT,
             EngineError::Invalid(_) => StatusCode::BAD_REQUEST,
+            EngineError::Vm(crate::vm::VmError::PortTaken(_)) => StatusCode::CONFLICT,
+            EngineError::Vm(crate::vm::VmError::Unsupported(_)) => StatusCode::BAD_REQUEST,
             EngineError::GuestFailed(_)
             | EngineError::Agent(_)
             | EngineError::Vm(_)

@@ -103,7 +103,16 @@ pub(crate) fn pod_info(pod: &Pod) -> PodInfo {
                 .map(|c| container_status(c))
                 .collect(),
         },
+        network: pod.network(),
     }
+}
+
+/// `GET /pod/portmappings?podName=ID`: the ports published to a pod (empty while it has
+/// no VM).
+pub(crate) fn portmappings(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
+    let q = query(req);
+    let pod = engine.pod(param(&q, &["podName", "podId"])?)?;
+    ok_json(pod.network().map(|n| n.ports).unwrap_or_default())
 }
 
 pub(crate) fn info(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {

@@ -151,6 +151,7 @@ pub static ROUTES: &[Route] = &[
     route!(DELETE "/pod" => |e, r| pods::remove(&e, r).await),
     route!(GET "/pod/info" => |e, r| pods::info(&e, &r)),
     route!(GET "/pod/stats" => |e, r| pods::stats(&e, &r).await),
+    route!(GET "/pod/portmappings" => |e, r| pods::portmappings(&e, &r)),
     route!(GET "/list" => |e, r| pods::list(&e, &r)),
     route!(GET "/container/info" => |e, r| containers::container_info(&e, &r)),
     route!(GET "/container/logs" => |e, r| containers::container_logs(&e, &r).await),

@@ -198,6 +198,8 @@ pub struct VmRuntime {
     pub spawned_at: std::time::Instant,
     /// The agent protocol version the VM's agent speaks.
     pub agent_protocol: u32,
+    /// Its network device and published ports.
+    pub net: crate::vm::net::VmNet,
 }
 
 pub struct Pod {
@@ -295,6 +297,31 @@ impl Pod {
 
     pub fn vm(&self) -> Option<Arc<VmRuntime>> {
         self.state().vm.clone()
+    }
+
+    /// The pod's network identity and published ports, while its VM has a network.
+    pub fn network(&self) -> Option<hyperd_api::pods::PodNetwork> {
+        use crate::vm::net;
+        let vm = self.vm()?;
+        let net::VmNet::User { forwards } = &vm.net else {
+            return None;
+        };
+        Some(hyperd_api::pods::PodNetwork {
+            mode: "user".into(),
+            ip_address: net::GUEST_ADDRESS.into(),
+            prefix_len: net::PREFIX,
+            gateway: net::GATEWAY.into(),
+            mac_address: net::GUEST_MAC.into(),
+            ports: forwards
+                .iter()
+                .map(|f| hyperd_api::pods::PublishedPort {
+                    container_port: f.guest_port,
+                    host_port: f.host_port,
+                    protocol: f.proto.as_str().into(),
+                    host_ip: f.host_ip.map(|i| i.to_string()).unwrap_or_default(),
+                })
+                .collect(),
+        })
     }
 
     fn set_phase(&self, p: PodPhase) {
@@ -469,6 +496,7 @@ impl Engine {
                     e.file_name().to_string_lossy()
                 );
             }
+            crate::vm::net::stop_backend(&e.path());
             let _ = std::fs::remove_dir_all(e.path());
         }
     }
@@ -957,6 +985,17 @@ impl Engine {
     }
 }
 
+/// Removes a VM's directory once its process is gone, stopping its network backend if
+/// that is still there.
+pub(crate) async fn remove_vm_dir(dir: PathBuf) {
+    let _ = blocking(move || {
+        crate::vm::net::stop_backend(&dir);
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
+    })
+    .await;
+}
+
 /// Removes a directory tree (a pod's or a VM's) on the blocking pool; a tree that is
 /// already gone is fine.
 pub(crate) async fn remove_tree(dir: PathBuf) {
@@ -1099,6 +1138,7 @@ async fn monitor(
     let pod_dir = pod.dir.clone();
     let _ = blocking(move || {
         let _ = std::fs::rename(dir.join("console.log"), pod_dir.join("console.log"));
+        crate::vm::net::stop_backend(&dir);
         let _ = std::fs::remove_dir_all(&dir);
         if let Some(vm_id) = dir.file_name() {
             crate::vm::host::remove_cpu_cgroup(&vm_id.to_string_lossy());

@@ -1,7 +1,10 @@
 //! VMs: booting one for a pod, and VMs booted ahead (`POST /vm/create`) that the next
 //! pod which fits takes, as hyperd's VM factory did.
 use super::{slots, Engine, EngineError, VmRuntime};
+use crate::spec::{NetworkMode, PodSpec};
+use crate::vm::net::{Forward, Proto, VmNet};
 use crate::vm::{RunningVm, VmConfig};
+use hyperd_agent::protocol::{NetworkConfig, Op};
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
@@ -32,7 +35,7 @@ fn of_pooled_size(idle: &[(String, u32, u32)]) -> usize {
 async fn power_off_idle(b: Booted) {
     let handle = b.vm.handle.clone();
     super::stop_runtime_with(&b.runtime, async move { handle.wait().await }).await;
-    super::remove_tree(b.runtime.dir.clone()).await;
+    super::remove_vm_dir(b.runtime.dir.clone()).await;
 }
 
 /// Counts a pod start while it runs, so that the pool keeper waits for it.
@@ -58,11 +61,13 @@ impl Drop for StartInProgress<'_> {
 }
 
 impl Engine {
-    /// Boots a VM of `resource`'s size and limits with `n_slots` empty disk slots.
+    /// Boots a VM of `resource`'s size and limits with `n_slots` empty disk slots and
+    /// the network `net` (configured in the guest before it is handed out).
     pub async fn boot_vm(
         &self,
         resource: &crate::spec::Resource,
         n_slots: usize,
+        net: VmNet,
     ) -> Result<Booted, EngineError> {
         let (vcpus, memory_mib) = (resource.vcpu, resource.memory);
         let id = crate::ids::vm_id();
@@ -78,15 +83,33 @@ impl Engine {
             disks,
             boot_timeout: self.cfg.boot_timeout,
             disk_limits: resource.disk,
+            net: net.clone(),
         };
         let started = std::time::Instant::now();
         let vm = match self.driver.boot(&cfg).await {
             Ok(vm) => vm,
             Err(e) => {
-                super::remove_tree(dir).await;
+                super::remove_vm_dir(dir).await;
                 return Err(e.into());
             }
         };
+        if let VmNet::User { .. } = net {
+            let configure = Op::ConfigureNetwork {
+                network: NetworkConfig {
+                    interface: crate::vm::net::INTERFACE.into(),
+                    address: crate::vm::net::GUEST_ADDRESS.into(),
+                    prefix: crate::vm::net::PREFIX,
+                    gateway: crate::vm::net::GATEWAY.into(),
+                    mtu: 0,
+                },
+            };
+            if let Err(e) = vm.agent.call(configure, super::AGENT_TIMEOUT).await {
+                vm.handle.kill();
+                vm.handle.wait().await;
+                super::remove_vm_dir(dir).await;
+                return Err(EngineError::GuestFailed(format!("network set-up: {e}")));
+            }
+        }
         tracing::info!(vm = %id, pid = vm.handle.pid(), "VM booted in {:?}", started.elapsed());
         if resource.cpu_percent > 0 {
             if let Err(e) = vm.handle.cap_cpu(resource.cpu_percent) {
@@ -108,6 +131,7 @@ impl Engine {
                 .agent
                 .protocol()
                 .unwrap_or(hyperd_agent::protocol::VERSION),
+            net,
         });
         Ok(Booted {
             vm,
@@ -132,7 +156,9 @@ impl Engine {
             memory: memory_mib,
             ..Default::default()
         };
-        let booted = self.boot_vm(&size, slots::MIN_SLOTS).await?;
+        let booted = self
+            .boot_vm(&size, slots::MIN_SLOTS, self.pooled_net())
+            .await?;
         let id = booted.runtime.id.clone();
         self.pool.lock().unwrap().push(booted);
         Ok(id)
@@ -160,7 +186,10 @@ impl Engine {
                     {
                         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     }
-                    match e.boot_vm(&pooled_vm_size(), slots::MIN_SLOTS).await {
+                    match e
+                        .boot_vm(&pooled_vm_size(), slots::MIN_SLOTS, e.pooled_net())
+                        .await
+                    {
                         Ok(mut b) => {
                             failures = 0;
                             b.auto = true;
@@ -271,6 +300,7 @@ impl Engine {
     ) -> Result<(RunningVm, Arc<VmRuntime>, watch::Sender<bool>, bool), EngineError> {
         let r = &pod.spec.resource;
         let need = pod.containers().len();
+        let net = self.pod_net(&pod.spec)?;
         let taken = {
             let mut pool = self.pool.lock().unwrap();
             let i = match hint.filter(|h| !h.is_empty()) {
@@ -281,9 +311,11 @@ impl Engine {
                 ),
                 // Pooled VMs have no limits: a pod with limits boots its own.
                 None if r.cpu_percent > 0 || !r.disk.is_none() => None,
+                // Pooled VMs publish no port: a pod that publishes boots its own.
                 None => pool.iter().position(|b| {
                     b.runtime.vcpus == r.vcpu
                         && b.runtime.memory_mib == r.memory
+                        && b.runtime.net == net
                         && b.runtime.slots.lock().unwrap().len() >= need
                 }),
             };
@@ -294,7 +326,7 @@ impl Engine {
                 tracing::info!(pod = %pod.id, vm = %b.runtime.id, "pod takes a VM booted ahead");
                 return Ok((b.vm, b.runtime, b.gone, true));
             }
-            super::remove_tree(b.runtime.dir.clone()).await;
+            super::remove_vm_dir(b.runtime.dir.clone()).await;
             if hint.is_some_and(|h| !h.is_empty()) {
                 return Err(EngineError::WrongState(format!(
                     "VM {} is gone",
@@ -302,7 +334,64 @@ impl Engine {
                 )));
             }
         }
-        let b = self.boot_vm(r, need.max(slots::MIN_SLOTS)).await?;
+        let b = self.boot_vm(r, need.max(slots::MIN_SLOTS), net).await?;
         Ok((b.vm, b.runtime, b.gone, false))
+    }
+}
+
+impl Engine {
+    /// The network of pool VMs: user mode where the driver has a network device.
+    pub(super) fn pooled_net(&self) -> VmNet {
+        if self.driver.has_network() {
+            VmNet::User {
+                forwards: Vec::new(),
+            }
+        } else {
+            VmNet::None
+        }
+    }
+
+    /// The network a pod's VM gets: its mode, and its published ports with a free host
+    /// port chosen for each one published without (`publishAll`).
+    pub(super) fn pod_net(&self, spec: &PodSpec) -> Result<VmNet, EngineError> {
+        if spec.network_mode == NetworkMode::None {
+            return Ok(VmNet::None);
+        }
+        let mut forwards = Vec::new();
+        for p in spec.published_ports() {
+            let proto = if p.protocol() == "udp" {
+                Proto::Udp
+            } else {
+                Proto::Tcp
+            };
+            let host_ip = if p.host_ip.is_empty() {
+                None
+            } else {
+                Some(p.host_ip.parse().map_err(|_| {
+                    EngineError::Invalid(format!("invalid host address {:?}", p.host_ip))
+                })?)
+            };
+            let host_port = match p.host_port {
+                0 => crate::vm::net::free_port(proto, host_ip)?,
+                n => n as u16,
+            };
+            forwards.push(Forward {
+                proto,
+                host_ip,
+                host_port,
+                guest_port: p.container_port as u16,
+            });
+        }
+        if !self.driver.has_network() {
+            if !forwards.is_empty() {
+                return Err(crate::vm::VmError::Unsupported(format!(
+                    "the {} driver has no network device yet: published ports need the qemu driver",
+                    self.driver.describe()
+                ))
+                .into());
+            }
+            return Ok(VmNet::None);
+        }
+        Ok(VmNet::User { forwards })
     }
 }

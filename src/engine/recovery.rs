@@ -65,6 +65,9 @@ pub struct VmRecord {
     /// The agent protocol the VM's agent spoke when it booted.
     #[serde(default = "record_v1")]
     pub agent_protocol: u32,
+    /// Its network and published ports (records before networking: none).
+    #[serde(default)]
+    pub net: crate::vm::net::VmNet,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -132,6 +135,7 @@ impl Engine {
                 dir: v.dir.clone(),
                 slots: v.slots.lock().unwrap().clone(),
                 agent_protocol: v.agent_protocol,
+                net: v.net.clone(),
             })
             .or_else(|| pod.state().recorded_vm.clone());
         PodRecord {
@@ -306,6 +310,7 @@ impl Engine {
                                 vm_dir.join("console.log"),
                                 pod_dir.join("console.log"),
                             );
+                            crate::vm::net::stop_backend(&vm_dir);
                             let _ = std::fs::remove_dir_all(&vm_dir);
                             Ok(())
                         })
@@ -369,6 +374,7 @@ impl Engine {
             memory_mib: pod.spec.resource.memory,
             spawned_at: std::time::Instant::now(),
             agent_protocol: vm.agent_protocol,
+            net: vm.net.clone(),
         }));
         pod.state().recorded_vm = None;
         let stopped = matches!(handle.status().await, Ok(VmStatus::Paused));

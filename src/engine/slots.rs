@@ -4,6 +4,7 @@
 //! can take containers after it booted (`POST /container/create` on a running pod, VMs
 //! booted ahead by `POST /vm/create`) although qemu's microvm has no disk hotplug.
 use super::{Container, Engine, EngineError, Pod, VmRuntime, AGENT_TIMEOUT};
+use crate::vm::net::VmNet;
 use crate::vm::DiskConfig;
 use hyperd_agent::protocol::Op;
 use std::path::{Path, PathBuf};
@@ -88,15 +89,14 @@ impl Engine {
                 hostname: Some(hostname.chars().take(63).collect()),
             };
             vm.agent.call(create, AGENT_TIMEOUT).await?;
-            // The pod's files and name servers, into the container's writable layer.
-            let mut files = Vec::new();
-            if !pod.spec.dns.is_empty() {
-                let conf: String = pod
-                    .spec
-                    .dns
-                    .iter()
-                    .map(|d| format!("nameserver {d}\n"))
-                    .collect();
+            // The pod's names, name servers and files, into the container's writable
+            // layer.
+            let mut files = vec![(
+                "/etc/hosts".to_string(),
+                hosts_file(&pod.spec, &hostname, &vm.net).into_bytes(),
+                0o644,
+            )];
+            if let Some(conf) = resolv_conf(&pod.spec, &vm.net) {
                 files.push(("/etc/resolv.conf".to_string(), conf.into_bytes(), 0o644));
             }
             for f in &c.spec.files {
@@ -145,5 +145,74 @@ impl Engine {
                 *s = None;
             }
         }
+    }
+}
+
+/// A container's `/etc/hosts`: localhost, the pod's hostname at its address, and the
+/// spec's extra hosts (`host-gateway` is the host as the pod reaches it).
+pub(crate) fn hosts_file(spec: &crate::spec::PodSpec, hostname: &str, net: &VmNet) -> String {
+    let (own, gateway) = match net {
+        VmNet::User { .. } => (crate::vm::net::GUEST_ADDRESS, Some(crate::vm::net::GATEWAY)),
+        VmNet::None => ("127.0.1.1", None),
+    };
+    let mut s = format!("127.0.0.1\tlocalhost\n{own}\t{hostname}\n");
+    for (name, addr) in spec.extra_host_entries() {
+        let addr = match (addr, gateway) {
+            ("host-gateway", Some(gw)) => gw,
+            // No network: the host cannot be reached; the name still resolves, nowhere.
+            ("host-gateway", None) => "127.0.0.1",
+            (a, _) => a,
+        };
+        s.push_str(&format!("{addr}\t{name}\n"));
+    }
+    s
+}
+
+/// A container's `/etc/resolv.conf`: the spec's name servers, else the backend's DNS
+/// forwarder; `None` keeps the image's (a pod without a network).
+pub(crate) fn resolv_conf(spec: &crate::spec::PodSpec, net: &VmNet) -> Option<String> {
+    let servers: Vec<&str> = if !spec.dns.is_empty() {
+        spec.dns.iter().map(String::as_str).collect()
+    } else if matches!(net, VmNet::User { .. }) {
+        vec![crate::vm::net::DNS_FORWARD]
+    } else {
+        return None;
+    };
+    Some(
+        servers
+            .iter()
+            .map(|d| format!("nameserver {d}\n"))
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod net_file_tests {
+    use super::*;
+
+    #[test]
+    fn hosts_and_resolv_conf() {
+        let spec = crate::spec::PodSpec {
+            extra_hosts: vec![
+                "host.docker.internal:host-gateway".into(),
+                "db:10.9.8.7".into(),
+            ],
+            ..Default::default()
+        };
+        let user = VmNet::User { forwards: vec![] };
+        let h = hosts_file(&spec, "web", &user);
+        assert!(h.contains("10.0.2.15\tweb\n"), "{h}");
+        assert!(h.contains("10.0.2.2\thost.docker.internal\n"), "{h}");
+        assert!(h.contains("10.9.8.7\tdb\n"), "{h}");
+        assert_eq!(resolv_conf(&spec, &user).unwrap(), "nameserver 10.0.2.3\n");
+        assert_eq!(resolv_conf(&spec, &VmNet::None), None);
+        let with_dns = crate::spec::PodSpec {
+            dns: vec!["127.0.0.1".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            resolv_conf(&with_dns, &VmNet::None).unwrap(),
+            "nameserver 127.0.0.1\n"
+        );
     }
 }

@@ -211,7 +211,8 @@ impl Agent {
             | Op::CreateContainer { .. }
             | Op::ResizeTty { .. }
             | Op::RemoveContainer { .. }
-            | Op::WriteFile { .. } => Ok(None),
+            | Op::WriteFile { .. }
+            | Op::ConfigureNetwork { .. } => Ok(None),
         }
     }
 }

@@ -100,6 +100,52 @@ pub fn process_alive(pid: u32) -> bool {
     }
 }
 
+/// When a process started (clock ticks after boot, `/proc/<pid>/stat` field 22): with
+/// the pid, it names one process for good.
+pub(crate) fn process_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    // Fields after the command start at field 3; the start time is field 22.
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Records a helper process (a VM's network backend) as `<pid> <start time>` in
+/// `<dir>/<pid_file>`.
+pub(crate) fn record_helper(dir: &Path, pid_file: &str, pid: u32) -> std::io::Result<()> {
+    let start = process_start_time(pid).unwrap_or(0);
+    std::fs::write(dir.join(pid_file), format!("{pid} {start}"))
+}
+
+/// Kills the helper recorded in `<dir>/<pid_file>` if it is still the same process (a
+/// reused pid is left alone). Whether it was there.
+pub(crate) fn kill_helper(dir: &Path, pid_file: &str) -> bool {
+    let text = std::fs::read_to_string(dir.join(pid_file)).unwrap_or_default();
+    let mut it = text.split_whitespace().map(|v| v.parse::<u64>().ok());
+    let (Some(Some(pid)), Some(Some(start))) = (it.next(), it.next()) else {
+        return false;
+    };
+    let pid = pid as u32;
+    // Opened before the check, so the check is about the process the fd holds.
+    let Ok(pidfd) = pidfd_open(pid) else {
+        return false;
+    };
+    if process_start_time(pid) != Some(start) {
+        return false;
+    }
+    // SAFETY: pidfd_send_signal reads only its integer arguments; pidfd is open for the
+    // call, and a null siginfo is allowed.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            libc::SIGKILL,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    r == 0
+}
+
 /// Whether `pid` is a VM process started for the VM directory `dir` (its command line
 /// names the directory).
 fn is_vm_of(pid: u32, dir: &Path) -> bool {

@@ -9,6 +9,7 @@ pub(crate) mod fake;
 pub mod handle;
 pub mod host;
 pub mod hyper_vmm;
+pub mod net;
 pub mod qemu;
 pub(crate) mod qmp;
 
@@ -31,6 +32,10 @@ pub enum VmError {
     Control(String),
     #[error("VM {0} is gone")]
     Gone(String),
+    #[error("host port {0} is already in use")]
+    PortTaken(String),
+    #[error("{0}")]
+    Unsupported(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -78,6 +83,8 @@ pub struct VmConfig {
     pub boot_timeout: Duration,
     /// Rate limits applied to every disk.
     pub disk_limits: crate::spec::DiskLimits,
+    /// The network device and its backend.
+    pub net: net::VmNet,
 }
 
 impl VmConfig {
@@ -127,6 +134,12 @@ impl Driver {
             #[cfg(test)]
             Driver::Fake(_) => "fake".to_string(),
         }
+    }
+
+    /// Whether the driver gives VMs a network device (hyper-vmm's virtio-net is still to
+    /// come: docs/decisions.md).
+    pub fn has_network(&self) -> bool {
+        matches!(self, Driver::Qemu(_))
     }
 
     /// Boots a VM and returns once its agent answered.

@@ -11,6 +11,7 @@
 use super::host::{choose_accel, Accel};
 use super::{RunningVm, VmConfig, VmError};
 use hyperd_agent::protocol::SERIAL_PORT_NAME;
+use std::os::fd::AsRawFd;
 
 #[derive(Debug, Clone)]
 pub struct QemuDriver {
@@ -42,8 +43,9 @@ impl QemuDriver {
         c
     }
 
-    /// The qemu command line for a VM.
-    pub fn args(&self, cfg: &VmConfig) -> Vec<String> {
+    /// The qemu command line for a VM; `net_fd` is the descriptor qemu inherits for its
+    /// network link.
+    pub fn args(&self, cfg: &VmConfig, net_fd: Option<i32>) -> Vec<String> {
         let dir = &cfg.dir;
         let (machine_accel, cpu) = match self.accel {
             Accel::Kvm => ("kvm", "host"),
@@ -83,6 +85,18 @@ impl QemuDriver {
             "-qmp".into(),
             format!("unix:{},server=on,wait=off", dir.join("qmp.sock").display()),
         ];
+        if let (super::net::VmNet::User { .. }, Some(fd)) = (&cfg.net, net_fd) {
+            // qemu's end of the link to passt (started before qemu by `boot`).
+            a.push("-netdev".into());
+            a.push(format!(
+                "stream,id=net0,server=off,addr.type=fd,addr.str={fd}"
+            ));
+            a.push("-device".into());
+            a.push(format!(
+                "virtio-net-device,netdev=net0,mac={}",
+                super::net::GUEST_MAC
+            ));
+        }
         for (i, d) in cfg.disks.iter().enumerate() {
             a.push("-drive".into());
             let l = &cfg.disk_limits;
@@ -112,8 +126,42 @@ impl QemuDriver {
     }
 
     pub async fn boot(&self, cfg: &VmConfig) -> Result<RunningVm, VmError> {
+        let backend = match &cfg.net {
+            super::net::VmNet::User { forwards } => {
+                Some(super::net::start_passt(&cfg.dir, forwards)?)
+            }
+            super::net::VmNet::None => None,
+        };
         let mut cmd = tokio::process::Command::new(&self.binary);
-        cmd.args(self.args(cfg));
+        let net_fd = backend.as_ref().map(|b| b.monitor_end.as_raw_fd());
+        cmd.args(self.args(cfg, net_fd));
+        if let Some(fd) = net_fd {
+            super::net::pass_fd(&mut cmd, fd);
+        }
+        let result = self.launch(cfg, cmd).await;
+        // qemu has its end now (or failed); passt must still be there.
+        let result = match (result, backend) {
+            (Ok(vm), Some(b)) => match b.check_running() {
+                Ok(()) => Ok(vm),
+                Err(e) => {
+                    vm.handle.kill();
+                    vm.handle.wait().await;
+                    Err(e)
+                }
+            },
+            (r, _) => r,
+        };
+        if result.is_err() {
+            super::net::stop_backend(&cfg.dir);
+        }
+        result
+    }
+
+    async fn launch(
+        &self,
+        cfg: &VmConfig,
+        cmd: tokio::process::Command,
+    ) -> Result<RunningVm, VmError> {
         let qmp = super::ControlSocket::Qmp(cfg.dir.join("qmp.sock"));
         super::launch(cfg, cmd, "qemu.log", qmp, async { Ok(()) }).await
     }

@@ -30,7 +30,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Create a pod with one container (or from a pod file), start it and attach to it.
-    Run(pods::RunArgs),
+    Run(Box<pods::RunArgs>),
     /// Create a pod from a pod file (hyperd's pod JSON) without starting it.
     Create(pods::CreateArgs),
     /// List pods, containers or VMs.
@@ -39,6 +39,8 @@ enum Cmd {
     Info,
     /// Show a pod's details as JSON.
     Inspect(pods::InspectArgs),
+    /// List the ports published to a pod.
+    Ports(pods::PortsArgs),
     /// Start a created or stopped pod (or, with -c, one of its containers).
     Start(pods::StartArgs),
     /// Stop a running pod: each container gets its stop signal, SIGKILL after the
@@ -104,11 +106,12 @@ fn main() {
 async fn run(cli: Cli) -> anyhow::Result<i32> {
     let client = Client::new(cli.host.strip_prefix("unix://").unwrap_or(&cli.host));
     match cli.cmd {
-        Cmd::Run(a) => pods::run_pod(&client, a).await,
+        Cmd::Run(a) => pods::run_pod(&client, *a).await,
         Cmd::Create(a) => pods::create(&client, a).await,
         Cmd::List(a) => pods::list(&client, a).await,
         Cmd::Info => system::info(&client).await,
         Cmd::Inspect(a) => pods::inspect(&client, a).await,
+        Cmd::Ports(a) => pods::ports(&client, a).await,
         Cmd::Start(a) => pods::start(&client, a).await,
         Cmd::Stop(a) => pods::stop(&client, a).await,
         Cmd::Rm(a) => pods::rm(&client, a).await,

@@ -23,6 +23,7 @@ pub fn schemas() -> Map<String, Value> {
         crate::pods::ExitCodeReply,
         crate::pods::LabelsReply,
         crate::pods::PodStats,
+        crate::pods::PublishedPort,
         crate::containers::ContainerInfo,
         crate::containers::ContainerCreated,
         crate::containers::Renamed,
@@ -68,6 +69,12 @@ const ROUTES: &[(&str, &str, Option<&str>, Answer)] = &[
     ("/pod/labels", "post", None, Answer::One("LabelsReply")),
     ("/pod/info", "get", None, Answer::One("PodInfo")),
     ("/pod/stats", "get", None, Answer::One("PodStats")),
+    (
+        "/pod/portmappings",
+        "get",
+        None,
+        Answer::ArrayOf("PublishedPort"),
+    ),
     ("/list", "get", None, Answer::One("ListReply")),
     ("/container/info", "get", None, Answer::One("ContainerInfo")),
     (

@@ -49,6 +49,36 @@ pub struct PodInfo {
     pub labels: BTreeMap<String, String>,
     pub spec: PodSpec,
     pub status: PodStatus,
+    /// The pod's network while it has a VM with one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<PodNetwork>,
+}
+
+/// A running pod's network identity and published ports.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodNetwork {
+    /// `user`.
+    pub mode: String,
+    #[serde(rename = "ipAddress")]
+    pub ip_address: String,
+    pub prefix_len: u8,
+    pub gateway: String,
+    pub mac_address: String,
+    pub ports: Vec<PublishedPort>,
+}
+
+/// A host port published to a pod port (`GET /pod/portmappings`, `hyperctl ports`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PublishedPort {
+    pub container_port: u16,
+    pub host_port: u16,
+    /// `tcp` or `udp`.
+    pub protocol: String,
+    /// Empty: every host address.
+    #[serde(rename = "hostIP")]
+    pub host_ip: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

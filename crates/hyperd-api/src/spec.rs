@@ -41,9 +41,52 @@ pub struct PodSpec {
         skip_serializing_if = "std::ops::Not::not"
     )]
     pub auto_remove: bool,
-    /// Pod-level port mappings (recorded and validated; see docs/decisions.md).
+    /// Pod-level port mappings: host ports published to the pod (with the containers'
+    /// own `ports`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub portmappings: Vec<Port>,
+    /// `user` (default: a user-mode network through passt, outbound traffic and
+    /// published ports) or `none` (loopback only).
+    #[serde(
+        default,
+        rename = "networkMode",
+        skip_serializing_if = "NetworkMode::is_default"
+    )]
+    pub network_mode: NetworkMode,
+    /// Extra `/etc/hosts` entries, `name:address`; the address `host-gateway` is the
+    /// host as the pod reaches it (Docker's `--add-host`).
+    #[serde(default, rename = "extraHosts", skip_serializing_if = "Vec::is_empty")]
+    pub extra_hosts: Vec<String>,
+}
+
+/// How a pod is connected.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkMode {
+    #[default]
+    User,
+    None,
+}
+
+impl NetworkMode {
+    pub fn is_default(&self) -> bool {
+        *self == NetworkMode::User
+    }
+}
+
+impl PodSpec {
+    /// Every published port of the pod: `portmappings` and the containers' `ports`.
+    pub fn published_ports(&self) -> impl Iterator<Item = &Port> {
+        self.portmappings
+            .iter()
+            .chain(self.containers.iter().flat_map(|c| c.ports.iter()))
+            .filter(|p| p.host_port != 0 || p.publish_all)
+    }
+
+    /// `extra_hosts` as (name, address) pairs; `host-gateway` left for the caller.
+    pub fn extra_host_entries(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.extra_hosts.iter().filter_map(|h| h.split_once(':'))
+    }
 }
 
 /// A file of the pod, by name, with its content.
@@ -103,10 +146,65 @@ impl ContainerFile {
 pub struct Port {
     #[serde(default, rename = "containerPort")]
     pub container_port: u32,
+    /// 0 with `publishAll` for a free port chosen at start; 0 alone for not published.
     #[serde(default, rename = "hostPort")]
     pub host_port: u32,
+    /// `tcp` (default) or `udp`.
     #[serde(default)]
     pub protocol: String,
+    /// Host address to listen on; empty for every address (Docker's default).
+    #[serde(default, rename = "hostIP", skip_serializing_if = "String::is_empty")]
+    pub host_ip: String,
+    /// Publish on a free host port (Docker's `-P`, or `-p` without a host port).
+    #[serde(
+        default,
+        rename = "publishAll",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub publish_all: bool,
+}
+
+impl Port {
+    /// Parses Docker's `-p` form: `[ip:][host:]container[/proto]`; without a host port
+    /// a free one is picked at start.
+    pub fn parse_publish(s: &str) -> Result<Port, InvalidSpec> {
+        let bad = || {
+            InvalidSpec(format!(
+                "invalid port {s:?} ([ip:][host:]container[/tcp|udp])"
+            ))
+        };
+        let (ports, protocol) = match s.rsplit_once('/') {
+            Some((p, proto @ ("tcp" | "udp"))) => (p, proto.to_string()),
+            Some(_) => return Err(bad()),
+            None => (s, String::new()),
+        };
+        let parts: Vec<&str> = ports.split(':').collect();
+        let num = |p: &str| p.parse::<u16>().ok().filter(|n| *n > 0).ok_or_else(bad);
+        let (host_ip, host, container) = match parts.as_slice() {
+            [c] => ("", None, num(c)?),
+            [h, c] => ("", Some(num(h)?), num(c)?),
+            [ip, h, c] => (*ip, (!h.is_empty()).then(|| num(h)).transpose()?, num(c)?),
+            _ => return Err(bad()),
+        };
+        if !host_ip.is_empty() && host_ip.parse::<std::net::Ipv4Addr>().is_err() {
+            return Err(bad());
+        }
+        Ok(Port {
+            container_port: container as u32,
+            host_port: host.unwrap_or(0) as u32,
+            protocol,
+            host_ip: host_ip.to_string(),
+            publish_all: host.is_none(),
+        })
+    }
+
+    pub fn protocol(&self) -> &str {
+        if self.protocol.is_empty() {
+            "tcp"
+        } else {
+            &self.protocol
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, JsonSchema)]
@@ -335,6 +433,12 @@ impl PodSpec {
                     p.host_port, p.container_port
                 )));
             }
+            if !p.host_ip.is_empty() && p.host_ip.parse::<std::net::Ipv4Addr>().is_err() {
+                return Err(InvalidSpec(format!(
+                    "invalid host address {:?} (an IPv4 address)",
+                    p.host_ip
+                )));
+            }
             if !matches!(p.protocol.as_str(), "" | "tcp" | "udp") {
                 return Err(InvalidSpec(format!(
                     "invalid protocol {:?} (tcp, udp)",
@@ -355,6 +459,25 @@ impl PodSpec {
                     p.host_port
                 )));
             }
+        }
+        for h in &self.extra_hosts {
+            let ok = h.split_once(':').is_some_and(|(name, addr)| {
+                !name.is_empty()
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+                    && (addr == "host-gateway" || addr.parse::<std::net::Ipv4Addr>().is_ok())
+            });
+            if !ok {
+                return Err(InvalidSpec(format!(
+                    "invalid extra host {h:?} (name:IPv4 address or name:host-gateway)"
+                )));
+            }
+        }
+        if self.network_mode == NetworkMode::None && self.published_ports().next().is_some() {
+            return Err(InvalidSpec(
+                "a pod without a network (networkMode none) cannot publish ports".into(),
+            ));
         }
         let mut file_names = std::collections::HashSet::new();
         for f in &self.files {
@@ -388,6 +511,25 @@ impl PodSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn publish_forms() {
+        let p = Port::parse_publish("127.0.0.1:8080:80").unwrap();
+        assert_eq!(
+            (p.host_ip.as_str(), p.host_port, p.container_port),
+            ("127.0.0.1", 8080, 80)
+        );
+        assert!(!p.publish_all);
+        let p = Port::parse_publish("5353:53/udp").unwrap();
+        assert_eq!((p.host_port, p.protocol()), (5353, "udp"));
+        let p = Port::parse_publish("80").unwrap();
+        assert!(p.publish_all && p.host_port == 0);
+        let p = Port::parse_publish("127.0.0.1::80").unwrap();
+        assert!(p.publish_all && p.host_ip == "127.0.0.1");
+        for bad in ["", "x", "0", "1:2:3:4", "80/sctp", "70000:80", "host:1:2"] {
+            assert!(Port::parse_publish(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn parses_hyperd_pod_json() {

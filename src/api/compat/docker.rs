@@ -249,12 +249,6 @@ fn unsupported_options(cfg: &m::ContainerCreate) -> Vec<String> {
         |v: &Option<serde_json::Map<String, Value>>| v.as_ref().is_some_and(|m| !m.is_empty());
     let some_list = |v: Option<usize>| v.is_some_and(|n| n > 0);
     let mut out = Vec::new();
-    if some_map(&host.port_bindings) || yes(host.publish_all_ports) {
-        out.push(
-            "Published ports are not supported yet (pods have no network device): ignored."
-                .to_string(),
-        );
-    }
     if some_list(host.binds.as_ref().map(Vec::len))
         || some_list(host.mounts.as_ref().map(Vec::len))
         || some_map(&cfg.volumes)
@@ -283,19 +277,116 @@ fn unsupported_options(cfg: &m::ContainerCreate) -> Vec<String> {
     if some_list(host.devices.as_ref().map(Vec::len)) {
         out.push("Devices are not passed into micro-VMs: ignored.".to_string());
     }
-    if some_list(host.dns.as_ref().map(Vec::len))
-        || some_list(host.extra_hosts.as_ref().map(Vec::len))
-    {
-        out.push("DNS servers and extra hosts are not supported yet: ignored.".to_string());
-    }
     if let Some(mode) = host.network_mode.as_deref() {
         if !matches!(mode, "" | "default" | "bridge" | "none") {
             out.push(format!(
-                "Network mode {mode:?} is not supported yet: ignored."
+                "Network mode {mode:?} is not supported yet: the container gets hyperd's user network."
             ));
         }
     }
     out
+}
+
+/// The ports a create publishes: `HostConfig.PortBindings` (`-p`), and with
+/// `PublishAllPorts` (`-P`) every `ExposedPorts` entry not bound, on a free host port.
+fn published_ports(cfg: &m::ContainerCreate) -> Result<Vec<crate::spec::Port>, ApiError> {
+    let default = m::CreateHostConfig::default();
+    let host = cfg.host_config.as_ref().unwrap_or(&default);
+    let key = |k: &str| -> Result<(u32, String), ApiError> {
+        let (port, proto) = k.split_once('/').unwrap_or((k, "tcp"));
+        let port = port
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| ApiError::bad_request(format!("invalid port {k:?}")))?;
+        Ok((port as u32, proto.to_string()))
+    };
+    let mut out = Vec::new();
+    for (k, bindings) in host.port_bindings.iter().flatten() {
+        let (container_port, protocol) = key(k)?;
+        for b in bindings.iter().flatten() {
+            let host_port = if b.host_port.is_empty() {
+                0
+            } else {
+                b.host_port.parse::<u16>().map_err(|_| {
+                    ApiError::bad_request(format!("invalid host port {:?}", b.host_port))
+                })?
+            };
+            let host_ip = match b.host_ip.as_str() {
+                "0.0.0.0" => "",
+                ip => ip,
+            };
+            out.push(crate::spec::Port {
+                container_port,
+                host_port: host_port as u32,
+                protocol: protocol.clone(),
+                host_ip: host_ip.to_string(),
+                publish_all: host_port == 0,
+            });
+        }
+    }
+    if host.publish_all_ports.unwrap_or(false) {
+        for k in cfg.exposed_ports.iter().flat_map(|m| m.keys()) {
+            let (container_port, protocol) = key(k)?;
+            let bound = out
+                .iter()
+                .any(|p| p.container_port == container_port && p.protocol() == protocol);
+            if !bound {
+                out.push(crate::spec::Port {
+                    container_port,
+                    protocol,
+                    publish_all: true,
+                    ..Default::default()
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Docker's port map of a pod: its published ports as they are bound (host ports chosen
+/// at start included), or as the spec asks while it has no VM.
+fn port_map(pod: &Pod) -> m::PortMap {
+    let mut map = m::PortMap::new();
+    match pod.network() {
+        Some(net) => {
+            for p in net.ports {
+                map.entry(format!("{}/{}", p.container_port, p.protocol))
+                    .or_insert_with(|| Some(Vec::new()))
+                    .get_or_insert_with(Vec::new)
+                    .push(m::PortBinding {
+                        host_ip: if p.host_ip.is_empty() {
+                            "0.0.0.0".into()
+                        } else {
+                            p.host_ip
+                        },
+                        host_port: p.host_port.to_string(),
+                    });
+            }
+        }
+        None => return spec_port_map(&pod.spec),
+    }
+    map
+}
+
+/// The port map a spec asks for (`HostConfig.PortBindings`; an empty host port is one
+/// to be picked at start).
+fn spec_port_map(spec: &PodSpec) -> m::PortMap {
+    let mut map = m::PortMap::new();
+    for p in spec.published_ports() {
+        map.entry(format!("{}/{}", p.container_port, p.protocol()))
+            .or_insert_with(|| Some(Vec::new()))
+            .get_or_insert_with(Vec::new)
+            .push(m::PortBinding {
+                host_ip: p.host_ip.clone(),
+                host_port: if p.host_port == 0 {
+                    String::new()
+                } else {
+                    p.host_port.to_string()
+                },
+            });
+    }
+    map
 }
 
 /// `POST /containers/create[?name=NAME]`: a one-container pod from Docker's config.
@@ -350,6 +441,11 @@ async fn create(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
     };
     let warnings = unsupported_options(&cfg);
     let auto_remove = host.auto_remove.unwrap_or(false);
+    let portmappings = published_ports(&cfg)?;
+    let network_mode = match host.network_mode.as_deref() {
+        Some("none") => crate::spec::NetworkMode::None,
+        _ => crate::spec::NetworkMode::User,
+    };
     let spec = PodSpec {
         id: name.clone(),
         hostname: cfg.hostname.unwrap_or_default(),
@@ -373,6 +469,10 @@ async fn create(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
         },
         auto_remove,
         labels: cfg.labels.unwrap_or_default(),
+        portmappings,
+        network_mode,
+        dns: host.dns.clone().unwrap_or_default(),
+        extra_hosts: host.extra_hosts.clone().unwrap_or_default(),
         ..Default::default()
     };
     let pod = engine.create_pod(spec).await.map_err(|e| match e {
@@ -390,6 +490,18 @@ async fn create(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
         warnings,
     };
     Ok(crate::api::http::json_response(StatusCode::CREATED, &resp))
+}
+
+/// The name Docker clients see for hyperd's user network (Docker's default network name,
+/// so that clients that look up `bridge` find it).
+const USER_NETWORK: &str = "bridge";
+
+/// `HostConfig.NetworkMode` of a pod.
+fn network_mode(pod: &Pod) -> &'static str {
+    match pod.spec.network_mode {
+        crate::spec::NetworkMode::None => "none",
+        crate::spec::NetworkMode::User => "bridge",
+    }
 }
 
 /// Docker's state of a container.
@@ -472,10 +584,25 @@ fn list(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
                 created: created_secs(pod),
                 state: st,
                 status: status_line(pod, &c),
-                ports: vec![],
+                ports: pod
+                    .network()
+                    .map(|n| n.ports)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|p| m::SummaryPort {
+                        ip: Some(if p.host_ip.is_empty() {
+                            "0.0.0.0".into()
+                        } else {
+                            p.host_ip
+                        }),
+                        private_port: p.container_port,
+                        public_port: Some(p.host_port),
+                        kind: p.protocol,
+                    })
+                    .collect(),
                 labels: pod.labels(),
                 host_config: m::SummaryHostConfig {
-                    network_mode: "none".into(),
+                    network_mode: network_mode(pod).into(),
                 },
                 mounts: vec![],
             });
@@ -502,8 +629,8 @@ fn inspect(engine: &Arc<Engine>, id: &str) -> ApiResult {
             kind: "json-file".into(),
             config: m::Empty::new(),
         },
-        network_mode: "none".into(),
-        port_bindings: m::Empty::new(),
+        network_mode: network_mode(&pod).into(),
+        port_bindings: spec_port_map(&pod.spec),
         restart_policy: m::RestartPolicy {
             name: match c.spec.restart_policy.as_str() {
                 "always" => "always",
@@ -517,12 +644,12 @@ fn inspect(engine: &Arc<Engine>, id: &str) -> ApiResult {
         volumes_from: None,
         cap_add: None,
         cap_drop: None,
-        dns: vec![],
+        dns: pod.spec.dns.clone(),
         dns_options: vec![],
         dns_search: vec![],
-        extra_hosts: None,
+        extra_hosts: (!pod.spec.extra_hosts.is_empty()).then(|| pod.spec.extra_hosts.clone()),
         privileged: false,
-        publish_all_ports: false,
+        publish_all_ports: pod.spec.published_ports().any(|p| p.publish_all),
         readonly_rootfs: false,
         security_opt: None,
         tmpfs: None,
@@ -606,16 +733,43 @@ fn inspect(engine: &Arc<Engine>, id: &str) -> ApiResult {
             labels: pod.labels(),
             stop_signal: c.stop_signal().to_string(),
         },
-        network_settings: m::NetworkSettings {
-            bridge: String::new(),
-            sandbox_id: String::new(),
-            sandbox_key: String::new(),
-            ports: m::Empty::new(),
-            ip_address: String::new(),
-            ip_prefix_len: 0,
-            gateway: String::new(),
-            mac_address: String::new(),
-            networks: m::Empty::new(),
+        network_settings: {
+            let net = pod.network();
+            let (ip, prefix, gateway, mac) = net
+                .as_ref()
+                .map(|n| {
+                    (
+                        n.ip_address.clone(),
+                        u32::from(n.prefix_len),
+                        n.gateway.clone(),
+                        n.mac_address.clone(),
+                    )
+                })
+                .unwrap_or_default();
+            let mut networks = std::collections::BTreeMap::new();
+            if net.is_some() {
+                networks.insert(
+                    USER_NETWORK.to_string(),
+                    m::EndpointSettings {
+                        network_id: USER_NETWORK.into(),
+                        ip_address: ip.clone(),
+                        ip_prefix_len: prefix,
+                        gateway: gateway.clone(),
+                        mac_address: mac.clone(),
+                    },
+                );
+            }
+            m::NetworkSettings {
+                bridge: String::new(),
+                sandbox_id: String::new(),
+                sandbox_key: String::new(),
+                ports: port_map(&pod),
+                ip_address: ip,
+                ip_prefix_len: prefix,
+                gateway,
+                mac_address: mac,
+                networks,
+            }
         },
         hyper_pod_id: pod.id.clone(),
     })

@@ -80,7 +80,7 @@ pub(crate) struct ContainerSummary {
     pub created: u64,
     pub state: &'static str,
     pub status: String,
-    pub ports: Vec<String>,
+    pub ports: Vec<SummaryPort>,
     pub labels: BTreeMap<String, String>,
     pub host_config: SummaryHostConfig,
     pub mounts: Vec<String>,
@@ -150,7 +150,7 @@ pub(crate) struct HostConfig {
     pub container_id_file: String,
     pub log_config: LogConfig,
     pub network_mode: String,
-    pub port_bindings: Empty,
+    pub port_bindings: PortMap,
     pub restart_policy: RestartPolicy,
     pub auto_remove: bool,
     pub volume_driver: String,
@@ -244,14 +244,52 @@ pub(crate) struct NetworkSettings {
     #[serde(rename = "SandboxID")]
     pub sandbox_id: String,
     pub sandbox_key: String,
-    pub ports: Empty,
+    pub ports: PortMap,
     #[serde(rename = "IPAddress")]
     pub ip_address: String,
     #[serde(rename = "IPPrefixLen")]
     pub ip_prefix_len: u32,
     pub gateway: String,
     pub mac_address: String,
-    pub networks: Empty,
+    pub networks: BTreeMap<String, EndpointSettings>,
+}
+
+/// One network a container is on, in inspect's `NetworkSettings.Networks`.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct EndpointSettings {
+    #[serde(rename = "NetworkID")]
+    pub network_id: String,
+    #[serde(rename = "IPAddress")]
+    pub ip_address: String,
+    #[serde(rename = "IPPrefixLen")]
+    pub ip_prefix_len: u32,
+    pub gateway: String,
+    pub mac_address: String,
+}
+
+/// Docker's port map: `"80/tcp"` to its host bindings (`None` for exposed only).
+pub(crate) type PortMap = BTreeMap<String, Option<Vec<PortBinding>>>;
+
+/// One host binding of a port.
+#[derive(Serialize, serde::Deserialize, Default, Clone)]
+#[serde(rename_all = "PascalCase", default)]
+pub(crate) struct PortBinding {
+    pub host_ip: String,
+    pub host_port: String,
+}
+
+/// A published port in `/containers/json`.
+#[derive(Serialize)]
+pub(crate) struct SummaryPort {
+    #[serde(rename = "IP", skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    #[serde(rename = "PrivatePort")]
+    pub private_port: u16,
+    #[serde(rename = "PublicPort", skip_serializing_if = "Option::is_none")]
+    pub public_port: Option<u16>,
+    #[serde(rename = "Type")]
+    pub kind: String,
 }
 
 /// `POST /containers/create`.
@@ -344,6 +382,7 @@ pub(crate) struct ContainerCreate {
     pub stop_signal: Option<String>,
     pub labels: Option<BTreeMap<String, String>>,
     pub volumes: Option<serde_json::Map<String, serde_json::Value>>,
+    pub exposed_ports: Option<BTreeMap<String, serde_json::Value>>,
     pub host_config: Option<CreateHostConfig>,
 }
 
@@ -355,7 +394,7 @@ pub(crate) struct CreateHostConfig {
     pub nano_cpus: Option<u64>,
     pub restart_policy: Option<CreateRestartPolicy>,
     pub auto_remove: Option<bool>,
-    pub port_bindings: Option<serde_json::Map<String, serde_json::Value>>,
+    pub port_bindings: Option<BTreeMap<String, Option<Vec<PortBinding>>>>,
     pub publish_all_ports: Option<bool>,
     pub binds: Option<Vec<String>>,
     pub mounts: Option<Vec<serde_json::Value>>,

@@ -279,6 +279,9 @@ async fn create(engine: &Arc<Engine>, req: Request<Incoming>) -> Reply {
                 .map_err(|_| ApiError::bad_request(format!("bad port {k:?}")))?,
             host_port: host.unwrap_or(0),
             protocol: proto.to_string(),
+            // No host port: a free one, as Docker picks.
+            publish_all: host.is_none_or(|h| h == 0),
+            ..Default::default()
         });
     }
     let disk = DiskLimits {

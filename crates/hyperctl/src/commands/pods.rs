@@ -45,6 +45,19 @@ pub(crate) struct RunArgs {
     /// Memory of the pod's VM, MiB.
     #[arg(long, default_value_t = 128)]
     pub memory: u32,
+    /// Publish a port: `[ip:][host:]container[/tcp|udp]` (repeatable; no host port
+    /// picks a free one).
+    #[arg(long)]
+    pub publish: Vec<String>,
+    /// Network: user (default) or none.
+    #[arg(long, default_value = "user")]
+    pub net: String,
+    /// An /etc/hosts entry NAME:ADDRESS, ADDRESS may be host-gateway (repeatable).
+    #[arg(long = "add-host")]
+    pub add_host: Vec<String>,
+    /// A name server for the container's /etc/resolv.conf (repeatable).
+    #[arg(long)]
+    pub dns: Vec<String>,
     pub image: Option<String>,
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,
@@ -102,6 +115,30 @@ pub(crate) async fn inspect(client: &Client, args: InspectArgs) -> anyhow::Resul
         .get(&format!("/pod/info?podName={}", enc(&pod)))
         .await?;
     println!("{}", serde_json::to_string_pretty(&info)?);
+    Ok(0)
+}
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct PortsArgs {
+    pub pod: String,
+}
+
+/// List the ports published to a pod.
+pub(crate) async fn ports(client: &Client, args: PortsArgs) -> anyhow::Result<i32> {
+    let ports: Vec<hyperd_api::pods::PublishedPort> = client
+        .get(&format!("/pod/portmappings?podName={}", enc(&args.pod)))
+        .await?;
+    for p in ports {
+        let ip = if p.host_ip.is_empty() {
+            "0.0.0.0"
+        } else {
+            &p.host_ip
+        };
+        println!(
+            "{}/{} -> {ip}:{}",
+            p.container_port, p.protocol, p.host_port
+        );
+    }
     Ok(0)
 }
 
@@ -326,6 +363,18 @@ pub(crate) fn pod_spec(args: &RunArgs) -> anyhow::Result<PodSpec> {
             ..Default::default()
         },
         labels: args.label.iter().map(pair).collect(),
+        portmappings: args
+            .publish
+            .iter()
+            .map(|p| hyperd_api::spec::Port::parse_publish(p))
+            .collect::<Result<_, _>>()?,
+        network_mode: match args.net.as_str() {
+            "user" => hyperd_api::spec::NetworkMode::User,
+            "none" => hyperd_api::spec::NetworkMode::None,
+            other => bail!("unknown network {other:?} (user, none)"),
+        },
+        extra_hosts: args.add_host.clone(),
+        dns: args.dns.clone(),
         ..Default::default()
     };
     Ok(spec)

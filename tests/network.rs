@@ -1,0 +1,268 @@
+//! Pods on the network (qemu driver, passt backend): published ports answer on the
+//! host's loopback through `hyperctl run --publish`, a plain `POST /pod/create` with
+//! `portmappings` and the docker CLI (`-p`, `-P`); a pod reaches a server on the host's
+//! loopback at the gateway (`host.docker.internal:host-gateway`); two containers of a pod
+//! talk over localhost; a taken host port is refused; `--net none` has no eth0; nothing
+//! is left behind. All traffic stays on this machine's loopback.
+mod common;
+use common::{out_ok, Daemon};
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// A free TCP port on 127.0.0.1 (free when asked).
+fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// GET `path` from 127.0.0.1:`port` until it answers 200 (up to 60 s); the body.
+fn http_get(port: u16, path: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        let attempt = (|| -> std::io::Result<String> {
+            let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, port))?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+            let mut text = String::new();
+            s.read_to_string(&mut text)?;
+            Ok(text)
+        })();
+        match attempt {
+            Ok(t) if t.starts_with("HTTP/1.") && t.contains(" 200 ") => {
+                return t.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("").into()
+            }
+            Ok(t) => last = t,
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    panic!("127.0.0.1:{port}{path} did not answer: {last}");
+}
+
+/// Waits until a container's log contains `needle` (up to 60 s).
+fn wait_log(d: &Daemon, container: &str, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let o = d.hyperctl(&["logs", container]);
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{container}'s log lacks {needle:?}: {text}{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// The passt processes of the daemon's VMs now.
+fn passt_pids(d: &Daemon) -> Vec<u32> {
+    common::tree(&d.root.join("vm"))
+        .into_iter()
+        .filter(|p| p.file_name().is_some_and(|n| n == "passt.pid"))
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .filter_map(|t| t.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+const HTTPD: &str =
+    "mkdir -p /www && echo \"$GREETING\" > /www/index.html && exec httpd -f -p 80 -h /www";
+
+#[test]
+fn pods_serve_reach_out_and_clean_up() {
+    // No pool: every passt seen belongs to a pod of this test.
+    let d = Daemon::start_with(&["--pool", "0"]);
+    d.import_busybox();
+    let mut seen_passt = Vec::new();
+
+    // hyperctl run --publish: the pod serves a file on the host's loopback.
+    let p1 = free_port();
+    out_ok(&d.hyperctl(&[
+        "run",
+        "-d",
+        "--name",
+        "web1",
+        "-e",
+        "GREETING=hello-from-hyperctl",
+        "--publish",
+        &format!("127.0.0.1:{p1}:80"),
+        "busybox",
+        "sh",
+        "-c",
+        HTTPD,
+    ]));
+    assert_eq!(http_get(p1, "/index.html"), "hello-from-hyperctl\n");
+    let ports = out_ok(&d.hyperctl(&["ports", "web1"]));
+    assert_eq!(ports.trim(), format!("80/tcp -> 127.0.0.1:{p1}"));
+    let info = d.json("GET", "/pod/info?podName=web1", None);
+    assert_eq!(info["network"]["ipAddress"], "10.0.2.15", "{info}");
+    assert_eq!(info["network"]["gateway"], "10.0.2.2", "{info}");
+    assert_eq!(info["network"]["ports"][0]["hostPort"], p1, "{info}");
+    seen_passt.extend(passt_pids(&d));
+    assert!(!seen_passt.is_empty(), "no passt for a pod with ports");
+
+    // A taken host port: refused with a clear error, and no backend is left running.
+    let taken = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let tp = taken.local_addr().unwrap().port();
+    let before = passt_pids(&d).len();
+    let o = d.hyperctl(&[
+        "run",
+        "-d",
+        "--name",
+        "clash",
+        "--publish",
+        &format!("127.0.0.1:{tp}:80"),
+        "busybox",
+        "true",
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("already in use"), "{err}");
+    assert_eq!(
+        passt_pids(&d).len(),
+        before,
+        "a backend was left for the refused pod"
+    );
+    let (status, body) = d.curl("POST", "/pod/start?podId=clash", None);
+    assert_eq!(status, 409, "{body}");
+    drop(taken);
+
+    // POST /pod/create with portmappings; two containers talk over localhost.
+    let p2 = free_port();
+    let spec = serde_json::json!({
+        "id": "pair",
+        "containers": [
+            {"name": "server", "image": "busybox", "command": ["sh", "-c", HTTPD],
+             "envs": [{"env": "GREETING", "value": "hello-from-the-pair"}]},
+            {"name": "client", "image": "busybox", "command": ["sh", "-c",
+             "until wget -qO- http://localhost/index.html; do sleep 0.3; done; exec sleep 600"]}
+        ],
+        "portmappings": [
+            {"containerPort": 80, "hostPort": p2, "protocol": "tcp", "hostIP": "127.0.0.1"}
+        ]
+    });
+    let (status, body) = d.curl("POST", "/pod/create", Some(&spec.to_string()));
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = d.curl("POST", "/pod/start?podId=pair", None);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(http_get(p2, "/index.html"), "hello-from-the-pair\n");
+    wait_log(&d, "client", "hello-from-the-pair");
+    seen_passt.extend(passt_pids(&d));
+
+    // The host's loopback at the gateway, by the name Docker gives it.
+    let host_server = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let hp = host_server.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        let (mut c, _) = host_server.accept().unwrap();
+        c.write_all(b"hello-from-the-host\n").unwrap();
+    });
+    out_ok(&d.hyperctl(&[
+        "run",
+        "-d",
+        "--name",
+        "caller",
+        "--add-host",
+        "host.docker.internal:host-gateway",
+        "busybox",
+        "sh",
+        "-c",
+        &format!(
+            "grep host.docker.internal /etc/hosts; nc host.docker.internal {hp}; exec sleep 600"
+        ),
+    ]));
+    let log = wait_log(&d, "caller", "hello-from-the-host");
+    assert!(log.contains("10.0.2.2\thost.docker.internal"), "{log}");
+    server.join().unwrap();
+
+    // No network: loopback only.
+    let o = out_ok(&d.hyperctl(&[
+        "run",
+        "--rm",
+        "--net",
+        "none",
+        "busybox",
+        "cat",
+        "/proc/net/dev",
+    ]));
+    assert!(o.contains("lo:") && !o.contains("eth0"), "{o}");
+
+    // The docker CLI: -p, -P with an exposed port, docker port and ps.
+    let config = tempfile::tempdir().unwrap();
+    let docker = |args: &[&str]| {
+        Command::new("docker")
+            .args(args)
+            .env("DOCKER_HOST", format!("unix://{}", d.socket.display()))
+            .env("DOCKER_CONFIG", config.path())
+            .env_remove("DOCKER_CONTEXT")
+            .output()
+            .unwrap()
+    };
+    let p3 = free_port();
+    out_ok(&docker(&[
+        "run",
+        "-d",
+        "--name",
+        "dweb",
+        "-e",
+        "GREETING=hello-from-docker",
+        "-p",
+        &format!("127.0.0.1:{p3}:80"),
+        "busybox",
+        "sh",
+        "-c",
+        HTTPD,
+    ]));
+    assert_eq!(http_get(p3, "/index.html"), "hello-from-docker\n");
+    let port = out_ok(&docker(&["port", "dweb"]));
+    assert_eq!(port.trim(), format!("80/tcp -> 127.0.0.1:{p3}"));
+    let ps = out_ok(&docker(&["ps", "--format", "{{.Names}} {{.Ports}}"]));
+    assert!(ps.contains(&format!("dweb 127.0.0.1:{p3}->80/tcp")), "{ps}");
+    out_ok(&docker(&[
+        "run",
+        "-d",
+        "--name",
+        "dany",
+        "-e",
+        "GREETING=hello-from-a-free-port",
+        "--expose",
+        "80",
+        "-P",
+        "busybox",
+        "sh",
+        "-c",
+        HTTPD,
+    ]));
+    let port = out_ok(&docker(&["port", "dany", "80/tcp"]));
+    let any: u16 = port
+        .lines()
+        .next()
+        .and_then(|l| l.rsplit(':').next())
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("docker port: {port}"));
+    assert!(any > 0);
+    assert_eq!(http_get(any, "/index.html"), "hello-from-a-free-port\n");
+    seen_passt.extend(passt_pids(&d));
+
+    // Removal leaves no backend and no listening port.
+    for name in ["web1", "clash", "pair", "caller", "dweb", "dany"] {
+        let o = d.hyperctl(&["rm", name]);
+        assert!(o.status.success(), "rm {name}: {:?}", o);
+    }
+    for pid in seen_passt {
+        common::wait_gone(pid, "passt");
+    }
+    for p in [p1, p2, p3, any] {
+        assert!(
+            TcpListener::bind((Ipv4Addr::LOCALHOST, p)).is_ok(),
+            "port {p} still taken"
+        );
+    }
+}
