@@ -12,17 +12,14 @@
 //! phase) and the PSS of an idle pooled VM.
 //!
 //!     cargo bench --bench start          # HYPERD_BENCH_RUNS=n (default 10)
+mod common;
+use common::{median, succeeded, Daemon};
 use hyperd::vm::qemu::QemuDriver;
 use hyperd::vm::{DiskConfig, Driver, VmConfig};
 use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
 
 /// Runs a command and returns the time to the first byte of its stdout; waits for it.
 fn first_byte(cmd: &mut Command) -> Duration {
@@ -47,64 +44,6 @@ fn first_byte(cmd: &mut Command) -> Duration {
     elapsed
 }
 
-struct Daemon {
-    child: Child,
-    socket: PathBuf,
-    root: PathBuf,
-}
-
-impl Daemon {
-    fn start(dir: &Path, pool: &str) -> Daemon {
-        let socket = dir.join(format!("hyper-{pool}.sock"));
-        let root = dir.join(format!("root-{pool}"));
-        let child = Command::new(env!("CARGO_BIN_EXE_hyperd"))
-            .arg("--host")
-            .arg(&socket)
-            .arg("--root")
-            .arg(&root)
-            .args(["--pool", pool, "--log", "warn"])
-            .stderr(std::fs::File::create(dir.join(format!("hyperd-{pool}.log"))).unwrap())
-            .spawn()
-            .expect("hyperd starts");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !socket.exists() {
-            assert!(Instant::now() < deadline, "hyperd did not listen");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Daemon {
-            child,
-            socket,
-            root,
-        }
-    }
-
-    fn hyperctl(&self) -> Command {
-        // hyperctl is another crate's binary, built next to hyperd (`cargo build
-        // --workspace`, as scripts/setup.sh does).
-        let hyperctl =
-            std::path::Path::new(env!("CARGO_BIN_EXE_hyperd")).with_file_name("hyperctl");
-        let mut c = Command::new(hyperctl);
-        c.arg("-H").arg(&self.socket);
-        c
-    }
-
-    fn json(&self, path: &str) -> serde_json::Value {
-        let out = Command::new("curl")
-            .args(["-sS", "--unix-socket"])
-            .arg(&self.socket)
-            .arg(format!("http://hyperd{path}"))
-            .output()
-            .unwrap();
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-
-    fn idle(&self) -> u64 {
-        self.json("/info")["Pool"]["Sizes"][0]["Idle"]
-            .as_u64()
-            .unwrap_or(0)
-    }
-}
-
 /// The processes whose command line mentions `needle` (a daemon's root, a VM directory).
 fn pids_mentioning(needle: &str) -> Vec<u32> {
     std::fs::read_dir("/proc")
@@ -117,16 +56,6 @@ fn pids_mentioning(needle: &str) -> Vec<u32> {
         })
         .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
         .collect()
-}
-
-/// Runs a set-up command; it must succeed.
-fn succeeded(cmd: &mut Command) {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 impl Drop for Daemon {
@@ -251,23 +180,13 @@ async fn main() {
         "the peer needs podman and runc: apt-get install podman runc"
     );
     let work = tempfile::tempdir().unwrap();
-    let rootfs = work.path().join("busybox.tar");
-    let tar = Command::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/scripts/busybox-rootfs.sh"
-    ))
-    .output()
-    .expect("busybox-rootfs.sh runs");
-    std::fs::write(&rootfs, tar.stdout).unwrap();
+    let rootfs = common::busybox_tar(work.path());
 
     // 1 and 2: hyperd, cold and warm.
     let cold = Daemon::start(work.path(), "0");
     let warm = Daemon::start(work.path(), "1");
     for d in [&cold, &warm] {
-        succeeded(
-            d.hyperctl()
-                .args(["import", rootfs.to_str().unwrap(), "busybox"]),
-        );
+        d.import_busybox(&rootfs);
     }
     let (t_cold, p_cold, path_cold) = hyperd_runs(&cold, runs, false);
     drop(cold);

@@ -219,14 +219,20 @@ fn the_docker_cli_everyday_commands() {
         .unwrap();
     assert!(String::from_utf8_lossy(&catalog.stdout).contains("\"1\""));
 
-    // A published port is not silently dropped: the CLI prints the warning.
+    // An option hyperd cannot honour is not silently dropped: the CLI prints the warning.
     let out = docker.run(&[
-        "create", "--name", "warned", "-p", "8080:80", "busybox", "true",
+        "create",
+        "--name",
+        "warned",
+        "--cap-add",
+        "NET_ADMIN",
+        "busybox",
+        "true",
     ]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(
-        err.contains("WARNING") && err.contains("Published ports"),
+        err.contains("WARNING") && err.contains("Capability changes"),
         "{err}"
     );
     out_ok(&docker.run(&["rm", "warned"]));

@@ -2,8 +2,9 @@
 //! host's loopback through `hyperctl run --publish`, a plain `POST /pod/create` with
 //! `portmappings` and the docker CLI (`-p`, `-P`); a pod reaches a server on the host's
 //! loopback at the gateway (`host.docker.internal:host-gateway`); two containers of a pod
-//! talk over localhost; a taken host port is refused; `--net none` has no eth0; nothing
-//! is left behind. All traffic stays on this machine's loopback.
+//! talk over localhost; UDP is published and answered; a published port survives a
+//! `kill -9` of the daemon; a taken host port is refused; `--net none` has no eth0;
+//! nothing is left behind. All traffic stays on this machine's loopback.
 mod common;
 use common::{out_ok, Daemon};
 use std::io::{Read, Write};
@@ -73,13 +74,86 @@ fn passt_pids(d: &Daemon) -> Vec<u32> {
         .collect()
 }
 
+/// A static UDP echo server (`udp-echo PORT`: answers `echo:<datagram>` and logs
+/// `got <datagram>`), compiled here and imported as the image `udpecho`: busybox has no
+/// UDP server.
+fn import_udp_echo(d: &Daemon) {
+    const SOURCE: &str = r#"
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+int main(int argc, char **argv) {
+    int s = socket(AF_INET, SOCK_DGRAM, 0);
+    struct sockaddr_in a = {0};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(atoi(argv[1]));
+    if (bind(s, (struct sockaddr *)&a, sizeof a) < 0) { perror("bind"); return 1; }
+    printf("listening\n");
+    fflush(stdout);
+    for (;;) {
+        char buf[1500], out[1600];
+        struct sockaddr_in peer;
+        socklen_t len = sizeof peer;
+        ssize_t n = recvfrom(s, buf, sizeof buf, 0, (struct sockaddr *)&peer, &len);
+        if (n < 0) continue;
+        int m = snprintf(out, sizeof out, "echo:%.*s", (int)n, buf);
+        sendto(s, out, m, 0, (struct sockaddr *)&peer, len);
+        printf("got %.*s\n", (int)n, buf);
+        fflush(stdout);
+    }
+}
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("udp-echo.c");
+    std::fs::write(&src, SOURCE).unwrap();
+    let bin = dir.path().join("udp-echo");
+    let cc = Command::new("gcc")
+        .args(["-static", "-O2", "-o"])
+        .arg(&bin)
+        .arg(&src)
+        .output()
+        .unwrap();
+    assert!(
+        cc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cc.stderr)
+    );
+    let mut tar = tar::Builder::new(Vec::new());
+    let data = std::fs::read(&bin).unwrap();
+    let mut h = tar::Header::new_gnu();
+    h.set_size(data.len() as u64);
+    h.set_mode(0o755);
+    h.set_cksum();
+    tar.append_data(&mut h, "udp-echo", &data[..]).unwrap();
+    let path = dir.path().join("udpecho.tar");
+    std::fs::write(&path, tar.into_inner().unwrap()).unwrap();
+    out_ok(&d.hyperctl(&["import", path.to_str().unwrap(), "udpecho"]));
+}
+
+/// Sends `msg` to 127.0.0.1:`port` over UDP until an answer comes (up to 60 s).
+fn udp_exchange(port: u16, msg: &[u8]) -> Vec<u8> {
+    let s = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut buf = [0u8; 1600];
+    while Instant::now() < deadline {
+        s.send_to(msg, (Ipv4Addr::LOCALHOST, port)).unwrap();
+        if let Ok((n, _)) = s.recv_from(&mut buf) {
+            return buf[..n].to_vec();
+        }
+    }
+    panic!("no UDP answer from 127.0.0.1:{port}");
+}
+
 const HTTPD: &str =
     "mkdir -p /www && echo \"$GREETING\" > /www/index.html && exec httpd -f -p 80 -h /www";
 
 #[test]
 fn pods_serve_reach_out_and_clean_up() {
     // No pool: every passt seen belongs to a pod of this test.
-    let d = Daemon::start_with(&["--pool", "0"]);
+    let mut d = Daemon::start_with(&["--pool", "0"]);
     d.import_busybox();
     let mut seen_passt = Vec::new();
 
@@ -108,6 +182,35 @@ fn pods_serve_reach_out_and_clean_up() {
     assert_eq!(info["network"]["ports"][0]["hostPort"], p1, "{info}");
     seen_passt.extend(passt_pids(&d));
     assert!(!seen_passt.is_empty(), "no passt for a pod with ports");
+
+    // kill -9 of the daemon: the port still answers; the next daemon shows it.
+    d.kill9();
+    assert_eq!(http_get(p1, "/index.html"), "hello-from-hyperctl\n");
+    d.restart();
+    let ports = out_ok(&d.hyperctl(&["ports", "web1"]));
+    assert_eq!(ports.trim(), format!("80/tcp -> 127.0.0.1:{p1}"));
+    assert_eq!(http_get(p1, "/index.html"), "hello-from-hyperctl\n");
+
+    // UDP, published and answered.
+    import_udp_echo(&d);
+    let pu = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    out_ok(&d.hyperctl(&[
+        "run",
+        "-d",
+        "--name",
+        "udp",
+        "--publish",
+        &format!("127.0.0.1:{pu}:5353/udp"),
+        "udpecho",
+        "/udp-echo",
+        "5353",
+    ]));
+    assert_eq!(udp_exchange(pu, b"ping-over-udp"), b"echo:ping-over-udp");
+    wait_log(&d, "udp", "got ping-over-udp");
 
     // A taken host port: refused with a clear error, and no backend is left running.
     let taken = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
@@ -252,7 +355,7 @@ fn pods_serve_reach_out_and_clean_up() {
     seen_passt.extend(passt_pids(&d));
 
     // Removal leaves no backend and no listening port.
-    for name in ["web1", "clash", "pair", "caller", "dweb", "dany"] {
+    for name in ["web1", "udp", "clash", "pair", "caller", "dweb", "dany"] {
         let o = d.hyperctl(&["rm", name]);
         assert!(o.status.success(), "rm {name}: {:?}", o);
     }

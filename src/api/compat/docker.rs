@@ -79,8 +79,55 @@ pub(crate) async fn route(
             resize(engine, &e.container.id.clone(), Some(id), &req).await
         }
         ("GET", ["exec", id, "json"]) => exec_inspect(engine, id),
+        ("GET", ["networks"]) => ok_json(networks()),
+        ("GET", ["networks", id]) => match networks()
+            .into_iter()
+            .find(|n| n.id == *id || n.name == *id)
+        {
+            Some(n) => ok_json(n),
+            None => Err(ApiError::not_found(format!("network {id} not found"))),
+        },
         _ => return None,
     })
+}
+
+/// The networks that exist: hyperd's user network (under Docker's default name, so that
+/// clients that look up `bridge` find it) and `none`.
+fn networks() -> Vec<m::Network> {
+    use crate::vm::net;
+    let net = |name: &str, driver: &str, subnet: Option<String>, gateway: &str| m::Network {
+        name: name.into(),
+        id: name.into(),
+        created: "0001-01-01T00:00:00Z".into(),
+        scope: "local".into(),
+        driver: driver.into(),
+        enable_ipv6: false,
+        ipam: m::Ipam {
+            driver: "default".into(),
+            config: subnet
+                .map(|s| {
+                    vec![m::IpamConfig {
+                        subnet: s,
+                        gateway: gateway.into(),
+                    }]
+                })
+                .unwrap_or_default(),
+        },
+        internal: false,
+        attachable: false,
+        containers: m::Empty::new(),
+        options: m::Empty::new(),
+        labels: m::Empty::new(),
+    };
+    vec![
+        net(
+            USER_NETWORK,
+            "passt",
+            Some(format!("10.0.2.0/{}", net::PREFIX)),
+            net::GATEWAY,
+        ),
+        net("none", "null", None, ""),
+    ]
 }
 
 /// Whether the request came with a `/v{version}` prefix (the Docker CLI always sends one).

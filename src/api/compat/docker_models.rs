@@ -521,3 +521,37 @@ pub(crate) struct BlkioStats {
     pub io_time_recursive: Option<Vec<u64>>,
     pub sectors_recursive: Option<Vec<u64>>,
 }
+
+/// `GET /networks` and `/networks/{id}`.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct Network {
+    pub name: String,
+    pub id: String,
+    pub created: String,
+    pub scope: String,
+    pub driver: String,
+    #[serde(rename = "EnableIPv6")]
+    pub enable_ipv6: bool,
+    #[serde(rename = "IPAM")]
+    pub ipam: Ipam,
+    pub internal: bool,
+    pub attachable: bool,
+    pub containers: Empty,
+    pub options: Empty,
+    pub labels: Empty,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct Ipam {
+    pub driver: String,
+    pub config: Vec<IpamConfig>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct IpamConfig {
+    pub subnet: String,
+    pub gateway: String,
+}
