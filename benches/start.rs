@@ -13,7 +13,7 @@
 //!
 //!     cargo bench --bench start          # HYPERD_BENCH_RUNS=n (default 10)
 mod common;
-use common::{median, succeeded, Daemon};
+use common::{median, pids_mentioning, succeeded, Daemon};
 use hyperd::vm::qemu::QemuDriver;
 use hyperd::vm::{DiskConfig, Driver, VmConfig};
 use std::io::Read;
@@ -42,34 +42,6 @@ fn first_byte(cmd: &mut Command) -> Duration {
         panic!("{cmd:?} failed: {status:?} {err}");
     }
     elapsed
-}
-
-/// The processes whose command line mentions `needle` (a daemon's root, a VM directory).
-fn pids_mentioning(needle: &str) -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| {
-            String::from_utf8_lossy(&std::fs::read(e.path().join("cmdline")).unwrap_or_default())
-                .contains(needle)
-        })
-        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
-        .collect()
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        // Idle VMs outlive the daemon by design: kill what runs under its root.
-        for pid in pids_mentioning(&self.root.to_string_lossy()) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-    }
 }
 
 use hyperd_api::pods::START_PHASES as PHASES;

@@ -96,3 +96,31 @@ pub(crate) fn busybox_tar(work: &Path) -> PathBuf {
     std::fs::write(&tar, out.stdout).unwrap();
     tar
 }
+
+/// The processes whose command line mentions `needle` (a daemon's root, a VM directory).
+pub(crate) fn pids_mentioning(needle: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            String::from_utf8_lossy(&std::fs::read(e.path().join("cmdline")).unwrap_or_default())
+                .contains(needle)
+        })
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+        .collect()
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Idle VMs outlive the daemon by design: kill what runs under its root.
+        for pid in pids_mentioning(&self.root.to_string_lossy()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}

@@ -100,7 +100,7 @@ impl Engine {
                     address: crate::vm::net::GUEST_ADDRESS.into(),
                     prefix: crate::vm::net::PREFIX,
                     gateway: crate::vm::net::GATEWAY.into(),
-                    mtu: 0,
+                    mtu: crate::vm::net::MTU,
                 },
             };
             if let Err(e) = vm.agent.call(configure, super::AGENT_TIMEOUT).await {
