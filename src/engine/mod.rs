@@ -303,7 +303,7 @@ impl Pod {
     pub fn network(&self) -> Option<hyperd_api::pods::PodNetwork> {
         use crate::vm::net;
         let vm = self.vm()?;
-        let net::VmNet::User { forwards } = &vm.net else {
+        let net::VmNet::User { forwards, .. } = &vm.net else {
             return None;
         };
         Some(hyperd_api::pods::PodNetwork {

@@ -345,6 +345,7 @@ impl Engine {
         if self.driver.has_network() {
             VmNet::User {
                 forwards: Vec::new(),
+                host_loopback: false,
             }
         } else {
             VmNet::None
@@ -392,6 +393,14 @@ impl Engine {
             }
             return Ok(VmNet::None);
         }
-        Ok(VmNet::User { forwards })
+        // The host's loopback at the gateway only for pods that name the host, or that
+        // publish UDP: passt 2023-03 gives datagrams from the host's loopback the gateway
+        // as their source only with the mapping on, and the guest's answers need it.
+        let host_loopback = spec.extra_host_entries().any(|(_, a)| a == "host-gateway")
+            || forwards.iter().any(|f| f.proto == Proto::Udp);
+        Ok(VmNet::User {
+            forwards,
+            host_loopback,
+        })
     }
 }

@@ -199,7 +199,10 @@ mod net_file_tests {
             ],
             ..Default::default()
         };
-        let user = VmNet::User { forwards: vec![] };
+        let user = VmNet::User {
+            forwards: vec![],
+            host_loopback: true,
+        };
         let h = hosts_file(&spec, "web", &user);
         assert!(h.contains("10.0.2.15\tweb\n"), "{h}");
         assert!(h.contains("10.0.2.2\thost.docker.internal\n"), "{h}");

@@ -75,8 +75,13 @@ pub enum VmNet {
     /// Loopback only: no network device.
     #[default]
     None,
-    /// A virtio-net device on a passt backend, with these ports published.
-    User { forwards: Vec<Forward> },
+    /// A virtio-net device on a passt backend, with these ports published; the gateway
+    /// address reaches the host's loopback only with `host_loopback`.
+    User {
+        forwards: Vec<Forward>,
+        #[serde(default)]
+        host_loopback: bool,
+    },
 }
 
 /// The passt binary: `$HYPERD_PASST`, else `passt` on the PATH.
@@ -84,13 +89,19 @@ fn passt_binary() -> String {
     std::env::var("HYPERD_PASST").unwrap_or_else(|_| "passt".into())
 }
 
-/// passt's command line: the VM's end of the link on descriptor `fd`, and the forwards.
-pub(crate) fn passt_args(fd: i32, forwards: &[Forward]) -> Vec<String> {
+/// passt's command line: the VM's end of the link on descriptor `fd`, the forwards, and
+/// whether the gateway address maps to the host's loopback.
+pub(crate) fn passt_args(fd: i32, forwards: &[Forward], host_loopback: bool) -> Vec<String> {
     let mut a: Vec<String> = ["--foreground", "--quiet", "--ipv4-only", "--fd"]
         .iter()
         .map(|s| s.to_string())
         .collect();
     a.push(fd.to_string());
+    if !host_loopback {
+        // The host's own services on 127.0.0.1 stay out of a tenant's reach unless the
+        // pod asks for the host (`host-gateway`).
+        a.push("--no-map-gw".into());
+    }
     for (flag, v) in [
         ("--address", GUEST_ADDRESS),
         ("--netmask", "24"),
@@ -194,7 +205,11 @@ pub(crate) fn pass_fd(cmd: &mut tokio::process::Command, fd: i32) {
 
 /// Starts the VM's passt on one end of a new socket pair; the other end is for the VM
 /// monitor. Host ports are checked first.
-pub(crate) fn start_passt(dir: &Path, forwards: &[Forward]) -> Result<Backend, VmError> {
+pub(crate) fn start_passt(
+    dir: &Path,
+    forwards: &[Forward],
+    host_loopback: bool,
+) -> Result<Backend, VmError> {
     check_ports_free(forwards)?;
     std::fs::create_dir_all(dir)?;
     let (monitor_end, passt_end) = std::os::unix::net::UnixStream::pair()?;
@@ -202,7 +217,7 @@ pub(crate) fn start_passt(dir: &Path, forwards: &[Forward]) -> Result<Backend, V
     let log = dir.join(PASST_LOG);
     let log_file = std::fs::File::create(&log)?;
     let mut cmd = tokio::process::Command::new(passt_binary());
-    cmd.args(passt_args(passt_end.as_raw_fd(), forwards))
+    cmd.args(passt_args(passt_end.as_raw_fd(), forwards, host_loopback))
         .stdin(std::process::Stdio::null())
         .stdout(log_file.try_clone()?)
         .stderr(log_file)
@@ -247,8 +262,11 @@ mod tests {
                 f(Proto::Tcp, Some("127.0.0.1"), 8080, 80),
                 f(Proto::Udp, None, 5353, 53),
             ],
+            false,
         );
         let s = a.join(" ");
+        assert!(s.contains("--no-map-gw"), "{s}");
+        assert!(!passt_args(7, &[], true).contains(&"--no-map-gw".to_string()));
         assert!(s.contains("--fd 7"), "{s}");
         assert!(s.contains("-t 127.0.0.1/8080:80"), "{s}");
         assert!(s.contains("-u 5353:53"), "{s}");

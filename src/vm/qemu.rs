@@ -127,9 +127,10 @@ impl QemuDriver {
 
     pub async fn boot(&self, cfg: &VmConfig) -> Result<RunningVm, VmError> {
         let backend = match &cfg.net {
-            super::net::VmNet::User { forwards } => {
-                Some(super::net::start_passt(&cfg.dir, forwards)?)
-            }
+            super::net::VmNet::User {
+                forwards,
+                host_loopback,
+            } => Some(super::net::start_passt(&cfg.dir, forwards, *host_loopback)?),
             super::net::VmNet::None => None,
         };
         let mut cmd = tokio::process::Command::new(&self.binary);
