@@ -304,11 +304,20 @@ impl Engine {
         let taken = {
             let mut pool = self.pool.lock().unwrap();
             let i = match hint.filter(|h| !h.is_empty()) {
-                Some(h) => Some(
-                    pool.iter()
+                Some(h) => {
+                    let i = pool
+                        .iter()
                         .position(|b| b.runtime.id == h)
-                        .ok_or_else(|| EngineError::NoSuch(format!("no idle VM {h}")))?,
-                ),
+                        .ok_or_else(|| EngineError::NoSuch(format!("no idle VM {h}")))?;
+                    // A VM's network is fixed when it boots (passt's forwards).
+                    if pool[i].runtime.net != net {
+                        return Err(EngineError::WrongState(format!(
+                            "VM {h} was booted without the network this pod asks for \
+                             (published ports, host-gateway or none); start it without a VM"
+                        )));
+                    }
+                    Some(i)
+                }
                 // Pooled VMs have no limits: a pod with limits boots its own.
                 None if r.cpu_percent > 0 || !r.disk.is_none() => None,
                 // Pooled VMs publish no port: a pod that publishes boots its own.
