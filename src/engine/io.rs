@@ -3,7 +3,7 @@
 use super::logs::{LogFile, LogWriter};
 use bytes::Bytes;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, watch};
 
@@ -11,6 +11,64 @@ use tokio::sync::{mpsc, watch};
 pub enum Chunk {
     Stdout(Bytes),
     Stderr(Bytes),
+}
+
+impl Chunk {
+    fn len(&self) -> usize {
+        match self {
+            Chunk::Stdout(b) | Chunk::Stderr(b) => b.len(),
+        }
+    }
+}
+
+/// Output bytes an attached client may have waiting; past this it is dropped (its
+/// stream ends), so a client that never reads cannot grow the daemon's memory.
+pub(crate) const MAX_QUEUED: usize = 8 << 20;
+
+/// An attached client's side: the output chunks sent to it, in order.
+pub struct Follower {
+    rx: mpsc::UnboundedReceiver<Chunk>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl Follower {
+    /// The next chunk; `None` once the process exited or the client was dropped.
+    pub async fn recv(&mut self) -> Option<Chunk> {
+        let c = self.rx.recv().await?;
+        self.queued.fetch_sub(c.len(), Ordering::SeqCst);
+        Some(c)
+    }
+}
+
+/// The daemon's side of an attached client.
+struct Attacher {
+    tx: mpsc::UnboundedSender<Chunk>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl Attacher {
+    fn pair() -> (Attacher, Follower) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        (
+            Attacher {
+                tx,
+                queued: queued.clone(),
+            },
+            Follower { rx, queued },
+        )
+    }
+
+    /// Queues a chunk; false (drop this client) if it is gone or too far behind.
+    fn send(&self, chunk: &Chunk) -> bool {
+        let len = chunk.len();
+        if self.queued.load(Ordering::SeqCst) + len > MAX_QUEUED {
+            tracing::warn!("an attached client fell {MAX_QUEUED} bytes behind: dropped");
+            return false;
+        }
+        self.queued.fetch_add(len, Ordering::SeqCst);
+        self.tx.send(chunk.clone()).is_ok()
+    }
 }
 
 /// Where a container's process is in its life, as attach needs to know it.
@@ -23,7 +81,7 @@ pub enum IoState {
 
 pub struct ContainerIo {
     /// Attached clients; also the lock that fixes the order of output lines.
-    attachers: Mutex<Vec<mpsc::UnboundedSender<Chunk>>>,
+    attachers: Mutex<Vec<Attacher>>,
     log: Arc<LogFile>,
     logs: LogWriter,
     /// Set when a client attached with stdin before the start: the process gets a pipe.
@@ -60,33 +118,30 @@ impl ContainerIo {
     }
 
     /// Output from now on; `None` if the process already exited.
-    pub fn attach(&self, stdin: bool) -> Option<mpsc::UnboundedReceiver<Chunk>> {
+    pub fn attach(&self, stdin: bool) -> Option<Follower> {
         if *self.state_tx.borrow() == IoState::Exited {
             return None;
         }
         if stdin {
             self.stdin_wanted.store(true, Ordering::SeqCst);
         }
-        let (tx, rx) = mpsc::unbounded_channel();
-        self.attachers.lock().unwrap().push(tx);
-        Some(rx)
+        let (a, f) = Attacher::pair();
+        self.attachers.lock().unwrap().push(a);
+        Some(f)
     }
 
     /// The log so far and, with `follow` and while the process runs, what comes next:
     /// the read is queued behind every line before it and the follower registered at
     /// the same moment, so that no line is missed or seen twice.
-    pub async fn log_and_follow(
-        &self,
-        follow: bool,
-    ) -> (Vec<LogEntry>, Option<mpsc::UnboundedReceiver<Chunk>>) {
+    pub async fn log_and_follow(&self, follow: bool) -> (Vec<LogEntry>, Option<Follower>) {
         let slot = self.logs.slot().await;
         let (read, rx) = {
             let mut attachers = self.attachers.lock().unwrap();
             let read = slot.read(&self.log);
             let rx = (follow && *self.state_tx.borrow() != IoState::Exited).then(|| {
-                let (tx, rx) = mpsc::unbounded_channel();
-                attachers.push(tx);
-                rx
+                let (a, f) = Attacher::pair();
+                attachers.push(a);
+                f
             });
             (read, rx)
         };
@@ -111,7 +166,7 @@ impl ContainerIo {
         let slot = self.logs.slot().await;
         let mut attachers = self.attachers.lock().unwrap();
         slot.append(&self.log, line);
-        attachers.retain(|tx| tx.send(chunk.clone()).is_ok());
+        attachers.retain(|a| a.send(&chunk));
     }
 
     /// Removes the log and its rotated files.
@@ -161,6 +216,29 @@ mod tests {
     fn formats_times() {
         assert_eq!(rfc3339(0, 0), "1970-01-01T00:00:00.000000000Z");
         assert_eq!(rfc3339(1_700_000_000, 5), "2023-11-14T22:13:20.000000005Z");
+    }
+
+    #[tokio::test]
+    async fn a_client_that_does_not_read_is_dropped_not_buffered() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = LogWriter::start(Default::default());
+        let io = ContainerIo::new(dir.path().join("c.log"), &logs);
+        let mut stuck = io.attach(false).unwrap();
+        let mut reader = io.attach(false).unwrap();
+        let mib = Bytes::from(vec![b'x'; 1 << 20]);
+        let n = MAX_QUEUED / (1 << 20) + 4;
+        for _ in 0..n {
+            io.output(Chunk::Stdout(mib.clone())).await;
+            assert_eq!(reader.recv().await.map(|c| c.len()), Some(1 << 20));
+        }
+        // The reader kept up and is still attached; the stuck one got what fitted, then
+        // its stream ended.
+        assert_eq!(io.attachers.lock().unwrap().len(), 1);
+        let mut got = 0;
+        while let Some(c) = stuck.recv().await {
+            got += c.len();
+        }
+        assert_eq!(got, MAX_QUEUED);
     }
 
     #[tokio::test]
