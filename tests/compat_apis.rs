@@ -32,9 +32,16 @@ fn setup() -> (Registry, Daemon, String) {
 #[test]
 fn docker_flask_api() {
     let (_reg, d, remote) = setup();
+    // A free host port, published on every address as the Flask API does (nothing is
+    // sent to it).
+    let host_port = std::net::TcpListener::bind("0.0.0.0:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let create = json!({
         "image_name": "busybox", "mem_limit": "256m", "cpu_percent_limit": 50,
-        "ports": {"80/tcp": 8080}, "environment": ["A=1"],
+        "ports": {"80/tcp": host_port}, "environment": ["A=1"],
         "device_read_bps": [{"Path": "/dev/sda", "Rate": 10485760}],
         "device_write_iops": [{"Path": "/dev/sda", "Rate": 1000}],
     })
@@ -60,6 +67,10 @@ fn docker_flask_api() {
         .next()
         .unwrap()
         .to_string();
+    // The port is published.
+    let ports = d.json("GET", &format!("/pod/portmappings?podName={pod}"), None);
+    assert_eq!(ports[0]["hostPort"], host_port, "{ports}");
+    assert_eq!(ports[0]["containerPort"], 80, "{ports}");
     let pid = d.json("GET", &format!("/pod/info?podName={pod}"), None)["vmPid"]
         .as_u64()
         .unwrap();
