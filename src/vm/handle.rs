@@ -132,8 +132,13 @@ pub(crate) fn kill_helper(dir: &Path, pid_file: &str) -> bool {
     if process_start_time(pid) != Some(start) {
         return false;
     }
-    // SAFETY: pidfd_send_signal reads only its integer arguments; pidfd is open for the
-    // call, and a null siginfo is allowed.
+    sigkill(&pidfd)
+}
+
+/// SIGKILL to the process a pidfd holds; whether it was sent.
+fn sigkill(pidfd: &OwnedFd) -> bool {
+    // SAFETY: pidfd_send_signal reads only its integer arguments; the pidfd is open for
+    // the call, and a null siginfo is allowed.
     let r = unsafe {
         libc::syscall(
             libc::SYS_pidfd_send_signal,
@@ -331,17 +336,7 @@ impl VmHandle {
     pub fn kill(&self) {
         match &self.backend {
             Backend::Process { pidfd, .. } => {
-                // SAFETY: pidfd_send_signal reads only its integer arguments; the pidfd
-                // is open for the life of `self`, and a null siginfo is allowed.
-                let _ = unsafe {
-                    libc::syscall(
-                        libc::SYS_pidfd_send_signal,
-                        pidfd.as_raw_fd(),
-                        libc::SIGKILL,
-                        std::ptr::null::<libc::siginfo_t>(),
-                        0,
-                    )
-                };
+                sigkill(pidfd);
             }
             #[cfg(test)]
             Backend::Fake(vm) => vm.kill(),

@@ -394,26 +394,38 @@ fn published_ports(cfg: &m::ContainerCreate) -> Result<Vec<crate::spec::Port>, A
 /// Docker's port map of a pod: its published ports as they are bound (host ports chosen
 /// at start included), or as the spec asks while it has no VM.
 fn port_map(pod: &Pod) -> m::PortMap {
+    let Some(net) = pod.network() else {
+        return spec_port_map(&pod.spec);
+    };
     let mut map = m::PortMap::new();
-    match pod.network() {
-        Some(net) => {
-            for p in net.ports {
-                map.entry(format!("{}/{}", p.container_port, p.protocol))
-                    .or_insert_with(|| Some(Vec::new()))
-                    .get_or_insert_with(Vec::new)
-                    .push(m::PortBinding {
-                        host_ip: if p.host_ip.is_empty() {
-                            "0.0.0.0".into()
-                        } else {
-                            p.host_ip
-                        },
-                        host_port: p.host_port.to_string(),
-                    });
-            }
-        }
-        None => return spec_port_map(&pod.spec),
+    for p in net.ports {
+        bind(
+            &mut map,
+            format!("{}/{}", p.container_port, p.protocol),
+            m::PortBinding {
+                host_ip: or_any(p.host_ip),
+                host_port: p.host_port.to_string(),
+            },
+        );
     }
     map
+}
+
+/// Adds a host binding to a port's entry.
+fn bind(map: &mut m::PortMap, port: String, binding: m::PortBinding) {
+    map.entry(port)
+        .or_insert_with(|| Some(Vec::new()))
+        .get_or_insert_with(Vec::new)
+        .push(binding);
+}
+
+/// A bound host address as Docker shows it: `0.0.0.0` for every address.
+fn or_any(host_ip: String) -> String {
+    if host_ip.is_empty() {
+        "0.0.0.0".into()
+    } else {
+        host_ip
+    }
 }
 
 /// The port map a spec asks for (`HostConfig.PortBindings`; an empty host port is one
@@ -421,17 +433,18 @@ fn port_map(pod: &Pod) -> m::PortMap {
 fn spec_port_map(spec: &PodSpec) -> m::PortMap {
     let mut map = m::PortMap::new();
     for p in spec.published_ports() {
-        map.entry(format!("{}/{}", p.container_port, p.protocol()))
-            .or_insert_with(|| Some(Vec::new()))
-            .get_or_insert_with(Vec::new)
-            .push(m::PortBinding {
+        bind(
+            &mut map,
+            format!("{}/{}", p.container_port, p.protocol()),
+            m::PortBinding {
                 host_ip: p.host_ip.clone(),
                 host_port: if p.host_port == 0 {
                     String::new()
                 } else {
                     p.host_port.to_string()
                 },
-            });
+            },
+        );
     }
     map
 }
@@ -637,11 +650,7 @@ fn list(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
                     .unwrap_or_default()
                     .into_iter()
                     .map(|p| m::SummaryPort {
-                        ip: Some(if p.host_ip.is_empty() {
-                            "0.0.0.0".into()
-                        } else {
-                            p.host_ip
-                        }),
+                        ip: Some(or_any(p.host_ip)),
                         private_port: p.container_port,
                         public_port: Some(p.host_port),
                         kind: p.protocol,
