@@ -71,6 +71,7 @@ async fn measure(
             boot_timeout: Duration::from_secs(900),
             disk_limits: Default::default(),
             net: Default::default(),
+            share: Default::default(),
         };
         let t = Instant::now();
         let vm = match driver.boot(&cfg).await {

@@ -103,6 +103,7 @@ async fn bare_qemu(runs: usize, work: &Path) -> Vec<f64> {
             boot_timeout: Duration::from_secs(120),
             disk_limits: Default::default(),
             net: Default::default(),
+            share: Default::default(),
         };
         let t = Instant::now();
         let vm = driver.boot(&cfg).await.expect("qemu boots");

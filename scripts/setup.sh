@@ -10,7 +10,8 @@ cd "$repo"
 
 packages=(linux-source-6.1 qemu-system-x86 passt busybox-static erofs-utils e2fsprogs
           docker-registry skopeo apache2-utils
-          flex bison bc cpio xz-utils libelf-dev make gcc curl python3-venv)
+          flex bison bc cpio xz-utils libelf-dev make gcc curl python3-venv
+          libseccomp-dev libcap-ng-dev)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -33,6 +34,15 @@ if ! "$venv/bin/python" -c 'import docker' 2>/dev/null; then
     echo "installing docker-py into $venv" >&2
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q 'docker>=7,<8' >&2
+fi
+
+# virtiofsd (volumes: host directories shared with VMs over virtio-fs): the Rust
+# virtiofsd from crates.io, pinned, into ~/.cargo/bin (hyperd also looks there).
+virtiofsd_version=1.14.0
+if ! { command -v virtiofsd || ls "$HOME/.cargo/bin/virtiofsd"; } >/dev/null 2>&1 \
+    || ! "$(command -v virtiofsd || echo "$HOME/.cargo/bin/virtiofsd")" --version 2>/dev/null | grep -q "$virtiofsd_version"; then
+    echo "installing virtiofsd $virtiofsd_version (cargo install, about 2 minutes)" >&2
+    cargo install -q --locked --version "$virtiofsd_version" virtiofsd >&2
 fi
 
 echo "guest kernel: $(kernel-config/build.sh)" >&2

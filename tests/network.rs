@@ -66,12 +66,7 @@ fn wait_log(d: &Daemon, container: &str, needle: &str) -> String {
 
 /// The passt processes of the daemon's VMs now.
 fn passt_pids(d: &Daemon) -> Vec<u32> {
-    common::tree(&d.root.join("vm"))
-        .into_iter()
-        .filter(|p| p.file_name().is_some_and(|n| n == "passt.pid"))
-        .filter_map(|p| std::fs::read_to_string(p).ok())
-        .filter_map(|t| t.split_whitespace().next()?.parse().ok())
-        .collect()
+    common::helper_pids(d, "passt.pid")
 }
 
 /// A static UDP echo server (`udp-echo PORT`: answers `echo:<datagram>` and logs

@@ -1,8 +1,15 @@
 //! Container root filesystems: the image disk mounted read-only under a writable
-//! tmpfs-backed overlay, at /run/hyper/c/<id>/rootfs.
-use crate::sys::{mount, umount};
+//! tmpfs-backed overlay, at /run/hyper/c/<id>/rootfs, with the VM's shared volumes
+//! (virtio-fs) mounted into it.
+use crate::sys::{cstr, mount, umount};
+use hyperd_agent::protocol::{Mount, SHARE_TAG};
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+
+/// Where the VM's share is mounted, once, when a container first needs it.
+const SHARE_DIR: &str = "/run/hyper/share";
+static SHARE_MOUNTED: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
 
 fn base(id: &str) -> PathBuf {
     PathBuf::from("/run/hyper/c").join(id)
@@ -42,7 +49,21 @@ pub(crate) fn find_disk(serial: &str) -> io::Result<String> {
     ))
 }
 
-pub(crate) fn create(id: &str, serial: &str, fstype: &str) -> io::Result<PathBuf> {
+pub(crate) fn create(
+    id: &str,
+    serial: &str,
+    fstype: &str,
+    mounts: &[Mount],
+) -> io::Result<PathBuf> {
+    let root = create_root(id, serial, fstype)?;
+    if let Err(e) = mount_volumes(&root, mounts) {
+        let _ = remove(id);
+        return Err(e);
+    }
+    Ok(root)
+}
+
+fn create_root(id: &str, serial: &str, fstype: &str) -> io::Result<PathBuf> {
     valid_id(id)?;
     if !matches!(fstype, "erofs" | "ext4") {
         return Err(io::Error::new(
@@ -98,6 +119,175 @@ pub(crate) fn create(id: &str, serial: &str, fstype: &str) -> io::Result<PathBuf
     Ok(root)
 }
 
+/// Mounts the VM's share at [`SHARE_DIR`] if it is not yet.
+fn ensure_share() -> io::Result<()> {
+    let mut mounted = SHARE_MOUNTED.lock().unwrap_or_else(|e| e.into_inner());
+    if !*mounted {
+        std::fs::create_dir_all(SHARE_DIR)?;
+        mount(SHARE_TAG, SHARE_DIR, "virtiofs", libc::MS_NODEV, "")?;
+        *mounted = true;
+    }
+    Ok(())
+}
+
+/// Binds each share entry onto its target in the container's root.
+fn mount_volumes(root: &Path, mounts: &[Mount]) -> io::Result<()> {
+    if mounts.is_empty() {
+        return Ok(());
+    }
+    ensure_share()?;
+    for m in mounts {
+        if m.share.is_empty() || !m.share.chars().all(|c| c.is_ascii_alphanumeric()) {
+            return Err(invalid(format!("bad share entry {:?}", m.share)));
+        }
+        let source = Path::new(SHARE_DIR).join(&m.share);
+        let is_dir = std::fs::metadata(&source)?.is_dir();
+        let target = mount_target(root, &m.target, is_dir)?;
+        let target = s(&target);
+        mount(s(&source), target, "", libc::MS_BIND | libc::MS_REC, "")?;
+        if m.read_only {
+            mount(
+                "",
+                target,
+                "",
+                libc::MS_BIND
+                    | libc::MS_REMOUNT
+                    | libc::MS_RDONLY
+                    | libc::MS_NOSUID
+                    | libc::MS_NODEV,
+                "",
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Makes the container's root read-only (its volumes, /dev and /sys are their own
+/// mounts and stay as they are).
+pub(crate) fn seal(root: &Path) -> io::Result<()> {
+    mount(
+        "",
+        s(root),
+        "",
+        libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+        "",
+    )
+}
+
+fn invalid(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, msg)
+}
+
+/// `openat2` beneath `dir`: symbolic links (absolute ones too) resolve as if `dir` were
+/// the root, so an image cannot point a mount or a write outside the container.
+fn open_in_root(dir: &OwnedFd, path: &str, flags: i32, mode: u32) -> io::Result<OwnedFd> {
+    /// The kernel's `struct open_how` (libc's is non-exhaustive).
+    #[repr(C)]
+    struct OpenHow {
+        flags: u64,
+        mode: u64,
+        resolve: u64,
+    }
+    let how = OpenHow {
+        flags: (flags | libc::O_CLOEXEC) as u64,
+        mode: u64::from(mode),
+        resolve: libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS,
+    };
+    let p = cstr(path);
+    // SAFETY: openat2 reads the NUL-terminated path and the open_how of the given size,
+    // both alive for the call; the dirfd is open.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir.as_raw_fd(),
+            p.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: openat2 returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// The mount point for `target` inside `root`, created (directories, and an empty file
+/// for a file volume) where missing; resolved inside the root; returned as the path it
+/// has in the agent's view.
+pub(crate) fn mount_target(root: &Path, target: &str, is_dir: bool) -> io::Result<PathBuf> {
+    let comps: Vec<&str> = target.split('/').filter(|c| !c.is_empty()).collect();
+    if comps.is_empty() || comps.iter().any(|c| *c == "." || *c == "..") {
+        return Err(invalid(format!("bad mount target {target:?}")));
+    }
+    let root_fd = OwnedFd::from(std::fs::File::open(root)?);
+    let mut prefix = String::new();
+    for (i, comp) in comps.iter().enumerate() {
+        let parent = if prefix.is_empty() {
+            "/".to_string()
+        } else {
+            prefix.clone()
+        };
+        prefix.push('/');
+        prefix.push_str(comp);
+        match open_in_root(&root_fd, &prefix, libc::O_PATH, 0) {
+            Ok(_) => continue,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let parent_fd = open_in_root(&root_fd, &parent, libc::O_PATH | libc::O_DIRECTORY, 0)?;
+        let name = cstr(comp);
+        let last = i + 1 == comps.len();
+        // SAFETY: *at calls on an open directory descriptor with a NUL-terminated name
+        // (one component: no slash, no symlink to follow).
+        let rc = unsafe {
+            if last && !is_dir {
+                let fd = libc::openat(
+                    parent_fd.as_raw_fd(),
+                    name.as_ptr(),
+                    libc::O_CREAT
+                        | libc::O_EXCL
+                        | libc::O_WRONLY
+                        | libc::O_NOFOLLOW
+                        | libc::O_CLOEXEC,
+                    0o644,
+                );
+                if fd >= 0 {
+                    libc::close(fd);
+                    0
+                } else {
+                    -1
+                }
+            } else {
+                libc::mkdirat(parent_fd.as_raw_fd(), name.as_ptr(), 0o755)
+            }
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    let fd = open_in_root(&root_fd, &prefix, libc::O_PATH, 0)?;
+    let real = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))?;
+    if !real.starts_with(root) {
+        return Err(invalid(format!(
+            "mount target {target:?} leaves the container"
+        )));
+    }
+    Ok(real)
+}
+
+/// Whether anything is mounted at or under `dir` (from /proc/self/mountinfo).
+fn mounted_under(dir: &Path) -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|info| {
+            info.lines()
+                .filter_map(|l| l.split(' ').nth(4))
+                .any(|m| Path::new(m).starts_with(dir))
+        })
+        // Unknown: assume something is, and keep the files.
+        .unwrap_or(true)
+}
+
 /// Drops the guest's cached blocks of a disk: the host may have written a new image into
 /// it since the kernel last read it (a slot disk reused for another container).
 fn flush_buffers(disk: &str) -> io::Result<()> {
@@ -113,7 +303,13 @@ fn flush_buffers(disk: &str) -> io::Result<()> {
 
 /// Writes a file at `path` inside a container's root, never following a symlink: the
 /// image must not be able to point the write outside the container.
-pub(crate) fn write_file(root: &Path, path: &str, data: &[u8], mode: u32) -> io::Result<()> {
+pub(crate) fn write_file(
+    root: &Path,
+    path: &str,
+    data: &[u8],
+    mode: u32,
+    (uid, gid): (u32, u32),
+) -> io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let rel = Path::new(path.trim_start_matches('/'));
@@ -167,6 +363,8 @@ pub(crate) fn write_file(root: &Path, path: &str, data: &[u8], mode: u32) -> io:
         .mode(mode)
         .open(&cur)?;
     f.write_all(data)?;
+    std::os::unix::fs::fchown(&f, Some(uid), Some(gid))?;
+    // After the owner: a change of owner clears the set-id bits.
     f.set_permissions(std::fs::Permissions::from_mode(mode))?;
     Ok(())
 }
@@ -184,6 +382,13 @@ pub(crate) fn remove(id: &str) -> io::Result<()> {
         "image",
     ] {
         let _ = umount(s(&b.join(m)));
+    }
+    // Never delete through a mount that is still there (a volume is host data).
+    if mounted_under(&b) {
+        return Err(io::Error::other(format!(
+            "{} still has mounts; its files are kept",
+            b.display()
+        )));
     }
     let _ = std::fs::remove_dir_all(&b);
     Ok(())

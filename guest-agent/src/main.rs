@@ -63,9 +63,11 @@ fn handle(agent: &Arc<process::Agent>, chan: &channel::Channel, req: Request) {
             image_disk_serial,
             fstype,
             hostname,
-        } => container::create(&container, &image_disk_serial, &fstype)
+            mounts,
+            readonly,
+        } => container::create(&container, &image_disk_serial, &fstype, &mounts)
             .map(|root| {
-                agent.add_container(container, root, hostname);
+                agent.add_container(container, root, hostname, readonly);
                 None
             })
             .map_err(|e| e.to_string()),
@@ -82,10 +84,13 @@ fn handle(agent: &Arc<process::Agent>, chan: &channel::Channel, req: Request) {
             path,
             data,
             mode,
+            owner,
         } => agent
             .container_root(&container)
             .and_then(|root| {
-                container::write_file(&root, &path, &data, mode).map_err(|e| format!("{path}: {e}"))
+                let (uid, gid) = process::resolve_user(&root, &owner)?;
+                container::write_file(&root, &path, &data, mode, (uid, gid))
+                    .map_err(|e| format!("{path}: {e}"))
             })
             .map(|_| None),
         Op::ConfigureNetwork { network } => net::configure(&network).map(|_| None),

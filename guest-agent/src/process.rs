@@ -25,6 +25,8 @@ struct ContainerState {
     hostname: Option<String>,
     /// The container's first process (stream, pid): later processes join its namespaces.
     init: Option<(u32, i32)>,
+    /// The root is to become read-only before the first process starts.
+    seal_pending: bool,
 }
 
 /// Namespaces of a running container, opened before the fork, for an exec to join.
@@ -96,13 +98,20 @@ impl Agent {
         }
     }
 
-    pub(crate) fn add_container(&self, id: String, root: PathBuf, hostname: Option<String>) {
+    pub(crate) fn add_container(
+        &self,
+        id: String,
+        root: PathBuf,
+        hostname: Option<String>,
+        readonly: bool,
+    ) {
         self.containers.lock().unwrap().insert(
             id,
             ContainerState {
                 root,
                 hostname,
                 init: None,
+                seal_pending: readonly,
             },
         );
     }
@@ -133,10 +142,15 @@ impl Agent {
             return Err(format!("stream {stream} is in use"));
         }
         let (root, hostname, init) = {
-            let cs = self.containers.lock().unwrap();
+            let mut cs = self.containers.lock().unwrap();
             let c = cs
-                .get(container)
+                .get_mut(container)
                 .ok_or_else(|| format!("no container {container}"))?;
+            if c.seal_pending {
+                crate::container::seal(&c.root)
+                    .map_err(|e| format!("container {container}: read-only root: {e}"))?;
+                c.seal_pending = false;
+            }
             (c.root.clone(), c.hostname.clone(), c.init)
         };
         // A container whose first process still runs: join its namespaces (an exec).
@@ -559,7 +573,7 @@ fn open_pty(root: &Path) -> std::io::Result<(OwnedFd, OwnedFd)> {
 }
 
 /// `uid[:gid]`, or a name from the container's /etc/passwd (no NSS in a static agent).
-fn resolve_user(root: &Path, user: &str) -> Result<(u32, u32), String> {
+pub(crate) fn resolve_user(root: &Path, user: &str) -> Result<(u32, u32), String> {
     if user.is_empty() {
         return Ok((0, 0));
     }

@@ -23,7 +23,7 @@ pub const MAX_PAYLOAD: u32 = 4 << 20;
 /// Protocol version announced by the agent in [`Event::Ready`]. 2 added
 /// [`Op::ConfigureNetwork`]; a daemon still adopts VMs whose agent speaks 1 (it sends
 /// them no op they do not know).
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 /// Name of the virtio-serial port the agent listens on.
 pub const SERIAL_PORT_NAME: &str = "hyper.agent";
 /// vsock port the agent listens on when the VM has a vsock device.
@@ -195,6 +195,13 @@ pub enum Op {
         fstype: String,
         #[serde(default)]
         hostname: Option<String>,
+        /// Entries of the VM's share mounted into the container (since protocol 3).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        mounts: Vec<Mount>,
+        /// The root becomes read-only before the container's first process starts
+        /// (after the host's files are written); since protocol 3.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        readonly: bool,
     },
     /// Start a process in a container; its output arrives as frames of `stream`.
     StartProcess {
@@ -225,8 +232,27 @@ pub enum Op {
         path: String,
         data: Vec<u8>,
         mode: u32,
+        /// `user[:group]` (names of the container's files or ids) owning the file;
+        /// empty for root (since protocol 3).
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        owner: String,
     },
 }
+
+/// An entry of the VM's share (virtio-fs tag [`SHARE_TAG`]) mounted into a container.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Mount {
+    /// The entry's name in the share.
+    pub share: String,
+    /// Absolute path in the container; symbolic links in the image resolve inside the
+    /// container's root.
+    pub target: String,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// The virtio-fs tag of the VM's share.
+pub const SHARE_TAG: &str = "hyper-share";
 
 /// One interface's IPv4 configuration.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -324,6 +350,12 @@ mod tests {
                 image_disk_serial: "hyper-c1".into(),
                 fstype: "erofs".into(),
                 hostname: Some("h".into()),
+                mounts: vec![Mount {
+                    share: "v0".into(),
+                    target: "/data".into(),
+                    read_only: true,
+                }],
+                readonly: true,
             },
             Op::RemoveContainer {
                 container: "c1".into(),

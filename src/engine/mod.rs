@@ -10,6 +10,7 @@ pub(crate) mod slots;
 pub(crate) mod start_record;
 #[cfg(test)]
 mod tests;
+pub(crate) mod volumes;
 
 use crate::config::Config;
 use crate::image::{ImageError, ImageRecord, ImageStore};
@@ -496,7 +497,7 @@ impl Engine {
                     e.file_name().to_string_lossy()
                 );
             }
-            crate::vm::net::stop_backend(&e.path());
+            crate::vm::stop_helpers(&e.path());
             let _ = std::fs::remove_dir_all(e.path());
         }
     }
@@ -989,7 +990,7 @@ impl Engine {
 /// that is still there.
 pub(crate) async fn remove_vm_dir(dir: PathBuf) {
     let _ = blocking(move || {
-        crate::vm::net::stop_backend(&dir);
+        crate::vm::stop_helpers(&dir);
         let _ = std::fs::remove_dir_all(&dir);
         Ok(())
     })
@@ -1138,7 +1139,7 @@ async fn monitor(
     let pod_dir = pod.dir.clone();
     let _ = blocking(move || {
         let _ = std::fs::rename(dir.join("console.log"), pod_dir.join("console.log"));
-        crate::vm::net::stop_backend(&dir);
+        crate::vm::stop_helpers(&dir);
         let _ = std::fs::remove_dir_all(&dir);
         if let Some(vm_id) = dir.file_name() {
             crate::vm::host::remove_cpu_cgroup(&vm_id.to_string_lossy());

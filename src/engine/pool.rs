@@ -68,6 +68,7 @@ impl Engine {
         resource: &crate::spec::Resource,
         n_slots: usize,
         net: VmNet,
+        share: crate::vm::share::VmShare,
     ) -> Result<Booted, EngineError> {
         let (vcpus, memory_mib) = (resource.vcpu, resource.memory);
         let id = crate::ids::vm_id();
@@ -84,6 +85,7 @@ impl Engine {
             boot_timeout: self.cfg.boot_timeout,
             disk_limits: resource.disk,
             net: net.clone(),
+            share,
         };
         let started = std::time::Instant::now();
         let vm = match self.driver.boot(&cfg).await {
@@ -157,7 +159,12 @@ impl Engine {
             ..Default::default()
         };
         let booted = self
-            .boot_vm(&size, slots::MIN_SLOTS, self.pooled_net())
+            .boot_vm(
+                &size,
+                slots::MIN_SLOTS,
+                self.pooled_net(),
+                Default::default(),
+            )
             .await?;
         let id = booted.runtime.id.clone();
         self.pool.lock().unwrap().push(booted);
@@ -187,7 +194,12 @@ impl Engine {
                         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     }
                     match e
-                        .boot_vm(&pooled_vm_size(), slots::MIN_SLOTS, e.pooled_net())
+                        .boot_vm(
+                            &pooled_vm_size(),
+                            slots::MIN_SLOTS,
+                            e.pooled_net(),
+                            Default::default(),
+                        )
                         .await
                     {
                         Ok(mut b) => {
@@ -301,6 +313,7 @@ impl Engine {
         let r = &pod.spec.resource;
         let need = pod.containers().len();
         let net = self.pod_net(&pod.spec)?;
+        let share = self.pod_share(pod).await?;
         let taken = {
             let mut pool = self.pool.lock().unwrap();
             let i = match hint.filter(|h| !h.is_empty()) {
@@ -309,7 +322,13 @@ impl Engine {
                         .iter()
                         .position(|b| b.runtime.id == h)
                         .ok_or_else(|| EngineError::NoSuch(format!("no idle VM {h}")))?;
-                    // A VM's network is fixed when it boots (passt's forwards).
+                    // A VM's network and share are fixed when it boots (passt's
+                    // forwards, virtiofsd's entries).
+                    if !share.is_empty() {
+                        return Err(EngineError::WrongState(format!(
+                            "VM {h} was booted without this pod's volumes; start it without a VM"
+                        )));
+                    }
                     if pool[i].runtime.net != net {
                         return Err(EngineError::WrongState(format!(
                             "VM {h} was booted without the network this pod asks for \
@@ -318,8 +337,9 @@ impl Engine {
                     }
                     Some(i)
                 }
-                // Pooled VMs have no limits: a pod with limits boots its own.
-                None if r.cpu_percent > 0 || !r.disk.is_none() => None,
+                // Pooled VMs have no limits and share nothing: a pod with limits or
+                // volumes boots its own.
+                None if r.cpu_percent > 0 || !r.disk.is_none() || !share.is_empty() => None,
                 // Pooled VMs publish no port: a pod that publishes boots its own.
                 None => pool.iter().position(|b| {
                     b.runtime.vcpus == r.vcpu
@@ -343,7 +363,9 @@ impl Engine {
                 )));
             }
         }
-        let b = self.boot_vm(r, need.max(slots::MIN_SLOTS), net).await?;
+        let b = self
+            .boot_vm(r, need.max(slots::MIN_SLOTS), net, share)
+            .await?;
         Ok((b.vm, b.runtime, b.gone, false))
     }
 }

@@ -310,7 +310,7 @@ impl Engine {
                                 vm_dir.join("console.log"),
                                 pod_dir.join("console.log"),
                             );
-                            crate::vm::net::stop_backend(&vm_dir);
+                            crate::vm::stop_helpers(&vm_dir);
                             let _ = std::fs::remove_dir_all(&vm_dir);
                             Ok(())
                         })

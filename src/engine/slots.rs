@@ -54,7 +54,76 @@ fn fill(dir: &Path, i: usize, image: &Path) -> std::io::Result<()> {
         .set_len(SLOT_BYTES)
 }
 
+/// Largest pod file (one agent frame carries it).
+pub(crate) const MAX_POD_FILE_BYTES: u64 = 1 << 20;
+
 impl Engine {
+    /// A pod file's content: inline, from a host file (`file://`, checked like a volume
+    /// source) or downloaded (`http(s)://`, under the image sources' rules), at most
+    /// [`MAX_POD_FILE_BYTES`].
+    pub(super) async fn pod_file_bytes(
+        &self,
+        f: &crate::spec::PodFile,
+    ) -> Result<Vec<u8>, EngineError> {
+        let too_big = || {
+            EngineError::Invalid(format!(
+                "pod file {} is larger than {MAX_POD_FILE_BYTES} bytes",
+                f.name
+            ))
+        };
+        let path = if f.uri.is_empty() {
+            return Ok(f.bytes()?);
+        } else if let Some(host_path) = f.uri.strip_prefix("file://") {
+            let (host_path, root) = (host_path.to_string(), self.cfg.root.clone());
+            super::blocking(move || {
+                let p = super::volumes::checked_host_path(&host_path, &root)?;
+                if !p.is_file() {
+                    return Err(EngineError::Invalid(format!(
+                        "{host_path} is not a regular file"
+                    )));
+                }
+                Ok(p)
+            })
+            .await?
+        } else if f.uri.starts_with("http://") || f.uri.starts_with("https://") {
+            let tmp = self
+                .cfg
+                .root
+                .join(format!("download-{}.tmp", crate::ids::random_hex(8)));
+            let limits = crate::image::remote_archive::DownloadLimits {
+                max_bytes: MAX_POD_FILE_BYTES,
+                timeout: std::time::Duration::from_secs(60),
+            };
+            let got = crate::image::remote_archive::download(&f.uri, &tmp, &limits).await;
+            let data = match got {
+                Ok(()) => tokio::fs::read(&tmp)
+                    .await
+                    .map_err(EngineError::io(format!("pod file {}", f.name))),
+                Err(e) => Err(e.into()),
+            };
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return data;
+        } else {
+            return Err(EngineError::Invalid(format!(
+                "pod file {}: unsupported uri (file://, http://, https://)",
+                f.name
+            )));
+        };
+        let file = tokio::fs::File::open(&path)
+            .await
+            .map_err(EngineError::io(path.display()))?;
+        let mut data = Vec::new();
+        use tokio::io::AsyncReadExt;
+        file.take(MAX_POD_FILE_BYTES + 1)
+            .read_to_end(&mut data)
+            .await
+            .map_err(EngineError::io(path.display()))?;
+        if data.len() as u64 > MAX_POD_FILE_BYTES {
+            return Err(too_big());
+        }
+        Ok(data)
+    }
+
     /// Puts a container into a running VM: a free slot gets its image, the agent mounts
     /// it as the container's root filesystem.
     pub(super) async fn place(
@@ -82,11 +151,22 @@ impl Engine {
             } else {
                 pod.spec.hostname.clone()
             };
+            let mounts = container_mounts(&pod.spec, &c.spec)?;
+            if (!mounts.is_empty() || c.spec.readonly || c.spec.files.iter().any(|f| !f.owner().is_empty()))
+                && vm.agent_protocol < 3
+            {
+                return Err(EngineError::WrongState(format!(
+                    "VM {} runs an older guest agent (protocol {}) without volumes, read-only roots or file owners",
+                    vm.id, vm.agent_protocol
+                )));
+            }
             let create = Op::CreateContainer {
                 container: c.id.clone(),
                 image_disk_serial: serial(slot),
                 fstype: "erofs".into(),
                 hostname: Some(hostname.chars().take(63).collect()),
+                mounts,
+                readonly: c.spec.readonly,
             };
             vm.agent.call(create, AGENT_TIMEOUT).await?;
             // The pod's names, name servers and files, into the container's writable
@@ -95,9 +175,15 @@ impl Engine {
                 "/etc/hosts".to_string(),
                 hosts_file(&pod.spec, &hostname, &vm.net).into_bytes(),
                 0o644,
+                String::new(),
             )];
             if let Some(conf) = resolv_conf(&pod.spec, &vm.net) {
-                files.push(("/etc/resolv.conf".to_string(), conf.into_bytes(), 0o644));
+                files.push((
+                    "/etc/resolv.conf".to_string(),
+                    conf.into_bytes(),
+                    0o644,
+                    String::new(),
+                ));
             }
             for f in &c.spec.files {
                 let src = pod
@@ -106,14 +192,16 @@ impl Engine {
                     .iter()
                     .find(|p| p.name == f.filename)
                     .ok_or_else(|| EngineError::Invalid(format!("no pod file {}", f.filename)))?;
-                files.push((f.path.clone(), src.bytes()?, f.mode()?));
+                let data = self.pod_file_bytes(src).await?;
+                files.push((f.path.clone(), data, f.mode()?, f.owner()));
             }
-            for (path, data, mode) in files {
+            for (path, data, mode, owner) in files {
                 let op = Op::WriteFile {
                     container: c.id.clone(),
                     path: path.clone(),
                     data,
                     mode,
+                    owner,
                 };
                 vm.agent
                     .call(op, AGENT_TIMEOUT)
@@ -146,6 +234,28 @@ impl Engine {
             }
         }
     }
+}
+
+/// The share entries a container mounts, from its spec's volume mounts.
+pub(crate) fn container_mounts(
+    pod: &crate::spec::PodSpec,
+    c: &crate::spec::ContainerSpec,
+) -> Result<Vec<hyperd_agent::protocol::Mount>, EngineError> {
+    c.volumes
+        .iter()
+        .map(|m| {
+            let i = pod
+                .volumes
+                .iter()
+                .position(|v| v.name == m.volume)
+                .ok_or_else(|| EngineError::Invalid(format!("no pod volume {:?}", m.volume)))?;
+            Ok(hyperd_agent::protocol::Mount {
+                share: super::volumes::entry_name(i),
+                target: m.path.clone(),
+                read_only: m.read_only || pod.volumes[i].read_only,
+            })
+        })
+        .collect()
 }
 
 /// A container's `/etc/hosts`: localhost, the pod's hostname at its address, and the

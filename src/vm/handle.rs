@@ -116,23 +116,35 @@ pub(crate) fn record_helper(dir: &Path, pid_file: &str, pid: u32) -> std::io::Re
     std::fs::write(dir.join(pid_file), format!("{pid} {start}"))
 }
 
-/// Kills the helper recorded in `<dir>/<pid_file>` if it is still the same process (a
-/// reused pid is left alone). Whether it was there.
-pub(crate) fn kill_helper(dir: &Path, pid_file: &str) -> bool {
+/// A pidfd on the helper recorded in `<dir>/<pid_file>` if it is still the same process
+/// (a reused pid is not it).
+fn recorded_helper(dir: &Path, pid_file: &str) -> Option<OwnedFd> {
     let text = std::fs::read_to_string(dir.join(pid_file)).unwrap_or_default();
     let mut it = text.split_whitespace().map(|v| v.parse::<u64>().ok());
     let (Some(Some(pid)), Some(Some(start))) = (it.next(), it.next()) else {
-        return false;
+        return None;
     };
     let pid = pid as u32;
     // Opened before the check, so the check is about the process the fd holds.
-    let Ok(pidfd) = pidfd_open(pid) else {
-        return false;
-    };
-    if process_start_time(pid) != Some(start) {
-        return false;
-    }
-    sigkill(&pidfd)
+    let pidfd = pidfd_open(pid).ok()?;
+    // A zombie (exited, not yet reaped) has no start time left to match.
+    let alive = process_start_time(pid) == Some(start)
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        });
+    alive.then_some(pidfd)
+}
+
+/// Kills the helper recorded in `<dir>/<pid_file>` if it is still the same process (a
+/// reused pid is left alone). Whether it was there.
+pub(crate) fn kill_helper(dir: &Path, pid_file: &str) -> bool {
+    recorded_helper(dir, pid_file).is_some_and(|fd| sigkill(&fd))
+}
+
+/// Whether the helper recorded in `<dir>/<pid_file>` still runs.
+pub(crate) fn helper_alive(dir: &Path, pid_file: &str) -> bool {
+    recorded_helper(dir, pid_file).is_some()
 }
 
 /// SIGKILL to the process a pidfd holds; whether it was sent.

@@ -12,6 +12,7 @@ pub mod hyper_vmm;
 pub mod net;
 pub mod qemu;
 pub(crate) mod qmp;
+pub mod share;
 
 pub use handle::{process_alive, ControlSocket, VmHandle, VmStats, VmStatus};
 
@@ -85,6 +86,8 @@ pub struct VmConfig {
     pub disk_limits: crate::spec::DiskLimits,
     /// The network device and its backend.
     pub net: net::VmNet,
+    /// Host directories and files shared with the guest (virtio-fs).
+    pub share: share::VmShare,
 }
 
 impl VmConfig {
@@ -140,6 +143,12 @@ impl Driver {
     /// come: docs/decisions.md).
     pub fn has_network(&self) -> bool {
         matches!(self, Driver::Qemu(_))
+    }
+
+    /// Whether the driver can share host directories with VMs (hyper-vmm's vhost-user
+    /// frontend is still to come: docs/decisions.md).
+    pub fn has_shared_dirs(&self) -> bool {
+        !matches!(self, Driver::Vmm(_))
     }
 
     /// Boots a VM and returns once its agent answered.
@@ -223,6 +232,14 @@ where
             Err(e)
         }
     }
+}
+
+/// Stops a VM's helper processes that are still there (its network backend, its
+/// virtiofsd): they quit with their VM on their own; this covers a VM that never
+/// connected, and leftovers.
+pub(crate) fn stop_helpers(dir: &std::path::Path) {
+    net::stop_backend(dir);
+    share::stop(dir);
 }
 
 /// A booted VM: its handle and its agent.

@@ -187,7 +187,7 @@ impl Backend {
 }
 
 /// Clears close-on-exec on `fd`, in a child between fork and exec.
-fn inherit(fd: i32) -> std::io::Result<()> {
+pub(crate) fn inherit(fd: i32) -> std::io::Result<()> {
     // SAFETY: fcntl on an fd number with integer arguments; async-signal-safe.
     if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } < 0 {
         return Err(std::io::Error::last_os_error());

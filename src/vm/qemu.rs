@@ -51,9 +51,16 @@ impl QemuDriver {
             Accel::Kvm => ("kvm", "host"),
             Accel::Tcg => ("tcg", "max"),
         };
+        // vhost-user (virtiofsd) maps the guest's memory: it must be a shareable memfd.
+        let shared_memory = !cfg.share.is_empty();
+        let backend = if shared_memory {
+            ",memory-backend=mem"
+        } else {
+            ""
+        };
         let mut a: Vec<String> = vec![
             "-M".into(),
-            format!("microvm,accel={machine_accel},acpi=off,isa-serial=on"),
+            format!("microvm,accel={machine_accel},acpi=off,isa-serial=on{backend}"),
             "-cpu".into(),
             cpu.into(),
             "-smp".into(),
@@ -85,6 +92,23 @@ impl QemuDriver {
             "-qmp".into(),
             format!("unix:{},server=on,wait=off", dir.join("qmp.sock").display()),
         ];
+        if shared_memory {
+            a.push("-object".into());
+            a.push(format!(
+                "memory-backend-memfd,id=mem,size={}M,share=on",
+                cfg.memory_mib
+            ));
+            a.push("-chardev".into());
+            a.push(format!(
+                "socket,id=share,path={}",
+                super::share::socket_path(dir).display()
+            ));
+            a.push("-device".into());
+            a.push(format!(
+                "vhost-user-fs-device,chardev=share,tag={}",
+                super::share::TAG
+            ));
+        }
         if let (super::net::VmNet::User { .. }, Some(fd)) = (&cfg.net, net_fd) {
             // qemu's end of the link to passt (started before qemu by `boot`).
             a.push("-netdev".into());
@@ -133,6 +157,12 @@ impl QemuDriver {
             } => Some(super::net::start_passt(&cfg.dir, forwards, *host_loopback)?),
             super::net::VmNet::None => None,
         };
+        if !cfg.share.is_empty() {
+            if let Err(e) = super::share::start_virtiofsd(&cfg.dir, &cfg.share) {
+                super::stop_helpers(&cfg.dir);
+                return Err(e);
+            }
+        }
         let mut cmd = tokio::process::Command::new(&self.binary);
         let net_fd = backend.as_ref().map(|b| b.monitor_end.as_raw_fd());
         cmd.args(self.args(cfg, net_fd));
@@ -140,20 +170,31 @@ impl QemuDriver {
             super::net::pass_fd(&mut cmd, fd);
         }
         let result = self.launch(cfg, cmd).await;
-        // qemu has its end now (or failed); passt must still be there.
-        let result = match (result, backend) {
-            (Ok(vm), Some(b)) => match b.check_running() {
-                Ok(()) => Ok(vm),
-                Err(e) => {
-                    vm.handle.kill();
-                    vm.handle.wait().await;
-                    Err(e)
+        // qemu has its ends now (or failed); passt and virtiofsd must still be there.
+        let result = match result {
+            Ok(vm) => {
+                let helpers = backend
+                    .map_or(Ok(()), |b| b.check_running())
+                    .and_then(|()| {
+                        if cfg.share.is_empty() {
+                            Ok(())
+                        } else {
+                            super::share::check_running(&cfg.dir)
+                        }
+                    });
+                match helpers {
+                    Ok(()) => Ok(vm),
+                    Err(e) => {
+                        vm.handle.kill();
+                        vm.handle.wait().await;
+                        Err(e)
+                    }
                 }
-            },
-            (r, _) => r,
+            }
+            Err(e) => Err(e),
         };
         if result.is_err() {
-            super::net::stop_backend(&cfg.dir);
+            super::stop_helpers(&cfg.dir);
         }
         result
     }

@@ -554,6 +554,17 @@ pub fn out_ok(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).trim().to_string()
 }
 
+/// The recorded helper processes (`passt.pid`, `virtiofsd.pid`) of the daemon's VMs.
+#[allow(dead_code)]
+pub fn helper_pids(d: &Daemon, pid_file: &str) -> Vec<u32> {
+    tree(&d.root.join("vm"))
+        .into_iter()
+        .filter(|p| p.file_name().is_some_and(|n| n == pid_file))
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .filter_map(|t| t.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
 /// Asserts that the daemon's root holds no pod files, no VM directories and no sockets.
 pub fn assert_no_leftovers(d: &Daemon) {
     for dir in ["pods", "vm"] {

@@ -57,6 +57,164 @@ pub struct PodSpec {
     /// host as the pod reaches it (Docker's `--add-host`).
     #[serde(default, rename = "extraHosts", skip_serializing_if = "Vec::is_empty")]
     pub extra_hosts: Vec<String>,
+    /// Volumes the containers can mount (`containers[].volumes`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<Volume>,
+}
+
+/// A volume of the pod, by name.
+///
+/// - `source` an absolute host path (`driver` empty or `vfs`): that host directory or
+///   file, shared over virtio-fs;
+/// - `source` empty: a directory of the pod's own, on the host's disk, removed with the
+///   pod;
+/// - `driver` `local`: the named volume `source` (created when missing), which outlives
+///   pods (Docker's named volumes, `/volumes`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, JsonSchema)]
+pub struct Volume {
+    pub name: String,
+    #[serde(default)]
+    pub source: String,
+    /// `vfs` (or empty) for a host path, `local` for a named volume.
+    #[serde(default, alias = "format")]
+    pub driver: String,
+    /// Read-only for every container of the pod.
+    #[serde(
+        default,
+        rename = "readOnly",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub read_only: bool,
+}
+
+/// What a pod volume is backed by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VolumeKind {
+    /// A host directory or file (`source`).
+    HostPath,
+    /// A directory of the pod's own.
+    PodLocal,
+    /// A named volume (`source` is its name).
+    Named,
+}
+
+impl Volume {
+    pub fn kind(&self) -> Result<VolumeKind, InvalidSpec> {
+        match (self.driver.as_str(), self.source.as_str()) {
+            ("" | "vfs", "") => Ok(VolumeKind::PodLocal),
+            ("" | "vfs", s) if s.starts_with('/') => Ok(VolumeKind::HostPath),
+            ("" | "vfs", s) => Err(InvalidSpec(format!(
+                "volume {}: a host path must be absolute, not {s:?}",
+                self.name
+            ))),
+            ("local", s) if valid_name(s) => Ok(VolumeKind::Named),
+            ("local", "") => Ok(VolumeKind::Named),
+            ("local", s) => Err(InvalidSpec(format!(
+                "volume {}: invalid volume name {s:?}",
+                self.name
+            ))),
+            (d, _) => Err(InvalidSpec(format!(
+                "volume {}: unsupported driver {d:?} (vfs for a host path, local for a named volume)",
+                self.name
+            ))),
+        }
+    }
+
+    /// The named volume's name (`source`, else the pod volume's own name).
+    pub fn volume_name(&self) -> &str {
+        if self.source.is_empty() {
+            &self.name
+        } else {
+            &self.source
+        }
+    }
+}
+
+/// Where a container mounts a pod volume.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, JsonSchema)]
+pub struct VolumeMount {
+    /// The pod volume's name.
+    pub volume: String,
+    /// Absolute path in the container.
+    pub path: String,
+    #[serde(
+        default,
+        rename = "readOnly",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub read_only: bool,
+}
+
+impl VolumeMount {
+    /// Parses Docker's `-v` form: `/host/path:/path[:opts]` (a host path),
+    /// `NAME:/path[:opts]` (a named volume) or `/path` (the pod's own volume); `opts` is
+    /// `ro`, `rw` and Docker's options that mean nothing in a VM (SELinux labels,
+    /// propagation, `nocopy`). The pod volume is called `volume`.
+    pub fn parse_volume_flag(
+        s: &str,
+        volume: String,
+    ) -> Result<(Volume, VolumeMount), InvalidSpec> {
+        let bad = || InvalidSpec(format!("invalid volume {s:?} (SOURCE:/path[:ro] or /path)"));
+        let parts: Vec<&str> = s.split(':').collect();
+        let (source, target, opts) = match parts.as_slice() {
+            [t] => ("", *t, ""),
+            [src, t] => (*src, *t, ""),
+            [src, t, o] => (*src, *t, *o),
+            _ => return Err(bad()),
+        };
+        if target.is_empty() || (parts.len() > 1 && source.is_empty()) {
+            return Err(bad());
+        }
+        let mut read_only = false;
+        for o in opts.split(',').filter(|o| !o.is_empty()) {
+            match o {
+                "ro" => read_only = true,
+                "rw" | "z" | "Z" | "nocopy" | "private" | "rprivate" | "shared" | "rshared"
+                | "slave" | "rslave" | "consistent" | "cached" | "delegated" => {}
+                _ => return Err(bad()),
+            }
+        }
+        let driver = if source.is_empty() || source.starts_with('/') {
+            "vfs"
+        } else {
+            "local"
+        };
+        valid_mount_path(target)?;
+        Ok((
+            Volume {
+                name: volume.clone(),
+                source: source.to_string(),
+                driver: driver.into(),
+                read_only: false,
+            },
+            VolumeMount {
+                volume,
+                path: target.to_string(),
+                read_only,
+            },
+        ))
+    }
+}
+
+/// Container paths a volume may not cover: the kernel's and the agent's own.
+const RESERVED_PATHS: [&str; 4] = ["/proc", "/sys", "/dev", "/"];
+
+/// Whether an absolute container path is one a volume may be mounted on.
+pub fn valid_mount_path(path: &str) -> Result<(), InvalidSpec> {
+    if !path.starts_with('/') || path.split('/').any(|p| p == ".." || p == ".") {
+        return Err(InvalidSpec(format!(
+            "a mount path must be absolute and stay inside, not {path:?}"
+        )));
+    }
+    let clean = path.trim_end_matches('/');
+    let clean = if clean.is_empty() { "/" } else { clean };
+    for r in RESERVED_PATHS {
+        let under = r != "/" && clean.starts_with(r) && clean[r.len()..].starts_with('/');
+        if clean == r || under {
+            return Err(InvalidSpec(format!("cannot mount a volume over {clean}")));
+        }
+    }
+    Ok(())
 }
 
 /// How a pod is connected.
@@ -98,6 +256,10 @@ pub struct PodFile {
     pub encoding: String,
     #[serde(default)]
     pub content: String,
+    /// Where the content comes from instead: `file:///host/path` (the API socket is
+    /// privileged) or `http(s)://…` (fetched under the image sources' limits).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub uri: String,
 }
 
 impl PodFile {
@@ -128,9 +290,25 @@ pub struct ContainerFile {
     /// Octal mode, default 0644.
     #[serde(default)]
     pub perm: String,
+    /// Owner: a user name of the container's /etc/passwd or a uid (default root).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub user: String,
+    /// Group: a group name of the container's /etc/group or a gid (default root).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub group: String,
 }
 
 impl ContainerFile {
+    /// The agent's `user[:group]` for the file's owner; empty for root.
+    pub fn owner(&self) -> String {
+        match (self.user.as_str(), self.group.as_str()) {
+            ("", "") => String::new(),
+            (u, "") => u.to_string(),
+            ("", g) => format!("0:{g}"),
+            (u, g) => format!("{u}:{g}"),
+        }
+    }
+
     pub fn mode(&self) -> Result<u32, InvalidSpec> {
         if self.perm.is_empty() {
             return Ok(0o644);
@@ -246,6 +424,12 @@ pub struct ContainerSpec {
         skip_serializing_if = "String::is_empty"
     )]
     pub stop_signal: String,
+    /// Pod volumes mounted into the container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<VolumeMount>,
+    /// A read-only root filesystem (its volumes stay as they are).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub readonly: bool,
 }
 
 impl ContainerSpec {
@@ -289,6 +473,13 @@ impl ContainerSpec {
                 )));
             }
             f.mode()?;
+        }
+        let mut paths = std::collections::HashSet::new();
+        for v in &c.volumes {
+            valid_mount_path(&v.path)?;
+            if !paths.insert(v.path.trim_end_matches('/')) {
+                return Err(InvalidSpec(format!("{} is mounted twice", v.path)));
+            }
         }
         Ok(())
     }
@@ -367,6 +558,8 @@ impl Default for Resource {
 }
 
 pub const MAX_VCPU: u32 = 16;
+/// Volumes a pod may have.
+pub const MAX_VOLUMES: usize = 64;
 pub const MIN_MEMORY: u32 = 64;
 pub const MAX_MEMORY: u32 = 64 * 1024;
 
@@ -504,6 +697,35 @@ impl PodSpec {
                 return Err(InvalidSpec(format!("invalid DNS server {d:?}")));
             }
         }
+        let mut volumes = std::collections::HashSet::new();
+        for v in &self.volumes {
+            if !valid_name(&v.name) || !volumes.insert(v.name.as_str()) {
+                return Err(InvalidSpec(format!(
+                    "volume names must be unique names, not {:?}",
+                    v.name
+                )));
+            }
+            v.kind()?;
+            if v.source.split('/').any(|p| p == "..") {
+                return Err(InvalidSpec(format!(
+                    "volume {}: the source may not contain \"..\"",
+                    v.name
+                )));
+            }
+        }
+        if self.volumes.len() > MAX_VOLUMES {
+            return Err(InvalidSpec(format!("at most {MAX_VOLUMES} volumes a pod")));
+        }
+        for c in &self.containers {
+            for m in &c.volumes {
+                if !volumes.contains(m.volume.as_str()) {
+                    return Err(InvalidSpec(format!(
+                        "container mount {} names no pod volume {:?}",
+                        m.path, m.volume
+                    )));
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -545,6 +767,51 @@ mod tests {
     }
 
     #[test]
+    fn volumes_and_their_kinds() {
+        let spec = PodSpec::parse(
+            br#"{"volumes":[{"name":"h","source":"/srv/data","driver":"vfs"},{"name":"l","source":""},
+                {"name":"n","source":"db","driver":"local","readOnly":true}],
+                "containers":[{"image":"b","readonly":true,"volumes":[{"volume":"h","path":"/data"},
+                {"volume":"n","path":"/db/","readOnly":true}]}]}"#,
+        )
+        .unwrap();
+        let kinds: Vec<_> = spec.volumes.iter().map(|v| v.kind().unwrap()).collect();
+        assert_eq!(
+            kinds,
+            [
+                VolumeKind::HostPath,
+                VolumeKind::PodLocal,
+                VolumeKind::Named
+            ]
+        );
+        assert_eq!(spec.volumes[2].volume_name(), "db");
+        assert!(spec.containers[0].readonly && spec.containers[0].volumes[1].read_only);
+        assert!(valid_mount_path("/device").is_ok());
+        let (v, m) = VolumeMount::parse_volume_flag("/srv/d:/data:ro,z", "v0".into()).unwrap();
+        assert_eq!(
+            (v.kind().unwrap(), m.read_only),
+            (VolumeKind::HostPath, true)
+        );
+        let (v, _) = VolumeMount::parse_volume_flag("db:/db", "v1".into()).unwrap();
+        assert_eq!(
+            (v.kind().unwrap(), v.volume_name()),
+            (VolumeKind::Named, "db")
+        );
+        let (v, m) = VolumeMount::parse_volume_flag("/cache", "v2".into()).unwrap();
+        assert_eq!(
+            (v.kind().unwrap(), m.path.as_str()),
+            (VolumeKind::PodLocal, "/cache")
+        );
+        for bad in ["a:b:c:d", "/x:", ":/y", "/x:/y:bogus", "/x:/proc"] {
+            assert!(
+                VolumeMount::parse_volume_flag(bad, "v".into()).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(valid_mount_path("/dev/shm").is_err());
+    }
+
+    #[test]
     fn defaults_resources() {
         let spec = PodSpec::parse(br#"{"containers":[{"image":"busybox"}]}"#).unwrap();
         assert_eq!(spec.resource, Resource::default());
@@ -569,6 +836,15 @@ mod tests {
             br#"{"files":[{"name":"f","encoding":"base64","content":"!!"}],"containers":[{"image":"b"}]}"#,
             br#"{"dns":["not-an-ip"],"containers":[{"image":"b"}]}"#,
             br#"{"containers": "#,
+            br#"{"volumes":[{"name":"v","source":"rel/dir"}],"containers":[{"image":"b"}]}"#,
+            br#"{"volumes":[{"name":"v","source":"/a/../etc"}],"containers":[{"image":"b"}]}"#,
+            br#"{"volumes":[{"name":"v","source":"/a","driver":"rbd"}],"containers":[{"image":"b"}]}"#,
+            br#"{"volumes":[{"name":"v"},{"name":"v"}],"containers":[{"image":"b"}]}"#,
+            br#"{"volumes":[{"name":"v"}],"containers":[{"image":"b","volumes":[{"volume":"w","path":"/d"}]}]}"#,
+            br#"{"volumes":[{"name":"v"}],"containers":[{"image":"b","volumes":[{"volume":"v","path":"/proc/x"}]}]}"#,
+            br#"{"volumes":[{"name":"v"}],"containers":[{"image":"b","volumes":[{"volume":"v","path":"/dev"}]}]}"#,
+            br#"{"volumes":[{"name":"v"}],"containers":[{"image":"b","volumes":[{"volume":"v","path":"/a/../b"}]}]}"#,
+            br#"{"volumes":[{"name":"v"}],"containers":[{"image":"b","volumes":[{"volume":"v","path":"/"}]}]}"#,
         ] {
             assert!(
                 PodSpec::parse(bad).is_err(),

@@ -10,7 +10,6 @@ use crate::engine::{Container, Engine, Pod, PodPhase};
 use crate::spec::{ContainerSpec, EnvVar, PodSpec, Resource};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use serde_json::Value;
 use std::sync::Arc;
 
 fn no_such_container(id: &str) -> ApiError {
@@ -25,6 +24,9 @@ pub(crate) async fn route(
     req: Request<Incoming>,
 ) -> Option<ApiResult> {
     let seg: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    if seg.first() == Some(&"volumes") {
+        return super::docker_volumes::route(engine, method.as_str(), &seg, req).await;
+    }
     Some(match (method.as_str(), seg.as_slice()) {
         ("GET", ["images", "json"]) => images_json(engine, &req),
         ("POST", ["images", "create"]) => crate::api::images::create(engine, req).await,
@@ -292,19 +294,8 @@ fn unsupported_options(cfg: &m::ContainerCreate) -> Vec<String> {
     let default = m::CreateHostConfig::default();
     let host = cfg.host_config.as_ref().unwrap_or(&default);
     let yes = |b: Option<bool>| b.unwrap_or(false);
-    let some_map =
-        |v: &Option<serde_json::Map<String, Value>>| v.as_ref().is_some_and(|m| !m.is_empty());
     let some_list = |v: Option<usize>| v.is_some_and(|n| n > 0);
     let mut out = Vec::new();
-    if some_list(host.binds.as_ref().map(Vec::len))
-        || some_list(host.mounts.as_ref().map(Vec::len))
-        || some_map(&cfg.volumes)
-    {
-        out.push(
-            "Volumes and bind mounts are not supported yet: ignored; writes stay in the VM."
-                .to_string(),
-        );
-    }
     if yes(host.privileged) {
         out.push("--privileged is ignored: the container runs in its own micro-VM.".to_string());
     }
@@ -314,11 +305,6 @@ fn unsupported_options(cfg: &m::ContainerCreate) -> Vec<String> {
         out.push(
             "Capability changes (--cap-add, --cap-drop) are not supported yet: ignored."
                 .to_string(),
-        );
-    }
-    if yes(host.readonly_rootfs) {
-        out.push(
-            "--read-only is not supported yet: the root filesystem stays writable.".to_string(),
         );
     }
     if some_list(host.devices.as_ref().map(Vec::len)) {
@@ -499,7 +485,9 @@ async fn create(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
         "on-failure" => "onFailure",
         _ => "",
     };
-    let warnings = unsupported_options(&cfg);
+    let mut warnings = unsupported_options(&cfg);
+    let vols = super::docker_volumes::create_volumes(&cfg)?;
+    warnings.extend(vols.warnings);
     let auto_remove = host.auto_remove.unwrap_or(false);
     let portmappings = published_ports(&cfg)?;
     let network_mode = match host.network_mode.as_deref() {
@@ -520,6 +508,8 @@ async fn create(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
             tty: cfg.tty.unwrap_or(false),
             restart_policy: restart.to_string(),
             stop_signal: cfg.stop_signal.unwrap_or_default(),
+            volumes: vols.mounts,
+            readonly: host.readonly_rootfs.unwrap_or(false),
             ..Default::default()
         }],
         resource: Resource {
@@ -533,6 +523,7 @@ async fn create(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
         network_mode,
         dns: host.dns.clone().unwrap_or_default(),
         extra_hosts: host.extra_hosts.clone().unwrap_or_default(),
+        volumes: vols.volumes,
         ..Default::default()
     };
     let pod = engine.create_pod(spec).await.map_err(|e| match e {
@@ -660,7 +651,7 @@ fn list(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
                 host_config: m::SummaryHostConfig {
                     network_mode: network_mode(pod).into(),
                 },
-                mounts: vec![],
+                mounts: super::docker_volumes::mount_points(engine, pod, &c.spec),
             });
         }
     }
@@ -679,7 +670,7 @@ fn inspect(engine: &Arc<Engine>, id: &str) -> ApiResult {
     // Fields hyperd cannot fill yet carry Docker's empty values, so that clients
     // (docker-py, compose) find every key they read.
     let host_config = m::HostConfig {
-        binds: None,
+        binds: super::docker_volumes::binds(&pod, &c.spec),
         container_id_file: String::new(),
         log_config: m::LogConfig {
             kind: "json-file".into(),
@@ -706,7 +697,7 @@ fn inspect(engine: &Arc<Engine>, id: &str) -> ApiResult {
         extra_hosts: (!pod.spec.extra_hosts.is_empty()).then(|| pod.spec.extra_hosts.clone()),
         privileged: false,
         publish_all_ports: pod.spec.published_ports().any(|p| p.publish_all),
-        readonly_rootfs: false,
+        readonly_rootfs: c.spec.readonly,
         security_opt: None,
         tmpfs: None,
         uts_mode: String::new(),
@@ -767,7 +758,7 @@ fn inspect(engine: &Arc<Engine>, id: &str) -> ApiResult {
             name: "erofs".into(),
             data: m::Empty::new(),
         },
-        mounts: vec![],
+        mounts: super::docker_volumes::mount_points(engine, &pod, &c.spec),
         config: m::ContainerConfig {
             hostname: pod.spec.hostname.clone(),
             domainname: String::new(),

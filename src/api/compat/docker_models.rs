@@ -83,7 +83,7 @@ pub(crate) struct ContainerSummary {
     pub ports: Vec<SummaryPort>,
     pub labels: BTreeMap<String, String>,
     pub host_config: SummaryHostConfig,
-    pub mounts: Vec<String>,
+    pub mounts: Vec<MountPoint>,
 }
 
 #[derive(Serialize)]
@@ -117,7 +117,7 @@ pub(crate) struct ContainerInspect {
     pub exec_ids: Option<Vec<String>>,
     pub host_config: HostConfig,
     pub graph_driver: GraphDriver,
-    pub mounts: Vec<String>,
+    pub mounts: Vec<MountPoint>,
     pub config: ContainerConfig,
     pub network_settings: NetworkSettings,
     /// The hyperd pod the container belongs to.
@@ -397,7 +397,7 @@ pub(crate) struct CreateHostConfig {
     pub port_bindings: Option<BTreeMap<String, Option<Vec<PortBinding>>>>,
     pub publish_all_ports: Option<bool>,
     pub binds: Option<Vec<String>>,
-    pub mounts: Option<Vec<serde_json::Value>>,
+    pub mounts: Option<Vec<CreateMount>>,
     pub privileged: Option<bool>,
     pub cap_add: Option<Vec<String>>,
     pub cap_drop: Option<Vec<String>>,
@@ -406,6 +406,73 @@ pub(crate) struct CreateHostConfig {
     pub dns: Option<Vec<String>>,
     pub extra_hosts: Option<Vec<String>>,
     pub network_mode: Option<String>,
+}
+
+/// One of a create's `HostConfig.Mounts` (`--mount`).
+#[derive(serde::Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub(crate) struct CreateMount {
+    #[serde(rename = "Type")]
+    pub kind: String,
+    pub source: String,
+    pub target: String,
+    pub read_only: bool,
+}
+
+/// A mount in inspect's and `/containers/json`'s `Mounts`.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct MountPoint {
+    #[serde(rename = "Type")]
+    pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub source: String,
+    pub destination: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    pub mode: String,
+    #[serde(rename = "RW")]
+    pub rw: bool,
+    pub propagation: String,
+}
+
+/// A named volume (`/volumes`).
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct VolumeInfo {
+    pub name: String,
+    pub driver: String,
+    pub mountpoint: String,
+    pub created_at: String,
+    pub labels: BTreeMap<String, String>,
+    pub scope: String,
+    pub options: Empty,
+}
+
+/// `GET /volumes`.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct VolumeList {
+    pub volumes: Vec<VolumeInfo>,
+    pub warnings: Vec<String>,
+}
+
+/// `POST /volumes/create`.
+#[derive(serde::Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub(crate) struct VolumeCreate {
+    pub name: String,
+    pub driver: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// `POST /volumes/prune`.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct VolumePrune {
+    pub volumes_deleted: Vec<String>,
+    pub space_reclaimed: u64,
 }
 
 #[derive(serde::Deserialize, Default)]

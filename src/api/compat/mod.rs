@@ -2,7 +2,8 @@
 //! a "container" of these APIs is a one-container pod in its own micro-VM.
 //!
 //! - [`docker`]: the Docker remote/Engine API, as the `docker` CLI uses it;
-//!   [`docker_ops`]: its graceful stop, restart, pause, rename, stats and top.
+//!   [`docker_ops`]: its graceful stop, restart, pause, rename, stats and top;
+//!   [`docker_volumes`]: binds, mounts and the `/volumes` API.
 //! - [`flask`]: the Docker Flask API.
 //! - [`mcm`]: the mimik mCM container API.
 //!
@@ -11,5 +12,6 @@
 pub(crate) mod docker;
 pub(crate) mod docker_models;
 pub(crate) mod docker_ops;
+pub(crate) mod docker_volumes;
 pub(crate) mod flask;
 pub(crate) mod mcm;

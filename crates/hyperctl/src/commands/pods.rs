@@ -58,6 +58,13 @@ pub(crate) struct RunArgs {
     /// A name server for the container's /etc/resolv.conf (repeatable).
     #[arg(long)]
     pub dns: Vec<String>,
+    /// A volume: `/host/path:/path[:ro]` (a host directory or file), `NAME:/path[:ro]`
+    /// (a named volume, created when missing) or `/path` (the pod's own); repeatable.
+    #[arg(short = 'v', long = "volume")]
+    pub volume: Vec<String>,
+    /// Mount the container's root filesystem read-only (its volumes stay writable).
+    #[arg(long = "read-only")]
+    pub read_only: bool,
     pub image: Option<String>,
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,
@@ -340,9 +347,20 @@ pub(crate) fn pod_spec(args: &RunArgs) -> anyhow::Result<PodSpec> {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
         (k.to_string(), v.to_string())
     };
+    let (volumes, mounts): (Vec<_>, Vec<_>) = args
+        .volume
+        .iter()
+        .enumerate()
+        .map(|(i, v)| hyperd_api::spec::VolumeMount::parse_volume_flag(v, format!("vol{i}")))
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .unzip();
     let spec = hyperd_api::spec::PodSpec {
         id: args.name.clone().unwrap_or_default(),
+        volumes,
         containers: vec![hyperd_api::spec::ContainerSpec {
+            volumes: mounts,
+            readonly: args.read_only,
             image: image.clone(),
             command: args.command.clone(),
             entrypoint: args.entrypoint.iter().cloned().collect(),

@@ -1,0 +1,299 @@
+//! Volumes: what a pod's volumes are on the host, and the named volumes that outlive
+//! pods.
+//!
+//! Every volume kind reaches the guest the same way, as an entry of the VM's share
+//! (virtio-fs, [`crate::vm::share`]):
+//! - a host path: that directory or file (canonical; never under `/proc`, `/sys`, `/dev`
+//!   or the daemon's own root);
+//! - a pod-local volume: `<pod dir>/volumes/<name>`, removed with the pod;
+//! - a named volume: `<root>/volumes/<name>/_data`, with its record beside it in
+//!   `volume.json`, kept until it is removed.
+use super::{Engine, EngineError, Pod};
+use crate::spec::{PodSpec, VolumeKind};
+use crate::vm::share::{ShareEntry, VmShare};
+use std::path::{Path, PathBuf};
+
+/// Host paths a volume may not come from (with the daemon's root).
+const FORBIDDEN_SOURCES: [&str; 3] = ["/proc", "/sys", "/dev"];
+
+/// A named volume's record.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct NamedVolume {
+    pub name: String,
+    /// Always `local`.
+    pub driver: String,
+    /// RFC 3339.
+    pub created_at: String,
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Where its data is on the host.
+    #[serde(skip)]
+    pub mountpoint: PathBuf,
+}
+
+/// The share entry name of the pod's `i`th volume.
+pub(crate) fn entry_name(i: usize) -> String {
+    format!("v{i}")
+}
+
+/// The host path a volume's source names, checked: it exists, and neither it nor what
+/// its symbolic links lead to is under `/proc`, `/sys`, `/dev` or the daemon's root.
+pub(crate) fn checked_host_path(source: &str, root: &Path) -> Result<PathBuf, EngineError> {
+    let p = Path::new(source);
+    if !p.is_absolute() || p.components().any(|c| c == std::path::Component::ParentDir) {
+        return Err(EngineError::Invalid(format!(
+            "a volume source must be an absolute path without \"..\", not {source:?}"
+        )));
+    }
+    let real = std::fs::canonicalize(p)
+        .map_err(|e| EngineError::Invalid(format!("volume source {source}: {e}")))?;
+    let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
+    let forbidden = FORBIDDEN_SOURCES
+        .iter()
+        .map(PathBuf::from)
+        .chain(std::iter::once(root))
+        .find(|f| real.starts_with(f));
+    if let Some(f) = forbidden {
+        return Err(EngineError::Invalid(format!(
+            "volume source {source} is {} (under {}): not allowed",
+            real.display(),
+            f.display()
+        )));
+    }
+    let meta = std::fs::metadata(&real)
+        .map_err(|e| EngineError::Invalid(format!("volume source {source}: {e}")))?;
+    if !meta.is_dir() && !meta.is_file() {
+        return Err(EngineError::Invalid(format!(
+            "volume source {source} is neither a directory nor a regular file"
+        )));
+    }
+    Ok(real)
+}
+
+impl Engine {
+    fn volumes_dir(&self) -> PathBuf {
+        self.cfg.root.join("volumes")
+    }
+
+    /// What a pod's VM shares: each pod volume as an entry, in the spec's order.
+    /// Pod-local directories and named volumes are created as needed.
+    pub(super) async fn pod_share(&self, pod: &Pod) -> Result<VmShare, EngineError> {
+        let spec = pod.spec.clone();
+        let (root, pod_dir, volumes_dir) =
+            (self.cfg.root.clone(), pod.dir.clone(), self.volumes_dir());
+        let entries =
+            super::blocking(move || resolve_share(&spec, &root, &pod_dir, &volumes_dir)).await?;
+        if !entries.is_empty() && !self.driver.has_shared_dirs() {
+            return Err(crate::vm::VmError::Unsupported(format!(
+                "the {} driver cannot share host directories yet: volumes need the qemu driver",
+                self.driver.describe()
+            ))
+            .into());
+        }
+        Ok(VmShare { entries })
+    }
+
+    /// Creates a named volume (an existing one is returned as it is, as Docker does).
+    pub async fn create_volume(
+        &self,
+        name: &str,
+        labels: std::collections::BTreeMap<String, String>,
+    ) -> Result<NamedVolume, EngineError> {
+        if !crate::spec::valid_name(name) {
+            return Err(EngineError::Invalid(format!(
+                "invalid volume name {name:?}"
+            )));
+        }
+        let (dir, name) = (self.volumes_dir(), name.to_string());
+        super::blocking(move || ensure_named(&dir, &name, labels)).await
+    }
+
+    /// Where a named volume's data is on the host.
+    pub fn volume_path(&self, name: &str) -> PathBuf {
+        self.volumes_dir().join(name).join("_data")
+    }
+
+    /// Every named volume.
+    pub async fn volumes(&self) -> Result<Vec<NamedVolume>, EngineError> {
+        let dir = self.volumes_dir();
+        super::blocking(move || {
+            let mut v = Vec::new();
+            if let Ok(rd) = std::fs::read_dir(&dir) {
+                for e in rd.flatten() {
+                    if let Ok(vol) = read_named(&dir, &e.file_name().to_string_lossy()) {
+                        v.push(vol);
+                    }
+                }
+            }
+            v.sort_by(|a: &NamedVolume, b| a.name.cmp(&b.name));
+            Ok(v)
+        })
+        .await
+    }
+
+    pub async fn volume(&self, name: &str) -> Result<NamedVolume, EngineError> {
+        let (dir, n) = (self.volumes_dir(), name.to_string());
+        super::blocking(move || Ok(read_named(&dir, &n).ok()))
+            .await?
+            .ok_or_else(|| EngineError::NoSuch(format!("no such volume: {name}")))
+    }
+
+    /// Pods (by name) whose spec names the volume.
+    pub fn volume_users(&self, name: &str) -> Vec<String> {
+        self.pods()
+            .into_iter()
+            .filter(|p| {
+                p.spec
+                    .volumes
+                    .iter()
+                    .any(|v| v.kind().ok() == Some(VolumeKind::Named) && v.volume_name() == name)
+            })
+            .map(|p| p.name.clone())
+            .collect()
+    }
+
+    /// Removes a named volume and its data; refused while a pod names it.
+    pub async fn remove_volume(&self, name: &str) -> Result<(), EngineError> {
+        self.volume(name).await?;
+        let users = self.volume_users(name);
+        if !users.is_empty() {
+            return Err(EngineError::WrongState(format!(
+                "volume {name} is in use by pod {}",
+                users.join(", ")
+            )));
+        }
+        super::remove_tree(self.volumes_dir().join(name)).await;
+        Ok(())
+    }
+
+    /// Removes every named volume no pod names; returns their names.
+    pub async fn prune_volumes(&self) -> Result<Vec<String>, EngineError> {
+        let mut removed = Vec::new();
+        for v in self.volumes().await? {
+            if self.volume_users(&v.name).is_empty() {
+                super::remove_tree(self.volumes_dir().join(&v.name)).await;
+                removed.push(v.name);
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// The share entries of a spec's volumes (blocking: creates directories, reads links).
+fn resolve_share(
+    spec: &PodSpec,
+    root: &Path,
+    pod_dir: &Path,
+    volumes_dir: &Path,
+) -> Result<Vec<ShareEntry>, EngineError> {
+    let mut entries = Vec::new();
+    for (i, v) in spec.volumes.iter().enumerate() {
+        let source = match v.kind()? {
+            VolumeKind::HostPath => checked_host_path(&v.source, root)?,
+            VolumeKind::PodLocal => {
+                let d = pod_dir.join("volumes").join(&v.name);
+                std::fs::create_dir_all(&d).map_err(EngineError::io(d.display()))?;
+                d
+            }
+            VolumeKind::Named => {
+                ensure_named(volumes_dir, v.volume_name(), Default::default())?.mountpoint
+            }
+        };
+        entries.push(ShareEntry {
+            name: entry_name(i),
+            source,
+            read_only: v.read_only,
+        });
+    }
+    Ok(entries)
+}
+
+fn read_named(dir: &Path, name: &str) -> std::io::Result<NamedVolume> {
+    if !crate::spec::valid_name(name) {
+        return Err(std::io::Error::other("not a volume"));
+    }
+    let d = dir.join(name);
+    let mut v: NamedVolume = serde_json::from_slice(&std::fs::read(d.join("volume.json"))?)
+        .map_err(std::io::Error::other)?;
+    v.mountpoint = d.join("_data");
+    Ok(v)
+}
+
+/// The named volume `name`, created with `labels` if it does not exist (its record is
+/// written last, renamed into place, so a crash leaves no half volume listed).
+fn ensure_named(
+    dir: &Path,
+    name: &str,
+    labels: std::collections::BTreeMap<String, String>,
+) -> Result<NamedVolume, EngineError> {
+    if let Ok(v) = read_named(dir, name) {
+        return Ok(v);
+    }
+    let d = dir.join(name);
+    let data = d.join("_data");
+    std::fs::create_dir_all(&data).map_err(EngineError::io(data.display()))?;
+    let v = NamedVolume {
+        name: name.to_string(),
+        driver: "local".into(),
+        created_at: super::io::chrono_now(),
+        labels,
+        mountpoint: data,
+    };
+    let tmp = d.join("volume.json.tmp");
+    let json = serde_json::to_vec(&v).map_err(|e| EngineError::Invalid(e.to_string()))?;
+    std::fs::write(&tmp, json)
+        .and_then(|()| std::fs::rename(&tmp, d.join("volume.json")))
+        .map_err(EngineError::io(d.display()))?;
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_paths_are_checked_where_they_lead() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        std::fs::create_dir_all(&root).unwrap();
+        let ok = t.path().join("data");
+        std::fs::create_dir(&ok).unwrap();
+        assert_eq!(
+            checked_host_path(ok.to_str().unwrap(), &root).unwrap(),
+            std::fs::canonicalize(&ok).unwrap()
+        );
+        let link = t.path().join("to-proc");
+        std::os::unix::fs::symlink("/proc/self", &link).unwrap();
+        let into_root = t.path().join("to-root");
+        std::os::unix::fs::symlink(&root, &into_root).unwrap();
+        for bad in [
+            "/proc",
+            "/sys/kernel",
+            "/dev",
+            "relative",
+            "/tmp/../etc",
+            link.to_str().unwrap(),
+            into_root.to_str().unwrap(),
+            root.to_str().unwrap(),
+            "/no/such/dir",
+        ] {
+            assert!(
+                matches!(checked_host_path(bad, &root), Err(EngineError::Invalid(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn named_volumes_are_created_once() {
+        let t = tempfile::tempdir().unwrap();
+        let mut labels = std::collections::BTreeMap::new();
+        labels.insert("a".to_string(), "b".to_string());
+        let v = ensure_named(t.path(), "db", labels).unwrap();
+        assert!(v.mountpoint.is_dir());
+        std::fs::write(v.mountpoint.join("x"), "1").unwrap();
+        let again = ensure_named(t.path(), "db", Default::default()).unwrap();
+        assert_eq!(again.labels.get("a").map(String::as_str), Some("b"));
+        assert!(again.mountpoint.join("x").exists());
+    }
+}

@@ -1,0 +1,338 @@
+//! Pods keep and share data (qemu driver, one virtiofsd per VM): two containers share a
+//! host directory and a pod-local volume; a host file keeps its checksum; a read-only
+//! root refuses writes while a volume takes them; a named volume outlives its pod and a
+//! daemon restart (docker CLI and a plain API client); pod files from `file://` and
+//! base64 arrive with their checksum, owner and mode; hostile sources and targets are
+//! refused with 400; a symbolic link in a volume never reaches the host's files; a pod
+//! keeps its volume through a `kill -9` of the daemon; nothing is left behind.
+mod common;
+use common::{out_ok, Daemon};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// sha256 of a file, as `sha256sum` prints it.
+fn sha256(path: &Path) -> String {
+    let o = Command::new("sha256sum").arg(path).output().unwrap();
+    out_ok(&o).split_whitespace().next().unwrap().to_string()
+}
+
+/// The virtiofsd processes of the daemon's VMs now.
+fn virtiofsd_pids(d: &Daemon) -> Vec<u32> {
+    common::helper_pids(d, "virtiofsd.pid")
+        .into_iter()
+        .filter(|pid| common::pid_alive(*pid))
+        .collect()
+}
+
+/// Runs `run` until its standard output contains `needle` (up to 60 s).
+fn wait_output(what: &str, needle: &str, run: impl Fn() -> std::process::Output) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !String::from_utf8_lossy(&run().stdout).contains(needle) {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// Host mounts whose mount point or source names `dir`.
+fn host_mounts_under(dir: &Path) -> Vec<String> {
+    let needle = dir.display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(&needle))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Waits until `path` exists on the host (up to 60 s).
+fn wait_file(path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `hyperctl exec CONTAINER sh -c CMD`.
+fn exec(d: &Daemon, container: &str, cmd: &str) -> std::process::Output {
+    d.hyperctl(&["exec", container, "sh", "-c", cmd])
+}
+
+/// The docker CLI against the daemon.
+fn docker(d: &Daemon, config: &Path, args: &[&str]) -> std::process::Output {
+    Command::new("docker")
+        .args(args)
+        .env("DOCKER_HOST", format!("unix://{}", d.socket.display()))
+        .env("DOCKER_CONFIG", config)
+        .env_remove("DOCKER_CONTEXT")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn pods_keep_and_share_data() {
+    let mut d = Daemon::start();
+    d.import_busybox();
+    let host = tempfile::tempdir().unwrap();
+    let data = host.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("from-host.txt"), "written by the host\n").unwrap();
+    // A symbolic link to the host's /etc: in the guest it resolves in the container.
+    std::os::unix::fs::symlink("/etc", data.join("escape")).unwrap();
+    let blob: Vec<u8> = (0..300_000u32).map(|i| (i * 7 + i / 13) as u8).collect();
+    let file = host.path().join("blob.bin");
+    std::fs::write(&file, &blob).unwrap();
+    let cfg = host.path().join("app.conf");
+    std::fs::write(&cfg, "port=8080\n").unwrap();
+
+    // Two containers: `reader` reads what the host wrote and what `writer` writes to the
+    // pod-local volume; `writer` writes into the host directory; the host file mapped
+    // read-only keeps its checksum; the root of `reader` is read-only.
+    let spec = serde_json::json!({
+        "id": "shared",
+        "volumes": [
+            {"name": "host", "source": data, "driver": "vfs"},
+            {"name": "scratch", "source": ""},
+            {"name": "blob", "source": file, "readOnly": true},
+        ],
+        "files": [
+            {"name": "conf", "uri": format!("file://{}", cfg.display())},
+            {"name": "inline", "encoding": "base64", "content": "aGVsbG8gZmlsZXMK"},
+        ],
+        "containers": [
+            {"name": "writer", "image": "busybox",
+             "volumes": [{"volume": "host", "path": "/data"}, {"volume": "scratch", "path": "/scratch"}],
+             "command": ["sh", "-c", "echo from-writer > /data/from-writer.txt; echo pod-local > /scratch/note; sleep 1000"]},
+            {"name": "reader", "image": "busybox", "readonly": true,
+             "files": [
+                {"filename": "conf", "path": "/etc/app.conf", "perm": "0640", "user": "nobody", "group": "nogroup"},
+                {"filename": "inline", "path": "/opt/inline.txt", "perm": "0755"},
+             ],
+             "volumes": [{"volume": "host", "path": "/data", "readOnly": true},
+                         {"volume": "scratch", "path": "/scratch"},
+                         {"volume": "blob", "path": "/srv/blob.bin"}],
+             "command": ["sh", "-c", "sleep 1000"]},
+        ],
+    });
+    let (code, body) = d.curl("POST", "/pod/create", Some(&spec.to_string()));
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = d.curl("POST", "/pod/start?podId=shared", None);
+    assert_eq!(code, 200, "{body}");
+
+    // The writer's file reaches the host; the host's file reaches the reader.
+    wait_file(&data.join("from-writer.txt"));
+    assert_eq!(
+        std::fs::read_to_string(data.join("from-writer.txt")).unwrap(),
+        "from-writer\n"
+    );
+    assert_eq!(
+        out_ok(&exec(&d, "reader", "cat /data/from-host.txt")),
+        "written by the host"
+    );
+    // The pod-local volume is shared by both containers and lives on the host's disk.
+    wait_output("reader never saw the pod-local file", "pod-local", || {
+        exec(&d, "reader", "cat /scratch/note 2>/dev/null")
+    });
+    let local: Vec<_> = common::tree(&d.root.join("pods"))
+        .into_iter()
+        .filter(|p| p.ends_with("volumes/scratch/note"))
+        .collect();
+    assert_eq!(
+        local.len(),
+        1,
+        "the pod-local volume is in the pod's directory"
+    );
+    // The host file, read-only, with the host's checksum.
+    let sum = out_ok(&exec(&d, "reader", "sha256sum /srv/blob.bin"));
+    assert_eq!(sum.split_whitespace().next().unwrap(), sha256(&file));
+    let o = exec(&d, "reader", "echo x >> /srv/blob.bin");
+    assert!(!o.status.success(), "a read-only file volume took a write");
+    // Read-only root: writes refused; the writable volume takes them; the read-only
+    // mount of the host directory refuses them.
+    let o = exec(&d, "reader", "touch /root-write");
+    assert!(!o.status.success(), "the read-only root took a write");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("Read-only"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    out_ok(&exec(&d, "reader", "echo ok > /scratch/from-reader"));
+    assert!(!exec(&d, "reader", "touch /data/nope").status.success());
+    assert!(!data.join("nope").exists());
+    // Pod files: from the host (file://) with owner and mode, and base64.
+    let o = out_ok(&exec(
+        &d,
+        "reader",
+        "stat -c '%U %G %a' /etc/app.conf; cat /etc/app.conf",
+    ));
+    assert_eq!(o, "nobody nogroup 640\nport=8080");
+    let o = out_ok(&exec(
+        &d,
+        "reader",
+        "stat -c '%U %a' /opt/inline.txt; cat /opt/inline.txt",
+    ));
+    assert_eq!(o, "root 755\nhello files");
+    // A symbolic link in the volume resolves inside the guest, never to the host's /etc.
+    let o = exec(&d, "reader", "cat /data/escape/hostname");
+    let host_hostname = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+    assert!(
+        !o.status.success() || !String::from_utf8_lossy(&o.stdout).contains(host_hostname.trim()),
+        "the link reached the host's /etc"
+    );
+
+    // A kill -9 of the daemon: the VM and its virtiofsd go on; the next daemon adopts the
+    // pod, and its volume still carries writes both ways.
+    let before = virtiofsd_pids(&d);
+    assert_eq!(before.len(), 1, "one virtiofsd for the pod's VM");
+    d.kill9();
+    d.restart();
+    assert_eq!(virtiofsd_pids(&d), before);
+    out_ok(&exec(&d, "writer", "echo after-restart > /data/after.txt"));
+    assert_eq!(
+        std::fs::read_to_string(data.join("after.txt")).unwrap(),
+        "after-restart\n"
+    );
+    // The host's mount table never saw a volume (the binds live in virtiofsd's namespace).
+    assert!(
+        host_mounts_under(host.path()).is_empty(),
+        "{:?}",
+        host_mounts_under(host.path())
+    );
+
+    out_ok(&d.hyperctl(&["rm", "shared"]));
+    for pid in before {
+        common::wait_gone(pid, "virtiofsd");
+    }
+    assert!(
+        data.join("from-writer.txt").exists(),
+        "removing the pod kept the host's files"
+    );
+    assert!(data.join("from-host.txt").exists());
+
+    // Hostile sources and targets: 400, nothing created.
+    let link_to_proc = host.path().join("to-proc");
+    std::os::unix::fs::symlink("/proc/self", &link_to_proc).unwrap();
+    let bad = |volume: serde_json::Value, path: &str| {
+        serde_json::json!({
+            "volumes": [volume],
+            "containers": [{"image": "busybox", "volumes": [{"volume": "v", "path": path}]}],
+        })
+        .to_string()
+    };
+    for (spec, why) in [
+        (
+            bad(
+                serde_json::json!({"name": "v", "source": "/tmp/../proc"}),
+                "/d",
+            ),
+            "..",
+        ),
+        (
+            bad(serde_json::json!({"name": "v", "source": data}), "/proc/x"),
+            "over /proc",
+        ),
+        (
+            bad(serde_json::json!({"name": "v", "source": data}), "/dev"),
+            "over /dev",
+        ),
+        (
+            bad(
+                serde_json::json!({"name": "v", "source": link_to_proc}),
+                "/d",
+            ),
+            "link to /proc",
+        ),
+        (
+            bad(serde_json::json!({"name": "v", "source": d.root}), "/d"),
+            "the daemon's root",
+        ),
+        (
+            bad(serde_json::json!({"name": "v", "source": "/sys"}), "/d"),
+            "/sys",
+        ),
+    ] {
+        let (code, body) = d.curl("POST", "/pod/create", Some(&spec));
+        let (code, body) = if code == 200 {
+            // Sources are checked when the VM is built: the start is refused.
+            let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["ID"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let r = d.curl("POST", &format!("/pod/start?podId={id}"), None);
+            out_ok(&d.hyperctl(&["rm", &id]));
+            r
+        } else {
+            (code, body)
+        };
+        assert_eq!(code, 400, "{why}: {body}");
+    }
+
+    // Named volumes: the docker CLI writes one, the pod goes, the daemon restarts, a plain
+    // API client's pod reads it back.
+    let config = tempfile::tempdir().unwrap();
+    out_ok(&docker(&d, config.path(), &["volume", "create", "keep"]));
+    out_ok(&docker(
+        &d,
+        config.path(),
+        &[
+            "run",
+            "--rm",
+            "--read-only",
+            "-v",
+            "keep:/keep",
+            "busybox",
+            "sh",
+            "-c",
+            "echo kept > /keep/value",
+        ],
+    ));
+    let ls = out_ok(&docker(&d, config.path(), &["volume", "ls", "-q"]));
+    assert!(ls.lines().any(|l| l == "keep"), "{ls}");
+    d.restart();
+    let ls = out_ok(&docker(&d, config.path(), &["volume", "ls", "-q"]));
+    assert!(ls.lines().any(|l| l == "keep"), "after a restart: {ls}");
+    let spec = serde_json::json!({
+        "id": "reads-keep",
+        "volumes": [{"name": "k", "source": "keep", "driver": "local"}],
+        "containers": [{"image": "busybox", "volumes": [{"volume": "k", "path": "/k"}],
+                        "command": ["cat", "/k/value"]}],
+    });
+    let (code, body) = d.curl("POST", "/pod/create", Some(&spec.to_string()));
+    assert_eq!(code, 200, "{body}");
+    out_ok(&d.hyperctl(&["start", "reads-keep"]));
+    wait_output("the named volume's value never showed", "kept", || {
+        d.hyperctl(&["logs", "reads-keep"])
+    });
+    // In use: removal refused with 409; once the pod is gone, removed.
+    let (code, body) = d.curl("DELETE", "/volumes/keep", None);
+    assert_eq!(code, 409, "{body}");
+    out_ok(&d.hyperctl(&["rm", "reads-keep"]));
+    out_ok(&docker(&d, config.path(), &["volume", "rm", "keep"]));
+    assert!(!out_ok(&docker(&d, config.path(), &["volume", "ls", "-q"]))
+        .lines()
+        .any(|l| l == "keep"));
+
+    // hyperctl: -v with a host directory, --read-only.
+    let o = d.hyperctl(&[
+        "run",
+        "--rm",
+        "--read-only",
+        "-v",
+        &format!("{}:/d", data.display()),
+        "busybox",
+        "sh",
+        "-c",
+        "cat /d/from-host.txt; touch /x 2>/dev/null || echo read-only",
+    ]);
+    assert_eq!(out_ok(&o), "written by the host\nread-only");
+
+    // Nothing left: no pod or VM files, no virtiofsd, no mounts.
+    common::assert_no_leftovers(&d);
+    assert!(virtiofsd_pids(&d).is_empty());
+    assert!(host_mounts_under(&d.root).is_empty());
+}
