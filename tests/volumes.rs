@@ -4,7 +4,8 @@
 //! daemon restart (docker CLI and a plain API client); pod files from `file://` and
 //! base64 arrive with their checksum, owner and mode; hostile sources and targets are
 //! refused with 400; a symbolic link in a volume never reaches the host's files; a pod
-//! keeps its volume through a `kill -9` of the daemon; nothing is left behind.
+//! keeps its volume through a `kill -9` of the daemon; a 128 MiB VM writes 512 MiB into
+//! its root (the scratch disk); nothing is left behind.
 mod common;
 use common::{out_ok, Daemon};
 use std::path::Path;
@@ -330,6 +331,25 @@ fn pods_keep_and_share_data() {
         "cat /d/from-host.txt; touch /x 2>/dev/null || echo read-only",
     ]);
     assert_eq!(out_ok(&o), "written by the host\nread-only");
+
+    // The writable layer is on the pod's scratch disk, not in guest RAM: a 128 MiB VM
+    // writes and reads back 512 MiB in its root.
+    let o = d.hyperctl(&[
+        "run", "--rm", "--memory", "128", "busybox", "sh", "-c",
+        "dd if=/dev/zero of=/big bs=1M count=512 2>/dev/null && sync && wc -c < /big && md5sum /big",
+    ]);
+    let zeros = Command::new("sh")
+        .args(["-c", "head -c 536870912 /dev/zero | md5sum"])
+        .output()
+        .unwrap();
+    let zeros = out_ok(&zeros)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let o = out_ok(&o);
+    assert!(o.starts_with("536870912\n"), "{o}");
+    assert!(o.contains(&zeros), "{o} (want {zeros})");
 
     // Nothing left: no pod or VM files, no virtiofsd, no mounts.
     common::assert_no_leftovers(&d);

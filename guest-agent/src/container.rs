@@ -2,7 +2,7 @@
 //! tmpfs-backed overlay, at /run/hyper/c/<id>/rootfs, with the VM's shared volumes
 //! (virtio-fs) mounted into it.
 use crate::sys::{cstr, mount, umount};
-use hyperd_agent::protocol::{Mount, SHARE_TAG};
+use hyperd_agent::protocol::{Mount, SCRATCH_SERIAL, SHARE_TAG};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -10,6 +10,34 @@ use std::path::{Path, PathBuf};
 /// Where the VM's share is mounted, once, when a container first needs it.
 const SHARE_DIR: &str = "/run/hyper/share";
 static SHARE_MOUNTED: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+/// Where the VM's scratch disk is mounted: the containers' writable layers.
+const SCRATCH_DIR: &str = "/run/hyper/scratch";
+/// Whether the scratch disk is mounted (`None`: not tried yet).
+static SCRATCH: std::sync::Mutex<Option<bool>> = std::sync::Mutex::new(None);
+
+/// Mounts the scratch disk once; whether there is one (a VM booted by an older host has
+/// none: its containers write into RAM, as before).
+fn scratch_mounted() -> io::Result<bool> {
+    let mut state = SCRATCH.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(m) = *state {
+        return Ok(m);
+    }
+    let Some(disk) = disk_now(SCRATCH_SERIAL) else {
+        *state = Some(false);
+        return Ok(false);
+    };
+    std::fs::create_dir_all(SCRATCH_DIR)?;
+    // noinit_itable: no background zeroing of inode tables, which would allocate the
+    // whole sparse file on the host.
+    mount(&disk, SCRATCH_DIR, "ext4", libc::MS_NODEV, "noinit_itable")?;
+    *state = Some(true);
+    Ok(true)
+}
+
+/// The writable layer's directory of a container on the scratch disk.
+fn scratch_layer(id: &str) -> PathBuf {
+    Path::new(SCRATCH_DIR).join("c").join(id)
+}
 
 fn base(id: &str) -> PathBuf {
     PathBuf::from("/run/hyper/c").join(id)
@@ -30,16 +58,23 @@ fn valid_id(id: &str) -> io::Result<()> {
     Ok(())
 }
 
+/// The virtio-blk disk whose serial is `serial`, if the VM has it now.
+fn disk_now(serial: &str) -> Option<String> {
+    std::fs::read_dir("/sys/block")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let s = std::fs::read_to_string(entry.path().join("serial")).unwrap_or_default();
+            (s.trim_end_matches(['\n', '\0']) == serial)
+                .then(|| format!("/dev/{}", entry.file_name().to_string_lossy()))
+        })
+}
+
 /// Finds the virtio-blk disk whose serial is `serial`.
 pub(crate) fn find_disk(serial: &str) -> io::Result<String> {
     for _ in 0..200 {
-        if let Ok(dir) = std::fs::read_dir("/sys/block") {
-            for entry in dir.flatten() {
-                let s = std::fs::read_to_string(entry.path().join("serial")).unwrap_or_default();
-                if s.trim_end_matches(['\n', '\0']) == serial {
-                    return Ok(format!("/dev/{}", entry.file_name().to_string_lossy()));
-                }
-            }
+        if let Some(disk) = disk_now(serial) {
+            return Ok(disk);
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
@@ -79,7 +114,16 @@ fn create_root(id: &str, serial: &str, fstype: &str) -> io::Result<PathBuf> {
         std::fs::create_dir_all(d)?;
     }
     mount(&disk, s(&image), fstype, libc::MS_RDONLY, "")?;
-    mount("tmpfs", s(&rw), "tmpfs", 0, "mode=0755")?;
+    // The writable layer: on the scratch disk, else (no scratch disk) in RAM.
+    let rw = if scratch_mounted()? {
+        let layer = scratch_layer(id);
+        let _ = std::fs::remove_dir_all(&layer);
+        std::fs::create_dir_all(&layer)?;
+        layer
+    } else {
+        mount("tmpfs", s(&rw), "tmpfs", 0, "mode=0755")?;
+        rw
+    };
     std::fs::create_dir_all(rw.join("upper"))?;
     std::fs::create_dir_all(rw.join("work"))?;
     let opts = format!(
@@ -391,6 +435,13 @@ pub(crate) fn remove(id: &str) -> io::Result<()> {
         )));
     }
     let _ = std::fs::remove_dir_all(&b);
+    if SCRATCH
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .unwrap_or(false)
+    {
+        let _ = std::fs::remove_dir_all(scratch_layer(id));
+    }
     Ok(())
 }
 

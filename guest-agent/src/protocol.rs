@@ -251,6 +251,10 @@ pub struct Mount {
     pub read_only: bool,
 }
 
+/// The virtio-blk serial of the VM's scratch disk (ext4, the containers' writable
+/// layers); a VM without one keeps them in RAM.
+pub const SCRATCH_SERIAL: &str = "hyper-scratch";
+
 /// The virtio-fs tag of the VM's share.
 pub const SHARE_TAG: &str = "hyper-share";
 

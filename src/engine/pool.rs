@@ -73,7 +73,27 @@ impl Engine {
         let (vcpus, memory_mib) = (resource.vcpu, resource.memory);
         let id = crate::ids::vm_id();
         let dir = self.cfg.root.join("vm").join(&id);
-        let disks = slots::make(&dir, n_slots).map_err(EngineError::io("disk slots"))?;
+        let scratch_mib = resource.scratch_size_mib();
+        let disks = {
+            let dir = dir.clone();
+            super::blocking(move || {
+                let mut disks =
+                    slots::make(&dir, n_slots).map_err(EngineError::io("disk slots"))?;
+                disks.push(
+                    slots::make_scratch(&dir, scratch_mib)
+                        .map_err(EngineError::io("the scratch disk"))?,
+                );
+                Ok(disks)
+            })
+            .await
+        };
+        let disks = match disks {
+            Ok(d) => d,
+            Err(e) => {
+                super::remove_vm_dir(dir).await;
+                return Err(e);
+            }
+        };
         let cfg = VmConfig {
             id: id.clone(),
             dir: dir.clone(),
@@ -337,9 +357,16 @@ impl Engine {
                     }
                     Some(i)
                 }
-                // Pooled VMs have no limits and share nothing: a pod with limits or
-                // volumes boots its own.
-                None if r.cpu_percent > 0 || !r.disk.is_none() || !share.is_empty() => None,
+                // Pooled VMs have no limits, the default scratch disk and share
+                // nothing: a pod with limits, its own scratch size or volumes boots its
+                // own.
+                None if r.cpu_percent > 0
+                    || !r.disk.is_none()
+                    || r.scratch_mib != 0
+                    || !share.is_empty() =>
+                {
+                    None
+                }
                 // Pooled VMs publish no port: a pod that publishes boots its own.
                 None => pool.iter().position(|b| {
                     b.runtime.vcpus == r.vcpu

@@ -38,6 +38,43 @@ pub(crate) fn make(dir: &Path, n: usize) -> std::io::Result<Vec<DiskConfig>> {
         .collect()
 }
 
+/// The scratch disk's virtio-blk serial.
+pub(crate) const SCRATCH_SERIAL: &str = hyperd_agent::protocol::SCRATCH_SERIAL;
+
+/// Creates a VM's scratch disk: a new sparse file of `mib` MiB, formatted ext4 by
+/// `mkfs.ext4` (the host formats an empty file; only the guest ever mounts it). It holds
+/// the writable layers of the VM's containers.
+pub(crate) fn make_scratch(dir: &Path, mib: u32) -> std::io::Result<DiskConfig> {
+    let p = dir.join("scratch.img");
+    std::fs::File::create(&p)?.set_len(u64::from(mib) << 20)?;
+    let out = std::process::Command::new("mkfs.ext4")
+        .args([
+            "-q",
+            "-F",
+            "-m",
+            "0",
+            "-E",
+            "lazy_itable_init=1,lazy_journal_init=1,nodiscard",
+            "-L",
+            "hyper-scratch",
+        ])
+        .arg(&p)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| std::io::Error::other(format!("mkfs.ext4: {e}")))?;
+    if !out.status.success() {
+        return Err(std::io::Error::other(format!(
+            "mkfs.ext4: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(DiskConfig {
+        path: p,
+        serial: SCRATCH_SERIAL.to_string(),
+        read_only: false,
+    })
+}
+
 /// Writes an image's root filesystem into a slot (keeping the slot's size).
 fn fill(dir: &Path, i: usize, image: &Path) -> std::io::Result<()> {
     let size = std::fs::metadata(image)?.len();

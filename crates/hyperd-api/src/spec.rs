@@ -514,7 +514,28 @@ pub struct Resource {
     /// Rate limits of the VM's disks (0: none).
     #[serde(default, skip_serializing_if = "DiskLimits::is_none")]
     pub disk: DiskLimits,
+    /// Size of the pod's scratch disk, which holds its containers' writable layers, in
+    /// MiB (0: [`DEFAULT_SCRATCH_MIB`]). Sparse: it costs what is written.
+    #[serde(default, rename = "scratchSize", skip_serializing_if = "is_zero")]
+    pub scratch_mib: u32,
 }
+
+impl Resource {
+    /// The scratch disk's size in MiB.
+    pub fn scratch_size_mib(&self) -> u32 {
+        if self.scratch_mib == 0 {
+            DEFAULT_SCRATCH_MIB
+        } else {
+            self.scratch_mib
+        }
+    }
+}
+
+/// The scratch disk's default size: 10 GiB (Docker's old per-container base size).
+pub const DEFAULT_SCRATCH_MIB: u32 = 10 * 1024;
+/// Scratch disks are 64 MiB to 1 TiB.
+pub const MIN_SCRATCH_MIB: u32 = 64;
+pub const MAX_SCRATCH_MIB: u32 = 1 << 20;
 
 fn is_zero(v: &u32) -> bool {
     *v == 0
@@ -553,6 +574,7 @@ impl Default for Resource {
             memory: default_memory(),
             cpu_percent: 0,
             disk: DiskLimits::default(),
+            scratch_mib: 0,
         }
     }
 }
@@ -601,6 +623,12 @@ impl PodSpec {
             return Err(InvalidSpec(format!(
                 "memory must be between {MIN_MEMORY} and {MAX_MEMORY} MiB, not {}",
                 r.memory
+            )));
+        }
+        if r.scratch_mib != 0 && !(MIN_SCRATCH_MIB..=MAX_SCRATCH_MIB).contains(&r.scratch_mib) {
+            return Err(InvalidSpec(format!(
+                "scratchSize must be between {MIN_SCRATCH_MIB} and {MAX_SCRATCH_MIB} MiB, not {}",
+                r.scratch_mib
             )));
         }
         let mut names = std::collections::HashSet::new();

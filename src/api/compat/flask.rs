@@ -302,6 +302,7 @@ async fn create(engine: &Arc<Engine>, req: Request<Incoming>) -> Reply {
             memory,
             cpu_percent,
             disk,
+            ..Default::default()
         },
         ..Default::default()
     };
