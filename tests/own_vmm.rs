@@ -205,8 +205,29 @@ fn a_pod_runs_through_the_hyper_vmm_driver() {
     common::assert_no_leftovers(&d);
 
     // The VMM outlives a daemon killed with SIGKILL; the new daemon re-attaches through
-    // the same agent socket (the VMM reconnects) and the pod answers.
-    out_ok(&d.hyperctl(&["run", "-d", "--name", "keep", "busybox", "sleep", "1000"]));
+    // the same agent socket (the VMM reconnects) and the pod answers. The pod has a
+    // host-directory volume (hyper-vmm's virtio-fs device on virtiofsd) and a block volume,
+    // and writes its layer to the scratch disk (hyper-vmm's virtio-blk).
+    let (code, body) = d.curl(
+        "POST",
+        "/volumes/create",
+        Some(r#"{"Name":"vmmblk","Driver":"block","DriverOpts":{"size":"64M"}}"#),
+    );
+    assert_eq!(code, 201, "{body}");
+    let host_dir = d.dir.path().join("shared");
+    std::fs::create_dir_all(&host_dir).unwrap();
+    std::fs::write(host_dir.join("from-host"), "host to guest\n").unwrap();
+    let keep = serde_json::json!({
+        "id": "keep",
+        "volumes": [{"name": "b", "source": "vmmblk", "driver": "block"},
+                    {"name": "h", "source": host_dir}],
+        "containers": [{"image": "busybox",
+                        "volumes": [{"volume": "b", "path": "/b"}, {"volume": "h", "path": "/h"}],
+                        "command": ["sleep", "1000"]}],
+    });
+    let (code, body) = d.curl("POST", "/pod/create", Some(&keep.to_string()));
+    assert_eq!(code, 200, "{body}");
+    out_ok(&d.hyperctl(&["start", "keep"]));
     let vm_pid = d.json("GET", "/pod/info?podName=keep", None)["vmPid"]
         .as_u64()
         .unwrap() as u32;
@@ -216,6 +237,21 @@ fn a_pod_runs_through_the_hyper_vmm_driver() {
     assert_eq!(
         out_ok(&d.hyperctl(&["exec", "keep", "echo", "still-here"])),
         "still-here"
+    );
+    assert_eq!(
+        out_ok(&d.hyperctl(&[
+            "exec",
+            "keep",
+            "sh",
+            "-c",
+            "echo on-disk > /b/f && sync && cat /b/f && echo layer > /l && cat /l \
+             && cat /h/from-host && echo guest to host > /h/from-guest",
+        ])),
+        "on-disk\nlayer\nhost to guest"
+    );
+    assert_eq!(
+        std::fs::read_to_string(host_dir.join("from-guest")).unwrap(),
+        "guest to host\n"
     );
     // Pause and unpause go through the adopted VMM's control socket.
     out_ok(&d.hyperctl(&["pause", "keep"]));

@@ -5,7 +5,9 @@
 //! base64 arrive with their checksum, owner and mode; hostile sources and targets are
 //! refused with 400; a symbolic link in a volume never reaches the host's files; a pod
 //! keeps its volume through a `kill -9` of the daemon; a 128 MiB VM writes 512 MiB into
-//! its root (the scratch disk); nothing is left behind.
+//! its root (the scratch disk); a block volume is held read-write by one pod at a time
+//! (409 for the second); an id-mapped share keeps the guest's root from owning host
+//! files; nothing is left behind.
 mod common;
 use common::{out_ok, Daemon};
 use std::path::Path;
@@ -317,6 +319,110 @@ fn pods_keep_and_share_data() {
     assert!(!out_ok(&docker(&d, config.path(), &["volume", "ls", "-q"]))
         .lines()
         .any(|l| l == "keep"));
+
+    // An id-mapped share: the guest's root is host uid 200000 there. What it creates
+    // belongs to 200000 (a set-uid bit it sets is 200000's, never root's), and a host
+    // file of root's stays out of its reach.
+    let mapped = host.path().join("mapped");
+    std::fs::create_dir(&mapped).unwrap();
+    std::os::unix::fs::chown(&mapped, Some(200000), Some(200000)).unwrap();
+    std::fs::write(mapped.join("roots"), "host root's\n").unwrap();
+    let spec = serde_json::json!({
+        "id": "mapped",
+        "idMap": {"hostUid": 200000, "hostGid": 200000},
+        "volumes": [{"name": "m", "source": mapped}],
+        "containers": [{"image": "busybox", "volumes": [{"volume": "m", "path": "/m"}],
+            "command": ["sh", "-c",
+              "cp /bin/busybox /m/tool && chmod 4755 /m/tool && echo made; \
+               chmod 4755 /m/roots 2>/dev/null || echo chmod-refused; \
+               echo x >> /m/roots 2>/dev/null || echo write-refused; stat -c '%u %a' /m/tool"]}],
+    });
+    let (code, body) = d.curl("POST", "/pod/create", Some(&spec.to_string()));
+    assert_eq!(code, 200, "{body}");
+    out_ok(&d.hyperctl(&["start", "mapped"]));
+    wait_output("the id-mapped pod never finished", "4755", || {
+        d.hyperctl(&["logs", "mapped"])
+    });
+    let log = out_ok(&d.hyperctl(&["logs", "mapped"]));
+    assert!(
+        log.contains("made") && log.contains("chmod-refused") && log.contains("write-refused"),
+        "{log}"
+    );
+    assert!(
+        log.contains("0 4755"),
+        "inside, the guest's root owns it: {log}"
+    );
+    use std::os::unix::fs::MetadataExt;
+    let tool = std::fs::metadata(mapped.join("tool")).unwrap();
+    assert_eq!(
+        (tool.uid(), tool.gid()),
+        (200000, 200000),
+        "host ids of the guest's root"
+    );
+    assert_eq!(tool.mode() & 0o7777, 0o4755);
+    let roots = std::fs::metadata(mapped.join("roots")).unwrap();
+    assert_eq!(
+        (roots.uid(), roots.mode() & 0o7777),
+        (0, 0o644),
+        "root's file untouched"
+    );
+    assert_eq!(
+        std::fs::read_to_string(mapped.join("roots")).unwrap(),
+        "host root's\n"
+    );
+    out_ok(&d.hyperctl(&["rm", "mapped"]));
+
+    // A block volume (an ext4 disk of its own): one pod holds it read-write, a second pod
+    // that asks for it is refused with 409 and nothing starts; once the first is gone the
+    // data is there for the next.
+    let (code, body) = d.curl(
+        "POST",
+        "/volumes/create",
+        Some(r#"{"Name":"blk","Driver":"block","DriverOpts":{"size":"256M"}}"#),
+    );
+    assert_eq!(code, 201, "{body}");
+    out_ok(&docker(
+        &d,
+        config.path(),
+        &[
+            "run",
+            "-d",
+            "--name",
+            "b1",
+            "-v",
+            "blk:/b",
+            "busybox",
+            "sh",
+            "-c",
+            "echo on-the-block-volume > /b/f; sync; sleep 1000",
+        ],
+    ));
+    let second = serde_json::json!({
+        "id": "b2",
+        "volumes": [{"name": "b", "source": "blk", "driver": "block"}],
+        "containers": [{"image": "busybox", "volumes": [{"volume": "b", "path": "/b"}],
+                        "command": ["cat", "/b/f"]}],
+    });
+    let (code, body) = d.curl("POST", "/pod/create", Some(&second.to_string()));
+    assert_eq!(code, 200, "{body}");
+    let vms_before = common::tree(&d.root.join("vm")).len();
+    let (code, body) = d.curl("POST", "/pod/start?podId=b2", None);
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("blk"), "{body}");
+    assert_eq!(
+        common::tree(&d.root.join("vm")).len(),
+        vms_before,
+        "nothing booted"
+    );
+    out_ok(&docker(&d, config.path(), &["rm", "-f", "b1"]));
+    out_ok(&d.hyperctl(&["start", "b2"]));
+    wait_output(
+        "the block volume's data never showed",
+        "on-the-block-volume",
+        || d.hyperctl(&["logs", "b2"]),
+    );
+    out_ok(&d.hyperctl(&["rm", "b2"]));
+    out_ok(&docker(&d, config.path(), &["volume", "rm", "blk"]));
 
     // hyperctl: -v with a host directory, --read-only.
     let o = d.hyperctl(&[

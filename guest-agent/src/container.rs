@@ -34,6 +34,22 @@ fn scratch_mounted() -> io::Result<bool> {
     Ok(true)
 }
 
+/// The overlay upper directory of a container: its changes to the image.
+pub(crate) fn upper_dir(id: &str) -> io::Result<PathBuf> {
+    valid_id(id)?;
+    Ok(
+        if SCRATCH
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or(false)
+        {
+            scratch_layer(id).join("upper")
+        } else {
+            base(id).join("rw/upper")
+        },
+    )
+}
+
 /// The writable layer's directory of a container on the scratch disk.
 fn scratch_layer(id: &str) -> PathBuf {
     Path::new(SCRATCH_DIR).join("c").join(id)
@@ -174,17 +190,65 @@ fn ensure_share() -> io::Result<()> {
     Ok(())
 }
 
+/// Where volume disks are mounted, by serial.
+const DISKS_DIR: &str = "/run/hyper/disks";
+static DISKS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Mounts a volume disk (ext4) once, read-write unless the host attached it read-only;
+/// returns its mount point.
+fn volume_disk(serial: &str) -> io::Result<PathBuf> {
+    if serial.is_empty()
+        || serial.len() > 20
+        || !serial
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-')
+    {
+        return Err(invalid(format!("bad disk serial {serial:?}")));
+    }
+    let dir = Path::new(DISKS_DIR).join(serial);
+    let mut mounted = DISKS.lock().unwrap_or_else(|e| e.into_inner());
+    if !mounted.iter().any(|m| m == serial) {
+        let disk = find_disk(serial)?;
+        std::fs::create_dir_all(&dir)?;
+        let opts = "noinit_itable";
+        let rw = mount(&disk, s(&dir), "ext4", libc::MS_NODEV, opts);
+        if let Err(e) = rw {
+            // A disk the host attached read-only.
+            if matches!(
+                e.kind(),
+                io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem
+            ) {
+                mount(
+                    &disk,
+                    s(&dir),
+                    "ext4",
+                    libc::MS_NODEV | libc::MS_RDONLY,
+                    opts,
+                )?;
+            } else {
+                return Err(e);
+            }
+        }
+        mounted.push(serial.to_string());
+    }
+    Ok(dir)
+}
+
 /// Binds each share entry onto its target in the container's root.
 fn mount_volumes(root: &Path, mounts: &[Mount]) -> io::Result<()> {
     if mounts.is_empty() {
         return Ok(());
     }
-    ensure_share()?;
     for m in mounts {
-        if m.share.is_empty() || !m.share.chars().all(|c| c.is_ascii_alphanumeric()) {
-            return Err(invalid(format!("bad share entry {:?}", m.share)));
-        }
-        let source = Path::new(SHARE_DIR).join(&m.share);
+        let source = if m.disk.is_empty() {
+            if m.share.is_empty() || !m.share.chars().all(|c| c.is_ascii_alphanumeric()) {
+                return Err(invalid(format!("bad share entry {:?}", m.share)));
+            }
+            ensure_share()?;
+            Path::new(SHARE_DIR).join(&m.share)
+        } else {
+            volume_disk(&m.disk)?
+        };
         let is_dir = std::fs::metadata(&source)?.is_dir();
         let target = mount_target(root, &m.target, is_dir)?;
         let target = s(&target);

@@ -6,6 +6,7 @@
 //! namespaces with their stdio streamed back to the host.
 mod channel;
 mod container;
+mod diff;
 mod net;
 mod process;
 mod sys;
@@ -79,6 +80,7 @@ fn handle(agent: &Arc<process::Agent>, chan: &channel::Channel, req: Request) {
             .start_process(&container, stream, process)
             .map(|pid| Some(serde_json::json!({ "pid": pid }))),
         Op::Signal { stream, signal } => agent.signal(stream, signal).map(|_| None),
+        Op::ExportDiff { container, stream } => agent.export_diff(&container, stream).map(|_| None),
         Op::WriteFile {
             container,
             path,

@@ -335,6 +335,41 @@ impl Agent {
         pid
     }
 
+    /// Streams a container's changes as a tar layer on `stream` (see `Op::ExportDiff`).
+    pub(crate) fn export_diff(&self, container: &str, stream: u32) -> Result<(), String> {
+        self.container_root(container)?;
+        if self.procs.lock().unwrap().contains_key(&stream) {
+            return Err(format!("stream {stream} is in use"));
+        }
+        let upper = crate::container::upper_dir(container).map_err(|e| e.to_string())?;
+        let chan = self.chan.clone();
+        std::thread::spawn(move || {
+            let out = crate::diff::StreamWriter {
+                chan: &chan,
+                stream,
+            };
+            let code = match crate::diff::write_diff(
+                &upper,
+                std::io::BufWriter::with_capacity(32 * 1024, out),
+            ) {
+                Ok(()) => 0,
+                Err(e) => {
+                    chan.send(&Frame::data(
+                        FrameKind::Stderr,
+                        stream,
+                        format!("the container's changes: {e}").into_bytes(),
+                    ));
+                    1
+                }
+            };
+            chan.send(&Frame::json(
+                FrameKind::Event,
+                &Event::Exited { stream, code },
+            ));
+        });
+        Ok(())
+    }
+
     /// Copies a process's output into frames until end of file (or EIO on a pty).
     fn pump<F>(&self, stream: u32, kind: FrameKind, mut read: F) -> std::thread::JoinHandle<()>
     where

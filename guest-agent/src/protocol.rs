@@ -225,6 +225,10 @@ pub enum Op {
     /// Configures a network interface of the VM (shared by all its containers) and the
     /// default route; since protocol 2.
     ConfigureNetwork { network: NetworkConfig },
+    /// Streams a container's changes (its writable layer) as an OCI tar layer with
+    /// whiteouts: stdout frames of `stream`, then an `exited` event for the stream (0:
+    /// complete; otherwise the error came on stderr). Since protocol 3.
+    ExportDiff { container: String, stream: u32 },
     /// Writes a file into a created container's root filesystem (its writable layer).
     WriteFile {
         container: String,
@@ -239,11 +243,17 @@ pub enum Op {
     },
 }
 
-/// An entry of the VM's share (virtio-fs tag [`SHARE_TAG`]) mounted into a container.
+/// An entry of the VM's share (virtio-fs tag [`SHARE_TAG`]) or a volume disk mounted
+/// into a container.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Mount {
     /// The entry's name in the share.
+    #[serde(default)]
     pub share: String,
+    /// Instead of a share entry: the virtio-blk serial of a volume disk (ext4), mounted
+    /// once in the VM and bound into each container that asks.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub disk: String,
     /// Absolute path in the container; symbolic links in the image resolve inside the
     /// container's root.
     pub target: String,
@@ -356,6 +366,7 @@ mod tests {
                 hostname: Some("h".into()),
                 mounts: vec![Mount {
                     share: "v0".into(),
+                    disk: String::new(),
                     target: "/data".into(),
                     read_only: true,
                 }],

@@ -371,6 +371,9 @@ pub struct Engine {
     pool_wake: tokio::sync::Notify,
     /// Pod starts under way: the pool keeper waits for them.
     starts_in_progress: std::sync::atomic::AtomicUsize,
+    /// Held by a start of a pod with block volumes from the check that they are free
+    /// until its VM is recorded, so two starts never both take one.
+    block_volume_starts: tokio::sync::Mutex<()>,
     pods: Mutex<HashMap<String, Arc<Pod>>>,
     /// Pod and VM directories of records a newer hyperd wrote: never cleaned up.
     foreign_dirs: Mutex<Vec<PathBuf>>,
@@ -451,6 +454,7 @@ impl Engine {
             pool: Mutex::new(Vec::new()),
             pool_wake: tokio::sync::Notify::new(),
             starts_in_progress: std::sync::atomic::AtomicUsize::new(0),
+            block_volume_starts: tokio::sync::Mutex::new(()),
             pods: Mutex::new(HashMap::new()),
             foreign_dirs: Mutex::new(Vec::new()),
             writer,
@@ -698,6 +702,11 @@ impl Engine {
             }
             None => {
                 let count = pod.containers().len();
+                let _block_volumes = if volumes::has_block_volumes(&pod.spec) {
+                    Some(self.block_volume_starts.lock().await)
+                } else {
+                    None
+                };
                 let (vm, runtime, gone_tx, pooled) = match self.take_vm(&pod, vm_hint).await {
                     Ok(v) => v,
                     Err(e) => {

@@ -68,12 +68,16 @@ impl Engine {
         resource: &crate::spec::Resource,
         n_slots: usize,
         net: VmNet,
-        share: crate::vm::share::VmShare,
+        storage: super::volumes::PodStorage,
     ) -> Result<Booted, EngineError> {
         let (vcpus, memory_mib) = (resource.vcpu, resource.memory);
         let id = crate::ids::vm_id();
         let dir = self.cfg.root.join("vm").join(&id);
         let scratch_mib = resource.scratch_size_mib();
+        let super::volumes::PodStorage {
+            share,
+            disks: volume_disks,
+        } = storage;
         let disks = {
             let dir = dir.clone();
             super::blocking(move || {
@@ -83,6 +87,7 @@ impl Engine {
                     slots::make_scratch(&dir, scratch_mib)
                         .map_err(EngineError::io("the scratch disk"))?,
                 );
+                disks.extend(volume_disks);
                 Ok(disks)
             })
             .await
@@ -333,7 +338,7 @@ impl Engine {
         let r = &pod.spec.resource;
         let need = pod.containers().len();
         let net = self.pod_net(&pod.spec)?;
-        let share = self.pod_share(pod).await?;
+        let storage = self.pod_storage(pod).await?;
         let taken = {
             let mut pool = self.pool.lock().unwrap();
             let i = match hint.filter(|h| !h.is_empty()) {
@@ -344,7 +349,7 @@ impl Engine {
                         .ok_or_else(|| EngineError::NoSuch(format!("no idle VM {h}")))?;
                     // A VM's network and share are fixed when it boots (passt's
                     // forwards, virtiofsd's entries).
-                    if !share.is_empty() {
+                    if !storage.is_empty() {
                         return Err(EngineError::WrongState(format!(
                             "VM {h} was booted without this pod's volumes; start it without a VM"
                         )));
@@ -363,7 +368,7 @@ impl Engine {
                 None if r.cpu_percent > 0
                     || !r.disk.is_none()
                     || r.scratch_mib != 0
-                    || !share.is_empty() =>
+                    || !storage.is_empty() =>
                 {
                     None
                 }
@@ -391,7 +396,7 @@ impl Engine {
             }
         }
         let b = self
-            .boot_vm(r, need.max(slots::MIN_SLOTS), net, share)
+            .boot_vm(r, need.max(slots::MIN_SLOTS), net, storage)
             .await?;
         Ok((b.vm, b.runtime, b.gone, false))
     }

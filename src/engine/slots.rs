@@ -46,7 +46,18 @@ pub(crate) const SCRATCH_SERIAL: &str = hyperd_agent::protocol::SCRATCH_SERIAL;
 /// the writable layers of the VM's containers.
 pub(crate) fn make_scratch(dir: &Path, mib: u32) -> std::io::Result<DiskConfig> {
     let p = dir.join("scratch.img");
-    std::fs::File::create(&p)?.set_len(u64::from(mib) << 20)?;
+    make_ext4(&p, mib, "hyper-scratch")?;
+    Ok(DiskConfig {
+        path: p,
+        serial: SCRATCH_SERIAL.to_string(),
+        read_only: false,
+    })
+}
+
+/// A new sparse file of `mib` MiB at `path`, formatted ext4 by `mkfs.ext4` while it is
+/// empty (lazy inode tables and journal: milliseconds, a few MiB on the host).
+pub(crate) fn make_ext4(p: &Path, mib: u32, label: &str) -> std::io::Result<()> {
+    std::fs::File::create(p)?.set_len(u64::from(mib) << 20)?;
     let out = std::process::Command::new("mkfs.ext4")
         .args([
             "-q",
@@ -56,9 +67,9 @@ pub(crate) fn make_scratch(dir: &Path, mib: u32) -> std::io::Result<DiskConfig> 
             "-E",
             "lazy_itable_init=1,lazy_journal_init=1,nodiscard",
             "-L",
-            "hyper-scratch",
+            label,
         ])
-        .arg(&p)
+        .arg(p)
         .stdin(std::process::Stdio::null())
         .output()
         .map_err(|e| std::io::Error::other(format!("mkfs.ext4: {e}")))?;
@@ -68,11 +79,7 @@ pub(crate) fn make_scratch(dir: &Path, mib: u32) -> std::io::Result<DiskConfig> 
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
-    Ok(DiskConfig {
-        path: p,
-        serial: SCRATCH_SERIAL.to_string(),
-        read_only: false,
-    })
+    Ok(())
 }
 
 /// Writes an image's root filesystem into a slot (keeping the slot's size).
@@ -286,8 +293,18 @@ pub(crate) fn container_mounts(
                 .iter()
                 .position(|v| v.name == m.volume)
                 .ok_or_else(|| EngineError::Invalid(format!("no pod volume {:?}", m.volume)))?;
+            let block = pod.volumes[i].kind().ok() == Some(crate::spec::VolumeKind::Block);
             Ok(hyperd_agent::protocol::Mount {
-                share: super::volumes::entry_name(i),
+                share: if block {
+                    String::new()
+                } else {
+                    super::volumes::entry_name(i)
+                },
+                disk: if block {
+                    super::volumes::disk_serial(i)
+                } else {
+                    String::new()
+                },
                 target: m.path.clone(),
                 read_only: m.read_only || pod.volumes[i].read_only,
             })

@@ -8,9 +8,14 @@
 //! - a pod-local volume: `<pod dir>/volumes/<name>`, removed with the pod;
 //! - a named volume: `<root>/volumes/<name>/_data`, with its record beside it in
 //!   `volume.json`, kept until it is removed.
+//!
+//! A block volume is the exception: `<root>/volumes/<name>/disk.img`, a sparse ext4 image
+//! the host formats while it is empty and only guests mount, attached to the VM as a
+//! virtio-blk disk. One running pod at a time may have it read-write.
 use super::{Engine, EngineError, Pod};
 use crate::spec::{PodSpec, VolumeKind};
 use crate::vm::share::{ShareEntry, VmShare};
+use crate::vm::DiskConfig;
 use std::path::{Path, PathBuf};
 
 /// Host paths a volume may not come from (with the daemon's root).
@@ -20,15 +25,47 @@ const FORBIDDEN_SOURCES: [&str; 3] = ["/proc", "/sys", "/dev"];
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct NamedVolume {
     pub name: String,
-    /// Always `local`.
+    /// `local` (a directory) or `block` (an ext4 disk image).
     pub driver: String,
+    /// A block volume's size in MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_mib: Option<u32>,
     /// RFC 3339.
     pub created_at: String,
     #[serde(default)]
     pub labels: std::collections::BTreeMap<String, String>,
-    /// Where its data is on the host.
+    /// Where its data is on the host (a block volume's disk image).
     #[serde(skip)]
     pub mountpoint: PathBuf,
+}
+
+/// A block volume's default size: 10 GiB, sparse.
+pub(crate) const DEFAULT_BLOCK_MIB: u32 = 10 * 1024;
+
+/// What a pod's VM gets for its volumes: share entries (virtio-fs) and disks (block
+/// volumes).
+#[derive(Debug, Default)]
+pub struct PodStorage {
+    pub share: VmShare,
+    pub disks: Vec<DiskConfig>,
+}
+
+impl PodStorage {
+    pub fn is_empty(&self) -> bool {
+        self.share.is_empty() && self.disks.is_empty()
+    }
+}
+
+/// The virtio-blk serial of the pod's `i`th volume when it is a block volume.
+pub(crate) fn disk_serial(i: usize) -> String {
+    format!("hyper-b{i}")
+}
+
+/// How a volume is created when a pod or a client names one that does not exist.
+#[derive(Debug, Clone, Copy)]
+pub enum VolumeDriver {
+    Local,
+    Block { size_mib: u32 },
 }
 
 /// The share entry name of the pod's `i`th volume.
@@ -75,22 +112,56 @@ impl Engine {
         self.cfg.root.join("volumes")
     }
 
-    /// What a pod's VM shares: each pod volume as an entry, in the spec's order.
-    /// Pod-local directories and named volumes are created as needed.
-    pub(super) async fn pod_share(&self, pod: &Pod) -> Result<VmShare, EngineError> {
+    /// What a pod's VM gets for its volumes: share entries and block volume disks, in
+    /// the spec's order. Pod-local directories and named volumes are created as needed;
+    /// a block volume another running pod holds read-write (or holds at all, when this
+    /// pod wants it read-write) is refused.
+    pub(super) async fn pod_storage(&self, pod: &Pod) -> Result<PodStorage, EngineError> {
+        self.check_block_volumes_free(pod)?;
         let spec = pod.spec.clone();
         let (root, pod_dir, volumes_dir) =
             (self.cfg.root.clone(), pod.dir.clone(), self.volumes_dir());
-        let entries =
-            super::blocking(move || resolve_share(&spec, &root, &pod_dir, &volumes_dir)).await?;
-        if !entries.is_empty() && !self.driver.has_shared_dirs() {
+        let mut storage =
+            super::blocking(move || resolve_storage(&spec, &root, &pod_dir, &volumes_dir)).await?;
+        storage.share.id_map = pod.spec.id_map.map(|m| crate::vm::share::IdMap {
+            host_uid: m.host_uid,
+            host_gid: m.host_gid,
+            size: m.size,
+        });
+        if !storage.share.is_empty() && !self.driver.has_shared_dirs() {
             return Err(crate::vm::VmError::Unsupported(format!(
-                "the {} driver cannot share host directories yet: volumes need the qemu driver",
+                "the {} driver cannot share host directories",
                 self.driver.describe()
             ))
             .into());
         }
-        Ok(VmShare { entries })
+        Ok(storage)
+    }
+
+    /// Refuses a pod's start while another pod with a VM holds one of its block volumes
+    /// in a way that conflicts (either side read-write).
+    fn check_block_volumes_free(&self, pod: &Pod) -> Result<(), EngineError> {
+        let wanted = block_volumes(&pod.spec);
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        for other in self.pods() {
+            if other.id == pod.id || other.vm().is_none() {
+                continue;
+            }
+            for (name, rw) in block_volumes(&other.spec) {
+                if let Some((_, mine_rw)) = wanted.iter().find(|(n, _)| *n == name) {
+                    if rw || *mine_rw {
+                        return Err(EngineError::WrongState(format!(
+                            "block volume {name} is in use by pod {}{}",
+                            other.name,
+                            if rw { " (read-write)" } else { "" }
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Creates a named volume (an existing one is returned as it is, as Docker does).
@@ -98,6 +169,7 @@ impl Engine {
         &self,
         name: &str,
         labels: std::collections::BTreeMap<String, String>,
+        driver: VolumeDriver,
     ) -> Result<NamedVolume, EngineError> {
         if !crate::spec::valid_name(name) {
             return Err(EngineError::Invalid(format!(
@@ -105,12 +177,14 @@ impl Engine {
             )));
         }
         let (dir, name) = (self.volumes_dir(), name.to_string());
-        super::blocking(move || ensure_named(&dir, &name, labels)).await
+        super::blocking(move || ensure_named(&dir, &name, labels, driver)).await
     }
 
-    /// Where a named volume's data is on the host.
+    /// Where a named volume's data is on the host (a block volume's disk image).
     pub fn volume_path(&self, name: &str) -> PathBuf {
-        self.volumes_dir().join(name).join("_data")
+        read_named(&self.volumes_dir(), name)
+            .map(|v| v.mountpoint)
+            .unwrap_or_else(|_| self.volumes_dir().join(name).join("_data"))
     }
 
     /// Every named volume.
@@ -179,14 +253,37 @@ impl Engine {
     }
 }
 
-/// The share entries of a spec's volumes (blocking: creates directories, reads links).
-fn resolve_share(
+/// Whether a pod has block volumes.
+pub(crate) fn has_block_volumes(spec: &PodSpec) -> bool {
+    !block_volumes(spec).is_empty()
+}
+
+/// A spec's block volumes: (name, whether some container mounts it read-write).
+fn block_volumes(spec: &PodSpec) -> Vec<(&str, bool)> {
+    spec.volumes
+        .iter()
+        .filter(|v| v.kind().ok() == Some(VolumeKind::Block))
+        .map(|v| {
+            let rw = !v.read_only
+                && spec
+                    .containers
+                    .iter()
+                    .flat_map(|c| &c.volumes)
+                    .any(|m| m.volume == v.name && !m.read_only);
+            (v.volume_name(), rw)
+        })
+        .collect()
+}
+
+/// The share entries and disks of a spec's volumes (blocking: creates directories and
+/// disks, reads links).
+fn resolve_storage(
     spec: &PodSpec,
     root: &Path,
     pod_dir: &Path,
     volumes_dir: &Path,
-) -> Result<Vec<ShareEntry>, EngineError> {
-    let mut entries = Vec::new();
+) -> Result<PodStorage, EngineError> {
+    let mut storage = PodStorage::default();
     for (i, v) in spec.volumes.iter().enumerate() {
         let source = match v.kind()? {
             VolumeKind::HostPath => checked_host_path(&v.source, root)?,
@@ -196,16 +293,52 @@ fn resolve_share(
                 d
             }
             VolumeKind::Named => {
-                ensure_named(volumes_dir, v.volume_name(), Default::default())?.mountpoint
+                ensure_named(
+                    volumes_dir,
+                    v.volume_name(),
+                    Default::default(),
+                    VolumeDriver::Local,
+                )?
+                .mountpoint
+            }
+            VolumeKind::Block => {
+                let vol = ensure_named(
+                    volumes_dir,
+                    v.volume_name(),
+                    Default::default(),
+                    VolumeDriver::Block {
+                        size_mib: DEFAULT_BLOCK_MIB,
+                    },
+                )?;
+                if vol.driver != "block" {
+                    return Err(EngineError::Invalid(format!(
+                        "volume {} is a {} volume, not a block volume",
+                        vol.name, vol.driver
+                    )));
+                }
+                storage.disks.push(DiskConfig {
+                    path: vol.mountpoint,
+                    serial: disk_serial(i),
+                    read_only: v.read_only,
+                });
+                continue;
             }
         };
-        entries.push(ShareEntry {
+        if v.kind()? == VolumeKind::Named
+            && read_named(volumes_dir, v.volume_name()).is_ok_and(|n| n.driver == "block")
+        {
+            return Err(EngineError::Invalid(format!(
+                "volume {} is a block volume: name it with driver block",
+                v.volume_name()
+            )));
+        }
+        storage.share.entries.push(ShareEntry {
             name: entry_name(i),
             source,
             read_only: v.read_only,
         });
     }
-    Ok(entries)
+    Ok(storage)
 }
 
 fn read_named(dir: &Path, name: &str) -> std::io::Result<NamedVolume> {
@@ -215,7 +348,11 @@ fn read_named(dir: &Path, name: &str) -> std::io::Result<NamedVolume> {
     let d = dir.join(name);
     let mut v: NamedVolume = serde_json::from_slice(&std::fs::read(d.join("volume.json"))?)
         .map_err(std::io::Error::other)?;
-    v.mountpoint = d.join("_data");
+    v.mountpoint = if v.driver == "block" {
+        d.join("disk.img")
+    } else {
+        d.join("_data")
+    };
     Ok(v)
 }
 
@@ -225,19 +362,33 @@ fn ensure_named(
     dir: &Path,
     name: &str,
     labels: std::collections::BTreeMap<String, String>,
+    driver: VolumeDriver,
 ) -> Result<NamedVolume, EngineError> {
     if let Ok(v) = read_named(dir, name) {
         return Ok(v);
     }
     let d = dir.join(name);
-    let data = d.join("_data");
-    std::fs::create_dir_all(&data).map_err(EngineError::io(data.display()))?;
+    std::fs::create_dir_all(&d).map_err(EngineError::io(d.display()))?;
+    let (driver, size_mib, mountpoint) = match driver {
+        VolumeDriver::Local => {
+            let data = d.join("_data");
+            std::fs::create_dir_all(&data).map_err(EngineError::io(data.display()))?;
+            ("local", None, data)
+        }
+        VolumeDriver::Block { size_mib } => {
+            let disk = d.join("disk.img");
+            super::slots::make_ext4(&disk, size_mib, "hyper-volume")
+                .map_err(EngineError::io(disk.display()))?;
+            ("block", Some(size_mib), disk)
+        }
+    };
     let v = NamedVolume {
         name: name.to_string(),
-        driver: "local".into(),
+        driver: driver.into(),
+        size_mib,
         created_at: super::io::chrono_now(),
         labels,
-        mountpoint: data,
+        mountpoint,
     };
     let tmp = d.join("volume.json.tmp");
     let json = serde_json::to_vec(&v).map_err(|e| EngineError::Invalid(e.to_string()))?;
@@ -289,10 +440,16 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let mut labels = std::collections::BTreeMap::new();
         labels.insert("a".to_string(), "b".to_string());
-        let v = ensure_named(t.path(), "db", labels).unwrap();
+        let v = ensure_named(t.path(), "db", labels, VolumeDriver::Local).unwrap();
         assert!(v.mountpoint.is_dir());
         std::fs::write(v.mountpoint.join("x"), "1").unwrap();
-        let again = ensure_named(t.path(), "db", Default::default()).unwrap();
+        let again = ensure_named(
+            t.path(),
+            "db",
+            Default::default(),
+            VolumeDriver::Block { size_mib: 64 },
+        )
+        .unwrap();
         assert_eq!(again.labels.get("a").map(String::as_str), Some("b"));
         assert!(again.mountpoint.join("x").exists());
     }

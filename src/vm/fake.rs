@@ -207,6 +207,7 @@ impl Agent {
                 }
                 Ok(None)
             }
+            Op::ExportDiff { .. } => Err("the fake VM has no file systems".to_string()),
             Op::Ping
             | Op::CreateContainer { .. }
             | Op::ResizeTty { .. }

@@ -78,10 +78,33 @@ impl VmmDriver {
                 .collect(),
             agent_socket: Some(cfg.dir.join("agent.sock")),
             console_log: Some(cfg.console_log()),
+            shared_dirs: if cfg.share.is_empty() {
+                Vec::new()
+            } else {
+                vec![hyper_vmm_api::config::SharedDirConfig {
+                    tag: super::share::TAG.to_string(),
+                    socket: super::share::socket_path(&cfg.dir),
+                }]
+            },
         }
     }
 
     pub async fn boot(&self, cfg: &VmConfig) -> Result<RunningVm, VmError> {
+        if !cfg.share.is_empty() {
+            std::fs::create_dir_all(&cfg.dir)?;
+            if let Err(e) = super::share::start_virtiofsd(&cfg.dir, &cfg.share) {
+                super::stop_helpers(&cfg.dir);
+                return Err(e);
+            }
+        }
+        let result = self.launch(cfg).await;
+        if result.is_err() {
+            super::stop_helpers(&cfg.dir);
+        }
+        result
+    }
+
+    async fn launch(&self, cfg: &VmConfig) -> Result<RunningVm, VmError> {
         let api = cfg.dir.join("vmm.sock");
         let mut cmd = tokio::process::Command::new(&self.binary);
         cmd.arg("--api-sock").arg(&api);

@@ -25,8 +25,8 @@ pub enum VmError {
     Launch(String),
     #[error("the VM's agent did not answer within {0:?} (see {1})")]
     BootTimeout(Duration, PathBuf),
-    #[error("the VM exited during boot (see {0})")]
-    DiedDuringBoot(PathBuf),
+    #[error("the VM exited during boot: {0}")]
+    DiedDuringBoot(String),
     #[error(transparent)]
     Agent(#[from] agent::AgentError),
     #[error("the VM's monitor: {0}")]
@@ -145,10 +145,14 @@ impl Driver {
         matches!(self, Driver::Qemu(_))
     }
 
-    /// Whether the driver can share host directories with VMs (hyper-vmm's vhost-user
-    /// frontend is still to come: docs/decisions.md).
+    /// Whether the driver can share host directories with VMs (virtio-fs on a
+    /// virtiofsd: both drivers can; the fake VM cannot).
     pub fn has_shared_dirs(&self) -> bool {
-        !matches!(self, Driver::Vmm(_))
+        match self {
+            Driver::Vmm(_) | Driver::Qemu(_) => true,
+            #[cfg(test)]
+            Driver::Fake(_) => false,
+        }
     }
 
     /// Boots a VM and returns once its agent answered.
@@ -216,7 +220,7 @@ where
             Ok(r) => r,
             Err(_) => Err(VmError::BootTimeout(cfg.boot_timeout, cfg.console_log())),
         },
-        _ = handle.wait() => Err(VmError::DiedDuringBoot(log_path.clone())),
+        _ = handle.wait() => Err(VmError::DiedDuringBoot(log_tail(&log_path))),
     };
     drop(listener);
     let _ = std::fs::remove_file(&sock);
@@ -231,6 +235,18 @@ where
             handle.wait().await;
             Err(e)
         }
+    }
+}
+
+/// The last lines of a monitor's log, for an error that outlives the VM's directory.
+fn log_tail(path: &std::path::Path) -> String {
+    let text = std::fs::read(path).unwrap_or_default();
+    let tail = String::from_utf8_lossy(&text[text.len().saturating_sub(600)..]).into_owned();
+    let tail = tail.trim();
+    if tail.is_empty() {
+        format!("{} is empty", path.display())
+    } else {
+        tail.to_string()
     }
 }
 

@@ -28,6 +28,19 @@ pub struct MachineConfig {
     /// Where the guest's serial console goes.
     #[serde(default)]
     pub console_log: Option<PathBuf>,
+    /// virtio-fs devices, each served by a vhost-user backend (virtiofsd) on a socket;
+    /// with any, guest memory is a shared memfd the backend maps.
+    #[serde(default)]
+    pub shared_dirs: Vec<SharedDirConfig>,
+}
+
+/// One virtio-fs device.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SharedDirConfig {
+    /// The tag the guest mounts it by.
+    pub tag: String,
+    /// The backend's vhost-user socket.
+    pub socket: PathBuf,
 }
 
 /// One virtio-blk disk.

@@ -20,13 +20,37 @@ pub struct KvmVm {
     pub kvm: Kvm,
 }
 
+/// `mem_bytes` of guest memory at guest physical address 0: anonymous, or with `shared`
+/// a memfd mapped shared, which a vhost-user backend (virtiofsd) can map too.
+pub fn guest_memory(mem_bytes: usize, shared: bool) -> Result<GuestMemoryMmap, KvmError> {
+    let file = if shared {
+        // SAFETY: memfd_create reads the NUL-terminated name; the new fd is owned below.
+        let fd = unsafe { libc::memfd_create(c"guest-ram".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(KvmError::Memory(format!(
+                "memfd_create: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+        // SAFETY: fd is a new descriptor nothing else owns.
+        let file = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        file.set_len(mem_bytes as u64)
+            .map_err(|e| KvmError::Memory(format!("memfd size: {e}")))?;
+        Some(vm_memory::FileOffset::new(file, 0))
+    } else {
+        None
+    };
+    GuestMemoryMmap::from_ranges_with_files([(GuestAddress(0), mem_bytes, file)])
+        .map_err(|e| KvmError::Memory(e.to_string()))
+}
+
 impl KvmVm {
-    /// A VM with `mem_bytes` of guest memory at guest physical address 0.
-    pub fn new(mem_bytes: usize) -> Result<KvmVm, KvmError> {
+    /// A VM with `mem_bytes` of guest memory at guest physical address 0 (shareable with
+    /// a vhost-user backend when `shared`).
+    pub fn new(mem_bytes: usize, shared: bool) -> Result<KvmVm, KvmError> {
         let kvm = Kvm::new()?;
         let fd = kvm.create_vm()?;
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), mem_bytes)])
-            .map_err(|e| KvmError::Memory(e.to_string()))?;
+        let mem = guest_memory(mem_bytes, shared)?;
         let host = mem
             .get_host_address(GuestAddress(0))
             .map_err(|e| KvmError::Memory(e.to_string()))?;
@@ -92,7 +116,7 @@ mod tests {
     }
 
     fn real_mode_vm(code: &[u8]) -> (KvmVm, VcpuFd) {
-        let vm = KvmVm::new(1 << 20).unwrap();
+        let vm = KvmVm::new(1 << 20, false).unwrap();
         vm.mem.write_slice(code, GuestAddress(0x1000)).unwrap();
         let vcpu = vm.fd.create_vcpu(0).unwrap();
         let mut sregs = vcpu.get_sregs().unwrap();

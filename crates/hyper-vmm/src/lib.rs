@@ -6,8 +6,9 @@
 //!   local APIC; [`boot`]: kernel, initramfs, command line, zero page and e820;
 //!   [`mptable`]: CPUs and I/O APIC for a guest without ACPI.
 //! - [`legacy`]: the 8250 console and the i8042 reset on port I/O.
-//! - [`mmio`]: the virtio-mmio transport; [`virtio_blk`] and [`virtio_console`] (the
-//!   agent port) behind it; [`rate_limit`]: token buckets for disks.
+//! - [`mmio`]: the virtio-mmio transport; [`virtio_blk`], [`virtio_console`] (the
+//!   agent port) and [`vhost_user_fs`] (virtio-fs served by virtiofsd) behind it;
+//!   [`rate_limit`]: token buckets for disks.
 //! - [`privileges`] and [`seccomp`]: what the process gives up before it serves a guest.
 pub mod boot;
 pub mod control;
@@ -20,5 +21,6 @@ pub mod mptable;
 pub mod privileges;
 pub mod rate_limit;
 pub mod seccomp;
+pub mod vhost_user_fs;
 pub mod virtio_blk;
 pub mod virtio_console;

@@ -8,6 +8,7 @@ use super::kvm::KvmVm;
 use super::legacy::{Flag, LegacyDevices, PioBus};
 use super::mmio::{MmioTransport, VirtioDevice};
 use super::mptable;
+use super::vhost_user_fs::VhostUserFs;
 use super::virtio_blk::{Backend, Block, SECTOR_SIZE};
 use super::virtio_console::{AgentPort, Console};
 use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
@@ -44,6 +45,8 @@ pub enum MachineError {
     Config(String),
     #[error("{0}: {1}")]
     Io(String, std::io::Error),
+    #[error(transparent)]
+    Fs(#[from] super::vhost_user_fs::FsError),
 }
 
 /// A device in an MMIO window.
@@ -119,6 +122,7 @@ pub struct Machine {
     bus: Arc<Bus>,
     pub agent: Option<Arc<Mutex<VirtioSlot<Console>>>>,
     limited_disks: Vec<Arc<Mutex<VirtioSlot<Block>>>>,
+    shared_dirs: Vec<Arc<Mutex<VirtioSlot<VhostUserFs>>>>,
     agent_socket: Option<PathBuf>,
     pub ending: Arc<(Mutex<Option<Ending>>, Condvar)>,
     gate: Arc<PauseGate>,
@@ -158,6 +162,8 @@ struct Devices {
     /// Disks with a rate limit, whose throttled queues a timer retries.
     limited_disks: Vec<Arc<Mutex<VirtioSlot<Block>>>>,
     agent: Option<Arc<Mutex<VirtioSlot<Console>>>>,
+    /// virtio-fs devices, whose backends' signals a thread turns into interrupts.
+    shared_dirs: Vec<Arc<Mutex<VirtioSlot<VhostUserFs>>>>,
 }
 
 impl Devices {
@@ -192,7 +198,8 @@ fn check_config(cfg: &MachineConfig) -> Result<(), MachineError> {
 /// Step 2: the KVM VM with its memory, in-kernel interrupt controllers and PIT; answers
 /// the CPUID KVM supports, for the vCPUs.
 fn create_vm(cfg: &MachineConfig) -> Result<(KvmVm, kvm_bindings::CpuId), MachineError> {
-    let vm = KvmVm::new((cfg.mem_mib << 20) as usize)?;
+    // A vhost-user backend maps guest memory: then it must be a shared memfd.
+    let vm = KvmVm::new((cfg.mem_mib << 20) as usize, !cfg.shared_dirs.is_empty())?;
     let supported = vm.kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)?;
     vm.fd.set_tss_address(0xfffb_d000)?;
     vm.fd.create_irq_chip()?;
@@ -240,6 +247,76 @@ fn attach_disks(
         }
         devices.mmio.push(slot);
     }
+    Ok(())
+}
+
+/// Step 3b: one virtio-fs device per shared directory, its backend connected.
+fn attach_shared_dirs(
+    vm: &KvmVm,
+    cfg: &MachineConfig,
+    devices: &mut Devices,
+) -> Result<(), MachineError> {
+    for d in &cfg.shared_dirs {
+        let fs = VhostUserFs::connect(&d.socket, &d.tag, vm.mem.clone())?;
+        let slot = Arc::new(Mutex::new(VirtioSlot {
+            transport: MmioTransport::new(fs),
+            irq: devices.next_irq(vm)?,
+        }));
+        devices.mmio.push(slot.clone());
+        devices.shared_dirs.push(slot);
+    }
+    Ok(())
+}
+
+/// Turns a virtio-fs backend's call eventfds into the device's interrupts, until the VM
+/// ends.
+fn forward_backend_calls(
+    slot: Arc<Mutex<VirtioSlot<VhostUserFs>>>,
+    ending: Arc<(Mutex<Option<Ending>>, Condvar)>,
+) -> Result<(), MachineError> {
+    let calls: Vec<EventFd> = slot
+        .lock()
+        .unwrap()
+        .transport
+        .device
+        .calls
+        .iter()
+        .map(EventFd::try_clone)
+        .collect::<Result<_, _>>()
+        .map_err(|e| MachineError::Io("eventfd".into(), e))?;
+    std::thread::Builder::new()
+        .name("virtio-fs".into())
+        .spawn(move || {
+            use std::os::fd::AsRawFd;
+            let mut fds: Vec<libc::pollfd> = calls
+                .iter()
+                .map(|c| libc::pollfd {
+                    fd: c.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                })
+                .collect();
+            while ending.0.lock().unwrap().is_none() {
+                // SAFETY: poll reads and writes `fds.len()` pollfd records in `fds`,
+                // which lives across the call.
+                let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 200) };
+                if n <= 0 {
+                    continue;
+                }
+                let mut signalled = false;
+                for (i, p) in fds.iter_mut().enumerate() {
+                    if p.revents & libc::POLLIN != 0 {
+                        let _ = calls[i].read();
+                        signalled = true;
+                    }
+                    p.revents = 0;
+                }
+                if signalled {
+                    slot.lock().unwrap().device_event(|_| true);
+                }
+            }
+        })
+        .map_err(|e| MachineError::Io("virtio-fs thread".into(), e))?;
     Ok(())
 }
 
@@ -342,6 +419,7 @@ impl Machine {
         let (vm, supported) = create_vm(cfg)?;
         let mut devices = Devices::default();
         attach_disks(&vm, cfg, &mut devices)?;
+        attach_shared_dirs(&vm, cfg, &mut devices)?;
         attach_agent_port(&vm, cfg, &mut devices)?;
         let legacy = attach_legacy(&vm, cfg)?;
         let entry = load_guest(&vm, cfg, devices.mmio.len())?;
@@ -355,6 +433,7 @@ impl Machine {
             }),
             agent: devices.agent,
             limited_disks: devices.limited_disks,
+            shared_dirs: devices.shared_dirs,
             agent_socket: cfg.agent_socket.clone(),
             ending: Arc::new((Mutex::new(None), Condvar::new())),
             gate: Arc::new(PauseGate::default()),
@@ -377,6 +456,9 @@ impl Machine {
         }
         for disk in &self.limited_disks {
             retry_throttled(disk.clone(), self.ending.clone());
+        }
+        for fs in &self.shared_dirs {
+            forward_backend_calls(fs.clone(), self.ending.clone())?;
         }
         if let (Some(slot), Some(path)) = (&self.agent, &self.agent_socket) {
             super::virtio_console::connect_host(slot.clone(), path.clone());

@@ -24,6 +24,10 @@ pub trait VirtioDevice {
     fn features(&self) -> u64;
     fn queue_max_sizes(&self) -> Vec<u16>;
     fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// The features the driver accepted, told just before [`VirtioDevice::activate`].
+    fn set_acked_features(&mut self, features: u64) {
+        let _ = features;
+    }
     /// The driver is running: the device takes its queues.
     fn activate(&mut self, queues: Vec<Queue>);
     /// The driver notified queue `index`: the device works through it and answers whether
@@ -246,6 +250,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
                 self.activated = true;
                 let fresh = self.fresh_queues();
                 let queues = std::mem::replace(&mut self.queues, fresh);
+                self.device.set_acked_features(self.driver_features);
                 self.device.activate(queues);
             } else {
                 self.status |= FAILED;

@@ -49,6 +49,9 @@ const ALLOWED: &[i64] = &[
     libc::SYS_mremap,
     libc::SYS_madvise,
     libc::SYS_brk,
+    // guest memory shared with a vhost-user backend (virtiofsd)
+    libc::SYS_memfd_create,
+    libc::SYS_ftruncate,
     // threads, signals (vCPU kicks), time
     libc::SYS_clone,
     libc::SYS_clone3,

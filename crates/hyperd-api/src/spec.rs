@@ -60,6 +60,28 @@ pub struct PodSpec {
     /// Volumes the containers can mount (`containers[].volumes`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<Volume>,
+    /// The guest's user and group ids as the host sees them on the pod's directory
+    /// volumes; absent: the host's own ids (as Docker's bind mounts).
+    #[serde(default, rename = "idMap", skip_serializing_if = "Option::is_none")]
+    pub id_map: Option<IdMap>,
+}
+
+/// Guest ids `0..size` are host ids `hostUid..` and `hostGid..` on the pod's directory
+/// volumes: the guest's root is an unprivileged host user there, and whatever it creates
+/// belongs to the range.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, JsonSchema)]
+pub struct IdMap {
+    #[serde(rename = "hostUid")]
+    pub host_uid: u32,
+    #[serde(rename = "hostGid")]
+    pub host_gid: u32,
+    /// How many ids (65536 covers every usual id).
+    #[serde(default = "default_id_map_size")]
+    pub size: u32,
+}
+
+fn default_id_map_size() -> u32 {
+    65536
 }
 
 /// A volume of the pod, by name.
@@ -69,13 +91,16 @@ pub struct PodSpec {
 /// - `source` empty: a directory of the pod's own, on the host's disk, removed with the
 ///   pod;
 /// - `driver` `local`: the named volume `source` (created when missing), which outlives
-///   pods (Docker's named volumes, `/volumes`).
+///   pods (Docker's named volumes, `/volumes`);
+/// - `driver` `block`: the named block volume `source` (an ext4 disk, created when
+///   missing), read-write in one running pod at a time.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, JsonSchema)]
 pub struct Volume {
     pub name: String,
     #[serde(default)]
     pub source: String,
-    /// `vfs` (or empty) for a host path, `local` for a named volume.
+    /// `vfs` (or empty) for a host path, `local` for a named volume, `block` for a block
+    /// volume.
     #[serde(default, alias = "format")]
     pub driver: String,
     /// Read-only for every container of the pod.
@@ -96,6 +121,9 @@ pub enum VolumeKind {
     PodLocal,
     /// A named volume (`source` is its name).
     Named,
+    /// A named block volume (`source` is its name): an ext4 disk of its own, attached to
+    /// the VM; one pod at a time may have it read-write.
+    Block,
 }
 
 impl Volume {
@@ -113,8 +141,13 @@ impl Volume {
                 "volume {}: invalid volume name {s:?}",
                 self.name
             ))),
+            ("block", s) if s.is_empty() || valid_name(s) => Ok(VolumeKind::Block),
+            ("block", s) => Err(InvalidSpec(format!(
+                "volume {}: invalid volume name {s:?}",
+                self.name
+            ))),
             (d, _) => Err(InvalidSpec(format!(
-                "volume {}: unsupported driver {d:?} (vfs for a host path, local for a named volume)",
+                "volume {}: unsupported driver {d:?} (vfs for a host path, local for a named volume, block for a block volume)",
                 self.name
             ))),
         }
@@ -741,6 +774,15 @@ impl PodSpec {
                 )));
             }
         }
+        if let Some(m) = &self.id_map {
+            let fits = |base: u32| base > 0 && base.checked_add(m.size).is_some();
+            if m.size == 0 || !fits(m.host_uid) || !fits(m.host_gid) {
+                return Err(InvalidSpec(format!(
+                    "idMap: hostUid and hostGid must be above 0 and leave room for {} ids",
+                    m.size
+                )));
+            }
+        }
         if self.volumes.len() > MAX_VOLUMES {
             return Err(InvalidSpec(format!("at most {MAX_VOLUMES} volumes a pod")));
         }
@@ -873,6 +915,8 @@ mod tests {
             br#"{"volumes":[{"name":"v"}],"containers":[{"image":"b","volumes":[{"volume":"v","path":"/dev"}]}]}"#,
             br#"{"volumes":[{"name":"v"}],"containers":[{"image":"b","volumes":[{"volume":"v","path":"/a/../b"}]}]}"#,
             br#"{"volumes":[{"name":"v"}],"containers":[{"image":"b","volumes":[{"volume":"v","path":"/"}]}]}"#,
+            br#"{"idMap":{"hostUid":0,"hostGid":100000},"containers":[{"image":"b"}]}"#,
+            br#"{"idMap":{"hostUid":4294967000,"hostGid":100000},"containers":[{"image":"b"}]}"#,
         ] {
             assert!(
                 PodSpec::parse(bad).is_err(),

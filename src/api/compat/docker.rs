@@ -486,7 +486,8 @@ async fn create(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
         _ => "",
     };
     let mut warnings = unsupported_options(&cfg);
-    let vols = super::docker_volumes::create_volumes(&cfg)?;
+    let mut vols = super::docker_volumes::create_volumes(&cfg)?;
+    super::docker_volumes::resolve_block_volumes(engine, &mut vols.volumes).await;
     warnings.extend(vols.warnings);
     let auto_remove = host.auto_remove.unwrap_or(false);
     let portmappings = published_ports(&cfg)?;

@@ -447,7 +447,7 @@ pub(crate) struct VolumeInfo {
     pub created_at: String,
     pub labels: BTreeMap<String, String>,
     pub scope: String,
-    pub options: Empty,
+    pub options: BTreeMap<String, String>,
 }
 
 /// `GET /volumes`.
@@ -464,6 +464,7 @@ pub(crate) struct VolumeList {
 pub(crate) struct VolumeCreate {
     pub name: String,
     pub driver: String,
+    pub driver_opts: BTreeMap<String, String>,
     pub labels: BTreeMap<String, String>,
 }
 

@@ -3,7 +3,7 @@
 use super::docker::no_content;
 use super::docker_models as m;
 use crate::api::http::{ok_json, query, read_body, ApiError, ApiResult, MAX_JSON_BODY};
-use crate::engine::volumes::NamedVolume;
+use crate::engine::volumes::{NamedVolume, VolumeDriver};
 use crate::engine::{Engine, Pod};
 use crate::spec::{Volume, VolumeKind, VolumeMount};
 use hyper::body::Incoming;
@@ -132,6 +132,20 @@ pub(super) fn create_volumes(cfg: &m::ContainerCreate) -> Result<CreateVolumes, 
     Ok(out)
 }
 
+/// Named volumes of a create that exist as block volumes get the block driver (`-v
+/// NAME:/path` names either kind).
+pub(super) async fn resolve_block_volumes(engine: &Engine, volumes: &mut [Volume]) {
+    for v in volumes.iter_mut().filter(|v| v.driver == "local") {
+        if engine
+            .volume(&v.source)
+            .await
+            .is_ok_and(|n| n.driver == "block")
+        {
+            v.driver = "block".into();
+        }
+    }
+}
+
 /// inspect's `Mounts` of a container.
 pub(super) fn mount_points(
     engine: &Engine,
@@ -150,7 +164,7 @@ pub(super) fn mount_points(
                     Some(v.name.clone()),
                     pod.dir.join("volumes").join(&v.name).display().to_string(),
                 ),
-                VolumeKind::Named => (
+                VolumeKind::Named | VolumeKind::Block => (
                     "volume",
                     Some(v.volume_name().to_string()),
                     engine.volume_path(v.volume_name()).display().to_string(),
@@ -203,8 +217,38 @@ fn volume_json(v: NamedVolume) -> m::VolumeInfo {
         created_at: v.created_at,
         labels: v.labels,
         scope: "local".into(),
-        options: m::Empty::new(),
+        options: v
+            .size_mib
+            .map(|s| [("size".to_string(), format!("{s}M"))].into())
+            .unwrap_or_default(),
     }
+}
+
+/// A size as Docker's options write it: bytes, or a number with `k`, `m`, `g`, `t`
+/// (optionally followed by `b`/`B`, `i`); in MiB, at least 64.
+fn size_mib(s: &str) -> Result<u32, ApiError> {
+    let bad = || ApiError::bad_request(format!("invalid size {s:?} (like 512M or 10G)"));
+    let t = s.trim().to_ascii_lowercase();
+    let t = t.trim_end_matches('b').trim_end_matches('i');
+    let (num, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let bytes = match unit {
+        "" => n,
+        "k" => n << 10,
+        "m" => n << 20,
+        "g" => n << 30,
+        "t" => n << 40,
+        _ => return Err(bad()),
+    };
+    let mib = bytes >> 20;
+    if !(u64::from(crate::spec::MIN_SCRATCH_MIB)..=u64::from(crate::spec::MAX_SCRATCH_MIB))
+        .contains(&mib)
+    {
+        return Err(ApiError::bad_request(format!(
+            "size {s:?} is out of range (64M to 1T)"
+        )));
+    }
+    Ok(mib as u32)
 }
 
 /// `/volumes…` routes; `None` when the path is not one of them.
@@ -252,18 +296,26 @@ async fn create(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
         serde_json::from_slice(&body)
             .map_err(|e| ApiError::bad_request(format!("invalid volume config: {e}")))?
     };
-    if !matches!(c.driver.as_str(), "" | "local") {
-        return Err(ApiError::bad_request(format!(
-            "volume driver {:?} is not supported (local)",
-            c.driver
-        )));
-    }
+    let driver = match c.driver.as_str() {
+        "" | "local" => VolumeDriver::Local,
+        "block" => VolumeDriver::Block {
+            size_mib: match c.driver_opts.get("size") {
+                Some(s) => size_mib(s)?,
+                None => crate::engine::volumes::DEFAULT_BLOCK_MIB,
+            },
+        },
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "volume driver {other:?} is not supported (local, block)"
+            )))
+        }
+    };
     let name = if c.name.is_empty() {
         crate::ids::random_hex(16)
     } else {
         c.name
     };
-    let v = engine.create_volume(&name, c.labels).await?;
+    let v = engine.create_volume(&name, c.labels, driver).await?;
     Ok(crate::api::http::json_response(
         StatusCode::CREATED,
         &volume_json(v),
@@ -291,6 +343,9 @@ mod tests {
         );
         let w = parse_bind("db:/var/lib/db").unwrap();
         assert_eq!((w.kind, w.source.as_str()), ("volume", "db"));
+        assert_eq!(size_mib("10G").unwrap(), 10240);
+        assert_eq!(size_mib("512MiB").unwrap(), 512);
+        assert!(size_mib("1k").is_err() && size_mib("x").is_err());
         let w = parse_bind("/cache").unwrap();
         assert_eq!(
             (w.kind, w.source.as_str(), w.target.as_str()),
