@@ -424,6 +424,67 @@ fn pods_keep_and_share_data() {
     out_ok(&d.hyperctl(&["rm", "b2"]));
     out_ok(&docker(&d, config.path(), &["volume", "rm", "blk"]));
 
+    // Docker's --tmpfs: memory of the guest's at that path.
+    let o = out_ok(&docker(
+        &d,
+        config.path(),
+        &[
+            "run",
+            "--rm",
+            "--read-only",
+            "--tmpfs",
+            "/mem",
+            "busybox",
+            "sh",
+            "-c",
+            "grep ' /mem ' /proc/mounts && echo x > /mem/f && cat /mem/f",
+        ],
+    ));
+    assert!(o.contains("tmpfs /mem tmpfs") && o.ends_with("x"), "{o}");
+
+    // A pod file from an http URL (a server on this machine's loopback).
+    let web = tempfile::tempdir().unwrap();
+    std::fs::write(web.path().join("motd"), "fetched over http\n").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut server = Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            "--bind",
+            "127.0.0.1",
+            &port.to_string(),
+            "--directory",
+        ])
+        .arg(web.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "the http server never listened");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let spec = serde_json::json!({
+        "id": "fetched",
+        "files": [{"name": "motd", "uri": format!("http://127.0.0.1:{port}/motd")}],
+        "containers": [{"image": "busybox", "command": ["cat", "/etc/motd"],
+                        "files": [{"filename": "motd", "path": "/etc/motd"}]}],
+    });
+    let (code, body) = d.curl("POST", "/pod/create", Some(&spec.to_string()));
+    assert_eq!(code, 200, "{body}");
+    out_ok(&d.hyperctl(&["start", "fetched"]));
+    wait_output("the fetched file never showed", "fetched over http", || {
+        d.hyperctl(&["logs", "fetched"])
+    });
+    let _ = server.kill();
+    let _ = server.wait();
+    out_ok(&d.hyperctl(&["rm", "fetched"]));
+
     // hyperctl: -v with a host directory, --read-only.
     let o = d.hyperctl(&[
         "run",

@@ -240,6 +240,13 @@ fn mount_volumes(root: &Path, mounts: &[Mount]) -> io::Result<()> {
         return Ok(());
     }
     for m in mounts {
+        if m.tmpfs {
+            let target = mount_target(root, &m.target, true)?;
+            let flags =
+                libc::MS_NOSUID | libc::MS_NODEV | if m.read_only { libc::MS_RDONLY } else { 0 };
+            mount("tmpfs", s(&target), "tmpfs", flags, "mode=1777")?;
+            continue;
+        }
         let source = if m.disk.is_empty() {
             if m.share.is_empty() || !m.share.chars().all(|c| c.is_ascii_alphanumeric()) {
                 return Err(invalid(format!("bad share entry {:?}", m.share)));

@@ -254,6 +254,9 @@ pub struct Mount {
     /// once in the VM and bound into each container that asks.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub disk: String,
+    /// Instead of either: a new tmpfs (Docker's `--tmpfs`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tmpfs: bool,
     /// Absolute path in the container; symbolic links in the image resolve inside the
     /// container's root.
     pub target: String,
@@ -367,6 +370,7 @@ mod tests {
                 mounts: vec![Mount {
                     share: "v0".into(),
                     disk: String::new(),
+                    tmpfs: false,
                     target: "/data".into(),
                     read_only: true,
                 }],

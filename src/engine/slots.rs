@@ -293,9 +293,12 @@ pub(crate) fn container_mounts(
                 .iter()
                 .position(|v| v.name == m.volume)
                 .ok_or_else(|| EngineError::Invalid(format!("no pod volume {:?}", m.volume)))?;
-            let block = pod.volumes[i].kind().ok() == Some(crate::spec::VolumeKind::Block);
+            let kind = pod.volumes[i].kind().ok();
+            let block = kind == Some(crate::spec::VolumeKind::Block);
+            let tmpfs = kind == Some(crate::spec::VolumeKind::Tmpfs);
             Ok(hyperd_agent::protocol::Mount {
-                share: if block {
+                tmpfs,
+                share: if block || tmpfs {
                     String::new()
                 } else {
                     super::volumes::entry_name(i)

@@ -217,10 +217,10 @@ impl Engine {
         self.pods()
             .into_iter()
             .filter(|p| {
-                p.spec
-                    .volumes
-                    .iter()
-                    .any(|v| v.kind().ok() == Some(VolumeKind::Named) && v.volume_name() == name)
+                p.spec.volumes.iter().any(|v| {
+                    matches!(v.kind(), Ok(VolumeKind::Named | VolumeKind::Block))
+                        && v.volume_name() == name
+                })
             })
             .map(|p| p.name.clone())
             .collect()
@@ -301,6 +301,8 @@ fn resolve_storage(
                 )?
                 .mountpoint
             }
+            // In the guest's RAM, nothing on the host.
+            VolumeKind::Tmpfs => continue,
             VolumeKind::Block => {
                 let vol = ensure_named(
                     volumes_dir,

@@ -100,7 +100,7 @@ pub struct Volume {
     #[serde(default)]
     pub source: String,
     /// `vfs` (or empty) for a host path, `local` for a named volume, `block` for a block
-    /// volume.
+    /// volume, `tmpfs` for memory of the guest's.
     #[serde(default, alias = "format")]
     pub driver: String,
     /// Read-only for every container of the pod.
@@ -124,6 +124,9 @@ pub enum VolumeKind {
     /// A named block volume (`source` is its name): an ext4 disk of its own, attached to
     /// the VM; one pod at a time may have it read-write.
     Block,
+    /// A tmpfs in the guest's memory, one per container that mounts it (Docker's
+    /// `--tmpfs`).
+    Tmpfs,
 }
 
 impl Volume {
@@ -142,12 +145,17 @@ impl Volume {
                 self.name
             ))),
             ("block", s) if s.is_empty() || valid_name(s) => Ok(VolumeKind::Block),
+            ("tmpfs", "") => Ok(VolumeKind::Tmpfs),
+            ("tmpfs", s) => Err(InvalidSpec(format!(
+                "volume {}: a tmpfs has no source, not {s:?}",
+                self.name
+            ))),
             ("block", s) => Err(InvalidSpec(format!(
                 "volume {}: invalid volume name {s:?}",
                 self.name
             ))),
             (d, _) => Err(InvalidSpec(format!(
-                "volume {}: unsupported driver {d:?} (vfs for a host path, local for a named volume, block for a block volume)",
+                "volume {}: unsupported driver {d:?} (vfs for a host path, local for a named volume, block for a block volume, tmpfs)",
                 self.name
             ))),
         }

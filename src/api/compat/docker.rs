@@ -485,10 +485,9 @@ async fn create(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
         "on-failure" => "onFailure",
         _ => "",
     };
-    let mut warnings = unsupported_options(&cfg);
+    let warnings = unsupported_options(&cfg);
     let mut vols = super::docker_volumes::create_volumes(&cfg)?;
     super::docker_volumes::resolve_block_volumes(engine, &mut vols.volumes).await;
-    warnings.extend(vols.warnings);
     let auto_remove = host.auto_remove.unwrap_or(false);
     let portmappings = published_ports(&cfg)?;
     let network_mode = match host.network_mode.as_deref() {

@@ -402,6 +402,7 @@ pub(crate) struct CreateHostConfig {
     pub cap_add: Option<Vec<String>>,
     pub cap_drop: Option<Vec<String>>,
     pub readonly_rootfs: Option<bool>,
+    pub tmpfs: Option<BTreeMap<String, String>>,
     pub devices: Option<Vec<serde_json::Value>>,
     pub dns: Option<Vec<String>>,
     pub extra_hosts: Option<Vec<String>>,

@@ -10,12 +10,10 @@ use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 use std::sync::Arc;
 
-/// A create's volumes: the pod's volumes and the container's mounts of them, and a
-/// warning for what is not honoured (tmpfs mounts).
+/// A create's volumes: the pod's volumes and the container's mounts of them.
 pub(super) struct CreateVolumes {
     pub volumes: Vec<Volume>,
     pub mounts: Vec<VolumeMount>,
-    pub warnings: Vec<String>,
 }
 
 /// One mount as a create states it.
@@ -49,7 +47,6 @@ pub(super) fn create_volumes(cfg: &m::ContainerCreate) -> Result<CreateVolumes, 
     let default = m::CreateHostConfig::default();
     let host = cfg.host_config.as_ref().unwrap_or(&default);
     let mut wanted = Vec::new();
-    let mut warnings = Vec::new();
     for b in host.binds.iter().flatten() {
         wanted.push(parse_bind(b)?);
     }
@@ -57,13 +54,7 @@ pub(super) fn create_volumes(cfg: &m::ContainerCreate) -> Result<CreateVolumes, 
         let kind = match mnt.kind.as_str() {
             "bind" => "bind",
             "volume" => "volume",
-            "tmpfs" => {
-                warnings.push(format!(
-                    "tmpfs mount at {} is not supported yet: ignored.",
-                    mnt.target
-                ));
-                continue;
-            }
+            "tmpfs" => "tmpfs",
             other => {
                 return Err(ApiError::bad_request(format!(
                     "mount type {other:?} is not supported (bind, volume)"
@@ -83,6 +74,16 @@ pub(super) fn create_volumes(cfg: &m::ContainerCreate) -> Result<CreateVolumes, 
             read_only: mnt.read_only,
         });
     }
+    // `--tmpfs PATH[:OPTIONS]`: a tmpfs in the guest's memory (its options are the
+    // kernel's defaults but for mode 1777).
+    for target in host.tmpfs.iter().flat_map(|t| t.keys()) {
+        wanted.push(Wanted {
+            kind: "tmpfs",
+            source: String::new(),
+            target: target.clone(),
+            read_only: false,
+        });
+    }
     for target in cfg.volumes.iter().flat_map(|v| v.keys()) {
         if !wanted.iter().any(|w| w.target == *target) {
             wanted.push(Wanted {
@@ -96,7 +97,6 @@ pub(super) fn create_volumes(cfg: &m::ContainerCreate) -> Result<CreateVolumes, 
     let mut out = CreateVolumes {
         volumes: Vec::new(),
         mounts: Vec::new(),
-        warnings,
     };
     for (i, w) in wanted.into_iter().enumerate() {
         let name = format!("vol{i}");
@@ -113,6 +113,7 @@ pub(super) fn create_volumes(cfg: &m::ContainerCreate) -> Result<CreateVolumes, 
                 }
                 (w.source, "vfs")
             }
+            "tmpfs" => (String::new(), "tmpfs"),
             // An anonymous volume: the pod's own, removed with it.
             _ if w.source.is_empty() => (String::new(), ""),
             _ => (w.source, "local"),
@@ -164,6 +165,7 @@ pub(super) fn mount_points(
                     Some(v.name.clone()),
                     pod.dir.join("volumes").join(&v.name).display().to_string(),
                 ),
+                VolumeKind::Tmpfs => ("tmpfs", None, String::new()),
                 VolumeKind::Named | VolumeKind::Block => (
                     "volume",
                     Some(v.volume_name().to_string()),
