@@ -61,6 +61,13 @@ c.reload()
 assert c.status == "running", c.status
 names = sorted(x.name for x in client.containers.list(all=True))
 assert names == ["py2"], names
+
+# commit: the container's change is in the new image.
+c.exec_run(["sh", "-c", "echo committed-by-py > /py.txt"])
+image = c.commit(repository="pycommit", tag="1", changes=["ENV FROM_PY=1"])
+out = client.containers.run("pycommit:1", ["sh", "-c", "cat /py.txt; echo $FROM_PY"], remove=True)
+assert out == b"committed-by-py\n1\n", out
+client.images.remove("pycommit:1")
 c.remove(force=True)
 assert client.containers.list(all=True) == []
 

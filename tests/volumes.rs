@@ -391,10 +391,14 @@ fn pods_keep_and_share_data() {
             "b1",
             "-v",
             "blk:/b",
+            // A directory volume too: both kinds in one VM (qemu's microvm has eight
+            // virtio devices; hyperd fits the image slots around them).
+            "-v",
+            &format!("{}:/d", data.display()),
             "busybox",
             "sh",
             "-c",
-            "echo on-the-block-volume > /b/f; sync; sleep 1000",
+            "echo on-the-block-volume > /b/f; sync; cat /d/from-host.txt; sleep 1000",
         ],
     ));
     let second = serde_json::json!({

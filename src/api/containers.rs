@@ -15,6 +15,64 @@ use hyperd_api::pods::{PodReply, Running, Terminated};
 use hyperd_api::IdReply;
 use std::sync::Arc;
 
+/// Every value of the query parameters `names` (repeatable ones, such as `change`).
+fn all_values(req: &Request<Incoming>, names: &[&str]) -> Vec<String> {
+    form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+        .filter(|(k, _)| names.contains(&k.as_ref()))
+        .map(|(_, v)| v.into_owned())
+        .collect()
+}
+
+/// A commit as hyperd's `/container/commit` and Docker's `/commit` ask for it: the
+/// container, the new image's name (`repo`, with `tag` or a tag of its own), `author`,
+/// the comment (`comment`/`message`), Dockerfile `changes`, and an optional body of
+/// config fields. Returns the new image.
+pub(crate) async fn commit(
+    engine: &Arc<Engine>,
+    req: Request<Incoming>,
+    created_by: &str,
+) -> Result<crate::image::ImageRecord, ApiError> {
+    let q = query(&req);
+    let key = param(&q, &["container"])?.to_string();
+    let changes = all_values(&req, &["change", "changes"])
+        .into_iter()
+        .flat_map(|c| c.lines().map(str::to_string).collect::<Vec<_>>())
+        .collect();
+    let mut names = Vec::new();
+    if let Some(repo) = q.get("repo").filter(|r| !r.is_empty()) {
+        names.push(match q.get("tag").filter(|t| !t.is_empty()) {
+            Some(tag) => format!("{repo}:{tag}"),
+            None => repo.clone(),
+        });
+    }
+    let body = read_body(req.into_body(), MAX_JSON_BODY).await?;
+    let config = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        let c: hyperd_api::containers::CommitConfig = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("invalid commit config: {e}")))?;
+        Some(serde_json::to_value(c).expect("a config serializes"))
+    };
+    let info = crate::image::commit::CommitInfo {
+        author: q.get("author").cloned().unwrap_or_default(),
+        comment: q
+            .get("comment")
+            .or_else(|| q.get("message"))
+            .cloned()
+            .unwrap_or_default(),
+        changes,
+        created_by: created_by.to_string(),
+        config,
+    };
+    Ok(engine.commit_container(&key, info, names).await?)
+}
+
+/// `POST /container/commit?container=..&repo=..` → `{"ID": image id}`.
+pub(crate) async fn container_commit(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
+    let image = commit(engine, req, "hyperd commit").await?;
+    id_reply(&image.id)
+}
+
 fn id_reply(id: &str) -> ApiResult {
     ok_json(IdReply { id: id.to_string() })
 }

@@ -161,6 +161,7 @@ pub static ROUTES: &[Route] = &[
     route!(POST "/container/stop" => |e, r| containers::container_stop(&e, &r).await),
     route!(POST "/container/remove" => |e, r| containers::container_remove(&e, &r).await),
     route!(POST "/container/rename" => |e, r| containers::container_rename(&e, &r).await),
+    route!(POST "/container/commit" => |e, r| containers::container_commit(&e, r).await),
     route!(POST "/vm/create" => |e, r| containers::vm_create(&e, &r).await),
     route!(DELETE "/vm" => |e, r| containers::vm_delete(&e, &r).await),
     route!(POST "/attach" => |e, r| attach::attach(&e, r).await),

@@ -1,5 +1,6 @@
 //! Pods and their containers: creation, start (boot a VM, create and start the
 //! containers through its agent), the stream of output and exits, stop and removal.
+mod commit;
 mod containers;
 pub(crate) mod exec;
 pub(crate) mod io;
@@ -236,6 +237,8 @@ pub struct PodState {
     pub keep_vm: bool,
     /// The phases of the pod's last start.
     pub start_record: Option<start_record::StartRecord>,
+    /// Streams of commits under way: what the agent sends on them goes to the commit.
+    pub(crate) exports: HashMap<u32, tokio::sync::mpsc::Sender<commit::ExportEvent>>,
 }
 
 impl PodState {
@@ -256,6 +259,7 @@ impl PodState {
             mem_max: 0.0,
             keep_vm: false,
             start_record: None,
+            exports: HashMap::new(),
         }
     }
 }
@@ -1057,6 +1061,15 @@ async fn handle_event(
             stderr,
             data,
         } => {
+            if pod.state().exports.contains_key(&stream) {
+                let ev = if stderr {
+                    commit::ExportEvent::Error(data)
+                } else {
+                    commit::ExportEvent::Data(data)
+                };
+                commit::route_export(pod, stream, ev).await;
+                return;
+            }
             let chunk = if stderr {
                 Chunk::Stderr(data)
             } else {
@@ -1069,6 +1082,9 @@ async fn handle_event(
             }
         }
         AgentEvent::Exited { stream, code } => {
+            if commit::route_export(pod, stream, commit::ExportEvent::Done(code)).await {
+                return;
+            }
             if let Some(c) = container_of(stream) {
                 tracing::info!(pod = %pod.id, container = %c.name(), code, "container exited");
                 mark_exited(&c.io, &c.status, code);

@@ -396,13 +396,38 @@ impl Engine {
             }
         }
         let b = self
-            .boot_vm(r, need.max(slots::MIN_SLOTS), net, storage)
+            .boot_vm(r, self.slots_for(need, &net, &storage)?, net, storage)
             .await?;
         Ok((b.vm, b.runtime, b.gone, false))
     }
 }
 
 impl Engine {
+    /// How many image slots a pod's own VM gets: at least one per container, up to
+    /// [`slots::MIN_SLOTS`] (room for containers added later) as far as the driver's
+    /// device budget allows once the agent channel, network, scratch disk, share and
+    /// block volumes have theirs.
+    fn slots_for(
+        &self,
+        need: usize,
+        net: &VmNet,
+        storage: &super::volumes::PodStorage,
+    ) -> Result<usize, EngineError> {
+        let fixed = 2 // the agent channel, the scratch disk
+            + usize::from(*net != VmNet::None)
+            + usize::from(!storage.share.is_empty())
+            + storage.disks.len();
+        let room = self.driver.max_devices().saturating_sub(fixed);
+        if need > room {
+            return Err(EngineError::Invalid(format!(
+                "a VM of the {} driver has room for {room} container images beside this pod's \
+                 volumes and network, and the pod has {need} containers",
+                self.driver.describe()
+            )));
+        }
+        Ok(need.max(slots::MIN_SLOTS.min(room)))
+    }
+
     /// The network of pool VMs: user mode where the driver has a network device.
     pub(super) fn pooled_net(&self) -> VmNet {
         if self.driver.has_network() {

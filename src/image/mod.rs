@@ -15,6 +15,7 @@ pub(crate) mod archive;
 pub(crate) mod auth;
 pub(crate) mod beneath;
 pub(crate) mod blobs;
+pub mod commit;
 pub(crate) mod progress;
 pub mod registry;
 pub(crate) mod remote_archive;

@@ -155,6 +155,18 @@ impl Driver {
         }
     }
 
+    /// How many virtio devices a VM of the driver can have: qemu's microvm has 8
+    /// virtio-mmio transports without its second I/O APIC (which needs ACPI); hyper-vmm
+    /// has a window and an interrupt line for each up to the I/O APIC's last pin.
+    pub fn max_devices(&self) -> usize {
+        match self {
+            Driver::Qemu(_) => 8,
+            Driver::Vmm(_) => 16,
+            #[cfg(test)]
+            Driver::Fake(_) => 16,
+        }
+    }
+
     /// Boots a VM and returns once its agent answered.
     pub async fn boot(&self, cfg: &VmConfig) -> Result<RunningVm, VmError> {
         match self {

@@ -58,6 +58,8 @@ enum Cmd {
     Logs(containers::LogsArgs),
     /// Send a signal to a pod's containers (or one container).
     Kill(containers::KillArgs),
+    /// Create an image from a running container's changes.
+    Commit(containers::CommitArgs),
     /// Freeze a running pod's VM.
     Pause(pods::PauseArgs),
     /// Thaw a paused pod's VM.
@@ -120,6 +122,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Attach(a) => containers::attach(&client, a).await,
         Cmd::Logs(a) => containers::logs(&client, a).await,
         Cmd::Kill(a) => containers::kill(&client, a).await,
+        Cmd::Commit(a) => containers::commit(&client, a).await,
         Cmd::Pause(a) => pods::pause(&client, a).await,
         Cmd::Unpause(a) => pods::unpause(&client, a).await,
         Cmd::Import(a) => images::import(&client, a).await,

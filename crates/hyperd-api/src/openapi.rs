@@ -27,6 +27,7 @@ pub fn schemas() -> Map<String, Value> {
         crate::containers::ContainerInfo,
         crate::containers::ContainerCreated,
         crate::containers::Renamed,
+        crate::containers::CommitConfig,
         crate::containers::ExecCreate,
         crate::images::ImagesList,
         crate::images::ImageNamed,
@@ -88,6 +89,12 @@ const ROUTES: &[(&str, &str, Option<&str>, Answer)] = &[
     ("/container/remove", "post", None, Answer::One("IdReply")),
     ("/container/kill", "post", None, Answer::One("IdReply")),
     ("/container/rename", "post", None, Answer::One("Renamed")),
+    (
+        "/container/commit",
+        "post",
+        Some("CommitConfig"),
+        Answer::One("IdReply"),
+    ),
     ("/vm/create", "post", None, Answer::One("IdReply")),
     ("/vm", "delete", None, Answer::One("IdReply")),
     (

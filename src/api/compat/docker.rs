@@ -37,6 +37,7 @@ pub(crate) async fn route(
             image_delete(engine, &rest.join("/"), &req)
         }
         ("POST", ["containers", "create"]) => create(engine, req).await,
+        ("POST", ["commit"]) => commit(engine, req).await,
         ("GET", ["containers", "json"]) => list(engine, &req),
         ("GET", ["containers", id, "json"]) => inspect(engine, id),
         ("POST", ["containers", id, "start"]) => start(engine, id).await,
@@ -233,7 +234,8 @@ fn image_inspect(engine: &Arc<Engine>, name: &str) -> ApiResult {
             layers: rec.layers.iter().map(|l| l.diff_id.clone()).collect(),
         },
         metadata: m::ImageMetadata {
-            last_tag_time: String::new(),
+            // Docker's zero time: the CLI parses the field and refuses an empty one.
+            last_tag_time: "0001-01-01T00:00:00Z".into(),
         },
     })
 }
@@ -433,6 +435,16 @@ fn spec_port_map(spec: &PodSpec) -> m::PortMap {
         );
     }
     map
+}
+
+/// `POST /commit?container=..&repo=..&tag=..&comment=..&author=..&changes=..`: an image
+/// from the container's changes (hyperd's `/container/commit`).
+async fn commit(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
+    let image = crate::api::containers::commit(engine, req, "docker commit").await?;
+    Ok(crate::api::http::json_response(
+        StatusCode::CREATED,
+        &m::Committed { id: image.id },
+    ))
 }
 
 /// `POST /containers/create[?name=NAME]`: a one-container pod from Docker's config.

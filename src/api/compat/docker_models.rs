@@ -300,6 +300,13 @@ pub(crate) struct Created {
     pub warnings: Vec<String>,
 }
 
+/// `POST /commit`.
+#[derive(Serialize)]
+pub(crate) struct Committed {
+    #[serde(rename = "Id")]
+    pub id: String,
+}
+
 /// `POST /containers/{id}/wait`.
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]

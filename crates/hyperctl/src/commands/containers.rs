@@ -173,6 +173,47 @@ pub(crate) async fn logs(client: &Client, args: LogsArgs) -> anyhow::Result<i32>
 }
 
 #[derive(clap::Args, Debug)]
+pub(crate) struct CommitArgs {
+    /// The image's author.
+    #[arg(short, long)]
+    pub author: Option<String>,
+    /// The commit's message, in the image's history.
+    #[arg(short, long)]
+    pub message: Option<String>,
+    /// A Dockerfile instruction applied to the image's config (CMD, ENTRYPOINT, ENV,
+    /// WORKDIR, USER, LABEL, EXPOSE, VOLUME, STOPSIGNAL); repeatable.
+    #[arg(short, long)]
+    pub change: Vec<String>,
+    /// CONTAINER (id, prefix or name).
+    pub container: String,
+    /// The new image's name, REPO[:TAG].
+    pub repo: Option<String>,
+}
+
+/// Create an image from a running container's changes; prints its id.
+pub(crate) async fn commit(client: &Client, args: CommitArgs) -> anyhow::Result<i32> {
+    let mut path = format!("/container/commit?container={}", enc(&args.container));
+    for (k, v) in [
+        ("repo", &args.repo),
+        ("author", &args.author),
+        ("message", &args.message),
+    ] {
+        if let Some(v) = v {
+            path.push_str(&format!("&{k}={}", enc(v)));
+        }
+    }
+    for c in &args.change {
+        path.push_str(&format!("&change={}", enc(c)));
+    }
+    let id = client
+        .call::<IdReply>(Method::POST, &path, None::<&()>)
+        .await?
+        .id;
+    println!("{id}");
+    Ok(0)
+}
+
+#[derive(clap::Args, Debug)]
 pub(crate) struct KillArgs {
     #[arg(short, long, default_value = "KILL")]
     pub signal: String,
