@@ -6,18 +6,7 @@
 //! refused with the right status.
 mod common;
 use common::{out_ok, Daemon};
-use std::process::Command;
 use std::time::{Duration, Instant};
-
-fn docker(d: &Daemon, config: &std::path::Path, args: &[&str]) -> std::process::Output {
-    Command::new("docker")
-        .args(args)
-        .env("DOCKER_HOST", format!("unix://{}", d.socket.display()))
-        .env("DOCKER_CONFIG", config)
-        .env_remove("DOCKER_CONTEXT")
-        .output()
-        .unwrap()
-}
 
 #[test]
 fn containers_become_images() {
@@ -26,8 +15,7 @@ fn containers_become_images() {
     let config = tempfile::tempdir().unwrap();
     let cfg = config.path();
     // The container adds a file, changes one, deletes one and replaces a directory.
-    out_ok(&docker(
-        &d,
+    out_ok(&d.docker(
         cfg,
         &[
             "run",
@@ -42,7 +30,8 @@ fn containers_become_images() {
         ],
     ));
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !docker(&d, cfg, &["exec", "base", "test", "-e", "/ready"])
+    while !d
+        .docker(cfg, &["exec", "base", "test", "-e", "/ready"])
         .status
         .success()
     {
@@ -51,8 +40,7 @@ fn containers_become_images() {
     }
 
     // docker commit, with changes, a message and an author.
-    let id = out_ok(&docker(
-        &d,
+    let id = out_ok(&d.docker(
         cfg,
         &[
             "commit",
@@ -70,11 +58,10 @@ fn containers_become_images() {
     ));
     assert!(id.starts_with("sha256:"), "{id}");
     assert_eq!(
-        out_ok(&docker(&d, cfg, &["run", "--rm", "committed:1"])),
+        out_ok(&d.docker(cfg, &["run", "--rm", "committed:1"])),
         "new"
     );
-    let o = out_ok(&docker(
-        &d,
+    let o = out_ok(&d.docker(
         cfg,
         &[
             "run",
@@ -87,11 +74,9 @@ fn containers_become_images() {
         ],
     ));
     assert_eq!(o, "group-gone\npasswd-kept\nfresh\nyes", "{o}");
-    let inspect: serde_json::Value = serde_json::from_str(&out_ok(&docker(
-        &d,
-        cfg,
-        &["image", "inspect", "committed:1"],
-    )))
+    let inspect: serde_json::Value = serde_json::from_str(&out_ok(
+        &d.docker(cfg, &["image", "inspect", "committed:1"]),
+    ))
     .unwrap();
     let env = inspect[0]["Config"]["Env"].to_string();
     assert!(env.contains("COMMITTED=yes"), "{inspect}");
@@ -131,10 +116,10 @@ fn containers_become_images() {
     assert_eq!(code, 400);
     let (code, _) = d.curl("POST", "/container/commit?container=nope", None);
     assert_eq!(code, 404);
-    out_ok(&docker(&d, cfg, &["stop", "-t", "1", "base"]));
+    out_ok(&d.docker(cfg, &["stop", "-t", "1", "base"]));
     let (code, body) = d.curl("POST", "/container/commit?container=base", None);
     assert_eq!(code, 409, "{body}");
-    out_ok(&docker(&d, cfg, &["rm", "base"]));
+    out_ok(&d.docker(cfg, &["rm", "base"]));
     common::assert_no_leftovers(&d);
     let tmp: Vec<_> = common::tree(&d.root.join("image/tmp"));
     assert!(tmp.is_empty(), "left in image/tmp: {tmp:?}");

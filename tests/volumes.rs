@@ -66,17 +66,6 @@ fn exec(d: &Daemon, container: &str, cmd: &str) -> std::process::Output {
     d.hyperctl(&["exec", container, "sh", "-c", cmd])
 }
 
-/// The docker CLI against the daemon.
-fn docker(d: &Daemon, config: &Path, args: &[&str]) -> std::process::Output {
-    Command::new("docker")
-        .args(args)
-        .env("DOCKER_HOST", format!("unix://{}", d.socket.display()))
-        .env("DOCKER_CONFIG", config)
-        .env_remove("DOCKER_CONTEXT")
-        .output()
-        .unwrap()
-}
-
 #[test]
 fn pods_keep_and_share_data() {
     let mut d = Daemon::start();
@@ -278,9 +267,8 @@ fn pods_keep_and_share_data() {
     // Named volumes: the docker CLI writes one, the pod goes, the daemon restarts, a plain
     // API client's pod reads it back.
     let config = tempfile::tempdir().unwrap();
-    out_ok(&docker(&d, config.path(), &["volume", "create", "keep"]));
-    out_ok(&docker(
-        &d,
+    out_ok(&d.docker(config.path(), &["volume", "create", "keep"]));
+    out_ok(&d.docker(
         config.path(),
         &[
             "run",
@@ -294,10 +282,10 @@ fn pods_keep_and_share_data() {
             "echo kept > /keep/value",
         ],
     ));
-    let ls = out_ok(&docker(&d, config.path(), &["volume", "ls", "-q"]));
+    let ls = out_ok(&d.docker(config.path(), &["volume", "ls", "-q"]));
     assert!(ls.lines().any(|l| l == "keep"), "{ls}");
     d.restart();
-    let ls = out_ok(&docker(&d, config.path(), &["volume", "ls", "-q"]));
+    let ls = out_ok(&d.docker(config.path(), &["volume", "ls", "-q"]));
     assert!(ls.lines().any(|l| l == "keep"), "after a restart: {ls}");
     let spec = serde_json::json!({
         "id": "reads-keep",
@@ -315,8 +303,8 @@ fn pods_keep_and_share_data() {
     let (code, body) = d.curl("DELETE", "/volumes/keep", None);
     assert_eq!(code, 409, "{body}");
     out_ok(&d.hyperctl(&["rm", "reads-keep"]));
-    out_ok(&docker(&d, config.path(), &["volume", "rm", "keep"]));
-    assert!(!out_ok(&docker(&d, config.path(), &["volume", "ls", "-q"]))
+    out_ok(&d.docker(config.path(), &["volume", "rm", "keep"]));
+    assert!(!out_ok(&d.docker(config.path(), &["volume", "ls", "-q"]))
         .lines()
         .any(|l| l == "keep"));
 
@@ -381,8 +369,7 @@ fn pods_keep_and_share_data() {
         Some(r#"{"Name":"blk","Driver":"block","DriverOpts":{"size":"256M"}}"#),
     );
     assert_eq!(code, 201, "{body}");
-    out_ok(&docker(
-        &d,
+    out_ok(&d.docker(
         config.path(),
         &[
             "run",
@@ -418,7 +405,7 @@ fn pods_keep_and_share_data() {
         vms_before,
         "nothing booted"
     );
-    out_ok(&docker(&d, config.path(), &["rm", "-f", "b1"]));
+    out_ok(&d.docker(config.path(), &["rm", "-f", "b1"]));
     out_ok(&d.hyperctl(&["start", "b2"]));
     wait_output(
         "the block volume's data never showed",
@@ -426,11 +413,10 @@ fn pods_keep_and_share_data() {
         || d.hyperctl(&["logs", "b2"]),
     );
     out_ok(&d.hyperctl(&["rm", "b2"]));
-    out_ok(&docker(&d, config.path(), &["volume", "rm", "blk"]));
+    out_ok(&d.docker(config.path(), &["volume", "rm", "blk"]));
 
     // Docker's --tmpfs: memory of the guest's at that path.
-    let o = out_ok(&docker(
-        &d,
+    let o = out_ok(&d.docker(
         config.path(),
         &[
             "run",

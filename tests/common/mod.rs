@@ -143,6 +143,18 @@ impl Daemon {
         child.wait_with_output().unwrap()
     }
 
+    /// The docker CLI against the daemon, with its own client config directory.
+    #[allow(dead_code)]
+    pub fn docker(&self, config: &Path, args: &[&str]) -> Output {
+        Command::new("docker")
+            .args(args)
+            .env("DOCKER_HOST", format!("unix://{}", self.socket.display()))
+            .env("DOCKER_CONFIG", config)
+            .env_remove("DOCKER_CONTEXT")
+            .output()
+            .unwrap()
+    }
+
     /// `curl --unix-socket`: returns (HTTP status, body).
     pub fn curl(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
         self.curl_with(method, path, body, &[])
