@@ -29,6 +29,26 @@ pub struct Config {
     pub pool_max_age: std::time::Duration,
     /// How much of each container's log is kept on disk.
     pub log_limits: crate::engine::LogLimits,
+    /// Bounds of the API socket's connections.
+    pub api_limits: ApiLimits,
+}
+
+/// Bounds of the API socket: a client that does not finish a request's head in
+/// `header_timeout` is disconnected, and at most `max_connections` are served at once
+/// (more wait in the listen queue until one ends).
+#[derive(Debug, Clone, Copy)]
+pub struct ApiLimits {
+    pub header_timeout: std::time::Duration,
+    pub max_connections: usize,
+}
+
+impl Default for ApiLimits {
+    fn default() -> Self {
+        ApiLimits {
+            header_timeout: std::time::Duration::from_secs(30),
+            max_connections: 1024,
+        }
+    }
 }
 
 /// The cache the build scripts write to: `$HYPERD_CACHE`, else `$XDG_CACHE_HOME/hyperd`,

@@ -5,7 +5,8 @@
 //! daemon runs with umask 077 so everything it creates is private, and a root left by an
 //! older daemon with wider modes is tightened here (directories to 0700, files to at most
 //! 0600), without following links and without entering the image store's work area,
-//! whose unpacked trees keep their images' own modes.
+//! whose unpacked trees keep their images' own modes, nor volumes, whose data is the
+//! users' (named volumes' `_data`, pod-local volumes, a VM's share).
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -28,11 +29,35 @@ pub fn prepare(root: &Path) -> io::Result<Vec<PathBuf>> {
         .mode(0o700)
         .create(root)?;
     let mut changed = Vec::new();
-    tighten(root, 0, &mut changed)?;
+    tighten(root, root, 0, &mut changed)?;
     Ok(changed)
 }
 
-fn tighten(path: &Path, depth: usize, changed: &mut Vec<PathBuf>) -> io::Result<()> {
+/// Whether `path` (below `root`) holds users' data, whose modes are theirs: a named
+/// volume's `_data`, a pod's `volumes`, a VM's `share` (its mount points, which an
+/// id-mapped virtiofsd must be able to enter).
+fn users_data(root: &Path, path: &Path) -> bool {
+    let rel: Vec<_> = path
+        .strip_prefix(root)
+        .map(|r| {
+            r.components()
+                .map(|c| c.as_os_str().to_os_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    matches!(
+        rel.iter()
+            .map(|c| c.to_str().unwrap_or(""))
+            .collect::<Vec<_>>()
+            .as_slice(),
+        ["volumes", _, "_data"] | ["pods", _, "volumes"] | ["vm", _, "share"]
+    )
+}
+
+fn tighten(root: &Path, path: &Path, depth: usize, changed: &mut Vec<PathBuf>) -> io::Result<()> {
+    if users_data(root, path) {
+        return Ok(());
+    }
     let meta = std::fs::symlink_metadata(path)?;
     let mode = meta.permissions().mode() & 0o7777;
     if meta.is_dir() {
@@ -46,7 +71,7 @@ fn tighten(path: &Path, depth: usize, changed: &mut Vec<PathBuf>) -> io::Result<
             return Ok(());
         }
         for e in std::fs::read_dir(path)?.flatten() {
-            tighten(&e.path(), depth + 1, changed)?;
+            tighten(root, &e.path(), depth + 1, changed)?;
         }
     } else if meta.is_file() && mode & 0o7077 != 0 {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o600))?;
@@ -72,16 +97,26 @@ mod tests {
         let set = |p: &Path, m: u32| {
             std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
         };
+        for d in [
+            "volumes/db/_data",
+            "pods/p1/volumes/cache",
+            "vm/v1/share/v0",
+        ] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
         for (f, m) in [
             ("state.redb", 0o644),
             ("auth.json", 0o666),
             ("pods/p1/spec.json", 0o4755),
             ("image/tmp/x/bin", 0o755),
+            ("volumes/db/_data/users.txt", 0o644),
+            ("pods/p1/volumes/cache/page", 0o664),
         ] {
             std::fs::write(root.join(f), b"x").unwrap();
             set(&root.join(f), m);
         }
         set(&root, 0o755);
+        set(&root.join("vm/v1/share"), 0o755);
         let outside = outer.path().join("outside");
         std::fs::write(&outside, b"x").unwrap();
         set(&outside, 0o644);
@@ -94,6 +129,11 @@ mod tests {
         assert_eq!(mode(&root.join("pods/p1/spec.json")), 0o600);
         assert_eq!(mode(&root.join("image/tmp/x/bin")), 0o755);
         assert_eq!(mode(&outside), 0o644);
+        // Volumes are the users' data: their modes stay (and a VM's share stays
+        // enterable for an id-mapped virtiofsd).
+        assert_eq!(mode(&root.join("volumes/db/_data/users.txt")), 0o644);
+        assert_eq!(mode(&root.join("pods/p1/volumes/cache/page")), 0o664);
+        assert_eq!(mode(&root.join("vm/v1/share")), 0o755);
         // A second start has nothing to change.
         assert!(prepare(&root).unwrap().is_empty());
     }

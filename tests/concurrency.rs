@@ -84,3 +84,39 @@ fn twenty_pods_in_parallel_leave_nothing_behind() {
         .collect();
     assert!(fds.is_empty(), "{fds:?}");
 }
+
+/// The API socket is bounded: clients that never finish a request's head are
+/// disconnected after the header timeout, at most `--api-max-connections` are served at
+/// once, and a normal request still gets through while 200 such clients hang on.
+#[test]
+fn stalled_clients_cannot_hold_the_api() {
+    use std::io::{Read, Write};
+    let d = Daemon::start_with(&["--api-header-timeout", "2", "--api-max-connections", "32"]);
+    let mut stalled = Vec::new();
+    for _ in 0..200 {
+        let mut s = std::os::unix::net::UnixStream::connect(&d.socket).unwrap();
+        // Half a head, never finished.
+        s.write_all(b"GET /info HTTP/1.1\r\nHost: x\r\n").unwrap();
+        stalled.push(s);
+    }
+    let t = std::time::Instant::now();
+    let (code, body) = d.curl_with("GET", "/info", None, &["--max-time", "90"]);
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(60),
+        "the request waited {:?}",
+        t.elapsed()
+    );
+    // The daemon closed the first stalled connections (end of file, or a 408 answer
+    // and then end of file).
+    let first = &mut stalled[0];
+    first
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let mut buf = Vec::new();
+    let read = first.read_to_end(&mut buf);
+    assert!(
+        read.is_ok(),
+        "the stalled connection was not closed: {read:?}"
+    );
+}

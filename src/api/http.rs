@@ -167,12 +167,20 @@ pub(crate) fn flag(q: &HashMap<String, String>, name: &str) -> bool {
 
 /// Reads a body up to `limit` bytes.
 pub(crate) async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, ApiError> {
-    Limited::new(body, limit)
-        .collect()
+    tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, limit).collect())
         .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the request body did not arrive within {BODY_TIMEOUT:?}"),
+            )
+        })?
         .map(|c| c.to_bytes())
         .map_err(|e| ApiError::bad_request(format!("cannot read request body: {e}")))
 }
+
+/// How long a request's (bounded) body may take to arrive.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 #[cfg(test)]
 mod status_tests {

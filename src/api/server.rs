@@ -38,7 +38,15 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
+    let limits = engine.cfg.api_limits;
+    // One permit per connection served: past the cap, connections wait in the listen
+    // queue, not in the daemon's memory.
+    let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+            _ = &mut shutdown => break,
+        };
         let stream = tokio::select! {
             r = listener.accept() => match r {
                 Ok((s, _)) => s,
@@ -51,11 +59,14 @@ pub async fn serve(
         };
         let engine = engine.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let svc = service_fn(move |req| {
                 let engine = engine.clone();
                 async move { Ok::<_, Infallible>(handle(engine, req).await) }
             });
             if let Err(e) = http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.header_timeout)
                 .serve_connection(TokioIo::new(stream), svc)
                 .with_upgrades()
                 .await

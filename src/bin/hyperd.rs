@@ -76,6 +76,12 @@ struct Args {
     /// Log files kept per container, the current one included (json-file's `max-file`).
     #[arg(long, env = "HYPERD_LOG_MAX_FILES", default_value_t = 3)]
     log_max_files: u32,
+    /// Seconds a client has to send a request's head before it is disconnected.
+    #[arg(long, env = "HYPERD_API_HEADER_TIMEOUT", default_value_t = 30)]
+    api_header_timeout: u64,
+    /// API connections served at once; more wait until one ends.
+    #[arg(long, env = "HYPERD_API_MAX_CONNECTIONS", default_value_t = 1024)]
+    api_max_connections: usize,
     /// Log filter (tracing's EnvFilter syntax).
     #[arg(long, env = "HYPERD_LOG", default_value = "info")]
     log: String,
@@ -115,6 +121,10 @@ async fn main() -> anyhow::Result<()> {
         log_limits: hyperd::engine::LogLimits {
             max_size: args.log_max_size.max(1),
             max_files: args.log_max_files.max(1),
+        },
+        api_limits: hyperd::config::ApiLimits {
+            header_timeout: std::time::Duration::from_secs(args.api_header_timeout.max(1)),
+            max_connections: args.api_max_connections.max(1),
         },
     };
     for (what, path, how) in [

@@ -15,6 +15,46 @@ pub struct Exec {
     pub status: Mutex<ContainerStatus>,
 }
 
+/// Finished execs a pod keeps (their exit codes and output) at most, and for how long
+/// after they exited: clients read an exec's result right after it ends, and a pod that
+/// runs execs all day must not grow the daemon's memory.
+const MAX_FINISHED_EXECS: usize = 256;
+const FINISHED_EXEC_KEEP: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Forgets a pod's execs that finished more than `keep` ago, and the oldest finished
+/// ones past `max`; returns them (their logs are to be removed).
+pub(crate) fn prune_finished_execs(
+    pod: &Pod,
+    max: usize,
+    keep: std::time::Duration,
+) -> Vec<Arc<Exec>> {
+    let since = std::time::SystemTime::now()
+        .checked_sub(keep)
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .unwrap_or_default();
+    // Same format as `finished_at`: the strings sort as the times do.
+    let cutoff = super::io::rfc3339(since.as_secs() as i64, since.subsec_nanos());
+    let mut state = pod.state();
+    let mut finished: Vec<(String, String)> = state
+        .execs
+        .iter()
+        .filter(|(_, e)| *e.io.state().borrow() == IoState::Exited)
+        .filter_map(|(id, e)| {
+            let at = e.status.lock().unwrap().finished_at.clone()?;
+            Some((at, id.clone()))
+        })
+        .collect();
+    finished.sort();
+    // Room for the exec about to be added.
+    let excess = (finished.len() + 1).saturating_sub(max);
+    finished
+        .iter()
+        .enumerate()
+        .filter(|(i, (at, _))| *i < excess || at.as_str() < cutoff.as_str())
+        .filter_map(|(_, (_, id))| state.execs.remove(id))
+        .collect()
+}
+
 /// What `POST /exec/create` asks for.
 #[derive(Debug, Clone, Default)]
 pub struct ExecRequest {
@@ -186,6 +226,9 @@ impl Engine {
             container: c,
             status: Mutex::new(ContainerStatus::default()),
         });
+        for gone in prune_finished_execs(&pod, MAX_FINISHED_EXECS, FINISHED_EXEC_KEEP) {
+            tokio::spawn(async move { gone.io.remove_log().await });
+        }
         pod.state().execs.insert(id, exec.clone());
         Ok((pod, exec))
     }

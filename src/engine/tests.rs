@@ -29,6 +29,7 @@ pub(super) fn config(root: &std::path::Path) -> Config {
         pool_size: 0,
         pool_max_age: Duration::from_secs(60),
         log_limits: Default::default(),
+        api_limits: Default::default(),
     }
 }
 
@@ -376,4 +377,51 @@ async fn a_vm_whose_agent_speaks_an_unknown_protocol_is_stopped_not_adopted() {
         .unwrap();
     assert!(!status.success(), "the VM process was killed: {status:?}");
     assert!(!vm_dir.exists());
+}
+
+#[tokio::test(start_paused = true)]
+async fn finished_execs_are_forgotten_past_the_bound() {
+    let h = harness();
+    let pod = h
+        .engine
+        .create_pod(pod_of(vec![container(&["run-until-killed"], "")]))
+        .await
+        .unwrap();
+    h.engine.start_pod(&pod.id, None).await.unwrap();
+    let key = pod.containers()[0].id.clone();
+    let request = || super::exec::ExecRequest {
+        command: vec!["exit".into(), "0".into()],
+        ..Default::default()
+    };
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let (p, e) = h.engine.create_exec(&key, request()).unwrap();
+        h.engine.start_exec(&p, &e).await.unwrap();
+        until("the exec ended", || {
+            *e.io.state().borrow() == IoState::Exited
+        })
+        .await;
+        ids.push(e.id.clone());
+    }
+    // Past a bound of 3 (the next exec included), the oldest finished ones go.
+    let gone = super::exec::prune_finished_execs(&pod, 3, Duration::from_secs(3600));
+    assert_eq!(gone.len(), 3, "5 finished + 1 coming, room for 3");
+    assert!(h.engine.exec(&ids[0]).is_err() && h.engine.exec(&ids[2]).is_err());
+    assert!(h.engine.exec(&ids[3]).is_ok() && h.engine.exec(&ids[4]).is_ok());
+    // And those finished longer ago than the keep time (a running exec stays).
+    let (p, running) = h
+        .engine
+        .create_exec(
+            &key,
+            super::exec::ExecRequest {
+                command: vec!["run-until-killed".into()],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    h.engine.start_exec(&p, &running).await.unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let gone = super::exec::prune_finished_execs(&pod, 100, Duration::from_millis(1));
+    assert_eq!(gone.len(), 2);
+    assert!(h.engine.exec(&running.id).is_ok());
 }

@@ -290,6 +290,11 @@ fn resolve_storage(
             VolumeKind::PodLocal => {
                 let d = pod_dir.join("volumes").join(&v.name);
                 std::fs::create_dir_all(&d).map_err(EngineError::io(d.display()))?;
+                // The pod's own: its guest root owns it, mapped or not.
+                if let Some(m) = &spec.id_map {
+                    std::os::unix::fs::chown(&d, Some(m.host_uid), Some(m.host_gid))
+                        .map_err(EngineError::io(d.display()))?;
+                }
                 d
             }
             VolumeKind::Named => {
