@@ -180,11 +180,10 @@ impl Engine {
         super::blocking(move || ensure_named(&dir, &name, labels, driver)).await
     }
 
-    /// Where a named volume's data is on the host (a block volume's disk image).
-    pub fn volume_path(&self, name: &str) -> PathBuf {
-        read_named(&self.volumes_dir(), name)
-            .map(|v| v.mountpoint)
-            .unwrap_or_else(|_| self.volumes_dir().join(name).join("_data"))
+    /// Where a named volume's data is on the host (a block volume's disk image), from
+    /// its name and kind alone: no file is read.
+    pub fn volume_path(&self, name: &str, block: bool) -> PathBuf {
+        data_path(&self.volumes_dir(), name, block)
     }
 
     /// Every named volume.
@@ -348,6 +347,12 @@ fn resolve_storage(
     Ok(storage)
 }
 
+/// A named volume's data: `_data/`, or a block volume's `disk.img`.
+fn data_path(dir: &Path, name: &str, block: bool) -> PathBuf {
+    dir.join(name)
+        .join(if block { "disk.img" } else { "_data" })
+}
+
 fn read_named(dir: &Path, name: &str) -> std::io::Result<NamedVolume> {
     if !crate::spec::valid_name(name) {
         return Err(std::io::Error::other("not a volume"));
@@ -355,11 +360,7 @@ fn read_named(dir: &Path, name: &str) -> std::io::Result<NamedVolume> {
     let d = dir.join(name);
     let mut v: NamedVolume = serde_json::from_slice(&std::fs::read(d.join("volume.json"))?)
         .map_err(std::io::Error::other)?;
-    v.mountpoint = if v.driver == "block" {
-        d.join("disk.img")
-    } else {
-        d.join("_data")
-    };
+    v.mountpoint = data_path(dir, name, v.driver == "block");
     Ok(v)
 }
 
@@ -378,12 +379,12 @@ fn ensure_named(
     std::fs::create_dir_all(&d).map_err(EngineError::io(d.display()))?;
     let (driver, size_mib, mountpoint) = match driver {
         VolumeDriver::Local => {
-            let data = d.join("_data");
+            let data = data_path(dir, name, false);
             std::fs::create_dir_all(&data).map_err(EngineError::io(data.display()))?;
             ("local", None, data)
         }
         VolumeDriver::Block { size_mib } => {
-            let disk = d.join("disk.img");
+            let disk = data_path(dir, name, true);
             super::slots::make_ext4(&disk, size_mib, "hyper-volume")
                 .map_err(EngineError::io(disk.display()))?;
             ("block", Some(size_mib), disk)

@@ -166,10 +166,13 @@ pub(super) fn mount_points(
                     pod.dir.join("volumes").join(&v.name).display().to_string(),
                 ),
                 VolumeKind::Tmpfs => ("tmpfs", None, String::new()),
-                VolumeKind::Named | VolumeKind::Block => (
+                kind @ (VolumeKind::Named | VolumeKind::Block) => (
                     "volume",
                     Some(v.volume_name().to_string()),
-                    engine.volume_path(v.volume_name()).display().to_string(),
+                    engine
+                        .volume_path(v.volume_name(), kind == VolumeKind::Block)
+                        .display()
+                        .to_string(),
                 ),
             };
             Some(m::MountPoint {
