@@ -49,12 +49,18 @@ fn host_mounts_under(dir: &Path) -> Vec<String> {
 }
 
 /// Waits until `path` exists on the host (up to 60 s).
-fn wait_file(path: &Path) {
+/// Waits until the file at `path` holds `want`: the guest's `echo` creates the file before
+/// it writes, so its existence alone says nothing about its content.
+fn wait_file_content(path: &Path, want: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !path.exists() {
+    loop {
+        let got = std::fs::read_to_string(path).unwrap_or_default();
+        if got == want {
+            return;
+        }
         assert!(
             Instant::now() < deadline,
-            "{} never appeared",
+            "{} never held {want:?} (last: {got:?})",
             path.display()
         );
         std::thread::sleep(Duration::from_millis(200));
@@ -117,11 +123,7 @@ fn pods_keep_and_share_data() {
     assert_eq!(code, 200, "{body}");
 
     // The writer's file reaches the host; the host's file reaches the reader.
-    wait_file(&data.join("from-writer.txt"));
-    assert_eq!(
-        std::fs::read_to_string(data.join("from-writer.txt")).unwrap(),
-        "from-writer\n"
-    );
+    wait_file_content(&data.join("from-writer.txt"), "from-writer\n");
     assert_eq!(
         out_ok(&exec(&d, "reader", "cat /data/from-host.txt")),
         "written by the host"
