@@ -11,6 +11,7 @@
 //! [`vm`] driver talks to through the types of `hyper-vmm-api`; see docs/architecture.md
 //! for the crate graph.
 pub mod api;
+pub mod build;
 pub mod config;
 pub mod engine;
 pub(crate) mod ids;

@@ -163,6 +163,12 @@ impl Agent {
             _ => None,
         };
         let (uid, gid) = resolve_user(&root, &spec.user)?;
+        // A working directory the image lacks is made, as Docker's runtimes do (a
+        // Dockerfile's WORKDIR relies on it); resolved inside the root. A read-only root
+        // cannot get it: the chdir below then reports it missing.
+        if join.is_none() && !spec.workdir.is_empty() && spec.workdir != "/" {
+            let _ = crate::container::mount_target(&root, &spec.workdir, true);
+        }
         let setup = ChildSetup {
             root: cstr(root.to_str().unwrap_or("/")),
             proc_dir: cstr(root.join("proc").to_str().unwrap_or("/proc")),

@@ -181,6 +181,7 @@ pub static ROUTES: &[Route] = &[
     route!(GET "/exitcode" => |e, r| pods::exitcode(&e, &r)),
     route!(POST "/tty/resize" => |e, r| containers::tty_resize(&e, &r).await),
     route!(POST "/image/create" => |e, r| images::create(&e, r).await),
+    route!(POST "/image/build" => |e, r| super::build::build(&e, r).await),
     route!(POST "/image/tag" => |e, r| images::tag(&e, &r)),
     route!(POST "/image/push" => |e, r| images::push(&e, r).await),
     route!(POST "/image/load" => |e, r| images::load(&e, r).await),

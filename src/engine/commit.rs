@@ -2,7 +2,7 @@
 //! agent's `export_diff`), are written to a file under a size cap, and become the top
 //! layer of a new image through the image store (which unpacks every layer with the
 //! hardened unpacker before the image exists). The host never mounts the guest's disk.
-use super::{Engine, EngineError, Pod, AGENT_TIMEOUT};
+use super::{Container, Engine, EngineError, Pod, VmRuntime, AGENT_TIMEOUT};
 use crate::image::commit::CommitInfo;
 use crate::image::ImageRecord;
 use bytes::Bytes;
@@ -61,15 +61,32 @@ impl Engine {
             .iter()
             .map(|n| crate::image::normalize_reference(n))
             .collect::<Result<Vec<_>, _>>()?;
+        let tmp = self.export_diff(&pod, &c, &vm).await?;
+        let (images, parent, layer) = (self.images.clone(), c.image.clone(), tmp.clone());
+        let result =
+            super::blocking(move || Ok(images.commit_layer(&parent, &layer, &info, &names)?)).await;
+        let _ = tokio::fs::remove_file(&tmp).await;
+        result
+    }
+
+    /// A container's changes as a tar file under the image store's temporary directory
+    /// (the caller removes it), streamed by the agent of the VM it runs in (its process
+    /// may have exited), under the layer size cap and a deadline.
+    pub(crate) async fn export_diff(
+        &self,
+        pod: &Pod,
+        c: &Container,
+        vm: &VmRuntime,
+    ) -> Result<std::path::PathBuf, EngineError> {
         let stream = pod.next_stream.fetch_add(1, Ordering::SeqCst);
         let (tx, mut rx) = tokio::sync::mpsc::channel(64);
         pod.state().exports.insert(stream, tx);
-        let _guard = ExportGuard { pod: &pod, stream };
+        let _guard = ExportGuard { pod, stream };
         let tmp = self
             .cfg
             .root
             .join("image/tmp")
-            .join(format!("commit-{}.tar", crate::ids::random_hex(8)));
+            .join(format!("diff-{}.tar", crate::ids::random_hex(8)));
         let result = async {
             vm.agent
                 .call(
@@ -119,7 +136,7 @@ impl Engine {
                     }
                     None => {
                         return Err(EngineError::GuestFailed(
-                            "the VM went away during the commit".into(),
+                            "the VM went away during the export".into(),
                         ))
                     }
                 }
@@ -127,14 +144,16 @@ impl Engine {
             file.sync_all()
                 .await
                 .map_err(EngineError::io(tmp.display()))?;
-            drop(file);
-            let (images, parent, layer) = (self.images.clone(), c.image.clone(), tmp.clone());
-            super::blocking(move || Ok(images.commit_layer(&parent, &layer, &info, &names)?))
-                .await
+            Ok(())
         }
         .await;
-        let _ = tokio::fs::remove_file(&tmp).await;
-        result
+        match result {
+            Ok(()) => Ok(tmp),
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                Err(e)
+            }
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! Pods and their containers: creation, start (boot a VM, create and start the
 //! containers through its agent), the stream of output and exits, stop and removal.
+pub mod build_step;
 mod commit;
 mod containers;
 pub(crate) mod exec;

@@ -3,7 +3,8 @@
 //! changes and history, made into an image by the same path as every pull — so the new
 //! layer goes through the hardened unpacker before the image exists.
 use super::{
-    ImageError, ImageRecord, ImageStore, MEDIA_OCI_CONFIG, MEDIA_OCI_LAYER, MEDIA_OCI_MANIFEST,
+    ImageError, ImageRecord, ImageStore, LayerRecord, MEDIA_OCI_CONFIG, MEDIA_OCI_LAYER,
+    MEDIA_OCI_MANIFEST,
 };
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -124,28 +125,9 @@ pub fn apply_changes(config: &mut Value, changes: &[String]) -> Result<(), Image
 }
 
 impl ImageStore {
-    /// A new image: `parent`'s layers and the tar layer at `layer` (the container's
-    /// changes), its config with `info` applied, named `names`. Blocking.
-    pub fn commit_layer(
-        &self,
-        parent: &ImageRecord,
-        layer: &Path,
-        info: &CommitInfo,
-        names: &[String],
-    ) -> Result<ImageRecord, ImageError> {
-        let mut config: Value = serde_json::from_slice(&self.blobs.read(&parent.id)?)
-            .map_err(|e| ImageError::BadImage(format!("parent config: {e}")))?;
-        if !config["config"].is_object() {
-            config["config"] = json!({});
-        }
-        if let Some(Value::Object(fields)) = &info.config {
-            for (k, v) in fields.iter().filter(|(_, v)| !v.is_null()) {
-                config["config"][k] = v.clone();
-            }
-        }
-        apply_changes(&mut config["config"], &info.changes)?;
-        // The layer, stored as the agent sent it (an uncompressed tar): its digest is its
-        // diff id.
+    /// Stores the uncompressed tar layer at `layer` as a blob (its digest is its diff
+    /// id). Blocking.
+    pub fn put_layer(&self, layer: &Path) -> Result<LayerRecord, ImageError> {
         let mut w = self.blobs.writer(None)?;
         let mut file = std::fs::File::open(layer)?;
         let mut hasher = Sha256::new();
@@ -158,20 +140,73 @@ impl ImageStore {
             hasher.update(&buf[..n]);
             std::io::Write::write_all(&mut w, &buf[..n])?;
         }
-        let (layer_digest, layer_size) = w.commit()?;
-        let diff_id = format!("sha256:{}", hex::encode(hasher.finalize()));
+        let (digest, size) = w.commit()?;
+        Ok(LayerRecord {
+            digest,
+            media_type: MEDIA_OCI_LAYER.to_string(),
+            size,
+            diff_id: format!("sha256:{}", hex::encode(hasher.finalize())),
+        })
+    }
+
+    /// The image config (the whole OCI config blob) of a stored image.
+    pub fn config_json(&self, image: &ImageRecord) -> Result<Value, ImageError> {
+        serde_json::from_slice(&self.blobs.read(&image.id)?)
+            .map_err(|e| ImageError::BadImage(format!("config of {}: {e}", image.id)))
+    }
+
+    /// An image of `layers` (stored blobs) and the OCI config `config` (whose
+    /// `rootfs.diff_ids` must name the same layers), named `names`: made by the same path
+    /// as every pull, so each layer goes through the hardened unpacker. Blocking.
+    pub fn assemble(
+        &self,
+        layers: &[LayerRecord],
+        config: &Value,
+        names: &[String],
+    ) -> Result<ImageRecord, ImageError> {
+        let config_bytes = serde_json::to_vec(config).expect("json");
+        let config_digest = self.blobs.put(&config_bytes, None)?;
+        let layers_json: Vec<Value> = layers
+            .iter()
+            .map(|l| json!({"mediaType": l.media_type, "digest": l.digest, "size": l.size}))
+            .collect();
+        let manifest = json!({
+            "schemaVersion": 2,
+            "mediaType": MEDIA_OCI_MANIFEST,
+            "config": {"mediaType": MEDIA_OCI_CONFIG, "digest": config_digest, "size": config_bytes.len()},
+            "layers": layers_json,
+        });
+        let manifest_bytes = serde_json::to_vec(&manifest).expect("json");
+        let manifest_digest = self.blobs.put(&manifest_bytes, None)?;
+        self.commit_image(&manifest_digest, names)
+    }
+
+    /// A new image: `parent`'s layers and the tar layer at `layer` (the container's
+    /// changes), its config with `info` applied, named `names`. Blocking.
+    pub fn commit_layer(
+        &self,
+        parent: &ImageRecord,
+        layer: &Path,
+        info: &CommitInfo,
+        names: &[String],
+    ) -> Result<ImageRecord, ImageError> {
+        let mut config = self.config_json(parent)?;
+        if !config["config"].is_object() {
+            config["config"] = json!({});
+        }
+        if let Some(Value::Object(fields)) = &info.config {
+            for (k, v) in fields.iter().filter(|(_, v)| !v.is_null()) {
+                config["config"][k] = v.clone();
+            }
+        }
+        apply_changes(&mut config["config"], &info.changes)?;
+        let layer = self.put_layer(layer)?;
         let now = crate::engine::io::chrono_now();
         config["created"] = json!(now);
         if !info.author.is_empty() {
             config["author"] = json!(info.author);
         }
-        if !config["rootfs"]["diff_ids"].is_array() {
-            config["rootfs"] = json!({"type": "layers", "diff_ids": []});
-        }
-        config["rootfs"]["diff_ids"]
-            .as_array_mut()
-            .expect("an array")
-            .push(json!(diff_id));
+        push_diff_id(&mut config, &layer.diff_id);
         let mut entry = json!({"created": now, "created_by": info.created_by});
         if !info.author.is_empty() {
             entry["author"] = json!(info.author);
@@ -179,37 +214,37 @@ impl ImageStore {
         if !info.comment.is_empty() {
             entry["comment"] = json!(info.comment);
         }
-        if !config["history"].is_array() {
-            config["history"] = json!([]);
-        }
-        config["history"]
-            .as_array_mut()
-            .expect("an array")
-            .push(entry);
-        let config_bytes = serde_json::to_vec(&config).expect("json");
-        let config_digest = self.blobs.put(&config_bytes, None)?;
-        let mut layers: Vec<Value> = parent
-            .layers
-            .iter()
-            .map(|l| json!({"mediaType": l.media_type, "digest": l.digest, "size": l.size}))
-            .collect();
-        layers.push(
-            json!({"mediaType": MEDIA_OCI_LAYER, "digest": layer_digest, "size": layer_size}),
-        );
-        let manifest = json!({
-            "schemaVersion": 2,
-            "mediaType": MEDIA_OCI_MANIFEST,
-            "config": {"mediaType": MEDIA_OCI_CONFIG, "digest": config_digest, "size": config_bytes.len()},
-            "layers": layers,
-        });
-        let manifest_bytes = serde_json::to_vec(&manifest).expect("json");
-        let manifest_digest = self.blobs.put(&manifest_bytes, None)?;
-        let result = self.commit_image(&manifest_digest, names);
+        push_history(&mut config, entry);
+        let mut layers = parent.layers.clone();
+        layers.push(layer.clone());
+        let result = self.assemble(&layers, &config, names);
         if result.is_err() {
-            self.discard(&[&layer_digest, &config_digest, &manifest_digest]);
+            self.discard(&[&layer.digest]);
         }
         result
     }
+}
+
+/// Appends a layer's diff id to an OCI config's `rootfs`.
+pub fn push_diff_id(config: &mut Value, diff_id: &str) {
+    if !config["rootfs"]["diff_ids"].is_array() {
+        config["rootfs"] = json!({"type": "layers", "diff_ids": []});
+    }
+    config["rootfs"]["diff_ids"]
+        .as_array_mut()
+        .expect("an array")
+        .push(json!(diff_id));
+}
+
+/// Appends an entry to an OCI config's `history`.
+pub fn push_history(config: &mut Value, entry: Value) {
+    if !config["history"].is_array() {
+        config["history"] = json!([]);
+    }
+    config["history"]
+        .as_array_mut()
+        .expect("an array")
+        .push(entry);
 }
 
 #[cfg(test)]

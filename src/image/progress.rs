@@ -2,7 +2,7 @@
 //! stream: one JSON object per line, `status`, optional `id`, `progressDetail`,
 //! `progress`, and `error`/`errorDetail` for a failure.
 pub(crate) use hyperd_api::images::Progress;
-use hyperd_api::images::{ErrorDetail, ProgressDetail, PushAux};
+use hyperd_api::images::{Aux, ErrorDetail, ProgressDetail, PushAux};
 use tokio::sync::mpsc::UnboundedSender;
 
 pub(crate) type ProgressTx = UnboundedSender<Progress>;
@@ -45,11 +45,11 @@ pub(crate) fn transfer(id: &str, verb: &str, current: u64, total: u64) -> Progre
 pub(crate) fn pushed(tag: &str, digest: &str, size: u64) -> Progress {
     Progress {
         progress_detail: Some(ProgressDetail::default()),
-        aux: Some(PushAux {
+        aux: Some(Aux::Push(PushAux {
             tag: tag.to_string(),
             digest: digest.to_string(),
             size,
-        }),
+        })),
         ..Default::default()
     }
 }
@@ -63,11 +63,25 @@ pub(crate) fn stream(text: impl Into<String>) -> Progress {
 }
 
 pub(crate) fn error(msg: &str) -> Progress {
+    error_with_code(msg, None)
+}
+
+/// A failure with the exit code of the step that failed (a build's `RUN`).
+pub(crate) fn error_with_code(msg: &str, code: Option<i32>) -> Progress {
     Progress {
         error: Some(msg.to_string()),
         error_detail: Some(ErrorDetail {
+            code,
             message: msg.to_string(),
         }),
+        ..Default::default()
+    }
+}
+
+/// What a build made (`aux.ID`).
+pub(crate) fn built(id: &str) -> Progress {
+    Progress {
+        aux: Some(Aux::Built(hyperd_api::images::BuiltAux { id: id.to_string() })),
         ..Default::default()
     }
 }

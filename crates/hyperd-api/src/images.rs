@@ -94,9 +94,9 @@ pub struct Progress {
     /// Free text (`Loaded image: ...`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream: Option<String>,
-    /// What a push stored.
+    /// What a push stored, or the image a build made.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub aux: Option<PushAux>,
+    pub aux: Option<Aux>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -119,8 +119,36 @@ pub struct PushAux {
     pub size: u64,
 }
 
+/// The `aux` of a progress message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum Aux {
+    Push(PushAux),
+    Built(BuiltAux),
+}
+
+impl Aux {
+    /// The pushed manifest's digest.
+    pub fn pushed_digest(&self) -> Option<&str> {
+        match self {
+            Aux::Push(p) => Some(&p.digest),
+            Aux::Built(_) => None,
+        }
+    }
+}
+
+/// What a build made: Docker's `{"aux":{"ID":"sha256:..."}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct BuiltAux {
+    #[serde(rename = "ID")]
+    pub id: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ErrorDetail {
+    /// A build step's exit code, when it failed with one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<i32>,
     pub message: String,
 }
 

@@ -38,6 +38,7 @@ pub(crate) async fn route(
         }
         ("POST", ["containers", "create"]) => create(engine, req).await,
         ("POST", ["commit"]) => commit(engine, req).await,
+        ("POST", ["build"]) => crate::api::build::build(engine, req).await,
         ("GET", ["containers", "json"]) => list(engine, &req),
         ("GET", ["containers", id, "json"]) => inspect(engine, id),
         ("POST", ["containers", id, "start"]) => start(engine, id).await,

@@ -131,7 +131,7 @@ pub(crate) async fn push(client: &Client, args: PushArgs) -> anyhow::Result<i32>
         .messages
         .iter()
         .rev()
-        .find_map(|m| m.aux.as_ref().map(|a| a.digest.as_str()))
+        .find_map(|m| m.aux.as_ref().and_then(|a| a.pushed_digest()))
     {
         println!("{d}");
     }
