@@ -68,6 +68,29 @@ image = c.commit(repository="pycommit", tag="1", changes=["ENV FROM_PY=1"])
 out = client.containers.run("pycommit:1", ["sh", "-c", "cat /py.txt; echo $FROM_PY"], remove=True)
 assert out == b"committed-by-py\n1\n", out
 client.images.remove("pycommit:1")
+
+# images.build with a tag: a Dockerfile in a context directory; the image runs, and a
+# failing step raises BuildError with the step's output.
+import os, tempfile
+ctx = tempfile.mkdtemp()
+with open(os.path.join(ctx, "Dockerfile"), "w") as f:
+    f.write("FROM busybox\nARG WHO=nobody\nCOPY hello.txt /hello.txt\nRUN echo \"built for $WHO\" >> /hello.txt\nCMD [\"cat\", \"/hello.txt\"]\n")
+with open(os.path.join(ctx, "hello.txt"), "w") as f:
+    f.write("hello from the context\n")
+built, logs = client.images.build(path=ctx, tag="pybuilt:1", buildargs={"WHO": "py"})
+assert "pybuilt:1" in built.tags, built.tags
+assert any("Step 4/5" in l.get("stream", "") for l in logs), logs
+out = client.containers.run("pybuilt:1", remove=True)
+assert out == b"hello from the context\nbuilt for py\n", out
+with open(os.path.join(ctx, "Dockerfile"), "w") as f:
+    f.write("FROM busybox\nRUN echo step-output; exit 5\n")
+try:
+    client.images.build(path=ctx, tag="pyfails:1")
+    raise AssertionError("no BuildError")
+except docker.errors.BuildError as e:
+    assert "non-zero code: 5" in str(e), str(e)
+    assert any("step-output" in l.get("stream", "") for l in e.build_log), e.build_log
+client.images.remove("pybuilt:1")
 c.remove(force=True)
 assert client.containers.list(all=True) == []
 

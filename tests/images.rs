@@ -83,6 +83,30 @@ fn push_pull_round_trip_reuse_and_a_pod_from_a_pulled_image() {
         "push and pull agree on the digest: {text}"
     );
 
+    // The same pull on a hijacked connection (`Upgrade: tcp`, as hyperctl asks): 101,
+    // then the same JSON lines on the raw stream, closed after the last.
+    out_ok(&d.hyperctl(&["rmi", &remote]));
+    let (head, text) = common::hijacked(
+        &d.socket,
+        "POST",
+        &format!("/image/create?imageName={}/test/busybox&tag=1", reg.addr),
+    );
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let lines = json_lines(&text);
+    assert!(lines.iter().all(|l| l.get("error").is_none()), "{text}");
+    assert!(
+        lines.iter().any(|l| l["status"] == "Downloading"
+            && l["progressDetail"]["total"].as_u64().unwrap_or(0) > 0),
+        "{text}"
+    );
+    assert!(
+        lines.last().unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("sha256:{id}")),
+        "{text}"
+    );
+
     // Pull by digest reuses the layers and lands on the same image.
     let by_digest = format!("{}/test/busybox@{pushed}", reg.addr);
     let (code, text) = d.curl(

@@ -29,6 +29,43 @@ pub(crate) fn wants_upgrade(req: &Request<Incoming>) -> bool {
         .is_some_and(|v| v.eq_ignore_ascii_case("tcp"))
 }
 
+/// The upgrade of a request that asked for a hijacked connection; taken before the
+/// request's body is read.
+pub(crate) fn take_upgrade(req: &mut Request<Incoming>) -> Option<hyper::upgrade::OnUpgrade> {
+    wants_upgrade(req).then(|| hyper::upgrade::on(req))
+}
+
+/// A streamed answer of JSON lines (pull, push, load, build progress): chunked, or —
+/// when the client asked for `Upgrade: tcp` — `101` and the same lines on the raw
+/// stream, closed after the last one.
+pub(crate) fn json_lines_or_hijacked<T: serde::Serialize + Send + 'static>(
+    upgrade: Option<hyper::upgrade::OnUpgrade>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<T>,
+) -> Response<Body> {
+    let Some(on_upgrade) = upgrade else {
+        return super::http::json_lines(rx);
+    };
+    tokio::spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!("upgrade failed: {e}");
+                return;
+            }
+        };
+        let mut io = TokioIo::new(upgraded);
+        while let Some(v) = rx.recv().await {
+            let mut line = serde_json::to_vec(&v).unwrap_or_default();
+            line.extend_from_slice(b"\r\n");
+            if io.write_all(&line).await.is_err() {
+                return; // the client went away; the work goes on without it
+            }
+        }
+        let _ = io.shutdown().await;
+    });
+    upgrade_response()
+}
+
 /// Starts the process once the connection is hijacked.
 pub(crate) type StartAfterUpgrade = std::pin::Pin<
     Box<dyn std::future::Future<Output = Result<(), crate::engine::EngineError>> + Send>,

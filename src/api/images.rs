@@ -1,7 +1,7 @@
 //! Image routes: `/image/create` (pull, or import with `fromSrc=-`), `/image/push`,
 //! `/auth`, `/image/load`, `/images/save`, `/images/get`, `DELETE /image`.
 use super::http::{
-    flag, full, json_lines, ok_json, param, query, read_body, ApiError, ApiResult, MAX_JSON_BODY,
+    flag, full, ok_json, param, query, read_body, ApiError, ApiResult, MAX_JSON_BODY,
 };
 use crate::engine::Engine;
 use crate::image::auth::{decode_header, registry_key, AuthConfig};
@@ -91,7 +91,7 @@ fn reference_from(
 
 /// `POST /image/create?imageName=NAME[:TAG|@DIGEST][&tag=TAG]`: pulls, streaming
 /// progress. With `fromSrc=-`, imports the body (a root filesystem tar) instead.
-pub(crate) async fn create(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
+pub(crate) async fn create(engine: &Arc<Engine>, mut req: Request<Incoming>) -> ApiResult {
     let q = query(&req);
     let reference = reference_from(&q, &["imageName", "fromImage", "repo"])?;
     if q.get("fromSrc").map(String::as_str) == Some("-") {
@@ -102,6 +102,7 @@ pub(crate) async fn create(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiR
             "fromSrc supports only '-' (the request body)",
         ));
     }
+    let upgrade = super::attach::take_upgrade(&mut req);
     let image = ImageRef::parse(&reference)?;
     let auth = credentials(engine, &req, &image.registry)?;
     let r = Arc::new(
@@ -123,7 +124,7 @@ pub(crate) async fn create(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiR
             let _ = tx.send(progress::error(&e.to_string()));
         }
     });
-    Ok(json_lines(rx))
+    Ok(super::attach::json_lines_or_hijacked(upgrade, rx))
 }
 
 async fn import(engine: &Arc<Engine>, req: Request<Incoming>, reference: String) -> ApiResult {
@@ -170,10 +171,11 @@ pub(crate) async fn push(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiRes
 /// request's `X-Registry-Auth` or the stored login, streaming progress.
 pub(crate) async fn push_reference(
     engine: &Arc<Engine>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     reference: &str,
     local: Option<&str>,
 ) -> ApiResult {
+    let upgrade = super::attach::take_upgrade(&mut req);
     let image = ImageRef::parse(reference)?;
     let rec = match local {
         Some(local) => {
@@ -208,7 +210,7 @@ pub(crate) async fn push_reference(
             let _ = tx.send(progress::error(&e.to_string()));
         }
     });
-    Ok(json_lines(rx))
+    Ok(super::attach::json_lines_or_hijacked(upgrade, rx))
 }
 
 /// `POST /auth`: checks a login against its registry and stores it for later pulls and
@@ -268,8 +270,25 @@ pub(crate) async fn load_archive(
 }
 
 /// `POST /image/load`: a `docker save` archive or an OCI layout (tar) in the body.
-pub(crate) async fn load(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
+pub(crate) async fn load(engine: &Arc<Engine>, mut req: Request<Incoming>) -> ApiResult {
+    let upgrade = super::attach::take_upgrade(&mut req);
+    // The archive is read whole before the answer, hijacked or not: a failed load gets
+    // its status.
     let recs = load_archive(engine, body_reader(req)).await?;
+    if upgrade.is_some() {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        for rec in recs {
+            let names = if rec.repo_tags.is_empty() {
+                vec![rec.id.clone()]
+            } else {
+                rec.repo_tags.clone()
+            };
+            for n in names {
+                let _ = tx.send(progress::stream(format!("Loaded image: {n}\n")));
+            }
+        }
+        return Ok(super::attach::json_lines_or_hijacked(upgrade, rx));
+    }
     let mut body = String::new();
     for rec in recs {
         let names = if rec.repo_tags.is_empty() {

@@ -25,7 +25,7 @@ impl Ignore {
                 Some(p) => (p.trim(), true),
                 None => (line, false),
             };
-            let cleaned = clean(pattern).map_err(|_| {
+            let cleaned = clean(pattern).ok_or_else(|| {
                 BuildError::Invalid(format!(".dockerignore: {pattern:?} leaves the context"))
             })?;
             if cleaned.as_os_str().is_empty() {
@@ -37,7 +37,9 @@ impl Ignore {
                 .map_err(|e| BuildError::Invalid(format!(".dockerignore: {pattern:?}: {e}")))?;
             rules.push((glob.compile_matcher(), keep));
             if rules.len() > 10_000 {
-                return Err(BuildError::Invalid(".dockerignore: too many patterns".into()));
+                return Err(BuildError::Invalid(
+                    ".dockerignore: too many patterns".into(),
+                ));
             }
         }
         Ok(Ignore { rules })
@@ -47,7 +49,10 @@ impl Ignore {
     pub fn ignored(&self, rel: &Path) -> bool {
         let mut verdict = false;
         for (glob, keep) in &self.rules {
-            if rel.ancestors().any(|a| !a.as_os_str().is_empty() && glob.is_match(a)) {
+            if rel
+                .ancestors()
+                .any(|a| !a.as_os_str().is_empty() && glob.is_match(a))
+            {
                 verdict = !keep;
             }
         }
@@ -56,20 +61,20 @@ impl Ignore {
 }
 
 /// `path` made relative and normal: no `..` that would leave its root, no `.`.
-pub fn clean(path: &str) -> Result<PathBuf, ()> {
+pub fn clean(path: &str) -> Option<PathBuf> {
     let mut out = PathBuf::new();
     for c in Path::new(path).components() {
         match c {
             Component::Normal(n) => out.push(n),
             Component::ParentDir => {
                 if !out.pop() {
-                    return Err(());
+                    return None;
                 }
             }
             Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
         }
     }
-    Ok(out)
+    Some(out)
 }
 
 /// An unpacked build context.
@@ -100,14 +105,16 @@ impl Context {
     /// The context's file for a path the client named (the Dockerfile).
     pub fn read_file(&self, rel: &str, max: u64) -> Result<Vec<u8>, BuildError> {
         let r = clean(rel)
-            .map_err(|_| BuildError::Invalid(format!("{rel:?} leaves the build context")))?;
+            .ok_or_else(|| BuildError::Invalid(format!("{rel:?} leaves the build context")))?;
         let path = self.checked(&r)?;
         let f = std::fs::File::open(&path)
             .map_err(|e| BuildError::Invalid(format!("cannot read {rel:?} in the context: {e}")))?;
         let mut buf = Vec::new();
         f.take(max + 1).read_to_end(&mut buf)?;
         if buf.len() as u64 > max {
-            return Err(BuildError::Invalid(format!("{rel} is larger than {max} bytes")));
+            return Err(BuildError::Invalid(format!(
+                "{rel} is larger than {max} bytes"
+            )));
         }
         Ok(buf)
     }
@@ -137,7 +144,7 @@ impl Context {
     /// The context paths a source names (a path or a glob), ignored ones left out.
     fn sources(&self, src: &str) -> Result<Vec<Source>, BuildError> {
         let rel = clean(src)
-            .map_err(|_| BuildError::Invalid(format!("{src:?} is outside the build context")))?;
+            .ok_or_else(|| BuildError::Invalid(format!("{src:?} is outside the build context")))?;
         if !has_glob(src) {
             let path = self.checked(&rel)?;
             if std::fs::symlink_metadata(&path).is_err()
@@ -327,7 +334,7 @@ impl LayerWriter {
         for entry in ar.entries()? {
             let mut entry = entry?;
             let raw = entry.path()?.into_owned();
-            let rel = clean(&raw.to_string_lossy()).map_err(|_| {
+            let rel = clean(&raw.to_string_lossy()).ok_or_else(|| {
                 BuildError::Invalid(format!("the archive's {} leaves its root", raw.display()))
             })?;
             let name = dest_path(&dest.join(&rel));
@@ -342,8 +349,14 @@ impl LayerWriter {
             h.set_mode(h.mode().unwrap_or(0o644) & 0o7777);
             h.set_mtime(h.mtime().unwrap_or(0));
             match kind {
-                tar::EntryType::Directory | tar::EntryType::Regular | tar::EntryType::Continuous => {
-                    let size = if kind == tar::EntryType::Directory { 0 } else { entry.size() };
+                tar::EntryType::Directory
+                | tar::EntryType::Regular
+                | tar::EntryType::Continuous => {
+                    let size = if kind == tar::EntryType::Directory {
+                        0
+                    } else {
+                        entry.size()
+                    };
                     self.count(size)?;
                     h.set_entry_type(if kind == tar::EntryType::Directory {
                         kind
@@ -351,7 +364,8 @@ impl LayerWriter {
                         tar::EntryType::Regular
                     });
                     h.set_size(size);
-                    self.tar.append_data(&mut h, &name, (&mut entry).take(size))?;
+                    self.tar
+                        .append_data(&mut h, &name, (&mut entry).take(size))?;
                 }
                 tar::EntryType::Symlink => {
                     let target = entry
@@ -366,11 +380,15 @@ impl LayerWriter {
                         .link_name()?
                         .ok_or_else(|| BuildError::Invalid("a link without a target".into()))?
                         .into_owned();
-                    let t = clean(&target.to_string_lossy()).map_err(|_| {
-                        BuildError::Invalid(format!("a hard link to {} leaves the archive", target.display()))
+                    let t = clean(&target.to_string_lossy()).ok_or_else(|| {
+                        BuildError::Invalid(format!(
+                            "a hard link to {} leaves the archive",
+                            target.display()
+                        ))
                     })?;
                     self.count(0)?;
-                    self.tar.append_link(&mut h, &name, dest_path(&dest.join(t)))?;
+                    self.tar
+                        .append_link(&mut h, &name, dest_path(&dest.join(t)))?;
                 }
                 _ => {} // devices and FIFOs are left out, as in the image layers
             }
@@ -436,7 +454,7 @@ pub fn copy_layer(
 }
 
 /// Writes the layer of an `ADD` of a downloaded file: the file `file` as `dest` (or
-/// `dest/name` when `dest` ends with `/`), mode 0600 as Docker's.
+/// `dest/name` when `dest` ends with `/`), mode 0600 as Docker's, time 0.
 pub fn file_layer(
     file: &Path,
     name: &str,
@@ -456,10 +474,16 @@ pub fn file_layer(
     if opts.mode.is_none() {
         h.set_mode(0o600);
     }
+    // The download's time says nothing about its content: left out, so that the same
+    // content makes the same layer (and hits the cache).
+    h.set_mtime(0);
     h.set_size(meta.len());
     w.count(meta.len())?;
-    w.tar
-        .append_data(&mut h, dest_path(&target), std::fs::File::open(file)?.take(meta.len()))?;
+    w.tar.append_data(
+        &mut h,
+        dest_path(&target),
+        std::fs::File::open(file)?.take(meta.len()),
+    )?;
     w.finish()
 }
 
@@ -487,7 +511,7 @@ mod tests {
     #[test]
     fn clean_paths_stay_inside() {
         assert_eq!(clean("/a/./b/../c").unwrap(), PathBuf::from("a/c"));
-        assert!(clean("a/../../b").is_err());
+        assert!(clean("a/../../b").is_none());
         assert_eq!(clean(".").unwrap(), PathBuf::new());
     }
 
@@ -520,24 +544,85 @@ mod tests {
         let ctx = Context::open(ctx_dir).unwrap();
         let out = t.path().join("l.tar");
         // A directory's contents go under the destination; ignored files stay out.
-        copy_layer(&ctx, &["src".into()], "/app", CopyOptions { owner: Some((7, 8)), ..Default::default() }, &out, 1 << 20).unwrap();
+        copy_layer(
+            &ctx,
+            &["src".into()],
+            "/app",
+            CopyOptions {
+                owner: Some((7, 8)),
+                ..Default::default()
+            },
+            &out,
+            1 << 20,
+        )
+        .unwrap();
         let names: Vec<_> = entries(&out).into_iter().map(|e| (e.0, e.1)).collect();
         assert_eq!(
             names,
-            vec![("app/a.txt".into(), 7), ("app/sub".into(), 7), ("app/sub/b.txt".into(), 7)]
+            vec![
+                ("app/a.txt".into(), 7),
+                ("app/sub".into(), 7),
+                ("app/sub/b.txt".into(), 7)
+            ]
         );
         // A file into a directory; a glob needs a directory destination.
-        copy_layer(&ctx, &["top.txt".into()], "/opt/", CopyOptions::default(), &out, 1 << 20).unwrap();
+        copy_layer(
+            &ctx,
+            &["top.txt".into()],
+            "/opt/",
+            CopyOptions::default(),
+            &out,
+            1 << 20,
+        )
+        .unwrap();
         assert_eq!(entries(&out)[0].0, "opt/top.txt");
-        copy_layer(&ctx, &["*.txt".into()], "/g/", CopyOptions { mode: Some(0o700), ..Default::default() }, &out, 1 << 20).unwrap();
+        copy_layer(
+            &ctx,
+            &["*.txt".into()],
+            "/g/",
+            CopyOptions {
+                mode: Some(0o700),
+                ..Default::default()
+            },
+            &out,
+            1 << 20,
+        )
+        .unwrap();
         assert_eq!(entries(&out), vec![("g/top.txt".into(), 0, 0o700)]);
-        assert!(copy_layer(&ctx, &["top.txt".into(), "src".into()], "/x", CopyOptions::default(), &out, 1 << 20).is_err());
+        assert!(copy_layer(
+            &ctx,
+            &["top.txt".into(), "src".into()],
+            "/x",
+            CopyOptions::default(),
+            &out,
+            1 << 20
+        )
+        .is_err());
         // Nothing outside the context, nothing through its links, nothing ignored.
         for bad in ["../etc/passwd", "link/passwd", "src/skip.log", "missing"] {
-            assert!(copy_layer(&ctx, &[bad.into()], "/x", CopyOptions::default(), &out, 1 << 20).is_err(), "{bad}");
+            assert!(
+                copy_layer(
+                    &ctx,
+                    &[bad.into()],
+                    "/x",
+                    CopyOptions::default(),
+                    &out,
+                    1 << 20
+                )
+                .is_err(),
+                "{bad}"
+            );
         }
         // The size cap holds.
-        assert!(copy_layer(&ctx, &["src".into()], "/app", CopyOptions::default(), &out, 1).is_err());
+        assert!(copy_layer(
+            &ctx,
+            &["src".into()],
+            "/app",
+            CopyOptions::default(),
+            &out,
+            1
+        )
+        .is_err());
     }
 
     #[test]
@@ -555,11 +640,22 @@ mod tests {
         std::fs::write(ctx_dir.join("a.tar.gz"), gz.finish().unwrap()).unwrap();
         let ctx = Context::open(ctx_dir).unwrap();
         let out = t.path().join("l.tar");
-        let opts = CopyOptions { unpack_archives: true, ..Default::default() };
+        let opts = CopyOptions {
+            unpack_archives: true,
+            ..Default::default()
+        };
         copy_layer(&ctx, &["a.tar.gz".into()], "/srv", opts, &out, 1 << 20).unwrap();
         assert_eq!(entries(&out)[0].0, "srv/dir/f");
         // COPY keeps the archive as a file.
-        copy_layer(&ctx, &["a.tar.gz".into()], "/srv/", CopyOptions::default(), &out, 1 << 20).unwrap();
+        copy_layer(
+            &ctx,
+            &["a.tar.gz".into()],
+            "/srv/",
+            CopyOptions::default(),
+            &out,
+            1 << 20,
+        )
+        .unwrap();
         assert_eq!(entries(&out)[0].0, "srv/a.tar.gz");
     }
 }

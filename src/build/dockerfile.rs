@@ -463,8 +463,12 @@ mod tests {
     fn words_quote_escape_and_expand() {
         let v = vars(&[("A", "one"), ("E", ""), ("P", "/usr/bin")]);
         assert_eq!(
-            words(r#"$A "${A} two" '$A' \$A ${E:-def} ${A:+alt} ${E:+no}x $P:$NONE"#, &v, '\\')
-                .unwrap(),
+            words(
+                r#"$A "${A} two" '$A' \$A ${E:-def} ${A:+alt} ${E:+no}x $P:$NONE"#,
+                &v,
+                '\\'
+            )
+            .unwrap(),
             vec!["one", "one two", "$A", "$A", "def", "alt", "x", "/usr/bin:"]
         );
         assert!(words("'open", &v, '\\').is_err());
@@ -489,7 +493,10 @@ mod tests {
 
     #[test]
     fn json_forms() {
-        assert_eq!(json_form(r#"["a", "b c"]"#), Some(vec!["a".into(), "b c".into()]));
+        assert_eq!(
+            json_form(r#"["a", "b c"]"#),
+            Some(vec!["a".into(), "b c".into()])
+        );
         assert_eq!(json_form("[not json"), None);
         assert_eq!(json_form("echo"), None);
     }

@@ -17,7 +17,11 @@ struct Origin {
     dir: bool,
 }
 
-fn layer_reader(images: &ImageStore, image: &ImageRecord, i: usize) -> Result<Box<dyn Read>, BuildError> {
+fn layer_reader(
+    images: &ImageStore,
+    image: &ImageRecord,
+    i: usize,
+) -> Result<Box<dyn Read>, BuildError> {
     let f = images.blobs.open_blob(&image.layers[i].digest)?;
     Ok(crate::image::unpack::decompress(f)?)
 }
@@ -50,7 +54,9 @@ pub fn copy_layer(
 ) -> Result<(), BuildError> {
     let roots: Vec<PathBuf> = srcs
         .iter()
-        .map(|s| clean(s).map_err(|_| BuildError::Invalid(format!("{s:?} leaves the image's root"))))
+        .map(|s| {
+            clean(s).ok_or_else(|| BuildError::Invalid(format!("{s:?} leaves the image's root")))
+        })
         .collect::<Result<_, _>>()?;
     if srcs.iter().any(|s| s.contains(['*', '?', '['])) {
         return Err(BuildError::Invalid(
@@ -69,7 +75,7 @@ pub fn copy_layer(
         let mut ar = tar::Archive::new(layer_reader(images, image, i)?);
         for entry in ar.entries()? {
             let entry = entry?;
-            let Ok(path) = clean(&entry.path()?.to_string_lossy()) else {
+            let Some(path) = clean(&entry.path()?.to_string_lossy()) else {
                 continue;
             };
             let Some(name) = path.file_name().map(|n| n.to_string_lossy().into_owned()) else {
@@ -93,14 +99,18 @@ pub fn copy_layer(
             }
             view.insert(path, Origin { layer: i, dir });
             if view.len() > 1_000_000 {
-                return Err(BuildError::Invalid("COPY --from of more than a million files".into()));
+                return Err(BuildError::Invalid(
+                    "COPY --from of more than a million files".into(),
+                ));
             }
         }
     }
     // Where each source goes.
     let mut targets: Vec<(PathBuf, PathBuf)> = Vec::new();
     for (r, s) in roots.iter().zip(srcs) {
-        let has_children = view.range(r.clone()..).any(|(p, _)| p != r && p.starts_with(r));
+        let has_children = view
+            .range(r.clone()..)
+            .any(|(p, _)| p != r && p.starts_with(r));
         let is_dir = view.get(r).map_or(has_children, |o| o.dir);
         if !view.contains_key(r) && !has_children {
             return Err(BuildError::Invalid(format!("{s}: not found in the image")));
@@ -115,11 +125,14 @@ pub fn copy_layer(
         targets.push((r.clone(), to));
     }
     let rename = |p: &Path| -> Option<PathBuf> {
-        targets.iter().find(|(r, _)| p.starts_with(r)).map(|(r, to)| {
-            let rest = p.strip_prefix(r).unwrap_or(Path::new(""));
-            let full = to.join(rest);
-            full.strip_prefix("/").unwrap_or(&full).to_path_buf()
-        })
+        targets
+            .iter()
+            .find(|(r, _)| p.starts_with(r))
+            .map(|(r, to)| {
+                let rest = p.strip_prefix(r).unwrap_or(Path::new(""));
+                let full = to.join(rest);
+                full.strip_prefix("/").unwrap_or(&full).to_path_buf()
+            })
     };
     // Pass 2: each path's final version, from its layer.
     let file = std::fs::File::create(out)?;
@@ -132,7 +145,7 @@ pub fn copy_layer(
         let mut ar = tar::Archive::new(layer_reader(images, image, i)?);
         for entry in ar.entries()? {
             let mut entry = entry?;
-            let Ok(path) = clean(&entry.path()?.to_string_lossy()) else {
+            let Some(path) = clean(&entry.path()?.to_string_lossy()) else {
                 continue;
             };
             if view.get(&path).is_none_or(|o| o.layer != i) || !written.insert(path.clone()) {
@@ -151,8 +164,14 @@ pub fn copy_layer(
                 h.set_mode(m);
             }
             match h.entry_type() {
-                tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::Directory => {
-                    let size = if h.entry_type() == tar::EntryType::Directory { 0 } else { entry.size() };
+                tar::EntryType::Regular
+                | tar::EntryType::Continuous
+                | tar::EntryType::Directory => {
+                    let size = if h.entry_type() == tar::EntryType::Directory {
+                        0
+                    } else {
+                        entry.size()
+                    };
                     bytes += size;
                     if bytes > max_bytes {
                         return Err(BuildError::Invalid(format!(
@@ -168,9 +187,8 @@ pub fn copy_layer(
                 }
                 tar::EntryType::Link => {
                     let target = entry.link_name()?.unwrap_or_default().into_owned();
-                    let t = clean(&target.to_string_lossy()).ok().and_then(|t| {
-                        written.contains(&t).then(|| rename(&t)).flatten()
-                    });
+                    let t = clean(&target.to_string_lossy())
+                        .and_then(|t| written.contains(&t).then(|| rename(&t)).flatten());
                     let Some(t) = t else {
                         return Err(BuildError::Invalid(format!(
                             "COPY --from: {} is a hard link to {}, outside what is copied",

@@ -183,7 +183,8 @@ impl StageState {
     }
 
     fn history(&mut self, created_by: String, empty_layer: bool) {
-        let mut entry = json!({"created": crate::engine::io::chrono_now(), "created_by": created_by});
+        let mut entry =
+            json!({"created": crate::engine::io::chrono_now(), "created_by": created_by});
         if empty_layer {
             entry["empty_layer"] = json!(true);
         }
@@ -314,21 +315,28 @@ impl Builder {
     }
 
     fn tmp(&self, what: &str) -> PathBuf {
-        self.work.join(format!("{what}-{}", crate::ids::random_hex(6)))
+        self.work
+            .join(format!("{what}-{}", crate::ids::random_hex(6)))
     }
 
     /// An image a `FROM` or `COPY --from` names: an earlier stage, else a stored image
     /// (pulled when missing or when the build asks for pulls).
-    async fn image_for(&mut self, name: &str, allow_stage: bool) -> Result<ImageRecord, BuildError> {
+    async fn image_for(
+        &mut self,
+        name: &str,
+        allow_stage: bool,
+    ) -> Result<ImageRecord, BuildError> {
         let lower = name.to_ascii_lowercase();
         if allow_stage {
             if let Some(&i) = self.names.get(&lower) {
                 return Ok(self.stages[i].clone());
             }
             if let Ok(i) = name.parse::<usize>() {
-                return self.stages.get(i).cloned().ok_or_else(|| {
-                    BuildError::Invalid(format!("no stage {i} before this one"))
-                });
+                return self
+                    .stages
+                    .get(i)
+                    .cloned()
+                    .ok_or_else(|| BuildError::Invalid(format!("no stage {i} before this one")));
             }
         }
         let local = self.engine.images.resolve(name);
@@ -342,7 +350,12 @@ impl Builder {
         }
     }
 
-    async fn from(&mut self, ins: &Instruction, global: &Vars, escape: char) -> Result<StageState, BuildError> {
+    async fn from(
+        &mut self,
+        ins: &Instruction,
+        global: &Vars,
+        escape: char,
+    ) -> Result<StageState, BuildError> {
         let word = ins.args.split_whitespace().next().unwrap_or_default();
         let name = dockerfile::expand(word, global, escape).map_err(|e| line_err(ins, e))?;
         if name.is_empty() {
@@ -386,14 +399,23 @@ impl Builder {
         }
         let image = self.materialize(st).await?;
         if image.layers.is_empty() {
-            return Err(line_err(ins, "RUN needs an image with a root file system (FROM scratch has none)".into()));
+            return Err(line_err(
+                ins,
+                "RUN needs an image with a root file system (FROM scratch has none)".into(),
+            ));
         }
         let step = StepRun {
             image: image.id.clone(),
             argv: argv.clone(),
             env,
-            workdir: st.config["config"]["WorkingDir"].as_str().unwrap_or("").to_string(),
-            user: st.config["config"]["User"].as_str().unwrap_or("").to_string(),
+            workdir: st.config["config"]["WorkingDir"]
+                .as_str()
+                .unwrap_or("")
+                .to_string(),
+            user: st.config["config"]["User"]
+                .as_str()
+                .unwrap_or("")
+                .to_string(),
         };
         self.say(" ---> Running in a micro-VM\n");
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<bytes::Bytes>();
@@ -402,7 +424,8 @@ impl Builder {
         let forward = tokio::spawn(async move {
             while let Some(b) = rx.recv().await {
                 if !quiet {
-                    let _ = progress.send(progress::stream(String::from_utf8_lossy(&b).into_owned()));
+                    let _ =
+                        progress.send(progress::stream(String::from_utf8_lossy(&b).into_owned()));
                 }
             }
         });
@@ -422,14 +445,22 @@ impl Builder {
         self.add_layer(st, &tar, created_by).await
     }
 
-    async fn copy(&mut self, st: &mut StageState, ins: &Instruction, escape: char) -> Result<(), BuildError> {
+    async fn copy(
+        &mut self,
+        st: &mut StageState,
+        ins: &Instruction,
+        escape: char,
+    ) -> Result<(), BuildError> {
         let vars = st.vars();
         let mut parts = match dockerfile::json_form(&ins.args) {
             Some(v) => v,
             None => dockerfile::words(&ins.args, &vars, escape).map_err(|e| line_err(ins, e))?,
         };
         if parts.len() < 2 {
-            return Err(line_err(ins, format!("{} needs a source and a destination", ins.keyword)));
+            return Err(line_err(
+                ins,
+                format!("{} needs a source and a destination", ins.keyword),
+            ));
         }
         let dest = st.absolute(&parts.pop().expect("two parts"));
         let mut opts = CopyOptions {
@@ -441,9 +472,10 @@ impl Builder {
             opts.owner = Some(context::parse_chown(&c)?);
         }
         if let Some(m) = ins.flag("chmod") {
-            opts.mode = Some(u32::from_str_radix(m, 8).map_err(|_| {
-                line_err(ins, format!("--chmod={m} is not an octal mode"))
-            })?);
+            opts.mode = Some(
+                u32::from_str_radix(m, 8)
+                    .map_err(|_| line_err(ins, format!("--chmod={m} is not an octal mode")))?,
+            );
         }
         let max = self.engine.cfg.max_layer_bytes;
         let tar = self.tmp("layer.tar");
@@ -454,15 +486,28 @@ impl Builder {
             }
             let from = dockerfile::expand(from, &vars, escape).map_err(|e| line_err(ins, e))?;
             let image = self.image_for(&from, true).await?;
-            let (images, t, d, o) = (self.engine.images.clone(), tar.clone(), dest.clone(), opts.clone());
+            let (images, t, d, o) = (
+                self.engine.images.clone(),
+                tar.clone(),
+                dest.clone(),
+                opts.clone(),
+            );
             let srcs = parts.clone();
-            tokio::task::spawn_blocking(move || from_image::copy_layer(&images, &image, &srcs, &d, o, &t, max))
-                .await
-                .map_err(|e| BuildError::Invalid(e.to_string()))??;
+            tokio::task::spawn_blocking(move || {
+                from_image::copy_layer(&images, &image, &srcs, &d, o, &t, max)
+            })
+            .await
+            .map_err(|e| BuildError::Invalid(e.to_string()))??;
             what = format!("COPY --from={from} {} {dest}", parts.join(" "));
-        } else if parts.iter().any(|p| p.starts_with("http://") || p.starts_with("https://")) {
+        } else if parts
+            .iter()
+            .any(|p| p.starts_with("http://") || p.starts_with("https://"))
+        {
             if ins.keyword != "ADD" || parts.len() != 1 {
-                return Err(line_err(ins, "a URL source takes ADD with that one source".into()));
+                return Err(line_err(
+                    ins,
+                    "a URL source takes ADD with that one source".into(),
+                ));
             }
             let url = parts[0].clone();
             let file = self.tmp("download");
@@ -480,9 +525,10 @@ impl Builder {
                 .unwrap_or("download")
                 .to_string();
             let (t, d, o, f) = (tar.clone(), dest.clone(), opts.clone(), file.clone());
-            let r = tokio::task::spawn_blocking(move || context::file_layer(&f, &name, &d, o, &t, max))
-                .await
-                .map_err(|e| BuildError::Invalid(e.to_string()))?;
+            let r =
+                tokio::task::spawn_blocking(move || context::file_layer(&f, &name, &d, o, &t, max))
+                    .await
+                    .map_err(|e| BuildError::Invalid(e.to_string()))?;
             let _ = std::fs::remove_file(&file);
             r?;
             what = format!("ADD {url} {dest}");
@@ -505,7 +551,10 @@ impl Builder {
             .await
             .map_err(|e| BuildError::Invalid(e.to_string()))??
         };
-        st.key = chain(&st.key, &format!("{what} {:?} {:?} sha256:{digest}", opts.owner, opts.mode));
+        st.key = chain(
+            &st.key,
+            &format!("{what} {:?} {:?} sha256:{digest}", opts.owner, opts.mode),
+        );
         if self.use_cache(st)? {
             let _ = std::fs::remove_file(&tar);
             return Ok(());
@@ -515,26 +564,45 @@ impl Builder {
     }
 
     /// A metadata instruction: the config changes, the key moves on, no layer.
-    fn metadata(&mut self, st: &mut StageState, ins: &Instruction, escape: char) -> Result<(), BuildError> {
+    fn metadata(
+        &mut self,
+        st: &mut StageState,
+        ins: &Instruction,
+        escape: char,
+    ) -> Result<(), BuildError> {
         let vars = st.vars();
         let exp = |t: &str| dockerfile::expand(t, &vars, escape).map_err(|e| line_err(ins, e));
         let command = |st: &StageState| -> Value {
             match dockerfile::json_form(&ins.args) {
                 Some(v) => json!(v),
-                None => json!(st.shell.iter().cloned().chain([ins.args.clone()]).collect::<Vec<_>>()),
+                None => json!(st
+                    .shell
+                    .iter()
+                    .cloned()
+                    .chain([ins.args.clone()])
+                    .collect::<Vec<_>>()),
             }
         };
         let mut record = ins.original.clone();
         match ins.keyword.as_str() {
             "ENV" => {
-                let pairs = dockerfile::pairs(&ins.args, &vars, escape, true).map_err(|e| line_err(ins, e))?;
-                record = format!("ENV {}", pairs.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "));
+                let pairs = dockerfile::pairs(&ins.args, &vars, escape, true)
+                    .map_err(|e| line_err(ins, e))?;
+                record = format!(
+                    "ENV {}",
+                    pairs
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                );
                 for (k, v) in pairs {
                     st.set_env(&k, &v);
                 }
             }
             "LABEL" => {
-                let pairs = dockerfile::pairs(&ins.args, &vars, escape, true).map_err(|e| line_err(ins, e))?;
+                let pairs = dockerfile::pairs(&ins.args, &vars, escape, true)
+                    .map_err(|e| line_err(ins, e))?;
                 for (k, v) in pairs {
                     if !st.cfg()["Labels"].is_object() {
                         st.cfg()["Labels"] = json!({});
@@ -546,7 +614,12 @@ impl Builder {
             "WORKDIR" => {
                 let w = exp(&ins.args)?;
                 let abs = st.absolute(&w);
-                let clean = format!("/{}", context::clean(&abs).map_err(|_| line_err(ins, "bad WORKDIR".into()))?.display());
+                let clean = format!(
+                    "/{}",
+                    context::clean(&abs)
+                        .ok_or_else(|| line_err(ins, "bad WORKDIR".into()))?
+                        .display()
+                );
                 st.cfg()["WorkingDir"] = json!(clean);
             }
             "USER" => st.cfg()["User"] = json!(exp(&ins.args)?),
@@ -571,9 +644,15 @@ impl Builder {
             "EXPOSE" | "VOLUME" => {
                 let items = match (ins.keyword.as_str(), dockerfile::json_form(&ins.args)) {
                     ("VOLUME", Some(v)) => v,
-                    _ => dockerfile::words(&ins.args, &vars, escape).map_err(|e| line_err(ins, e))?,
+                    _ => {
+                        dockerfile::words(&ins.args, &vars, escape).map_err(|e| line_err(ins, e))?
+                    }
                 };
-                let key = if ins.keyword == "EXPOSE" { "ExposedPorts" } else { "Volumes" };
+                let key = if ins.keyword == "EXPOSE" {
+                    "ExposedPorts"
+                } else {
+                    "Volumes"
+                };
                 if !st.cfg()[key].is_object() {
                     st.cfg()[key] = json!({});
                 }
@@ -589,17 +668,27 @@ impl Builder {
                 if !st.cfg()["OnBuild"].is_array() {
                     st.cfg()["OnBuild"] = json!([]);
                 }
-                st.cfg()["OnBuild"].as_array_mut().expect("array").push(json!(ins.args));
+                st.cfg()["OnBuild"]
+                    .as_array_mut()
+                    .expect("array")
+                    .push(json!(ins.args));
             }
             "ARG" => {
                 let text = ins.args.trim();
                 let (name, default) = match text.split_once('=') {
-                    Some((n, d)) => (n.to_string(), Some(dockerfile::expand(d, &vars, escape).map_err(|e| line_err(ins, e))?)),
+                    Some((n, d)) => (
+                        n.to_string(),
+                        Some(dockerfile::expand(d, &vars, escape).map_err(|e| line_err(ins, e))?),
+                    ),
                     None => (text.to_string(), None),
                 };
-                let value = self.opts.build_args.get(&name).cloned().or(default).or_else(|| {
-                    st.args.get(&name).cloned().flatten()
-                });
+                let value = self
+                    .opts
+                    .build_args
+                    .get(&name)
+                    .cloned()
+                    .or(default)
+                    .or_else(|| st.args.get(&name).cloned().flatten());
                 if self.opts.build_args.contains_key(&name) {
                     self.used_args.insert(name.clone());
                 }
@@ -617,7 +706,10 @@ impl Builder {
 }
 
 fn line_err(ins: &Instruction, what: String) -> BuildError {
-    BuildError::Invalid(format!("Dockerfile line {}: {}: {what}", ins.line, ins.keyword))
+    BuildError::Invalid(format!(
+        "Dockerfile line {}: {}: {what}",
+        ins.line, ins.keyword
+    ))
 }
 
 /// A Go duration as Docker's flags take it (`30s`, `1m30s`, `500ms`), in nanoseconds.
@@ -628,7 +720,9 @@ fn duration_ns(s: &str) -> Option<u64> {
         let n = rest.find(|c: char| !c.is_ascii_digit())?;
         let (num, tail) = rest.split_at(n);
         let num: u64 = num.parse().ok()?;
-        let unit_len = tail.find(|c: char| c.is_ascii_digit()).unwrap_or(tail.len());
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(tail.len());
         let (unit, next) = tail.split_at(unit_len);
         let mult = match unit {
             "ns" => 1,
@@ -651,11 +745,16 @@ fn healthcheck(ins: &Instruction, shell: &[String]) -> Result<Value, BuildError>
     if args.eq_ignore_ascii_case("NONE") {
         return Ok(json!({"Test": ["NONE"]}));
     }
-    let Some(cmd) = args.strip_prefix("CMD").or_else(|| args.strip_prefix("cmd")) else {
+    let Some(cmd) = args
+        .strip_prefix("CMD")
+        .or_else(|| args.strip_prefix("cmd"))
+    else {
         return Err(line_err(ins, "HEALTHCHECK takes NONE or CMD".into()));
     };
     let test = match dockerfile::json_form(cmd) {
-        Some(v) => std::iter::once("CMD".to_string()).chain(v).collect::<Vec<_>>(),
+        Some(v) => std::iter::once("CMD".to_string())
+            .chain(v)
+            .collect::<Vec<_>>(),
         None => vec!["CMD-SHELL".to_string(), cmd.trim().to_string()],
     };
     let _ = shell;
@@ -666,11 +765,14 @@ fn healthcheck(ins: &Instruction, shell: &[String]) -> Result<Value, BuildError>
         ("start-period", "StartPeriod"),
     ] {
         if let Some(v) = ins.flag(flag) {
-            hc[field] = json!(duration_ns(v).ok_or_else(|| line_err(ins, format!("--{flag}={v} is not a duration")))?);
+            hc[field] = json!(duration_ns(v)
+                .ok_or_else(|| line_err(ins, format!("--{flag}={v} is not a duration")))?);
         }
     }
     if let Some(r) = ins.flag("retries") {
-        hc["Retries"] = json!(r.parse::<u32>().map_err(|_| line_err(ins, format!("--retries={r}")))?);
+        hc["Retries"] = json!(r
+            .parse::<u32>()
+            .map_err(|_| line_err(ins, format!("--retries={r}")))?);
     }
     Ok(hc)
 }
@@ -723,7 +825,11 @@ impl Builder {
         let dir = ctx_dir.clone();
         tokio::task::spawn_blocking(move || -> Result<(), BuildError> {
             std::fs::create_dir_all(&dir)?;
-            crate::image::unpack::unpack_layer(crate::image::unpack::decompress(context)?, &dir, &limits)?;
+            crate::image::unpack::unpack_layer(
+                crate::image::unpack::decompress(context)?,
+                &dir,
+                &limits,
+            )?;
             Ok(())
         })
         .await
@@ -774,7 +880,9 @@ impl Builder {
         }
         let _ = self.progress.send(progress::built(&rec.id));
         if self.opts.quiet {
-            let _ = self.progress.send(progress::stream(format!("{}\n", rec.id)));
+            let _ = self
+                .progress
+                .send(progress::stream(format!("{}\n", rec.id)));
         } else {
             self.say(format!("Successfully built {}\n", short(&rec.id)));
             for t in tags {
@@ -789,7 +897,10 @@ impl Builder {
         for ins in &df.global_args {
             let text = ins.args.trim();
             let (name, default) = match text.split_once('=') {
-                Some((n, d)) => (n, Some(dockerfile::expand(d, &vars, df.escape).map_err(|e| line_err(ins, e))?)),
+                Some((n, d)) => (
+                    n,
+                    Some(dockerfile::expand(d, &vars, df.escape).map_err(|e| line_err(ins, e))?),
+                ),
                 None => (text, None),
             };
             if let Some(v) = self.opts.build_args.get(name).cloned().or(default) {
@@ -810,11 +921,17 @@ impl Builder {
         last: bool,
     ) -> Result<ImageRecord, BuildError> {
         self.step += 1;
-        self.say(format!("Step {}/{} : {}\n", self.step, self.total, stage.from.original));
+        self.say(format!(
+            "Step {}/{} : {}\n",
+            self.step, self.total, stage.from.original
+        ));
         let mut st = self.from(&stage.from, global, escape).await?;
         for ins in &stage.steps {
             self.step += 1;
-            self.say(format!("Step {}/{} : {}\n", self.step, self.total, ins.original));
+            self.say(format!(
+                "Step {}/{} : {}\n",
+                self.step, self.total, ins.original
+            ));
             match ins.keyword.as_str() {
                 "RUN" => self.run(&mut st, ins).await?,
                 "COPY" | "ADD" => self.copy(&mut st, ins, escape).await?,

@@ -81,7 +81,9 @@ pub(crate) fn error_with_code(msg: &str, code: Option<i32>) -> Progress {
 /// What a build made (`aux.ID`).
 pub(crate) fn built(id: &str) -> Progress {
     Progress {
-        aux: Some(Aux::Built(hyperd_api::images::BuiltAux { id: id.to_string() })),
+        aux: Some(Aux::Built(hyperd_api::images::BuiltAux {
+            id: id.to_string(),
+        })),
         ..Default::default()
     }
 }

@@ -533,6 +533,25 @@ pub fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
     b.into_inner().unwrap()
 }
 
+/// A request that asks for a hijacked connection (`Upgrade: tcp`) on the daemon's
+/// socket: the answer's head, and everything after it until the daemon closes.
+#[allow(dead_code)]
+pub fn hijacked(socket: &Path, method: &str, path: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(300))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: hyperd\r\nConnection: Upgrade\r\nUpgrade: tcp\r\nContent-Length: 0\r\n\r\n"
+    )
+    .unwrap();
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).unwrap();
+    let text = String::from_utf8_lossy(&all).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (head.to_string(), body.to_string())
+}
+
 /// `skopeo copy` from an OCI layout to a plain-HTTP registry.
 pub fn skopeo_push(layout: &Path, tag: &str, dest: &str) {
     let out = Command::new("skopeo")

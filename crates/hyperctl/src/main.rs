@@ -2,7 +2,7 @@
 //! under [`commands`]; the typed client is this crate's library (`hyperctl::client`).
 mod commands;
 
-use commands::{containers, images, pods, system};
+use commands::{build, containers, images, pods, system};
 
 use clap::{Parser, Subcommand};
 use hyperctl::client::{Client, ClientError};
@@ -60,6 +60,8 @@ enum Cmd {
     Kill(containers::KillArgs),
     /// Create an image from a running container's changes.
     Commit(containers::CommitArgs),
+    /// Build an image from a Dockerfile and a context directory.
+    Build(build::BuildArgs),
     /// Freeze a running pod's VM.
     Pause(pods::PauseArgs),
     /// Thaw a paused pod's VM.
@@ -123,6 +125,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Logs(a) => containers::logs(&client, a).await,
         Cmd::Kill(a) => containers::kill(&client, a).await,
         Cmd::Commit(a) => containers::commit(&client, a).await,
+        Cmd::Build(a) => build::build(&client, a).await,
         Cmd::Pause(a) => pods::pause(&client, a).await,
         Cmd::Unpause(a) => pods::unpause(&client, a).await,
         Cmd::Import(a) => images::import(&client, a).await,

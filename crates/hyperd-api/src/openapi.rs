@@ -105,6 +105,7 @@ const ROUTES: &[(&str, &str, Option<&str>, Answer)] = &[
     ),
     ("/exitcode", "get", None, Answer::One("ExitCodeReply")),
     ("/image/create", "post", None, Answer::Lines("Progress")),
+    ("/image/build", "post", None, Answer::Lines("Progress")),
     ("/image/tag", "post", None, Answer::One("ImageNamed")),
     ("/image/push", "post", None, Answer::Lines("Progress")),
     ("/image/load", "post", None, Answer::Lines("Progress")),

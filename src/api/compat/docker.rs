@@ -10,6 +10,7 @@ use crate::engine::{Container, Engine, Pod, PodPhase};
 use crate::spec::{ContainerSpec, EnvVar, PodSpec, Resource};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 fn no_such_container(id: &str) -> ApiError {
@@ -30,6 +31,9 @@ pub(crate) async fn route(
     Some(match (method.as_str(), seg.as_slice()) {
         ("GET", ["images", "json"]) => images_json(engine, &req),
         ("POST", ["images", "create"]) => crate::api::images::create(engine, req).await,
+        ("GET", ["images", rest @ .., "history"]) if !rest.is_empty() => {
+            image_history(engine, &rest.join("/"))
+        }
         ("GET", ["images", rest @ .., "json"]) if !rest.is_empty() => {
             image_inspect(engine, &rest.join("/"))
         }
@@ -212,6 +216,22 @@ fn image_inspect(engine: &Arc<Engine>, name: &str) -> ApiResult {
         .resolve(name)
         .map_err(|_| ApiError::not_found(format!("No such image: {name}")))?;
     let c = &rec.config;
+    // Labels, ports and volumes are in the config blob, not in the record.
+    let full = engine.images.config_json(&rec).unwrap_or_default();
+    let keys = |field: &str| -> BTreeMap<String, m::Empty> {
+        full["config"][field]
+            .as_object()
+            .map(|o| o.keys().map(|k| (k.clone(), m::Empty::new())).collect())
+            .unwrap_or_default()
+    };
+    let labels: m::Empty = full["config"]["Labels"]
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default();
     ok_json(m::ImageInspect {
         id: rec.id.clone(),
         repo_tags: rec.repo_tags.clone(),
@@ -228,7 +248,10 @@ fn image_inspect(engine: &Arc<Engine>, name: &str) -> ApiResult {
             env: c.env.clone(),
             working_dir: c.working_dir.clone(),
             user: c.user.clone(),
-            labels: m::Empty::new(),
+            labels,
+            exposed_ports: keys("ExposedPorts"),
+            volumes: keys("Volumes"),
+            stop_signal: c.stop_signal.clone(),
         },
         root_fs: m::RootFs {
             kind: "layers".into(),
@@ -239,6 +262,47 @@ fn image_inspect(engine: &Arc<Engine>, name: &str) -> ApiResult {
             last_tag_time: "0001-01-01T00:00:00Z".into(),
         },
     })
+}
+
+/// `GET /images/{name}/history`: the config's history, newest first, each entry that
+/// made a layer with that layer's size.
+fn image_history(engine: &Arc<Engine>, name: &str) -> ApiResult {
+    let rec = engine
+        .images
+        .resolve(name)
+        .map_err(|_| ApiError::not_found(format!("No such image: {name}")))?;
+    let full = engine.images.config_json(&rec)?;
+    let mut layers = rec.layers.iter();
+    let mut items: Vec<m::HistoryItem> = full["history"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|h| {
+            let empty = h["empty_layer"].as_bool().unwrap_or(false);
+            let size = if empty {
+                0
+            } else {
+                layers.next().map_or(0, |l| l.size)
+            };
+            m::HistoryItem {
+                id: "<missing>".into(),
+                created: h["created"]
+                    .as_str()
+                    .and_then(crate::image::parse_rfc3339)
+                    .unwrap_or(0),
+                created_by: h["created_by"].as_str().unwrap_or("").to_string(),
+                tags: Vec::new(),
+                size,
+                comment: h["comment"].as_str().unwrap_or("").to_string(),
+            }
+        })
+        .collect();
+    items.reverse();
+    if let Some(top) = items.first_mut() {
+        top.id = rec.id.clone();
+        top.tags = rec.repo_tags.clone();
+    }
+    ok_json(items)
 }
 
 fn image_delete(engine: &Arc<Engine>, name: &str, req: &Request<Incoming>) -> ApiResult {

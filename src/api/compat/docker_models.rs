@@ -57,6 +57,24 @@ pub(crate) struct ImageConfig {
     pub working_dir: String,
     pub user: String,
     pub labels: Empty,
+    pub exposed_ports: BTreeMap<String, Empty>,
+    pub volumes: BTreeMap<String, Empty>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub stop_signal: String,
+}
+
+/// One entry of `GET /images/{name}/history`, newest first.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct HistoryItem {
+    /// The image's id on its top entry, `<missing>` below (as Docker's for layers it
+    /// has no image of).
+    pub id: String,
+    pub created: u64,
+    pub created_by: String,
+    pub tags: Vec<String>,
+    pub size: u64,
+    pub comment: String,
 }
 
 #[derive(Serialize)]

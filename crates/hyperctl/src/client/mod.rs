@@ -20,6 +20,11 @@ pub enum ClientError {
     Api { status: StatusCode, message: String },
     #[error("bad response from hyperd: {0}")]
     BadResponse(String),
+    /// What a streamed answer (pull, push, build) reported as its failure.
+    #[error("{0}")]
+    Failed(String),
+    #[error("the connection to hyperd broke: {0}")]
+    Stream(#[from] std::io::Error),
 }
 
 #[derive(Debug, Clone)]
@@ -150,8 +155,20 @@ impl Client {
         path: &str,
         body: Vec<u8>,
     ) -> Result<Hijacked, ClientError> {
+        self.hijack_with(method, path, body, "application/json")
+            .await
+    }
+
+    /// [`Client::hijack`] with a body of another type (a build context's tar).
+    pub async fn hijack_with(
+        &self,
+        method: Method,
+        path: &str,
+        body: Vec<u8>,
+        content_type: &str,
+    ) -> Result<Hijacked, ClientError> {
         let mut sender = self.connect().await?;
-        let mut req = Self::build(method, path, body, "application/json");
+        let mut req = Self::build(method, path, body, content_type);
         req.headers_mut()
             .insert("Connection", "Upgrade".parse().expect("header"));
         req.headers_mut()

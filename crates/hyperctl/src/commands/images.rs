@@ -92,15 +92,15 @@ pub(crate) struct PullArgs {
 /// Pull an image from a registry.
 pub(crate) async fn pull(client: &Client, args: PullArgs) -> anyhow::Result<i32> {
     let PullArgs { image, quiet } = args;
-    let resp = client
-        .send(
+    // The progress comes on a hijacked connection, as hyperd's clients have had it.
+    let stream = client
+        .hijack(
             Method::POST,
             &format!("/image/create?imageName={}", enc(&image)),
             vec![],
-            "application/json",
         )
         .await?;
-    let out = hyperctl::client::progress::render(resp, quiet).await?;
+    let out = hyperctl::client::progress::render_stream(stream, quiet).await?;
     println!("{}", out.image_id.unwrap_or_default());
     Ok(0)
 }
@@ -123,10 +123,8 @@ pub(crate) async fn push(client: &Client, args: PushArgs) -> anyhow::Result<i32>
     if let Some(f) = &from {
         path.push_str(&format!("&imageId={}", enc(f)));
     }
-    let resp = client
-        .send(Method::POST, &path, vec![], "application/json")
-        .await?;
-    let out = hyperctl::client::progress::render(resp, quiet).await?;
+    let stream = client.hijack(Method::POST, &path, vec![]).await?;
+    let out = hyperctl::client::progress::render_stream(stream, quiet).await?;
     if let Some(d) = out
         .messages
         .iter()

@@ -1,5 +1,6 @@
 //! hyperctl's commands, one module per group: [`pods`], [`containers`], [`images`],
-//! [`system`]; [`terminal`] is the terminal side of attach, exec and run.
+//! [`build`], [`system`]; [`terminal`] is the terminal side of attach, exec and run.
+pub(crate) mod build;
 pub(crate) mod containers;
 pub(crate) mod images;
 pub(crate) mod pods;
