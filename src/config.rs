@@ -31,6 +31,9 @@ pub struct Config {
     pub log_limits: crate::engine::LogLimits,
     /// Bounds of the API socket's connections.
     pub api_limits: ApiLimits,
+    /// A build boots a micro-VM for each `RUN` rather than one per stage (slower; kept
+    /// for measuring the two against each other, docs/benchmarks.md).
+    pub build_vm_per_step: bool,
 }
 
 /// Bounds of the API socket: a client that does not finish a request's head in

@@ -28,15 +28,21 @@ pub(crate) struct Daemon {
 
 impl Daemon {
     pub(crate) fn start(dir: &Path, pool: &str) -> Daemon {
-        let socket = dir.join(format!("hyper-{pool}.sock"));
-        let root = dir.join(format!("root-{pool}"));
+        Daemon::start_with(dir, pool, pool, &[])
+    }
+
+    /// A daemon named `name` (its socket, root and log in `dir`) with more arguments.
+    pub(crate) fn start_with(dir: &Path, name: &str, pool: &str, extra: &[&str]) -> Daemon {
+        let socket = dir.join(format!("hyper-{name}.sock"));
+        let root = dir.join(format!("root-{name}"));
         let child = Command::new(env!("CARGO_BIN_EXE_hyperd"))
             .arg("--host")
             .arg(&socket)
             .arg("--root")
             .arg(&root)
             .args(["--pool", pool, "--log", "warn"])
-            .stderr(std::fs::File::create(dir.join(format!("hyperd-{pool}.log"))).unwrap())
+            .args(extra)
+            .stderr(std::fs::File::create(dir.join(format!("hyperd-{name}.log"))).unwrap())
             .spawn()
             .expect("hyperd starts");
         let deadline = Instant::now() + Duration::from_secs(20);

@@ -82,6 +82,10 @@ struct Args {
     /// API connections served at once; more wait until one ends.
     #[arg(long, env = "HYPERD_API_MAX_CONNECTIONS", default_value_t = 1024)]
     api_max_connections: usize,
+    /// Boot a micro-VM for each RUN of a Dockerfile build instead of one per stage
+    /// (slower; for measuring the two ways against each other).
+    #[arg(long, env = "HYPERD_BUILD_VM_PER_STEP")]
+    build_vm_per_step: bool,
     /// Log filter (tracing's EnvFilter syntax).
     #[arg(long, env = "HYPERD_LOG", default_value = "info")]
     log: String,
@@ -126,6 +130,7 @@ async fn main() -> anyhow::Result<()> {
             header_timeout: std::time::Duration::from_secs(args.api_header_timeout.max(1)),
             max_connections: args.api_max_connections.max(1),
         },
+        build_vm_per_step: args.build_vm_per_step,
     };
     for (what, path, how) in [
         ("guest kernel", &cfg.kernel, "kernel-config/build.sh"),

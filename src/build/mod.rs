@@ -11,7 +11,7 @@ pub mod context;
 pub mod dockerfile;
 pub mod from_image;
 
-use crate::engine::build_step::{StepError, StepRun};
+use crate::engine::build_step::{StepError, StepRun, StepVm};
 use crate::engine::{Engine, EngineError};
 use crate::image::commit::{push_diff_id, push_history};
 use crate::image::progress::{self, ProgressTx};
@@ -92,6 +92,8 @@ struct StageState {
     shell: Vec<String>,
     /// `CMD` was set in this stage (an `ENTRYPOINT` then keeps it).
     cmd_set: bool,
+    /// The micro-VM the stage's `RUN` steps share, once one ran.
+    vm: Option<StepVm>,
 }
 
 fn chain(prev: &str, what: &str) -> String {
@@ -140,6 +142,7 @@ impl StageState {
             args: BTreeMap::new(),
             shell: vec!["/bin/sh".into(), "-c".into()],
             cmd_set: false,
+            vm: None,
         }
     }
 
@@ -429,12 +432,17 @@ impl Builder {
                 }
             }
         });
-        // The step runs in a task of its own: a client that goes away does not leave
-        // its VM behind.
+        // The step runs in a task of its own, which always hands the VM back to the
+        // stage (that ends it).
         let engine = self.engine.clone();
-        let result = tokio::spawn(async move { engine.run_build_step(step, tx).await })
-            .await
-            .map_err(|e| BuildError::Invalid(e.to_string()))?;
+        let mut vm = st.vm.take();
+        let (vm, result) = tokio::spawn(async move {
+            let r = engine.run_build_step(&mut vm, step, tx).await;
+            (vm, r)
+        })
+        .await
+        .map_err(|e| BuildError::Invalid(e.to_string()))?;
+        st.vm = vm;
         let _ = forward.await;
         let tar = result?;
         let created_by = if dockerfile::json_form(&ins.args).is_some() {
@@ -926,6 +934,22 @@ impl Builder {
             self.step, self.total, stage.from.original
         ));
         let mut st = self.from(&stage.from, global, escape).await?;
+        let result = self.steps(stage, &mut st, global, escape, last).await;
+        // The stage's VM goes however the stage ended.
+        if let Some(vm) = st.vm.take() {
+            self.engine.end_build_vm(vm).await;
+        }
+        result
+    }
+
+    async fn steps(
+        &mut self,
+        stage: &dockerfile::Stage,
+        st: &mut StageState,
+        global: &Vars,
+        escape: char,
+        last: bool,
+    ) -> Result<ImageRecord, BuildError> {
         for ins in &stage.steps {
             self.step += 1;
             self.say(format!(
@@ -933,17 +957,17 @@ impl Builder {
                 self.step, self.total, ins.original
             ));
             match ins.keyword.as_str() {
-                "RUN" => self.run(&mut st, ins).await?,
-                "COPY" | "ADD" => self.copy(&mut st, ins, escape).await?,
+                "RUN" => self.run(st, ins).await?,
+                "COPY" | "ADD" => self.copy(st, ins, escape).await?,
                 "ARG" if !ins.args.contains('=') => {
                     // `ARG name` in a stage takes the global value of that name.
                     let name = ins.args.trim().to_string();
                     if let Some(v) = global.get(&name) {
                         st.args.insert(name.clone(), Some(v.clone()));
                     }
-                    self.metadata(&mut st, ins, escape)?;
+                    self.metadata(st, ins, escape)?;
                 }
-                _ => self.metadata(&mut st, ins, escape)?,
+                _ => self.metadata(st, ins, escape)?,
             }
         }
         if last && !self.opts.labels.is_empty() {
@@ -957,7 +981,7 @@ impl Builder {
             st.image_current = false;
         }
         let had_image = st.image_current;
-        let rec = self.materialize(&mut st).await?;
+        let rec = self.materialize(st).await?;
         if !had_image {
             self.say(format!(" ---> {}\n", short(&rec.id)));
         }

@@ -321,6 +321,16 @@ impl Engine {
             });
         }
         while tasks.join_next().await.is_some() {}
+        // A build's pods do not outlive the daemon that ran the build: its client is
+        // gone, and so is the build.
+        for pod in self.pods() {
+            if pod.labels().contains_key(super::build_step::BUILD_LABEL) {
+                tracing::info!(pod = %pod.id, "removing a build's pod left by the last daemon");
+                if let Err(e) = self.remove_pod(&pod.id).await {
+                    tracing::warn!(pod = %pod.id, "{e}");
+                }
+            }
+        }
     }
 
     async fn reattach(

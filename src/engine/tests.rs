@@ -30,6 +30,7 @@ pub(super) fn config(root: &std::path::Path) -> Config {
         pool_max_age: Duration::from_secs(60),
         log_limits: Default::default(),
         api_limits: Default::default(),
+        build_vm_per_step: false,
     }
 }
 
