@@ -59,7 +59,10 @@ fn main() {
     context(&ctx, "busybox", steps);
 
     let mut hyperd_times = Vec::new();
-    for (name, extra) in [("per-stage", &[][..]), ("per-step", &["--build-vm-per-step"][..])] {
+    for (name, extra) in [
+        ("per-stage", &[][..]),
+        ("per-step", &["--build-vm-per-step"][..]),
+    ] {
         let d = Daemon::start_with(work.path(), name, "0", extra);
         d.import_busybox(&rootfs);
         let mut t = Vec::new();
@@ -97,9 +100,18 @@ fn main() {
     let peer = median(t);
     let (stage, step) = (hyperd_times[0], hyperd_times[1]);
     println!("build of {steps} RUN steps, --no-cache, median of {runs}:");
-    println!("  hyperd, one VM per stage   {stage:7.2} s  ({:.2} s a step)", stage / steps as f64);
-    println!("  hyperd, one VM per step    {step:7.2} s  ({:.2} s a step)", step / steps as f64);
-    println!("  podman build (runc)        {peer:7.2} s  ({:.2} s a step)", peer / steps as f64);
+    println!(
+        "  hyperd, one VM per stage   {stage:7.2} s  ({:.2} s a step)",
+        stage / steps as f64
+    );
+    println!(
+        "  hyperd, one VM per step    {step:7.2} s  ({:.2} s a step)",
+        step / steps as f64
+    );
+    println!(
+        "  podman build (runc)        {peer:7.2} s  ({:.2} s a step)",
+        peer / steps as f64
+    );
     println!("ratio per-step / per-stage   {:.2}x", step / stage);
     println!("ratio per-stage / podman     {:.2}x", stage / peer);
 }

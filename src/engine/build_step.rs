@@ -102,10 +102,9 @@ impl Engine {
             Some(v) => {
                 let pod = v.pod.clone();
                 if pod.vm().is_none() {
-                    return Err(EngineError::GuestFailed(
-                        "the stage's build VM is gone".into(),
-                    )
-                    .into());
+                    return Err(
+                        EngineError::GuestFailed("the stage's build VM is gone".into()).into(),
+                    );
                 }
                 pod.set_phase(PodPhase::Running);
                 let (_, c) = self.create_container(&pod.id, spec).await?;
