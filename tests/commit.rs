@@ -2,7 +2,8 @@
 //! deleted files is committed by the docker CLI (`docker commit` with `--change`,
 //! `-m`, `-a`), hyperd's API (`POST /container/commit`) and `hyperctl commit`; each new
 //! image runs and shows the change, a deleted file stays deleted, the config changes
-//! apply and the history records the commit. A stopped container and a hostile change are
+//! apply and the history records the commit; a commit pauses the container's processes
+//! while it reads and continues them. A stopped container and a hostile change are
 //! refused with the right status.
 mod common;
 use common::{out_ok, Daemon};
@@ -105,6 +106,43 @@ fn containers_become_images() {
         out_ok(&d.hyperctl(&["run", "--rm", "viactl:1"])),
         "from-hyperctl"
     );
+
+    // A commit pauses the container's processes while it reads (Docker's default) and
+    // lets them go on after: a ticking loop still ticks; `pause=0` commits it running.
+    out_ok(&d.docker(
+        cfg,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "ticker",
+            "busybox",
+            "sh",
+            "-c",
+            "i=0; while true; do i=$((i+1)); echo $i > /tick; sleep 0.05; done",
+        ],
+    ));
+    std::thread::sleep(Duration::from_secs(1));
+    out_ok(&d.docker(cfg, &["commit", "ticker", "ticked:1"]));
+    let tick = |_: ()| -> u64 {
+        out_ok(&d.docker(cfg, &["exec", "ticker", "cat", "/tick"]))
+            .parse()
+            .unwrap()
+    };
+    let before = tick(());
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(tick(()) > before, "the paused container was not continued");
+    let (code, body) = d.curl(
+        "POST",
+        "/container/commit?container=ticker&repo=ticked:2&pause=0",
+        None,
+    );
+    assert_eq!(code, 200, "{body}");
+    let committed: u64 = out_ok(&d.docker(cfg, &["run", "--rm", "ticked:1", "cat", "/tick"]))
+        .parse()
+        .unwrap();
+    assert!(committed > 0 && committed <= before, "{committed} {before}");
+    out_ok(&d.docker(cfg, &["rm", "-f", "ticker"]));
 
     // Refused: a change a commit cannot apply (400), no such container (404), a stopped
     // container (409).

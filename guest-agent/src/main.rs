@@ -80,7 +80,11 @@ fn handle(agent: &Arc<process::Agent>, chan: &channel::Channel, req: Request) {
             .start_process(&container, stream, process)
             .map(|pid| Some(serde_json::json!({ "pid": pid }))),
         Op::Signal { stream, signal } => agent.signal(stream, signal).map(|_| None),
-        Op::ExportDiff { container, stream } => agent.export_diff(&container, stream).map(|_| None),
+        Op::ExportDiff {
+            container,
+            stream,
+            pause,
+        } => agent.export_diff(&container, stream, pause).map(|_| None),
         Op::WriteFile {
             container,
             path,

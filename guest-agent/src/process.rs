@@ -342,14 +342,30 @@ impl Agent {
     }
 
     /// Streams a container's changes as a tar layer on `stream` (see `Op::ExportDiff`).
-    pub(crate) fn export_diff(&self, container: &str, stream: u32) -> Result<(), String> {
+    pub(crate) fn export_diff(
+        &self,
+        container: &str,
+        stream: u32,
+        pause: bool,
+    ) -> Result<(), String> {
         self.container_root(container)?;
         if self.procs.lock().unwrap().contains_key(&stream) {
             return Err(format!("stream {stream} is in use"));
         }
         let upper = crate::container::upper_dir(container).map_err(|e| e.to_string())?;
+        let init = self
+            .containers
+            .lock()
+            .unwrap()
+            .get(container)
+            .and_then(|c| c.init)
+            .map(|(_, pid)| pid);
         let chan = self.chan.clone();
         std::thread::spawn(move || {
+            let stopped = match init.filter(|_| pause) {
+                Some(pid) => stop_namespace(pid),
+                None => Vec::new(),
+            };
             let out = crate::diff::StreamWriter {
                 chan: &chan,
                 stream,
@@ -368,6 +384,10 @@ impl Agent {
                     1
                 }
             };
+            for pid in stopped {
+                // SAFETY: kill(2) with a pid and a signal number; no memory is passed.
+                unsafe { libc::kill(pid, libc::SIGCONT) };
+            }
             chan.send(&Frame::json(
                 FrameKind::Event,
                 &Event::Exited { stream, code },
@@ -649,4 +669,37 @@ pub(crate) fn resolve_user(root: &Path, user: &str) -> Result<(u32, u32), String
             .unwrap_or(0),
     };
     Ok((uid, gid))
+}
+
+/// Stops (SIGSTOP) every process in the PID namespace whose init is `init` (a
+/// container's), scanning until no new one appears (a fork may race the first scans);
+/// the pids stopped, for SIGCONT.
+fn stop_namespace(init: i32) -> Vec<i32> {
+    let ns = |pid: i32| std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok();
+    let Some(target) = ns(init) else {
+        return Vec::new();
+    };
+    let mut stopped: Vec<i32> = Vec::new();
+    for _ in 0..8 {
+        let mut new = 0;
+        for pid in std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        {
+            if stopped.contains(&pid) || ns(pid).as_ref() != Some(&target) {
+                continue;
+            }
+            // SAFETY: kill(2) with a pid and a signal number; no memory is passed.
+            if unsafe { libc::kill(pid, libc::SIGSTOP) } == 0 {
+                stopped.push(pid);
+                new += 1;
+            }
+        }
+        if new == 0 {
+            break;
+        }
+    }
+    stopped
 }

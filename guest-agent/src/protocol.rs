@@ -228,7 +228,14 @@ pub enum Op {
     /// Streams a container's changes (its writable layer) as an OCI tar layer with
     /// whiteouts: stdout frames of `stream`, then an `exited` event for the stream (0:
     /// complete; otherwise the error came on stderr). Since protocol 3.
-    ExportDiff { container: String, stream: u32 },
+    ExportDiff {
+        container: String,
+        stream: u32,
+        /// Stop the container's processes (SIGSTOP) while the changes are read, and
+        /// continue them after: a consistent snapshot, as Docker's `pause`.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        pause: bool,
+    },
     /// Writes a file into a created container's root filesystem (its writable layer).
     WriteFile {
         container: String,

@@ -64,7 +64,13 @@ pub(crate) async fn commit(
         created_by: created_by.to_string(),
         config,
     };
-    Ok(engine.commit_container(&key, info, names).await?)
+    // Docker's default: the container's processes are stopped while its changes are
+    // read; `pause=0` reads them as they run.
+    let pause = !matches!(
+        q.get("pause").map(|p| p.to_ascii_lowercase()).as_deref(),
+        Some("0" | "false" | "no")
+    );
+    Ok(engine.commit_container(&key, info, names, pause).await?)
 }
 
 /// `POST /container/commit?container=..&repo=..` → `{"ID": image id}`.

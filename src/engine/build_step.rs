@@ -165,6 +165,6 @@ impl Engine {
         let vm = pod.vm().ok_or_else(|| {
             EngineError::GuestFailed("the step's VM ended before its changes were read".into())
         })?;
-        Ok(self.export_diff(pod, c, &vm).await?)
+        Ok(self.export_diff(pod, c, &vm, false).await?)
     }
 }

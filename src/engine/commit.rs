@@ -41,6 +41,7 @@ impl Engine {
         key: &str,
         info: CommitInfo,
         names: Vec<String>,
+        pause: bool,
     ) -> Result<ImageRecord, EngineError> {
         let (pod, c) = self.container(key)?;
         let running = *c.io.state().borrow() == super::io::IoState::Running;
@@ -61,7 +62,7 @@ impl Engine {
             .iter()
             .map(|n| crate::image::normalize_reference(n))
             .collect::<Result<Vec<_>, _>>()?;
-        let tmp = self.export_diff(&pod, &c, &vm).await?;
+        let tmp = self.export_diff(&pod, &c, &vm, pause).await?;
         let (images, parent, layer) = (self.images.clone(), c.image.clone(), tmp.clone());
         let result =
             super::blocking(move || Ok(images.commit_layer(&parent, &layer, &info, &names)?)).await;
@@ -71,12 +72,14 @@ impl Engine {
 
     /// A container's changes as a tar file under the image store's temporary directory
     /// (the caller removes it), streamed by the agent of the VM it runs in (its process
-    /// may have exited), under the layer size cap and a deadline.
+    /// may have exited), under the layer size cap and a deadline. With `pause` the
+    /// container's processes are stopped while the agent reads.
     pub(crate) async fn export_diff(
         &self,
         pod: &Pod,
         c: &Container,
         vm: &VmRuntime,
+        pause: bool,
     ) -> Result<std::path::PathBuf, EngineError> {
         let stream = pod.next_stream.fetch_add(1, Ordering::SeqCst);
         let (tx, mut rx) = tokio::sync::mpsc::channel(64);
@@ -93,6 +96,7 @@ impl Engine {
                     Op::ExportDiff {
                         container: c.id.clone(),
                         stream,
+                        pause,
                     },
                     AGENT_TIMEOUT,
                 )
