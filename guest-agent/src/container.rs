@@ -105,8 +105,9 @@ pub(crate) fn create(
     serial: &str,
     fstype: &str,
     mounts: &[Mount],
+    privileged: bool,
 ) -> io::Result<PathBuf> {
-    let root = create_root(id, serial, fstype)?;
+    let root = create_root(id, serial, fstype, privileged)?;
     if let Err(e) = mount_volumes(&root, mounts) {
         let _ = remove(id);
         return Err(e);
@@ -114,7 +115,7 @@ pub(crate) fn create(
     Ok(root)
 }
 
-fn create_root(id: &str, serial: &str, fstype: &str) -> io::Result<PathBuf> {
+fn create_root(id: &str, serial: &str, fstype: &str, privileged: bool) -> io::Result<PathBuf> {
     valid_id(id)?;
     if !matches!(fstype, "erofs" | "ext4") {
         return Err(io::Error::new(
@@ -148,17 +149,25 @@ fn create_root(id: &str, serial: &str, fstype: &str) -> io::Result<PathBuf> {
         s(&rw.join("upper")),
         s(&rw.join("work"))
     );
-    mount("overlay", s(&root), "overlay", 0, &opts)?;
+    // Device nodes work only in the container's /dev (unless it is privileged): one it
+    // makes anywhere else (it holds CAP_MKNOD, as Docker's) opens nothing.
+    let root_flags = if privileged { 0 } else { libc::MS_NODEV };
+    mount("overlay", s(&root), "overlay", root_flags, &opts)?;
     for d in ["proc", "sys", "dev", "tmp", "etc"] {
         std::fs::create_dir_all(root.join(d))?;
     }
-    mount(
-        "devtmpfs",
-        s(&root.join("dev")),
-        "devtmpfs",
-        libc::MS_NOSUID,
-        "mode=0755",
-    )?;
+    let dev = root.join("dev");
+    if privileged {
+        mount(
+            "devtmpfs",
+            s(&dev),
+            "devtmpfs",
+            libc::MS_NOSUID,
+            "mode=0755",
+        )?;
+    } else {
+        minimal_dev(&dev)?;
+    }
     std::fs::create_dir_all(root.join("dev/pts"))?;
     mount(
         "devpts",
@@ -169,6 +178,24 @@ fn create_root(id: &str, serial: &str, fstype: &str) -> io::Result<PathBuf> {
     )?;
     let _ = std::fs::remove_file(root.join("dev/ptmx"));
     let _ = std::os::unix::fs::symlink("pts/ptmx", root.join("dev/ptmx"));
+    if !privileged {
+        std::fs::create_dir_all(dev.join("shm"))?;
+        mount(
+            "shm",
+            s(&dev.join("shm")),
+            "tmpfs",
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            "mode=1777,size=65536k",
+        )?;
+        // Nothing more can be made in /dev: no node of a disk or of the agent's port.
+        mount(
+            "",
+            s(&dev),
+            "",
+            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NOEXEC,
+            "",
+        )?;
+    }
     mount(
         "sysfs",
         s(&root.join("sys")),
@@ -177,6 +204,55 @@ fn create_root(id: &str, serial: &str, fstype: &str) -> io::Result<PathBuf> {
         "",
     )?;
     Ok(root)
+}
+
+/// Docker's `/dev` for a container: a small tmpfs with null, zero, full, random,
+/// urandom and tty, the `fd`/`stdin`/`stdout`/`stderr` links, and mount points for
+/// `pts` and `shm`. None of the VM's disks, consoles or the agent's port.
+fn minimal_dev(dev: &Path) -> io::Result<()> {
+    mount(
+        "tmpfs",
+        s(dev),
+        "tmpfs",
+        libc::MS_NOSUID | libc::MS_NOEXEC,
+        "mode=0755,size=65536k",
+    )?;
+    for (name, major, minor) in [
+        ("null", 1, 3),
+        ("zero", 1, 5),
+        ("full", 1, 7),
+        ("random", 1, 8),
+        ("urandom", 1, 9),
+        ("tty", 5, 0),
+    ] {
+        let path = std::ffi::CString::new(s(&dev.join(name))).map_err(io::Error::other)?;
+        // SAFETY: mknod and chmod read the NUL-terminated path; the device number is a
+        // plain integer.
+        let rc = unsafe {
+            libc::mknod(
+                path.as_ptr(),
+                libc::S_IFCHR | 0o666,
+                libc::makedev(major, minor),
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // The umask took bits off the mode.
+        std::fs::set_permissions(
+            dev.join(name),
+            std::os::unix::fs::PermissionsExt::from_mode(0o666),
+        )?;
+    }
+    for (link, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        std::os::unix::fs::symlink(target, dev.join(link))?;
+    }
+    Ok(())
 }
 
 /// Mounts the VM's share at [`SHARE_DIR`] if it is not yet.
@@ -280,11 +356,20 @@ fn mount_volumes(root: &Path, mounts: &[Mount]) -> io::Result<()> {
 /// Makes the container's root read-only (its volumes, /dev and /sys are their own
 /// mounts and stay as they are).
 pub(crate) fn seal(root: &Path) -> io::Result<()> {
+    // A bind remount replaces the mount's flags: keep `nodev` where it was set.
+    let path = std::ffi::CString::new(s(root)).map_err(io::Error::other)?;
+    // SAFETY: statvfs reads the NUL-terminated path and fills the zeroed struct it is
+    // given, which outlives the call.
+    let nodev = unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        libc::statvfs(path.as_ptr(), &mut st) == 0 && st.f_flag & libc::ST_NODEV != 0
+    };
+    let extra = if nodev { libc::MS_NODEV } else { 0 };
     mount(
         "",
         s(root),
         "",
-        libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+        libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | extra,
         "",
     )
 }
@@ -489,6 +574,7 @@ pub(crate) fn remove(id: &str) -> io::Result<()> {
     let b = base(id);
     for m in [
         "rootfs/dev/pts",
+        "rootfs/dev/shm",
         "rootfs/dev",
         "rootfs/sys",
         "rootfs/proc",

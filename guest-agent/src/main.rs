@@ -66,12 +66,18 @@ fn handle(agent: &Arc<process::Agent>, chan: &channel::Channel, req: Request) {
             hostname,
             mounts,
             readonly,
-        } => container::create(&container, &image_disk_serial, &fstype, &mounts)
-            .map(|root| {
-                agent.add_container(container, root, hostname, readonly);
-                None
+            capabilities,
+            privileged,
+        } => process::capability_numbers(capabilities.as_deref())
+            .and_then(|keep| {
+                container::create(&container, &image_disk_serial, &fstype, &mounts, privileged)
+                    .map_err(|e| e.to_string())
+                    .map(|root| (root, keep))
             })
-            .map_err(|e| e.to_string()),
+            .map(|(root, keep)| {
+                agent.add_container(container, root, hostname, readonly, keep);
+                None
+            }),
         Op::StartProcess {
             container,
             stream,

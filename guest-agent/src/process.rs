@@ -27,6 +27,21 @@ struct ContainerState {
     init: Option<(u32, i32)>,
     /// The root is to become read-only before the first process starts.
     seal_pending: bool,
+    /// Capabilities (numbers) every process of the container keeps; `None`: all.
+    keep_caps: Option<Vec<u32>>,
+}
+
+/// The highest capability number the guest kernel (6.1) knows.
+const CAP_LAST: u32 = 40;
+
+/// The capability numbers a container keeps, checked; `None` stays `None` (all).
+pub(crate) fn capability_numbers(keep: Option<&[u32]>) -> Result<Option<Vec<u32>>, String> {
+    match keep {
+        Some(k) if k.iter().any(|c| *c > CAP_LAST) => {
+            Err(format!("capability numbers go up to {CAP_LAST}"))
+        }
+        other => Ok(other.map(<[u32]>::to_vec)),
+    }
 }
 
 /// Namespaces of a running container, opened before the fork, for an exec to join.
@@ -104,6 +119,7 @@ impl Agent {
         root: PathBuf,
         hostname: Option<String>,
         readonly: bool,
+        keep_caps: Option<Vec<u32>>,
     ) {
         self.containers.lock().unwrap().insert(
             id,
@@ -112,6 +128,7 @@ impl Agent {
                 hostname,
                 init: None,
                 seal_pending: readonly,
+                keep_caps,
             },
         );
     }
@@ -141,7 +158,7 @@ impl Agent {
         if self.procs.lock().unwrap().contains_key(&stream) {
             return Err(format!("stream {stream} is in use"));
         }
-        let (root, hostname, init) = {
+        let (root, hostname, init, keep_caps) = {
             let mut cs = self.containers.lock().unwrap();
             let c = cs
                 .get_mut(container)
@@ -151,7 +168,18 @@ impl Agent {
                     .map_err(|e| format!("container {container}: read-only root: {e}"))?;
                 c.seal_pending = false;
             }
-            (c.root.clone(), c.hostname.clone(), c.init)
+            (
+                c.root.clone(),
+                c.hostname.clone(),
+                c.init,
+                c.keep_caps.clone(),
+            )
+        };
+        // The bounding set loses what the container does not keep: an exec'd program
+        // (root's included) can hold no more.
+        let drop_caps: Vec<u32> = match keep_caps {
+            Some(keep) => (0..=CAP_LAST).filter(|c| !keep.contains(c)).collect(),
+            None => Vec::new(),
         };
         // A container whose first process still runs: join its namespaces (an exec).
         // Otherwise this process starts the container (again, after a restart) in new
@@ -182,6 +210,7 @@ impl Agent {
             gid,
             tty: spec.tty,
             join,
+            drop_caps,
         };
         let first = setup.join.is_none();
         // A fresh thread enters the PID namespace (a new one, or the container's) for its
@@ -547,6 +576,8 @@ struct ChildSetup {
     tty: bool,
     /// Set for a process joining a running container.
     join: Option<JoinNs>,
+    /// Capabilities taken out of the bounding set before the exec.
+    drop_caps: Vec<u32>,
 }
 
 impl ChildSetup {
@@ -594,6 +625,15 @@ impl ChildSetup {
             if self.tty {
                 check(libc::setsid())?;
                 check(libc::ioctl(0, libc::TIOCSCTTY, 0))?;
+            }
+            for cap in &self.drop_caps {
+                check(libc::prctl(
+                    libc::PR_CAPBSET_DROP,
+                    libc::c_ulong::from(*cap),
+                    0,
+                    0,
+                    0,
+                ))?;
             }
             check(libc::setgroups(0, std::ptr::null()))?;
             check(libc::setgid(self.gid))?;

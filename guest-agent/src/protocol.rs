@@ -23,7 +23,7 @@ pub const MAX_PAYLOAD: u32 = 4 << 20;
 /// Protocol version announced by the agent in [`Event::Ready`]. 2 added
 /// [`Op::ConfigureNetwork`]; a daemon still adopts VMs whose agent speaks 1 (it sends
 /// them no op they do not know).
-pub const VERSION: u32 = 3;
+pub const VERSION: u32 = 4;
 /// Name of the virtio-serial port the agent listens on.
 pub const SERIAL_PORT_NAME: &str = "hyper.agent";
 /// vsock port the agent listens on when the VM has a vsock device.
@@ -202,6 +202,13 @@ pub enum Op {
         /// (after the host's files are written); since protocol 3.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         readonly: bool,
+        /// The capabilities its processes keep, by number (`CAP_CHOWN` is 0); `None`:
+        /// all of them. Since protocol 4.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        capabilities: Option<Vec<u32>>,
+        /// The VM's whole `/dev` instead of the minimal one. Since protocol 4.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        privileged: bool,
     },
     /// Start a process in a container; its output arrives as frames of `stream`.
     StartProcess {
@@ -382,6 +389,8 @@ mod tests {
                     read_only: true,
                 }],
                 readonly: true,
+                capabilities: Some(vec![0, 5]),
+                privileged: false,
             },
             Op::RemoveContainer {
                 container: "c1".into(),

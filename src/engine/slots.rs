@@ -204,6 +204,20 @@ impl Engine {
                     vm.id, vm.agent_protocol
                 )));
             }
+            let capabilities = c.spec.capabilities()?.map(|names| {
+                names
+                    .iter()
+                    .filter_map(|n| crate::spec::CAPABILITIES.iter().position(|c| c == n))
+                    .map(|i| i as u32)
+                    .collect::<Vec<u32>>()
+            });
+            let asks_privileges = c.spec.privileged || !c.spec.cap_add.is_empty() || !c.spec.cap_drop.is_empty();
+            if asks_privileges && vm.agent_protocol < 4 {
+                return Err(EngineError::WrongState(format!(
+                    "VM {} runs an older guest agent (protocol {}) without capability sets",
+                    vm.id, vm.agent_protocol
+                )));
+            }
             let create = Op::CreateContainer {
                 container: c.id.clone(),
                 image_disk_serial: serial(slot),
@@ -211,6 +225,8 @@ impl Engine {
                 hostname: Some(hostname.chars().take(63).collect()),
                 mounts,
                 readonly: c.spec.readonly,
+                capabilities,
+                privileged: c.spec.privileged,
             };
             vm.agent.call(create, AGENT_TIMEOUT).await?;
             // The pod's names, name servers and files, into the container's writable

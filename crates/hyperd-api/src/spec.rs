@@ -471,9 +471,117 @@ pub struct ContainerSpec {
     /// A read-only root filesystem (its volumes stay as they are).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub readonly: bool,
+    /// Every capability and the VM's whole `/dev` (its disks and the agent's port
+    /// included), as Docker's `--privileged`: the container can then reach the guest
+    /// kernel's devices, never the host's.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub privileged: bool,
+    /// Capabilities added to Docker's default set (`NET_ADMIN`, `CAP_SYS_TIME`, `ALL`).
+    #[serde(default, rename = "capAdd", skip_serializing_if = "Vec::is_empty")]
+    pub cap_add: Vec<String>,
+    /// Capabilities taken from it (`ALL` drops every one, then `capAdd` applies).
+    #[serde(default, rename = "capDrop", skip_serializing_if = "Vec::is_empty")]
+    pub cap_drop: Vec<String>,
+}
+
+/// The Linux capabilities by number (6.1's, `CAP_` left out).
+pub const CAPABILITIES: [&str; 41] = [
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+    "PERFMON",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+];
+
+/// Docker's default capability set.
+pub const DEFAULT_CAPABILITIES: [&str; 14] = [
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FSETID",
+    "FOWNER",
+    "MKNOD",
+    "NET_RAW",
+    "SETGID",
+    "SETUID",
+    "SETFCAP",
+    "SETPCAP",
+    "NET_BIND_SERVICE",
+    "SYS_CHROOT",
+    "KILL",
+    "AUDIT_WRITE",
+];
+
+/// A capability's name as the tables spell it: upper case, without `CAP_`; `ALL` stays.
+pub fn capability_name(name: &str) -> Result<String, InvalidSpec> {
+    let up = name.trim().to_ascii_uppercase();
+    let bare = up.strip_prefix("CAP_").unwrap_or(&up).to_string();
+    if bare == "ALL" || CAPABILITIES.contains(&bare.as_str()) {
+        Ok(bare)
+    } else {
+        Err(InvalidSpec(format!("unknown capability {name:?}")))
+    }
 }
 
 impl ContainerSpec {
+    /// The capabilities the container's processes keep: `None` for a privileged one
+    /// (all), else Docker's default set with `capDrop` and `capAdd` applied.
+    pub fn capabilities(&self) -> Result<Option<Vec<String>>, InvalidSpec> {
+        if self.privileged {
+            return Ok(None);
+        }
+        let mut set: Vec<String> = DEFAULT_CAPABILITIES.iter().map(|c| c.to_string()).collect();
+        for d in &self.cap_drop {
+            match capability_name(d)?.as_str() {
+                "ALL" => set.clear(),
+                name => set.retain(|c| c != name),
+            }
+        }
+        for a in &self.cap_add {
+            match capability_name(a)?.as_str() {
+                "ALL" => set = CAPABILITIES.iter().map(|c| c.to_string()).collect(),
+                name if !set.iter().any(|c| c == name) => set.push(name.to_string()),
+                _ => {}
+            }
+        }
+        Ok(Some(set))
+    }
+
     /// hyperd's rules for one container.
     pub fn validate(&self) -> Result<(), InvalidSpec> {
         let c = self;
@@ -515,6 +623,7 @@ impl ContainerSpec {
             }
             f.mode()?;
         }
+        c.capabilities()?;
         let mut paths = std::collections::HashSet::new();
         for v in &c.volumes {
             valid_mount_path(&v.path)?;
@@ -810,6 +919,39 @@ impl PodSpec {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn capability_sets_follow_docker() {
+        let spec = |add: &[&str], drop: &[&str], privileged: bool| ContainerSpec {
+            image: "x".into(),
+            cap_add: add.iter().map(|s| s.to_string()).collect(),
+            cap_drop: drop.iter().map(|s| s.to_string()).collect(),
+            privileged,
+            ..Default::default()
+        };
+        let set = spec(&[], &[], false).capabilities().unwrap().unwrap();
+        assert_eq!(set.len(), 14);
+        let set = spec(&["cap_net_admin", "CHOWN"], &["MKNOD"], false)
+            .capabilities()
+            .unwrap()
+            .unwrap();
+        assert!(set.contains(&"NET_ADMIN".to_string()) && !set.contains(&"MKNOD".to_string()));
+        assert_eq!(set.len(), 14);
+        let set = spec(&["SYS_TIME"], &["ALL"], false)
+            .capabilities()
+            .unwrap()
+            .unwrap();
+        assert_eq!(set, vec!["SYS_TIME".to_string()]);
+        assert_eq!(
+            spec(&["ALL"], &[], false)
+                .capabilities()
+                .unwrap()
+                .unwrap()
+                .len(),
+            41
+        );
+        assert_eq!(spec(&[], &[], true).capabilities().unwrap(), None);
+        assert!(spec(&["SYS_WIZARD"], &[], false).validate().is_err());
+    }
     use super::*;
 
     #[test]

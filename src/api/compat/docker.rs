@@ -360,20 +360,8 @@ fn image_tag(engine: &Arc<Engine>, name: &str, req: &Request<Incoming>) -> ApiRe
 fn unsupported_options(cfg: &m::ContainerCreate) -> Vec<String> {
     let default = m::CreateHostConfig::default();
     let host = cfg.host_config.as_ref().unwrap_or(&default);
-    let yes = |b: Option<bool>| b.unwrap_or(false);
     let some_list = |v: Option<usize>| v.is_some_and(|n| n > 0);
     let mut out = Vec::new();
-    if yes(host.privileged) {
-        out.push("--privileged is ignored: the container runs in its own micro-VM.".to_string());
-    }
-    if some_list(host.cap_add.as_ref().map(Vec::len))
-        || some_list(host.cap_drop.as_ref().map(Vec::len))
-    {
-        out.push(
-            "Capability changes (--cap-add, --cap-drop) are not supported yet: ignored."
-                .to_string(),
-        );
-    }
     if some_list(host.devices.as_ref().map(Vec::len)) {
         out.push("Devices are not passed into micro-VMs: ignored.".to_string());
     }
@@ -587,6 +575,9 @@ async fn create(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
             stop_signal: cfg.stop_signal.unwrap_or_default(),
             volumes: vols.mounts,
             readonly: host.readonly_rootfs.unwrap_or(false),
+            privileged: host.privileged.unwrap_or(false),
+            cap_add: host.cap_add.clone().unwrap_or_default(),
+            cap_drop: host.cap_drop.clone().unwrap_or_default(),
             ..Default::default()
         }],
         resource: Resource {
@@ -766,13 +757,13 @@ fn inspect(engine: &Arc<Engine>, id: &str) -> ApiResult {
         auto_remove: pod.spec.auto_remove,
         volume_driver: String::new(),
         volumes_from: None,
-        cap_add: None,
-        cap_drop: None,
+        cap_add: (!c.spec.cap_add.is_empty()).then(|| c.spec.cap_add.clone()),
+        cap_drop: (!c.spec.cap_drop.is_empty()).then(|| c.spec.cap_drop.clone()),
         dns: pod.spec.dns.clone(),
         dns_options: vec![],
         dns_search: vec![],
         extra_hosts: (!pod.spec.extra_hosts.is_empty()).then(|| pod.spec.extra_hosts.clone()),
-        privileged: false,
+        privileged: c.spec.privileged,
         publish_all_ports: pod.spec.published_ports().any(|p| p.publish_all),
         readonly_rootfs: c.spec.readonly,
         security_opt: None,

@@ -65,6 +65,15 @@ pub(crate) struct RunArgs {
     /// Mount the container's root filesystem read-only (its volumes stay writable).
     #[arg(long = "read-only")]
     pub read_only: bool,
+    /// Give the container every capability and the VM's whole /dev.
+    #[arg(long)]
+    pub privileged: bool,
+    /// Add a capability to Docker's default set (`NET_ADMIN`, `ALL`); repeatable.
+    #[arg(long = "cap-add")]
+    pub cap_add: Vec<String>,
+    /// Take a capability from it (`ALL` takes every one); repeatable.
+    #[arg(long = "cap-drop")]
+    pub cap_drop: Vec<String>,
     pub image: Option<String>,
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,
@@ -361,6 +370,9 @@ pub(crate) fn pod_spec(args: &RunArgs) -> anyhow::Result<PodSpec> {
         containers: vec![hyperd_api::spec::ContainerSpec {
             volumes: mounts,
             readonly: args.read_only,
+            privileged: args.privileged,
+            cap_add: args.cap_add.clone(),
+            cap_drop: args.cap_drop.clone(),
             image: image.clone(),
             command: args.command.clone(),
             entrypoint: args.entrypoint.iter().cloned().collect(),
