@@ -34,6 +34,8 @@ pub struct Config {
     /// A build boots a micro-VM for each `RUN` rather than one per stage (slower; kept
     /// for measuring the two against each other, docs/benchmarks.md).
     pub build_vm_per_step: bool,
+    /// Bytes a VM's console log may hold before the daemon empties it.
+    pub console_log_max: u64,
 }
 
 /// Bounds of the API socket: a client that does not finish a request's head in

@@ -1,7 +1,8 @@
 //! What a container may touch inside its VM (qemu driver, one daemon, the docker CLI):
 //! Docker's minimal `/dev` (no virtio-blk disk, no console, no agent port), device
 //! nodes it makes itself open nothing, Docker's default capability set, `--cap-add`,
-//! `--cap-drop` and `--privileged`.
+//! `--cap-drop` and `--privileged`; and a guest that floods its serial console keeps
+//! the console log under its cap.
 mod common;
 use common::{out_ok, Daemon};
 
@@ -10,7 +11,7 @@ const DOCKER_DEFAULT_CAPS: &str = "00000000a80425fb";
 
 #[test]
 fn containers_are_confined_in_their_vm() {
-    let d = Daemon::start();
+    let d = Daemon::start_with(&["--console-log-max", "65536"]);
     d.import_busybox();
     let config = tempfile::tempdir().unwrap();
     let cfg = config.path();
@@ -93,4 +94,47 @@ fn containers_are_confined_in_their_vm() {
         Some(r#"{"id":"bad","containers":[{"image":"busybox","capAdd":["SYS_WIZARD"]}]}"#),
     );
     assert_eq!(code, 400, "{body}");
+    out_ok(&d.docker(cfg, &["rm", "capped"]));
+
+    // A guest that writes to its serial console without end (a privileged container
+    // can): the log is emptied past its cap (64 KiB here) and stays small.
+    out_ok(&d.docker(
+        cfg,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "flood",
+            "--privileged",
+            "busybox",
+            "sh",
+            "-c",
+            "yes 0123456789abcdef > /dev/ttyS0",
+        ],
+    ));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let (mut largest, mut emptied) = (0u64, false);
+    while std::time::Instant::now() < deadline && !(emptied && largest > 0) {
+        for log in common::tree(&d.root.join("vm"))
+            .into_iter()
+            .filter(|p| p.ends_with("console.log"))
+        {
+            largest = largest.max(std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0));
+            let head = std::fs::read(&log).unwrap_or_default();
+            emptied |= head.starts_with(b"[hyperd: the console log passed 65536 bytes");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    for log in common::tree(&d.root.join("vm"))
+        .into_iter()
+        .filter(|p| p.ends_with("console.log"))
+    {
+        largest = largest.max(std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0));
+    }
+    assert!(emptied, "the console log was never emptied");
+    // The cap and what a flood writes between two checks (2 s), with room for a slow
+    // machine.
+    assert!(largest < 1 << 20, "the console log grew to {largest} bytes");
+    out_ok(&d.docker(cfg, &["rm", "-f", "flood"]));
 }

@@ -86,6 +86,10 @@ struct Args {
     /// (slower; for measuring the two ways against each other).
     #[arg(long, env = "HYPERD_BUILD_VM_PER_STEP")]
     build_vm_per_step: bool,
+    /// Bytes a VM's serial console log may hold; past them the daemon empties it (a
+    /// guest that floods its console cannot fill the disk).
+    #[arg(long, env = "HYPERD_CONSOLE_LOG_MAX", default_value_t = 1 << 20)]
+    console_log_max: u64,
     /// Log filter (tracing's EnvFilter syntax).
     #[arg(long, env = "HYPERD_LOG", default_value = "info")]
     log: String,
@@ -131,6 +135,7 @@ async fn main() -> anyhow::Result<()> {
             max_connections: args.api_max_connections.max(1),
         },
         build_vm_per_step: args.build_vm_per_step,
+        console_log_max: args.console_log_max.max(4096),
     };
     for (what, path, how) in [
         ("guest kernel", &cfg.kernel, "kernel-config/build.sh"),

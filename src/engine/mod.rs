@@ -1132,8 +1132,21 @@ async fn monitor(
     dir: PathBuf,
 ) {
     let mut shutting_down = false;
+    let mut console_check = tokio::time::interval(Duration::from_secs(2));
+    console_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (console, console_max) = (dir.join("console.log"), engine.cfg.console_log_max);
     let status = loop {
         tokio::select! {
+            _ = console_check.tick() => {
+                let log = console.clone();
+                let _ = blocking(move || {
+                    if let Ok(true) = crate::vm::console::cap_console_log(&log, console_max) {
+                        tracing::warn!("{} passed {console_max} bytes: emptied", log.display());
+                    }
+                    Ok(())
+                })
+                .await;
+            }
             ev = vm.events.recv() => match ev {
                 Some(ev) => handle_event(&engine, &pod, &vm.agent, ev, &mut shutting_down).await,
                 None => break vm.handle.wait().await,

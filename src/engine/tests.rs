@@ -31,6 +31,7 @@ pub(super) fn config(root: &std::path::Path) -> Config {
         log_limits: Default::default(),
         api_limits: Default::default(),
         build_vm_per_step: false,
+        console_log_max: 1 << 20,
     }
 }
 

@@ -4,6 +4,7 @@
 //! ([`agent::AgentClient`]). Two drivers: hyperd's own VMM ([`hyper_vmm`], KVM only) and
 //! qemu's `microvm` machine ([`qemu`], KVM or TCG). [`Driver::select`] picks one.
 pub(crate) mod agent;
+pub mod console;
 #[cfg(test)]
 pub(crate) mod fake;
 pub mod handle;

@@ -77,8 +77,14 @@ impl QemuDriver {
             cfg.initrd.display().to_string(),
             "-append".into(),
             self.cmdline(),
+            // Appended to, so that the daemon can empty it past its cap (vm::console).
+            "-chardev".into(),
+            format!(
+                "file,id=console,path={},append=on",
+                cfg.console_log().display()
+            ),
             "-serial".into(),
-            format!("file:{}", cfg.console_log().display()),
+            "chardev:console".into(),
             "-device".into(),
             "virtio-serial-device".into(),
             "-chardev".into(),
