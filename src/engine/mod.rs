@@ -1087,6 +1087,12 @@ async fn handle_event(
                 return;
             }
             if let Some(c) = container_of(stream) {
+                // An exit counts once: a repeated `exited` (a hostile or confused agent)
+                // neither changes the recorded code nor starts another restart.
+                if *c.io.state().borrow() != IoState::Running {
+                    tracing::debug!(pod = %pod.id, stream, "an exit of a process not running: ignored");
+                    return;
+                }
                 tracing::info!(pod = %pod.id, container = %c.name(), code, "container exited");
                 mark_exited(&c.io, &c.status, code);
                 if c.spec.restarts_after(code)
@@ -1104,7 +1110,9 @@ async fn handle_event(
                 }
                 engine.persist_in_background(pod);
             } else if let Some(e) = pod.exec_by_stream(stream) {
-                mark_exited(&e.io, &e.status, code);
+                if *e.io.state().borrow() == IoState::Running {
+                    mark_exited(&e.io, &e.status, code);
+                }
                 return;
             }
             if pod.all_done() && !*shutting_down {

@@ -143,6 +143,29 @@ async fn a_pod_runs_its_containers_and_records_their_exit_codes() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_process_exits_once_however_often_the_agent_says_so() {
+    let h = harness();
+    // The fake agent reports exits 3, 4 and 5 for one process.
+    let pod = h
+        .engine
+        .create_pod(pod_of(vec![container(&["exit-thrice", "3"], "onFailure")]))
+        .await
+        .unwrap();
+    h.engine.start_pod(&pod.id, None).await.unwrap();
+    let vm = h.driver.vms.lock().unwrap()[0].clone();
+    let c = pod.containers()[0].clone();
+    until("the first restart", || vm.starts.lock().unwrap().len() >= 2).await;
+    // One exit, one restart: the code is the first one, and the restarts go at the
+    // backoff's pace, not three at a time.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(vm.starts.lock().unwrap().len(), 2);
+    assert_eq!(c.status.lock().unwrap().restart_count, 1);
+    let codes = c.status.lock().unwrap().exit_code;
+    assert!(matches!(codes, Some(3) | None), "{codes:?}");
+    h.engine.remove_pod(&pod.id).await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
 async fn restart_policies_restart_with_a_doubling_backoff() {
     let wall = std::time::Instant::now();
     let h = harness();

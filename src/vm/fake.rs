@@ -167,6 +167,21 @@ impl Agent {
                 self.running.insert(stream, Behaviour::UntilSignal);
                 match args.as_slice() {
                     ["exit", code, ..] => self.exit(stream, code.parse().unwrap_or(255)),
+                    // A hostile agent: the same process "exits" three times, with
+                    // three codes.
+                    ["exit-thrice", code, ..] => {
+                        let code: i32 = code.parse().unwrap_or(255);
+                        self.exit(stream, code);
+                        for extra in [code + 1, code + 2] {
+                            let _ = self.out.send(Frame::json(
+                                FrameKind::Event,
+                                &Event::Exited {
+                                    stream,
+                                    code: extra,
+                                },
+                            ));
+                        }
+                    }
                     ["echo", rest @ ..] => {
                         let text = format!("{}\n", rest.join(" "));
                         let _ = self.out.send(Frame::data(
