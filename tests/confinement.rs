@@ -57,6 +57,10 @@ fn containers_are_confined_in_their_vm() {
         "00000000a00435fb"
     );
     assert_eq!(caps(&["--cap-drop", "ALL"]), "0000000000000000");
+    // no-new-privileges on request only.
+    let nnp = |args: &[&str]| out_ok(&run(args, "grep NoNewPrivs /proc/self/status | cut -f2"));
+    assert_eq!(nnp(&[]), "0");
+    assert_eq!(nnp(&["--security-opt", "no-new-privileges"]), "1");
     // Without NET_ADMIN a container cannot change the VM's network; with it, it can.
     let o = run(&[], "ip link set lo mtu 1400");
     assert!(!o.status.success(), "changed the network without NET_ADMIN");

@@ -68,6 +68,7 @@ fn handle(agent: &Arc<process::Agent>, chan: &channel::Channel, req: Request) {
             readonly,
             capabilities,
             privileged,
+            no_new_privileges,
         } => process::capability_numbers(capabilities.as_deref())
             .and_then(|keep| {
                 container::create(&container, &image_disk_serial, &fstype, &mounts, privileged)
@@ -75,7 +76,7 @@ fn handle(agent: &Arc<process::Agent>, chan: &channel::Channel, req: Request) {
                     .map(|root| (root, keep))
             })
             .map(|(root, keep)| {
-                agent.add_container(container, root, hostname, readonly, keep);
+                agent.add_container(container, root, hostname, readonly, keep, no_new_privileges);
                 None
             }),
         Op::StartProcess {

@@ -29,6 +29,8 @@ struct ContainerState {
     seal_pending: bool,
     /// Capabilities (numbers) every process of the container keeps; `None`: all.
     keep_caps: Option<Vec<u32>>,
+    /// Its processes run with `PR_SET_NO_NEW_PRIVS`.
+    no_new_privs: bool,
 }
 
 /// The highest capability number the guest kernel (6.1) knows.
@@ -120,6 +122,7 @@ impl Agent {
         hostname: Option<String>,
         readonly: bool,
         keep_caps: Option<Vec<u32>>,
+        no_new_privs: bool,
     ) {
         self.containers.lock().unwrap().insert(
             id,
@@ -129,6 +132,7 @@ impl Agent {
                 init: None,
                 seal_pending: readonly,
                 keep_caps,
+                no_new_privs,
             },
         );
     }
@@ -158,7 +162,7 @@ impl Agent {
         if self.procs.lock().unwrap().contains_key(&stream) {
             return Err(format!("stream {stream} is in use"));
         }
-        let (root, hostname, init, keep_caps) = {
+        let (root, hostname, init, keep_caps, no_new_privs) = {
             let mut cs = self.containers.lock().unwrap();
             let c = cs
                 .get_mut(container)
@@ -173,6 +177,7 @@ impl Agent {
                 c.hostname.clone(),
                 c.init,
                 c.keep_caps.clone(),
+                c.no_new_privs,
             )
         };
         // The bounding set loses what the container does not keep: an exec'd program
@@ -211,6 +216,7 @@ impl Agent {
             tty: spec.tty,
             join,
             drop_caps,
+            no_new_privs,
         };
         let first = setup.join.is_none();
         // A fresh thread enters the PID namespace (a new one, or the container's) for its
@@ -578,6 +584,8 @@ struct ChildSetup {
     join: Option<JoinNs>,
     /// Capabilities taken out of the bounding set before the exec.
     drop_caps: Vec<u32>,
+    /// `PR_SET_NO_NEW_PRIVS` before the exec.
+    no_new_privs: bool,
 }
 
 impl ChildSetup {
@@ -634,6 +642,9 @@ impl ChildSetup {
                     0,
                     0,
                 ))?;
+            }
+            if self.no_new_privs {
+                check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
             }
             check(libc::setgroups(0, std::ptr::null()))?;
             check(libc::setgid(self.gid))?;

@@ -209,6 +209,10 @@ pub enum Op {
         /// The VM's whole `/dev` instead of the minimal one. Since protocol 4.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         privileged: bool,
+        /// Every process of the container runs with `PR_SET_NO_NEW_PRIVS`. Since
+        /// protocol 4.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        no_new_privileges: bool,
     },
     /// Start a process in a container; its output arrives as frames of `stream`.
     StartProcess {
@@ -391,6 +395,7 @@ mod tests {
                 readonly: true,
                 capabilities: Some(vec![0, 5]),
                 privileged: false,
+                no_new_privileges: true,
             },
             Op::RemoveContainer {
                 container: "c1".into(),

@@ -211,7 +211,10 @@ impl Engine {
                     .map(|i| i as u32)
                     .collect::<Vec<u32>>()
             });
-            let asks_privileges = c.spec.privileged || !c.spec.cap_add.is_empty() || !c.spec.cap_drop.is_empty();
+            let asks_privileges = c.spec.privileged
+                || c.spec.no_new_privileges
+                || !c.spec.cap_add.is_empty()
+                || !c.spec.cap_drop.is_empty();
             if asks_privileges && vm.agent_protocol < 4 {
                 return Err(EngineError::WrongState(format!(
                     "VM {} runs an older guest agent (protocol {}) without capability sets",
@@ -227,6 +230,7 @@ impl Engine {
                 readonly: c.spec.readonly,
                 capabilities,
                 privileged: c.spec.privileged,
+                no_new_privileges: c.spec.no_new_privileges,
             };
             vm.agent.call(create, AGENT_TIMEOUT).await?;
             // The pod's names, name servers and files, into the container's writable

@@ -482,6 +482,14 @@ pub struct ContainerSpec {
     /// Capabilities taken from it (`ALL` drops every one, then `capAdd` applies).
     #[serde(default, rename = "capDrop", skip_serializing_if = "Vec::is_empty")]
     pub cap_drop: Vec<String>,
+    /// No process of the container can gain privileges on exec (set-id bits and file
+    /// capabilities do nothing), as Docker's `no-new-privileges`.
+    #[serde(
+        default,
+        rename = "noNewPrivileges",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub no_new_privileges: bool,
 }
 
 /// The Linux capabilities by number (6.1's, `CAP_` left out).

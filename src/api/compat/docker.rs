@@ -356,12 +356,26 @@ fn image_tag(engine: &Arc<Engine>, name: &str, req: &Request<Incoming>) -> ApiRe
         .expect("valid response"))
 }
 
+/// Whether a `SecurityOpt` entry asks for `no-new-privileges` (`no-new-privileges`,
+/// `no-new-privileges:true`, or `=true`).
+fn no_new_privileges(opt: &str) -> bool {
+    let (name, value) = opt.split_once([':', '=']).unwrap_or((opt, "true"));
+    name == "no-new-privileges" && value.eq_ignore_ascii_case("true")
+}
+
 /// Create options hyperd cannot honour yet: each gets a `Warnings` entry, never silence.
 fn unsupported_options(cfg: &m::ContainerCreate) -> Vec<String> {
     let default = m::CreateHostConfig::default();
     let host = cfg.host_config.as_ref().unwrap_or(&default);
     let some_list = |v: Option<usize>| v.is_some_and(|n| n > 0);
     let mut out = Vec::new();
+    for opt in host.security_opt.iter().flatten() {
+        if !opt.starts_with("no-new-privileges") {
+            out.push(format!(
+                "Security option {opt:?} is not supported: ignored (no-new-privileges is)."
+            ));
+        }
+    }
     if some_list(host.devices.as_ref().map(Vec::len)) {
         out.push("Devices are not passed into micro-VMs: ignored.".to_string());
     }
@@ -578,6 +592,11 @@ async fn create(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
             privileged: host.privileged.unwrap_or(false),
             cap_add: host.cap_add.clone().unwrap_or_default(),
             cap_drop: host.cap_drop.clone().unwrap_or_default(),
+            no_new_privileges: host
+                .security_opt
+                .iter()
+                .flatten()
+                .any(|o| no_new_privileges(o)),
             ..Default::default()
         }],
         resource: Resource {
@@ -766,7 +785,10 @@ fn inspect(engine: &Arc<Engine>, id: &str) -> ApiResult {
         privileged: c.spec.privileged,
         publish_all_ports: pod.spec.published_ports().any(|p| p.publish_all),
         readonly_rootfs: c.spec.readonly,
-        security_opt: None,
+        security_opt: c
+            .spec
+            .no_new_privileges
+            .then(|| vec!["no-new-privileges".to_string()]),
         tmpfs: None,
         uts_mode: String::new(),
         userns_mode: String::new(),

@@ -426,6 +426,7 @@ pub(crate) struct CreateHostConfig {
     pub privileged: Option<bool>,
     pub cap_add: Option<Vec<String>>,
     pub cap_drop: Option<Vec<String>>,
+    pub security_opt: Option<Vec<String>>,
     pub readonly_rootfs: Option<bool>,
     pub tmpfs: Option<BTreeMap<String, String>>,
     pub devices: Option<Vec<serde_json::Value>>,

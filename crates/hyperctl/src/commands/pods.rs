@@ -74,6 +74,9 @@ pub(crate) struct RunArgs {
     /// Take a capability from it (`ALL` takes every one); repeatable.
     #[arg(long = "cap-drop")]
     pub cap_drop: Vec<String>,
+    /// No process of the container gains privileges on exec (set-id bits do nothing).
+    #[arg(long = "no-new-privileges")]
+    pub no_new_privileges: bool,
     pub image: Option<String>,
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,
@@ -373,6 +376,7 @@ pub(crate) fn pod_spec(args: &RunArgs) -> anyhow::Result<PodSpec> {
             privileged: args.privileged,
             cap_add: args.cap_add.clone(),
             cap_drop: args.cap_drop.clone(),
+            no_new_privileges: args.no_new_privileges,
             image: image.clone(),
             command: args.command.clone(),
             entrypoint: args.entrypoint.iter().cloned().collect(),
