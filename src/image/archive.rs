@@ -15,7 +15,7 @@ use std::path::Path;
 const MAX_JSON_FILE: u64 = 4 << 20;
 
 /// Loads every image of an archive; returns them with the names they were loaded as.
-pub(crate) fn load(
+pub fn load(
     store: &ImageStore,
     archive: impl Read + 'static,
     work: &Path,

@@ -11,7 +11,7 @@
 //! either the old or the new state, never a half-written one. Images come from registries
 //! ([`registry`]), from `docker save`/OCI archives ([`archive`]) or from root filesystem
 //! tarballs ([`ImageStore::import`]); all three end in [`ImageStore::commit_image`].
-pub(crate) mod archive;
+pub mod archive;
 pub(crate) mod auth;
 pub(crate) mod beneath;
 pub(crate) mod blobs;
