@@ -17,7 +17,7 @@ pub struct CommitInfo {
     pub author: String,
     pub comment: String,
     /// Dockerfile instructions applied to the config (`CMD`, `ENTRYPOINT`, `ENV`,
-    /// `WORKDIR`, `USER`, `LABEL`, `EXPOSE`, `VOLUME`, `STOPSIGNAL`).
+    /// `WORKDIR`, `USER`, `LABEL`, `EXPOSE`, `VOLUME`, `STOPSIGNAL`, `ONBUILD`).
     pub changes: Vec<String>,
     /// What made it, for the history (`docker commit`, `hyperd commit`).
     pub created_by: String,
@@ -72,6 +72,22 @@ pub fn apply_changes(config: &mut Value, changes: &[String]) -> Result<(), Image
             "WORKDIR" => config["WorkingDir"] = json!(args.trim()),
             "USER" => config["User"] = json!(args.trim()),
             "STOPSIGNAL" => config["StopSignal"] = json!(args.trim()),
+            "ONBUILD" => {
+                let trigger = args.trim();
+                let first = trigger.split_whitespace().next().unwrap_or("");
+                if trigger.is_empty() || ["ONBUILD", "FROM", "MAINTAINER"].iter().any(|k| first.eq_ignore_ascii_case(k)) {
+                    return Err(ImageError::BadReference(format!(
+                        "ONBUILD {trigger:?}: not a trigger Docker allows"
+                    )));
+                }
+                if !config["OnBuild"].is_array() {
+                    config["OnBuild"] = json!([]);
+                }
+                config["OnBuild"]
+                    .as_array_mut()
+                    .expect("an array")
+                    .push(json!(trigger));
+            }
             "ENV" => {
                 let mut env: Vec<String> = config["Env"]
                     .as_array()
@@ -116,7 +132,7 @@ pub fn apply_changes(config: &mut Value, changes: &[String]) -> Result<(), Image
             }
             other => {
                 return Err(ImageError::BadReference(format!(
-                    "{other} cannot be applied by a commit (CMD, ENTRYPOINT, ENV, WORKDIR, USER, LABEL, EXPOSE, VOLUME, STOPSIGNAL)"
+                    "{other} cannot be applied by a commit (CMD, ENTRYPOINT, ENV, WORKDIR, USER, LABEL, EXPOSE, VOLUME, STOPSIGNAL, ONBUILD)"
                 )))
             }
         }
@@ -267,6 +283,7 @@ mod tests {
                 "EXPOSE 80 53/udp".into(),
                 "VOLUME /data".into(),
                 "STOPSIGNAL SIGINT".into(),
+                "ONBUILD RUN make".into(),
             ],
         )
         .unwrap();
@@ -281,7 +298,14 @@ mod tests {
         assert!(c["ExposedPorts"]["80/tcp"].is_object() && c["ExposedPorts"]["53/udp"].is_object());
         assert!(c["Volumes"]["/data"].is_object());
         assert_eq!(c["StopSignal"], "SIGINT");
-        for bad in ["RUN rm -rf /", "CMD [broken", "ENV NOVALUE", "COPY a b"] {
+        assert_eq!(c["OnBuild"], json!(["RUN make"]));
+        for bad in [
+            "RUN rm -rf /",
+            "CMD [broken",
+            "ENV NOVALUE",
+            "COPY a b",
+            "ONBUILD FROM x",
+        ] {
             assert!(apply_changes(&mut c, &[bad.to_string()]).is_err(), "{bad}");
         }
     }
