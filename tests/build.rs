@@ -293,4 +293,18 @@ CMD ["sh", "-c", "cat result; id -u; pwd; echo $GREETING; test -e /bin/vi || ech
         None,
     );
     assert_eq!(code, 400, "{body}");
+
+    // The intermediate images show with `-a` only; `docker image prune` removes them
+    // and leaves the named images working.
+    let count = |args: &[&str]| out_ok(&d.docker(cfg, args)).lines().count();
+    let (plain, all) = (count(&["images", "-q"]), count(&["images", "-a", "-q"]));
+    assert!(all > plain, "{all} {plain}");
+    let pruned = out_ok(&d.docker(cfg, &["image", "prune", "-f"]));
+    assert!(pruned.contains("Total reclaimed space"), "{pruned}");
+    assert!(count(&["images", "-a", "-q"]) < all);
+    assert_eq!(count(&["images", "-q"]), plain);
+    assert_eq!(
+        out_ok(&d.docker(cfg, &["run", "--rm", "hbuilt:1", "cat", "/made.txt"])),
+        "made by hyperctl: cli"
+    );
 }

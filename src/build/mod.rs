@@ -72,6 +72,17 @@ pub struct BuildOptions {
     pub quiet: bool,
 }
 
+/// The images the build cache points at (the intermediate images of builds).
+pub fn cached_image_ids(root: &Path) -> std::collections::HashSet<String> {
+    std::fs::read_dir(root.join("image/build-cache"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .map(|id| id.trim().to_string())
+        .collect()
+}
+
 /// Largest Dockerfile read.
 const MAX_DOCKERFILE: u64 = 1 << 20;
 

@@ -31,6 +31,7 @@ pub(crate) async fn route(
     Some(match (method.as_str(), seg.as_slice()) {
         ("GET", ["images", "json"]) => images_json(engine, &req),
         ("POST", ["images", "create"]) => crate::api::images::create(engine, req).await,
+        ("POST", ["images", "prune"]) => images_prune(engine, &req).await,
         ("GET", ["images", rest @ .., "history"]) if !rest.is_empty() => {
             image_history(engine, &rest.join("/"))
         }
@@ -192,10 +193,18 @@ fn images_json(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
     };
     let dangling = values("dangling").first().map(|v| v == "true" || v == "1");
     let reference = values("reference");
+    // A build's intermediate images (untagged, in the build cache) show with `all`
+    // only, as Docker's.
+    let intermediate = if flag(&q, "all") {
+        Default::default()
+    } else {
+        crate::build::cached_image_ids(&engine.cfg.root)
+    };
     let list: Vec<m::ImageSummary> = engine
         .images
         .list()?
         .iter()
+        .filter(|r| !(r.repo_tags.is_empty() && intermediate.contains(&r.id)))
         .filter(|r| dangling.is_none_or(|d| d == r.repo_tags.is_empty()))
         .filter(|r| {
             reference.is_empty()
@@ -322,6 +331,51 @@ fn image_delete(engine: &Arc<Engine>, name: &str, req: &Request<Incoming>) -> Ap
             other => other.into(),
         })?;
     ok_json(crate::api::images::removal_json(&removed))
+}
+
+/// `POST /images/prune[?filters={"dangling":["false"]}]`: removes the images no
+/// container uses that have no name (build intermediates included), or with
+/// `dangling=false` every unused image.
+async fn images_prune(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
+    let q = query(req);
+    let filters: m::Filters = match q.get("filters").filter(|f| !f.is_empty()) {
+        Some(f) => serde_json::from_str(f)
+            .map_err(|e| ApiError::bad_request(format!("invalid filters: {e}")))?,
+        None => m::Filters::new(),
+    };
+    let only_dangling = filters
+        .get("dangling")
+        .map(m::FilterValues::values)
+        .unwrap_or_default()
+        .first()
+        .is_none_or(|v| v != "false" && v != "0");
+    let engine = engine.clone();
+    let report = tokio::task::spawn_blocking(move || -> Result<m::ImagesPruned, ApiError> {
+        let mut report = m::ImagesPruned::default();
+        for rec in engine.images.list()? {
+            if (only_dangling && !rec.repo_tags.is_empty()) || engine.image_in_use(&rec.id) {
+                continue;
+            }
+            // Every name goes with it: pruning removes the image, not one tag.
+            match engine
+                .images
+                .remove(&rec.id, |id| engine.image_in_use(id), true)
+            {
+                Ok(removed) => {
+                    report.space_reclaimed += rec.size;
+                    report
+                        .images_deleted
+                        .extend(crate::api::images::removal_json(&removed));
+                }
+                Err(e) => tracing::info!(image = %rec.id, "prune: {e}"),
+            }
+        }
+        engine.images.prune_blobs()?;
+        Ok(report)
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    ok_json(report)
 }
 
 /// `GET /images/{name}/get`: `docker save` of one image.

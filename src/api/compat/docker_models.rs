@@ -63,6 +63,14 @@ pub(crate) struct ImageConfig {
     pub stop_signal: String,
 }
 
+/// `POST /images/prune`.
+#[derive(Serialize, Default)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct ImagesPruned {
+    pub images_deleted: Vec<hyperd_api::images::Removed>,
+    pub space_reclaimed: u64,
+}
+
 /// One entry of `GET /images/{name}/history`, newest first.
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
