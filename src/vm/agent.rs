@@ -55,7 +55,11 @@ pub struct AgentClient {
 impl AgentClient {
     /// Takes a connected channel; events flow into the returned receiver.
     pub fn new(stream: UnixStream) -> (AgentClient, mpsc::UnboundedReceiver<AgentEvent>) {
-        let (mut rd, wr) = stream.into_split();
+        let (rd, wr) = stream.into_split();
+        // Buffered: a frame costs no more than a read or two of the socket, and skipping
+        // the bytes of a broken frame to the next header reads from memory, not one
+        // system call per byte.
+        let mut rd = tokio::io::BufReader::with_capacity(64 * 1024, rd);
         let inner = Arc::new(Inner {
             writer: tokio::sync::Mutex::new(wr),
             pending: Mutex::new(HashMap::new()),
@@ -263,5 +267,26 @@ mod tests {
             client.call(Op::Ping, Duration::from_secs(1)).await,
             Err(AgentError::Closed)
         ));
+    }
+
+    /// Garbage from the guest (a hostile agent, or a frame cut short) is skipped to the
+    /// next well-formed frame, through the buffered reader.
+    #[tokio::test]
+    async fn skips_garbage_to_the_next_frame() {
+        let (host, mut guest) = UnixStream::pair().unwrap();
+        let (_client, mut events) = AgentClient::new(host);
+        let mut bytes = vec![0xffu8; 100_000];
+        bytes.extend(Frame::data(FrameKind::Stdout, 7, b"after".to_vec()).encode());
+        guest.write_all(&bytes).await.unwrap();
+        drop(guest);
+        assert_eq!(
+            events.recv().await.unwrap(),
+            AgentEvent::Output {
+                stream: 7,
+                stderr: false,
+                data: Bytes::from_static(b"after")
+            }
+        );
+        assert_eq!(events.recv().await.unwrap(), AgentEvent::Closed);
     }
 }
