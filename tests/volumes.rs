@@ -407,6 +407,13 @@ fn pods_keep_and_share_data() {
         vms_before,
         "nothing booted"
     );
+    // b1 runs in the background: its write and sync are done once it has printed the
+    // host file (which it reads after the sync); only then may it go.
+    wait_output(
+        "b1 never got past its write and sync",
+        "written by the host",
+        || d.docker(config.path(), &["logs", "b1"]),
+    );
     out_ok(&d.docker(config.path(), &["rm", "-f", "b1"]));
     out_ok(&d.hyperctl(&["start", "b2"]));
     wait_output(
