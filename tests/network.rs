@@ -3,48 +3,16 @@
 //! `portmappings` and the docker CLI (`-p`, `-P`); a pod reaches a server on the host's
 //! loopback at the gateway (`host.docker.internal:host-gateway`); two containers of a pod
 //! talk over localhost; UDP is published and answered; a published port survives a
-//! `kill -9` of the daemon; a taken host port is refused; `--net none` has no eth0;
-//! nothing is left behind. All traffic stays on this machine's loopback.
+//! `kill -9` of the daemon; a taken host port is refused; `--net none` has no eth0; a pod
+//! on a network namespace the test made (the netns backend) answers ping and HTTP from a
+//! peer namespace, hostile namespace paths are refused; nothing is left behind. All
+//! traffic stays on this machine's loopback or inside the test's own namespaces.
 mod common;
-use common::{out_ok, Daemon};
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use common::{free_port, http_get, out_ok, Daemon};
+use std::io::Write;
+use std::net::{Ipv4Addr, TcpListener};
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-/// A free TCP port on 127.0.0.1 (free when asked).
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// GET `path` from 127.0.0.1:`port` until it answers 200 (up to 60 s); the body.
-fn http_get(port: u16, path: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut last = String::new();
-    while Instant::now() < deadline {
-        let attempt = (|| -> std::io::Result<String> {
-            let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, port))?;
-            s.set_read_timeout(Some(Duration::from_secs(5)))?;
-            write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
-            let mut text = String::new();
-            s.read_to_string(&mut text)?;
-            Ok(text)
-        })();
-        match attempt {
-            Ok(t) if t.starts_with("HTTP/1.") && t.contains(" 200 ") => {
-                return t.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("").into()
-            }
-            Ok(t) => last = t,
-            Err(e) => last = e.to_string(),
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    }
-    panic!("127.0.0.1:{port}{path} did not answer: {last}");
-}
 
 /// Waits until a container's log contains `needle` (up to 60 s).
 fn wait_log(d: &Daemon, container: &str, needle: &str) -> String {
@@ -140,6 +108,84 @@ fn udp_exchange(port: u16, msg: &[u8]) -> Vec<u8> {
         }
     }
     panic!("no UDP answer from 127.0.0.1:{port}");
+}
+
+/// Two network namespaces this test makes and removes, joined by a veth pair:
+/// 10.231.0.2/24 in A (default route via B), 10.231.0.1/24 in B. The addresses exist only
+/// inside them.
+struct TestNamespaces {
+    a: String,
+    b: String,
+}
+
+fn ip(args: &[&str]) -> String {
+    let o = Command::new("ip").args(args).output().unwrap();
+    out_ok(&o)
+}
+
+impl TestNamespaces {
+    fn new() -> TestNamespaces {
+        let id = std::process::id();
+        let t = TestNamespaces {
+            a: format!("hyperd-t{id}-a"),
+            b: format!("hyperd-t{id}-b"),
+        };
+        let (va, vb) = (format!("hyt{id}a"), format!("hyt{id}b"));
+        ip(&["netns", "add", &t.a]);
+        ip(&["netns", "add", &t.b]);
+        ip(&["link", "add", &va, "type", "veth", "peer", "name", &vb]);
+        ip(&["link", "set", &va, "netns", &t.a, "name", "eth0"]);
+        ip(&["link", "set", &vb, "netns", &t.b, "name", "eth0"]);
+        ip(&["-n", &t.a, "addr", "add", "10.231.0.2/24", "dev", "eth0"]);
+        ip(&["-n", &t.b, "addr", "add", "10.231.0.1/24", "dev", "eth0"]);
+        for ns in [&t.a, &t.b] {
+            ip(&["-n", ns, "link", "set", "eth0", "up"]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+        }
+        ip(&["-n", &t.a, "route", "add", "default", "via", "10.231.0.1"]);
+        t
+    }
+
+    fn path_a(&self) -> String {
+        format!("/run/netns/{}", self.a)
+    }
+
+    fn mac_a(&self) -> String {
+        let link = ip(&["-n", &self.a, "-o", "link", "show", "eth0"]);
+        let mac = link.split("link/ether ").nth(1).unwrap_or_default();
+        mac.split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    fn in_b(&self, cmd: &[&str]) -> std::process::Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.b])
+            .args(cmd)
+            .output()
+            .unwrap()
+    }
+
+    fn tc_a(&self) -> String {
+        let o = Command::new("tc")
+            .args(["-n", &self.a, "qdisc", "show", "dev", "eth0"])
+            .output()
+            .unwrap();
+        out_ok(&o)
+    }
+
+    fn links_a(&self) -> String {
+        ip(&["-n", &self.a, "-o", "link"])
+    }
+}
+
+impl Drop for TestNamespaces {
+    fn drop(&mut self) {
+        for ns in [&self.a, &self.b] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
 }
 
 const HTTPD: &str =
@@ -348,6 +394,72 @@ fn pods_serve_reach_out_and_clean_up() {
     assert!(any > 0);
     assert_eq!(http_get(any, "/index.html"), "hello-from-a-free-port\n");
     seen_passt.extend(passt_pids(&d));
+
+    // The netns backend (the CNI way): a pod on a namespace this test made, wired by veth
+    // to a peer namespace, answers a ping and HTTP from the peer.
+    let ns = TestNamespaces::new();
+    out_ok(&d.hyperctl(&[
+        "run",
+        "-d",
+        "--name",
+        "onns",
+        "-e",
+        "GREETING=hello-from-the-namespace",
+        "--net",
+        &ns.path_a(),
+        "busybox",
+        "sh",
+        "-c",
+        HTTPD,
+    ]));
+    let info = d.json("GET", "/pod/info?podName=onns", None);
+    assert_eq!(info["network"]["mode"], "netns", "{info}");
+    assert_eq!(info["network"]["ipAddress"], "10.231.0.2", "{info}");
+    assert_eq!(info["network"]["gateway"], "10.231.0.1", "{info}");
+    assert_eq!(info["network"]["macAddress"], ns.mac_a(), "{info}");
+    let ping = ns.in_b(&["busybox", "ping", "-c", "3", "-W", "5", "10.231.0.2"]);
+    assert!(
+        ping.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ping.stdout)
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let o = ns.in_b(&[
+            "busybox",
+            "wget",
+            "-q",
+            "-T",
+            "5",
+            "-O-",
+            "http://10.231.0.2/index.html",
+        ]);
+        if String::from_utf8_lossy(&o.stdout) == "hello-from-the-namespace\n" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no HTTP answer from the pod: {o:?}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(ns.tc_a().contains("ingress"), "{}", ns.tc_a());
+    // Hostile namespace paths: the host's own, one that is not there; nothing changes.
+    for bad in ["/proc/1/ns/net", "/run/netns/../../proc/1/ns/net"] {
+        let spec = serde_json::json!({"containers": [{"image": "busybox"}],
+                                      "networkNamespace": bad});
+        let (status, body) = d.curl("POST", "/pod/create", Some(&spec.to_string()));
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+    let missing = serde_json::json!({"id": "nons", "containers": [{"image": "busybox"}],
+                                     "networkNamespace": "/run/netns/hyperd-absent-ns"});
+    let (status, body) = d.curl("POST", "/pod/create", Some(&missing.to_string()));
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = d.curl("POST", "/pod/start?podId=nons", None);
+    assert_eq!(status, 400, "{body}");
+    out_ok(&d.hyperctl(&["rm", "onns", "nons"]));
+    assert!(!ns.tc_a().contains("ingress"), "qdisc left: {}", ns.tc_a());
+    assert!(!ns.links_a().contains("hyt"), "tap left: {}", ns.links_a());
 
     // Removal leaves no backend and no listening port.
     for name in ["web1", "udp", "clash", "pair", "caller", "dweb", "dany"] {

@@ -6,7 +6,8 @@
 //!   agent's virtio-console port by name, the CPUs online) on the serial console, then
 //!   reboots, which ends the VMM.
 //! - A pod runs through the hyper-vmm driver as through qemu in the first-pod test, and
-//!   `/info` and `hyperctl info` name the driver.
+//!   `/info` and `hyperctl info` name the driver. A second pod keeps its volumes, layer
+//!   and published port (virtio-net on passt) through a `kill -9` of the daemon.
 //!
 //! On hosts whose KVM emulates guest ring 0 (these machines) every boot takes minutes:
 //! the tests allow for that. Where /dev/kvm cannot be opened at all they fail, except
@@ -217,13 +218,20 @@ fn a_pod_runs_through_the_hyper_vmm_driver() {
     let host_dir = d.dir.path().join("shared");
     std::fs::create_dir_all(&host_dir).unwrap();
     std::fs::write(host_dir.join("from-host"), "host to guest\n").unwrap();
+    // It also serves the host directory on a published port (hyper-vmm's virtio-net on
+    // passt), which answers through the daemon's kill -9.
+    let web_port = common::free_port();
     let keep = serde_json::json!({
         "id": "keep",
         "volumes": [{"name": "b", "source": "vmmblk", "driver": "block"},
                     {"name": "h", "source": host_dir}],
         "containers": [{"image": "busybox",
                         "volumes": [{"volume": "b", "path": "/b"}, {"volume": "h", "path": "/h"}],
-                        "command": ["sleep", "1000"]}],
+                        "command": ["sleep", "1000"]},
+                       {"name": "web", "image": "busybox",
+                        "volumes": [{"volume": "h", "path": "/h"}],
+                        "command": ["httpd", "-f", "-p", "80", "-h", "/h"]}],
+        "portmappings": [{"containerPort": 80, "hostPort": web_port, "hostIP": "127.0.0.1"}],
     });
     let (code, body) = d.curl("POST", "/pod/create", Some(&keep.to_string()));
     assert_eq!(code, 200, "{body}");
@@ -233,11 +241,14 @@ fn a_pod_runs_through_the_hyper_vmm_driver() {
         .unwrap() as u32;
     d.kill9();
     assert!(common::pid_alive(vm_pid), "the VM outlives the daemon");
+    assert_eq!(common::http_get(web_port, "/from-host"), "host to guest\n");
     d.restart();
     assert_eq!(
         out_ok(&d.hyperctl(&["exec", "keep", "echo", "still-here"])),
         "still-here"
     );
+    let ports = out_ok(&d.hyperctl(&["ports", "keep"]));
+    assert!(ports.contains(&format!("127.0.0.1:{web_port}")), "{ports}");
     assert_eq!(
         out_ok(&d.hyperctl(&[
             "exec",

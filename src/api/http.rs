@@ -40,6 +40,7 @@ impl From<EngineError> for ApiError {
             EngineError::Invalid(_) => StatusCode::BAD_REQUEST,
             EngineError::Vm(crate::vm::VmError::PortTaken(_)) => StatusCode::CONFLICT,
             EngineError::Vm(crate::vm::VmError::Unsupported(_)) => StatusCode::BAD_REQUEST,
+            EngineError::Vm(crate::vm::VmError::Network(_)) => StatusCode::BAD_REQUEST,
             EngineError::GuestFailed(_)
             | EngineError::Agent(_)
             | EngineError::Vm(_)

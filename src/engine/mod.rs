@@ -309,15 +309,18 @@ impl Pod {
     pub fn network(&self) -> Option<hyperd_api::pods::PodNetwork> {
         use crate::vm::net;
         let vm = self.vm()?;
-        let net::VmNet::User { forwards, .. } = &vm.net else {
-            return None;
+        let guest = vm.net.guest()?;
+        let (mode, forwards): (&str, &[net::Forward]) = match &vm.net {
+            net::VmNet::User { forwards, .. } => ("user", forwards),
+            net::VmNet::Netns { .. } => ("netns", &[]),
+            net::VmNet::None => return None,
         };
         Some(hyperd_api::pods::PodNetwork {
-            mode: "user".into(),
-            ip_address: net::GUEST_ADDRESS.into(),
-            prefix_len: net::PREFIX,
-            gateway: net::GATEWAY.into(),
-            mac_address: net::GUEST_MAC.into(),
+            mode: mode.into(),
+            ip_address: guest.address.to_string(),
+            prefix_len: guest.prefix,
+            gateway: guest.gateway.map(|g| g.to_string()).unwrap_or_default(),
+            mac_address: guest.mac,
             ports: forwards
                 .iter()
                 .map(|f| hyperd_api::pods::PublishedPort {

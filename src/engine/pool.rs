@@ -120,14 +120,14 @@ impl Engine {
                 return Err(e.into());
             }
         };
-        if let VmNet::User { .. } = net {
+        if let Some(guest) = net.guest() {
             let configure = Op::ConfigureNetwork {
                 network: NetworkConfig {
                     interface: crate::vm::net::INTERFACE.into(),
-                    address: crate::vm::net::GUEST_ADDRESS.into(),
-                    prefix: crate::vm::net::PREFIX,
-                    gateway: crate::vm::net::GATEWAY.into(),
-                    mtu: crate::vm::net::MTU,
+                    address: guest.address.to_string(),
+                    prefix: guest.prefix,
+                    gateway: guest.gateway.map(|g| g.to_string()).unwrap_or_default(),
+                    mtu: guest.mtu,
                 },
             };
             if let Err(e) = vm.agent.call(configure, super::AGENT_TIMEOUT).await {
@@ -337,7 +337,7 @@ impl Engine {
     ) -> Result<(RunningVm, Arc<VmRuntime>, watch::Sender<bool>, bool), EngineError> {
         let r = &pod.spec.resource;
         let need = pod.containers().len();
-        let net = self.pod_net(&pod.spec)?;
+        let net = self.pod_net(&pod.spec).await?;
         let storage = self.pod_storage(pod).await?;
         let taken = {
             let mut pool = self.pool.lock().unwrap();
@@ -441,10 +441,28 @@ impl Engine {
     }
 
     /// The network a pod's VM gets: its mode, and its published ports with a free host
-    /// port chosen for each one published without (`publishAll`).
-    pub(super) fn pod_net(&self, spec: &PodSpec) -> Result<VmNet, EngineError> {
+    /// port chosen for each one published without (`publishAll`), or the interface of
+    /// its network namespace.
+    pub(super) async fn pod_net(&self, spec: &PodSpec) -> Result<VmNet, EngineError> {
         if spec.network_mode == NetworkMode::None {
             return Ok(VmNet::None);
+        }
+        if let Some(path) = &spec.network_namespace {
+            if !self.driver.has_network() {
+                return Err(crate::vm::VmError::Unsupported(format!(
+                    "the {} driver has no network device",
+                    self.driver.describe()
+                ))
+                .into());
+            }
+            let p = path.clone();
+            let link = tokio::task::spawn_blocking(move || crate::vm::netns::inspect(&p))
+                .await
+                .map_err(|e| EngineError::Invalid(format!("network namespace: {e}")))??;
+            return Ok(VmNet::Netns {
+                path: path.clone(),
+                link,
+            });
         }
         let mut forwards = Vec::new();
         for p in spec.published_ports() {

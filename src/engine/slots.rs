@@ -338,13 +338,14 @@ pub(crate) fn container_mounts(
 /// A container's `/etc/hosts`: localhost, the pod's hostname at its address, and the
 /// spec's extra hosts (`host-gateway` is the host as the pod reaches it).
 pub(crate) fn hosts_file(spec: &crate::spec::PodSpec, hostname: &str, net: &VmNet) -> String {
-    let (own, gateway) = match net {
-        VmNet::User { .. } => (crate::vm::net::GUEST_ADDRESS, Some(crate::vm::net::GATEWAY)),
-        VmNet::None => ("127.0.1.1", None),
+    // The pod's own address and the gateway (the host, as the pod reaches it).
+    let (own, gateway) = match net.guest() {
+        Some(g) => (g.address.to_string(), g.gateway.map(|a| a.to_string())),
+        None => ("127.0.1.1".to_string(), None),
     };
     let mut s = format!("127.0.0.1\tlocalhost\n{own}\t{hostname}\n");
     for (name, addr) in spec.extra_host_entries() {
-        let addr = match (addr, gateway) {
+        let addr = match (addr, gateway.as_deref()) {
             ("host-gateway", Some(gw)) => gw,
             // No network: the host cannot be reached; the name still resolves, nowhere.
             ("host-gateway", None) => "127.0.0.1",

@@ -6,8 +6,9 @@
 //! end is the daemon's `<vm dir>/agent.sock` (the VMM connects and reconnects, as qemu's
 //! chardev does). The agent cannot tell the two apart.
 use super::{RunningVm, VmConfig, VmError};
-use hyper_vmm_api::config::{DiskConfig, Limits, MachineConfig, MAX_VCPUS};
+use hyper_vmm_api::config::{DiskConfig, Limits, MachineConfig, NetConfig, NetFraming, MAX_VCPUS};
 use hyper_vmm_api::control::{Request, Response};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -51,8 +52,13 @@ impl VmmDriver {
         })
     }
 
-    /// The machine the VMM is asked to create for a VM.
-    pub fn machine_config(cfg: &VmConfig) -> MachineConfig {
+    /// The machine the VMM is asked to create for a VM; `net_fd` is the VMM's end of the
+    /// link to the network backend, inherited by the VMM process.
+    pub fn machine_config(
+        cfg: &VmConfig,
+        net_fd: Option<(i32, super::net::LinkKind)>,
+    ) -> MachineConfig {
+        let guest = cfg.net.guest();
         MachineConfig {
             vcpus: cfg.vcpus.clamp(1, u32::from(MAX_VCPUS)) as u8,
             mem_mib: u64::from(cfg.memory_mib),
@@ -86,29 +92,53 @@ impl VmmDriver {
                     socket: super::share::socket_path(&cfg.dir),
                 }]
             },
+            net: net_fd.zip(guest).map(|((fd, kind), guest)| NetConfig {
+                fd,
+                framing: match kind {
+                    super::net::LinkKind::Stream => NetFraming::Stream,
+                    super::net::LinkKind::Tap => NetFraming::Tap,
+                },
+                mac: guest.mac,
+                mtu: guest.mtu.min(u32::from(u16::MAX)) as u16,
+                tx_limit: Limits::default(),
+                rx_limit: Limits::default(),
+            }),
         }
     }
 
     pub async fn boot(&self, cfg: &VmConfig) -> Result<RunningVm, VmError> {
+        std::fs::create_dir_all(&cfg.dir)?;
+        let backend = super::net::start_backend(&cfg.dir, &cfg.id, &cfg.net).await?;
         if !cfg.share.is_empty() {
-            std::fs::create_dir_all(&cfg.dir)?;
             if let Err(e) = super::share::start_virtiofsd(&cfg.dir, &cfg.share) {
                 super::stop_helpers(&cfg.dir);
                 return Err(e);
             }
         }
-        let result = self.launch(cfg).await;
+        let net_fd = backend
+            .as_ref()
+            .map(|b| (b.monitor_end.as_raw_fd(), b.kind));
+        let result = self.launch(cfg, net_fd).await;
+        // The VMM has its end now (or failed); the helpers must still be there.
+        let result = super::check_helpers(cfg, backend, result).await;
         if result.is_err() {
             super::stop_helpers(&cfg.dir);
         }
         result
     }
 
-    async fn launch(&self, cfg: &VmConfig) -> Result<RunningVm, VmError> {
+    async fn launch(
+        &self,
+        cfg: &VmConfig,
+        net_fd: Option<(i32, super::net::LinkKind)>,
+    ) -> Result<RunningVm, VmError> {
         let api = cfg.dir.join("vmm.sock");
         let mut cmd = tokio::process::Command::new(&self.binary);
         cmd.arg("--api-sock").arg(&api);
-        let machine = Self::machine_config(cfg);
+        if let Some((fd, _)) = net_fd {
+            super::net::pass_fd(&mut cmd, fd);
+        }
+        let machine = Self::machine_config(cfg, net_fd);
         let setup = async {
             let mut ctl = Control::connect(&api, Duration::from_secs(10)).await?;
             ctl.call(&Request::Create {

@@ -11,6 +11,7 @@ pub mod handle;
 pub mod host;
 pub mod hyper_vmm;
 pub mod net;
+pub mod netns;
 pub mod qemu;
 pub(crate) mod qmp;
 pub mod share;
@@ -38,6 +39,10 @@ pub enum VmError {
     PortTaken(String),
     #[error("{0}")]
     Unsupported(String),
+    /// The pod's network cannot be set up as asked (a network namespace that is not one,
+    /// or has no single interface to take over).
+    #[error("network: {0}")]
+    Network(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -140,10 +145,14 @@ impl Driver {
         }
     }
 
-    /// Whether the driver gives VMs a network device (hyper-vmm's virtio-net is still to
-    /// come: docs/decisions.md).
+    /// Whether the driver gives VMs a network device (both real drivers have virtio-net;
+    /// the fake VM has none).
     pub fn has_network(&self) -> bool {
-        matches!(self, Driver::Qemu(_))
+        match self {
+            Driver::Vmm(_) | Driver::Qemu(_) => true,
+            #[cfg(test)]
+            Driver::Fake(_) => false,
+        }
     }
 
     /// Whether the driver can share host directories with VMs (virtio-fs on a
@@ -263,11 +272,39 @@ fn log_tail(path: &std::path::Path) -> String {
     }
 }
 
+/// After the monitor started (`result`): fails the boot, killing the VM, if a helper it
+/// needs (passt, virtiofsd) has quit meanwhile.
+pub(crate) async fn check_helpers(
+    cfg: &VmConfig,
+    backend: Option<net::Backend>,
+    result: Result<RunningVm, VmError>,
+) -> Result<RunningVm, VmError> {
+    let vm = result?;
+    let helpers = backend
+        .map_or(Ok(()), |b| b.check_running())
+        .and_then(|()| {
+            if cfg.share.is_empty() {
+                Ok(())
+            } else {
+                share::check_running(&cfg.dir)
+            }
+        });
+    match helpers {
+        Ok(()) => Ok(vm),
+        Err(e) => {
+            vm.handle.kill();
+            vm.handle.wait().await;
+            Err(e)
+        }
+    }
+}
+
 /// Stops a VM's helper processes that are still there (its network backend, its
 /// virtiofsd): they quit with their VM on their own; this covers a VM that never
 /// connected, and leftovers.
 pub(crate) fn stop_helpers(dir: &std::path::Path) {
     net::stop_backend(dir);
+    netns::detach(dir);
     share::stop(dir);
 }
 

@@ -82,6 +82,55 @@ pub enum VmNet {
         #[serde(default)]
         host_loopback: bool,
     },
+    /// A virtio-net device on a tap in an existing network namespace, taking over its
+    /// interface (super::netns).
+    Netns {
+        path: String,
+        link: super::netns::NetnsLink,
+    },
+}
+
+impl VmNet {
+    /// The guest's side of the link: interface set-up for the agent, and the MAC and MTU
+    /// of its device. `None` without a network.
+    pub fn guest(&self) -> Option<GuestLink> {
+        match self {
+            VmNet::None => None,
+            VmNet::User { .. } => Some(GuestLink {
+                address: GUEST_ADDRESS.parse().expect("a constant address"),
+                prefix: PREFIX,
+                gateway: Some(GATEWAY.parse().expect("a constant address")),
+                mtu: MTU,
+                mac: GUEST_MAC.to_string(),
+            }),
+            VmNet::Netns { link, .. } => Some(GuestLink {
+                address: link.address,
+                prefix: link.prefix,
+                gateway: link.gateway,
+                mtu: link.mtu,
+                mac: link.mac.clone(),
+            }),
+        }
+    }
+}
+
+/// What the guest's network interface is set to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestLink {
+    pub address: std::net::Ipv4Addr,
+    pub prefix: u8,
+    pub gateway: Option<std::net::Ipv4Addr>,
+    pub mtu: u32,
+    pub mac: String,
+}
+
+/// How the monitor's end of the link carries frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkKind {
+    /// passt's length-prefixed stream on a socket.
+    Stream,
+    /// A tap device's descriptor.
+    Tap,
 }
 
 /// The passt binary: `$HYPERD_PASST`, else `passt` on the PATH.
@@ -161,17 +210,23 @@ pub fn free_port(proto: Proto, ip: Option<std::net::Ipv4Addr>) -> Result<u16, Vm
 
 /// A started backend: the VM monitor's end of the link, and the backend process.
 pub(crate) struct Backend {
-    /// Handed to the VM monitor (qemu's `-netdev stream,addr.type=fd`).
+    /// Handed to the VM monitor (qemu's `-netdev stream,addr.type=fd` or `-netdev
+    /// tap,fd=`).
     pub monitor_end: OwnedFd,
-    child: tokio::process::Child,
+    pub kind: LinkKind,
+    /// passt, for the user backend.
+    child: Option<tokio::process::Child>,
     log: PathBuf,
 }
 
 impl Backend {
     /// Fails with passt's own words if it has exited (bad forwards, a port it could not
     /// take); otherwise lets it run on, reaped when it quits.
-    pub(crate) fn check_running(mut self) -> Result<(), VmError> {
-        if let Ok(Some(status)) = self.child.try_wait() {
+    pub(crate) fn check_running(self) -> Result<(), VmError> {
+        let Some(mut child) = self.child else {
+            return Ok(());
+        };
+        if let Ok(Some(status)) = child.try_wait() {
             let log = std::fs::read_to_string(&self.log).unwrap_or_default();
             return Err(VmError::Launch(format!(
                 "passt exited ({status}): {}",
@@ -180,7 +235,7 @@ impl Backend {
         }
         // Reaped when it quits (with its VM); after a daemon restart, init reaps it.
         tokio::spawn(async move {
-            let _ = self.child.wait().await;
+            let _ = child.wait().await;
         });
         Ok(())
     }
@@ -233,9 +288,53 @@ pub(crate) fn start_passt(
     }
     Ok(Backend {
         monitor_end: OwnedFd::from(monitor_end),
-        child,
+        kind: LinkKind::Stream,
+        child: Some(child),
         log,
     })
+}
+
+/// Starts the backend `net` needs, if any: its `monitor_end` goes to the VM monitor.
+/// `vm_id` names the tap of a namespace backend.
+pub(crate) async fn start_backend(
+    dir: &Path,
+    vm_id: &str,
+    net: &VmNet,
+) -> Result<Option<Backend>, VmError> {
+    match net {
+        VmNet::User {
+            forwards,
+            host_loopback,
+        } => Ok(Some(start_passt(dir, forwards, *host_loopback)?)),
+        VmNet::Netns { path, link } => {
+            let (dir, path, link) = (dir.to_path_buf(), path.clone(), link.clone());
+            let tap = tap_name(vm_id);
+            let fd = tokio::task::spawn_blocking(move || {
+                super::netns::attach(&dir, &path, &link, &tap).map(|fd| (fd, dir))
+            })
+            .await
+            .map_err(|e| VmError::Network(format!("wiring the namespace: {e}")))??;
+            Ok(Some(Backend {
+                monitor_end: fd.0,
+                kind: LinkKind::Tap,
+                child: None,
+                log: fd.1.join(PASST_LOG),
+            }))
+        }
+        VmNet::None => Ok(None),
+    }
+}
+
+/// The tap of VM `vm_id` in a namespace: `hyt` and the id's hex (at most 15 bytes, the
+/// kernel's limit).
+pub fn tap_name(vm_id: &str) -> String {
+    let hex: String = vm_id
+        .trim_start_matches("vm-")
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(12)
+        .collect();
+    format!("hyt{hex}")
 }
 
 /// Stops the VM's passt if it is still there (it quits with its VM on its own; this

@@ -115,17 +115,17 @@ impl QemuDriver {
                 super::share::TAG
             ));
         }
-        if let (super::net::VmNet::User { .. }, Some(fd)) = (&cfg.net, net_fd) {
-            // qemu's end of the link to passt (started before qemu by `boot`).
+        if let (Some(guest), Some(fd)) = (cfg.net.guest(), net_fd) {
+            // qemu's end of the link (opened before qemu by `boot`): a stream to passt, or
+            // a tap in the pod's network namespace.
             a.push("-netdev".into());
-            a.push(format!(
-                "stream,id=net0,server=off,addr.type=fd,addr.str={fd}"
-            ));
+            a.push(match cfg.net {
+                super::net::VmNet::Netns { .. } => format!("tap,id=net0,fd={fd}"),
+                _ => format!("stream,id=net0,server=off,addr.type=fd,addr.str={fd}"),
+            });
             a.push("-device".into());
-            a.push(format!(
-                "virtio-net-device,netdev=net0,mac={}",
-                super::net::GUEST_MAC
-            ));
+            // The agent sets the MTU (qemu's mergeable receive buffers take any).
+            a.push(format!("virtio-net-device,netdev=net0,mac={}", guest.mac));
         }
         for (i, d) in cfg.disks.iter().enumerate() {
             a.push("-drive".into());
@@ -156,13 +156,8 @@ impl QemuDriver {
     }
 
     pub async fn boot(&self, cfg: &VmConfig) -> Result<RunningVm, VmError> {
-        let backend = match &cfg.net {
-            super::net::VmNet::User {
-                forwards,
-                host_loopback,
-            } => Some(super::net::start_passt(&cfg.dir, forwards, *host_loopback)?),
-            super::net::VmNet::None => None,
-        };
+        std::fs::create_dir_all(&cfg.dir)?;
+        let backend = super::net::start_backend(&cfg.dir, &cfg.id, &cfg.net).await?;
         if !cfg.share.is_empty() {
             if let Err(e) = super::share::start_virtiofsd(&cfg.dir, &cfg.share) {
                 super::stop_helpers(&cfg.dir);
@@ -176,29 +171,8 @@ impl QemuDriver {
             super::net::pass_fd(&mut cmd, fd);
         }
         let result = self.launch(cfg, cmd).await;
-        // qemu has its ends now (or failed); passt and virtiofsd must still be there.
-        let result = match result {
-            Ok(vm) => {
-                let helpers = backend
-                    .map_or(Ok(()), |b| b.check_running())
-                    .and_then(|()| {
-                        if cfg.share.is_empty() {
-                            Ok(())
-                        } else {
-                            super::share::check_running(&cfg.dir)
-                        }
-                    });
-                match helpers {
-                    Ok(()) => Ok(vm),
-                    Err(e) => {
-                        vm.handle.kill();
-                        vm.handle.wait().await;
-                        Err(e)
-                    }
-                }
-            }
-            Err(e) => Err(e),
-        };
+        // qemu has its ends now (or failed); the helpers must still be there.
+        let result = super::check_helpers(cfg, backend, result).await;
         if result.is_err() {
             super::stop_helpers(&cfg.dir);
         }

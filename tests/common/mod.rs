@@ -645,3 +645,38 @@ pub fn qmp_status(sock: &Path) -> String {
         .unwrap_or_default()
         .to_string()
 }
+
+/// A free TCP port on 127.0.0.1 (free when asked).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// GET `path` from 127.0.0.1:`port` until it answers 200 (up to 60 s); the body.
+pub fn http_get(port: u16, path: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        let attempt = (|| -> std::io::Result<String> {
+            let mut s = std::net::TcpStream::connect((std::net::Ipv4Addr::LOCALHOST, port))?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            use std::io::{Read, Write};
+            write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+            let mut text = String::new();
+            s.read_to_string(&mut text)?;
+            Ok(text)
+        })();
+        match attempt {
+            Ok(t) if t.starts_with("HTTP/1.") && t.contains(" 200 ") => {
+                return t.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("").into()
+            }
+            Ok(t) => last = t,
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    panic!("127.0.0.1:{port}{path} did not answer: {last}");
+}

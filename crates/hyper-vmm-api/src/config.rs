@@ -32,6 +32,39 @@ pub struct MachineConfig {
     /// with any, guest memory is a shared memfd the backend maps.
     #[serde(default)]
     pub shared_dirs: Vec<SharedDirConfig>,
+    /// The virtio-net device and its backend, if the VM has a network.
+    #[serde(default)]
+    pub net: Option<NetConfig>,
+}
+
+/// How frames cross the network backend's descriptor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NetFraming {
+    /// A stream socket carrying each frame after its length as a 32-bit big-endian
+    /// number: passt's (and qemu's `-netdev stream`) protocol.
+    Stream,
+    /// A tap device: one frame per read and write, no packet-information header.
+    Tap,
+}
+
+/// The virtio-net device.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NetConfig {
+    /// The backend's descriptor, inherited by the VMM process from the daemon (a socket to
+    /// passt, or a tap opened in the pod's network namespace): the VMM opens nothing.
+    pub fd: i32,
+    pub framing: NetFraming,
+    /// The guest's MAC, `xx:xx:xx:xx:xx:xx`.
+    pub mac: String,
+    /// The largest MTU the guest may use (told through VIRTIO_NET_F_MTU).
+    pub mtu: u16,
+    /// Guest to host (bytes/s, frames/s; 0 is unlimited).
+    #[serde(default)]
+    pub tx_limit: Limits,
+    /// Host to guest.
+    #[serde(default)]
+    pub rx_limit: Limits,
 }
 
 /// One virtio-fs device.
@@ -64,7 +97,7 @@ pub struct Limits {
     /// Bytes per second (0: unlimited).
     #[serde(default)]
     pub bytes_per_sec: u64,
-    /// Requests per second (0: unlimited).
+    /// Requests (disks) or frames (network) per second (0: unlimited).
     #[serde(default)]
     pub ops_per_sec: u64,
 }

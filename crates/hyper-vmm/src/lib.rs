@@ -6,7 +6,7 @@
 //!   local APIC; [`boot`]: kernel, initramfs, command line, zero page and e820;
 //!   [`mptable`]: CPUs and I/O APIC for a guest without ACPI.
 //! - [`legacy`]: the 8250 console and the i8042 reset on port I/O.
-//! - [`mmio`]: the virtio-mmio transport; [`virtio_blk`], [`virtio_console`] (the
+//! - [`mmio`]: the virtio-mmio transport; [`virtio_blk`], [`virtio_net`], [`virtio_console`] (the
 //!   agent port) and [`vhost_user_fs`] (virtio-fs served by virtiofsd) behind it;
 //!   [`rate_limit`]: token buckets for disks.
 //! - [`privileges`] and [`seccomp`]: what the process gives up before it serves a guest.
@@ -24,3 +24,4 @@ pub mod seccomp;
 pub mod vhost_user_fs;
 pub mod virtio_blk;
 pub mod virtio_console;
+pub mod virtio_net;

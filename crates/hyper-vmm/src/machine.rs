@@ -11,6 +11,7 @@ use super::mptable;
 use super::vhost_user_fs::VhostUserFs;
 use super::virtio_blk::{Backend, Block, SECTOR_SIZE};
 use super::virtio_console::{AgentPort, Console};
+use super::virtio_net::{FdLink, Net};
 use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use serde::Serialize;
@@ -47,6 +48,32 @@ pub enum MachineError {
     Io(String, std::io::Error),
     #[error(transparent)]
     Fs(#[from] super::vhost_user_fs::FsError),
+}
+
+/// A device whose queues a rate limiter can hold back: a timer thread takes them up again.
+pub trait Throttled: VirtioDevice + Send + 'static {
+    /// When the device wants to look at its queues again, if it is waiting.
+    fn throttled_until(&self) -> Option<std::time::Instant>;
+    /// Takes the queues up again; answers whether buffers were used.
+    fn retry(&mut self) -> bool;
+}
+
+impl Throttled for Block {
+    fn throttled_until(&self) -> Option<std::time::Instant> {
+        self.throttled_until
+    }
+    fn retry(&mut self) -> bool {
+        self.process_queue(0)
+    }
+}
+
+impl Throttled for Net {
+    fn throttled_until(&self) -> Option<std::time::Instant> {
+        self.throttled_until
+    }
+    fn retry(&mut self) -> bool {
+        Net::retry(self)
+    }
 }
 
 /// A device in an MMIO window.
@@ -123,6 +150,7 @@ pub struct Machine {
     pub agent: Option<Arc<Mutex<VirtioSlot<Console>>>>,
     limited_disks: Vec<Arc<Mutex<VirtioSlot<Block>>>>,
     shared_dirs: Vec<Arc<Mutex<VirtioSlot<VhostUserFs>>>>,
+    net: Option<NetSlot>,
     agent_socket: Option<PathBuf>,
     pub ending: Arc<(Mutex<Option<Ending>>, Condvar)>,
     gate: Arc<PauseGate>,
@@ -164,6 +192,14 @@ struct Devices {
     agent: Option<Arc<Mutex<VirtioSlot<Console>>>>,
     /// virtio-fs devices, whose backends' signals a thread turns into interrupts.
     shared_dirs: Vec<Arc<Mutex<VirtioSlot<VhostUserFs>>>>,
+    net: Option<NetSlot>,
+}
+
+/// The virtio-net device and its backend's descriptor (read by a thread once started).
+struct NetSlot {
+    slot: Arc<Mutex<VirtioSlot<Net>>>,
+    fd: Arc<std::os::fd::OwnedFd>,
+    framing: hyper_vmm_api::config::NetFraming,
 }
 
 impl Devices {
@@ -320,6 +356,51 @@ fn forward_backend_calls(
     Ok(())
 }
 
+/// Step 3c: the virtio-net device on the backend descriptor the daemon handed over.
+fn attach_net(vm: &KvmVm, cfg: &MachineConfig, devices: &mut Devices) -> Result<(), MachineError> {
+    let Some(n) = &cfg.net else {
+        return Ok(());
+    };
+    let mac = super::virtio_net::parse_mac(&n.mac)
+        .ok_or_else(|| MachineError::Config(format!("bad MAC {:?}", n.mac)))?;
+    if n.fd <= 2 {
+        return Err(MachineError::Config(format!(
+            "network descriptor {} is not one of the inherited ones",
+            n.fd
+        )));
+    }
+    // SAFETY: F_GETFD on a descriptor number only reads its flags.
+    if unsafe { libc::fcntl(n.fd, libc::F_GETFD) } < 0 {
+        return Err(MachineError::Io(
+            format!("network descriptor {}", n.fd),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: the daemon passed this descriptor to this process for the network and
+    // nothing else in the process owns it; it is open (checked above) and taken once,
+    // when the machine is built.
+    let fd =
+        Arc::new(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(n.fd) });
+    let net = Net::new(
+        vm.mem.clone(),
+        mac,
+        n.mtu,
+        Box::new(FdLink::new(fd.clone(), n.framing)),
+    )
+    .with_limits(n.tx_limit, n.rx_limit);
+    let slot = Arc::new(Mutex::new(VirtioSlot {
+        transport: MmioTransport::new(net),
+        irq: devices.next_irq(vm)?,
+    }));
+    devices.mmio.push(slot.clone());
+    devices.net = Some(NetSlot {
+        slot,
+        fd,
+        framing: n.framing,
+    });
+    Ok(())
+}
+
 /// Step 4: the virtio-console with the agent's port, when the daemon gave a socket.
 fn attach_agent_port(
     vm: &KvmVm,
@@ -420,6 +501,7 @@ impl Machine {
         let mut devices = Devices::default();
         attach_disks(&vm, cfg, &mut devices)?;
         attach_shared_dirs(&vm, cfg, &mut devices)?;
+        attach_net(&vm, cfg, &mut devices)?;
         attach_agent_port(&vm, cfg, &mut devices)?;
         let legacy = attach_legacy(&vm, cfg)?;
         let entry = load_guest(&vm, cfg, devices.mmio.len())?;
@@ -434,6 +516,7 @@ impl Machine {
             agent: devices.agent,
             limited_disks: devices.limited_disks,
             shared_dirs: devices.shared_dirs,
+            net: devices.net,
             agent_socket: cfg.agent_socket.clone(),
             ending: Arc::new((Mutex::new(None), Condvar::new())),
             gate: Arc::new(PauseGate::default()),
@@ -459,6 +542,18 @@ impl Machine {
         }
         for fs in &self.shared_dirs {
             forward_backend_calls(fs.clone(), self.ending.clone())?;
+        }
+        if let Some(n) = &self.net {
+            if n.slot.lock().unwrap().transport.device.is_limited() {
+                retry_throttled(n.slot.clone(), self.ending.clone());
+            }
+            super::virtio_net::connect_backend(
+                n.slot.clone(),
+                n.fd.clone(),
+                n.framing,
+                self.ending.clone(),
+            )
+            .map_err(|e| MachineError::Io("network thread".into(), e))?;
         }
         if let (Some(slot), Some(path)) = (&self.agent, &self.agent_socket) {
             super::virtio_console::connect_host(slot.clone(), path.clone());
@@ -530,17 +625,17 @@ impl Machine {
     }
 }
 
-/// Takes up the requests of a rate-limited disk again when its limiter allows.
-fn retry_throttled(
-    disk: Arc<Mutex<VirtioSlot<Block>>>,
+/// Takes up the queues of a rate-limited device again when its limiter allows.
+fn retry_throttled<D: Throttled>(
+    disk: Arc<Mutex<VirtioSlot<D>>>,
     ending: Arc<(Mutex<Option<Ending>>, Condvar)>,
 ) {
     std::thread::spawn(move || {
         while ending.0.lock().unwrap().is_none() {
-            let due = disk.lock().unwrap().transport.device.throttled_until;
+            let due = disk.lock().unwrap().transport.device.throttled_until();
             let now = std::time::Instant::now();
             match due {
-                Some(t) if t <= now => disk.lock().unwrap().device_event(|b| b.process_queue(0)),
+                Some(t) if t <= now => disk.lock().unwrap().device_event(|b| b.retry()),
                 Some(t) => std::thread::sleep((t - now).min(std::time::Duration::from_millis(10))),
                 None => std::thread::sleep(std::time::Duration::from_millis(5)),
             }

@@ -58,7 +58,7 @@ pub struct PodInfo {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PodNetwork {
-    /// `user`.
+    /// `user` (passt) or `netns` (an existing network namespace).
     pub mode: String,
     #[serde(rename = "ipAddress")]
     pub ip_address: String,

@@ -53,6 +53,17 @@ pub struct PodSpec {
         skip_serializing_if = "NetworkMode::is_default"
     )]
     pub network_mode: NetworkMode,
+    /// An existing network namespace to put the pod on (the CNI way, as Kata): a path
+    /// `/run/netns/NAME` or `/var/run/netns/NAME` whose namespace has one interface with
+    /// an IPv4 address. The guest takes that interface's address, MAC, MTU and default
+    /// route; its traffic is redirected to and from the VM by tc. Such a pod publishes no
+    /// ports (the namespace's owner does that).
+    #[serde(
+        default,
+        rename = "networkNamespace",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub network_namespace: Option<String>,
     /// Extra `/etc/hosts` entries, `name:address`; the address `host-gateway` is the
     /// host as the pod reaches it (Docker's `--add-host`).
     #[serde(default, rename = "extraHosts", skip_serializing_if = "Vec::is_empty")]
@@ -256,6 +267,33 @@ pub fn valid_mount_path(path: &str) -> Result<(), InvalidSpec> {
         }
     }
     Ok(())
+}
+
+/// The name of a network namespace path hyperd accepts: `/run/netns/NAME` or
+/// `/var/run/netns/NAME`, NAME one plain path component (what `ip netns` makes). Anything
+/// else, the host's own namespace above all, is refused.
+pub fn netns_name(path: &str) -> Result<&str, InvalidSpec> {
+    let name = path
+        .strip_prefix("/run/netns/")
+        .or_else(|| path.strip_prefix("/var/run/netns/"))
+        .ok_or_else(|| {
+            InvalidSpec(format!(
+                "network namespace {path:?} is not under /run/netns/ or /var/run/netns/"
+            ))
+        })?;
+    let plain = !name.is_empty()
+        && name.len() <= 64
+        && name != "."
+        && name != ".."
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'));
+    if !plain {
+        return Err(InvalidSpec(format!(
+            "network namespace {path:?}: the name must be one plain path component"
+        )));
+    }
+    Ok(name)
 }
 
 /// How a pod is connected.
@@ -853,6 +891,21 @@ impl PodSpec {
                 )));
             }
         }
+        if let Some(ns) = &self.network_namespace {
+            netns_name(ns)?;
+            if self.network_mode == NetworkMode::None {
+                return Err(InvalidSpec(
+                    "a pod without a network (networkMode none) takes no network namespace".into(),
+                ));
+            }
+            if self.published_ports().next().is_some() {
+                return Err(InvalidSpec(
+                    "a pod on a network namespace publishes no ports: the namespace's owner \
+                     forwards them"
+                        .into(),
+                ));
+            }
+        }
         if self.network_mode == NetworkMode::None && self.published_ports().next().is_some() {
             return Err(InvalidSpec(
                 "a pod without a network (networkMode none) cannot publish ports".into(),
@@ -927,6 +980,49 @@ impl PodSpec {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_named_namespaces_under_run_netns_are_accepted() {
+        assert_eq!(
+            super::netns_name("/run/netns/cni-1234").unwrap(),
+            "cni-1234"
+        );
+        assert_eq!(super::netns_name("/var/run/netns/a.b_c").unwrap(), "a.b_c");
+        for bad in [
+            "/proc/1/ns/net",
+            "/proc/self/ns/net",
+            "/run/netns/",
+            "/run/netns/..",
+            "/run/netns/../../proc/1/ns/net",
+            "/run/netns/a/b",
+            "run/netns/a",
+            "/run/netnsx/a",
+            "/run/netns/a b",
+        ] {
+            assert!(super::netns_name(bad).is_err(), "{bad}");
+        }
+        let pod = |ns: &str, publish: bool| super::PodSpec {
+            network_namespace: Some(ns.into()),
+            portmappings: if publish {
+                vec![super::Port {
+                    container_port: 80,
+                    host_port: 8080,
+                    ..Default::default()
+                }]
+            } else {
+                Vec::new()
+            },
+            containers: vec![super::ContainerSpec {
+                image: "busybox".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let ok = pod("/run/netns/x", false).validate();
+        assert!(ok.is_ok(), "{ok:?}");
+        assert!(pod("/run/netns/x", true).validate().is_err());
+        assert!(pod("/proc/1/ns/net", false).validate().is_err());
+    }
+
     #[test]
     fn capability_sets_follow_docker() {
         let spec = |add: &[&str], drop: &[&str], privileged: bool| ContainerSpec {

@@ -49,7 +49,8 @@ pub(crate) struct RunArgs {
     /// picks a free one).
     #[arg(long)]
     pub publish: Vec<String>,
-    /// Network: user (default) or none.
+    /// Network: user (default), none, or a network namespace path under /run/netns/ (the
+    /// pod takes over its interface).
     #[arg(long, default_value = "user")]
     pub net: String,
     /// An /etc/hosts entry NAME:ADDRESS, ADDRESS may be host-gateway (repeatable).
@@ -405,8 +406,10 @@ pub(crate) fn pod_spec(args: &RunArgs) -> anyhow::Result<PodSpec> {
         network_mode: match args.net.as_str() {
             "user" => hyperd_api::spec::NetworkMode::User,
             "none" => hyperd_api::spec::NetworkMode::None,
-            other => bail!("unknown network {other:?} (user, none)"),
+            ns if ns.starts_with('/') => hyperd_api::spec::NetworkMode::User,
+            other => bail!("unknown network {other:?} (user, none, /run/netns/NAME)"),
         },
+        network_namespace: args.net.starts_with('/').then(|| args.net.clone()),
         extra_hosts: args.add_host.clone(),
         dns: args.dns.clone(),
         ..Default::default()
