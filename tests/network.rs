@@ -1,6 +1,8 @@
 //! Pods on the network (qemu driver, passt backend): published ports answer on the
 //! host's loopback through `hyperctl run --publish`, a plain `POST /pod/create` with
-//! `portmappings` and the docker CLI (`-p`, `-P`); a pod reaches a server on the host's
+//! `portmappings` and the docker CLI (`-p`, `-P`); a port added to a running pod
+//! (`PUT /pod/{id}/portmappings/add`) answers, also after a daemon `kill -9`, and stops
+//! answering once deleted; a pod reaches a server on the host's
 //! loopback at the gateway (`host.docker.internal:host-gateway`); two containers of a pod
 //! talk over localhost; UDP is published and answered; a published port survives a
 //! `kill -9` of the daemon; a taken host port is refused; `--net none` has no eth0; a pod
@@ -224,13 +226,75 @@ fn pods_serve_reach_out_and_clean_up() {
     seen_passt.extend(passt_pids(&d));
     assert!(!seen_passt.is_empty(), "no passt for a pod with ports");
 
-    // kill -9 of the daemon: the port still answers; the next daemon shows it.
+    // A port added while the pod runs answers (relayed over the agent channel), and one
+    // more is added and removed again.
+    let live = free_port();
+    let add = |port: u16| {
+        serde_json::json!([{"containerPort": 80, "hostPort": port, "hostIP": "127.0.0.1"}])
+            .to_string()
+    };
+    let (status, body) = d.curl("PUT", "/pod/web1/portmappings/add", Some(&add(live)));
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(&format!("\"hostPort\":{live}")), "{body}");
+    assert_eq!(http_get(live, "/index.html"), "hello-from-hyperctl\n");
+    let gone = free_port();
+    let (status, body) = d.curl("PUT", "/pod/web1/portmappings/add", Some(&add(gone)));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(http_get(gone, "/index.html"), "hello-from-hyperctl\n");
+    let (status, body) = d.curl("PUT", "/pod/web1/portmappings/delete", Some(&add(gone)));
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, gone)).is_err(),
+        "a deleted port still answers"
+    );
+    // Refused: a port published already (409), UDP (400), a start-time port's removal
+    // (404), a bad list (400); nothing changes.
+    let (status, body) = d.curl("PUT", "/pod/web1/portmappings/add", Some(&add(live)));
+    assert_eq!(status, 409, "{body}");
+    let udp =
+        serde_json::json!([{"containerPort": 53, "hostPort": free_port(), "protocol": "udp"}]);
+    let (status, body) = d.curl("PUT", "/pod/web1/portmappings/add", Some(&udp.to_string()));
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = d.curl("PUT", "/pod/web1/portmappings/delete", Some(&add(p1)));
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = d.curl(
+        "PUT",
+        "/pod/web1/portmappings/add",
+        Some("{\"not\": \"a list\"}"),
+    );
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = d.curl("GET", "/pod/web1/portmappings", None);
+    assert_eq!(status, 200, "{body}");
+    let mapped: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+    assert_eq!(mapped.len(), 2, "{body}");
+    // hyperctl: add and delete with `ports --add/--delete`.
+    let viactl = free_port();
+    out_ok(&d.hyperctl(&["ports", "web1", "--add", &format!("127.0.0.1:{viactl}:80")]));
+    assert_eq!(http_get(viactl, "/index.html"), "hello-from-hyperctl\n");
+    let listed = out_ok(&d.hyperctl(&[
+        "ports",
+        "web1",
+        "--delete",
+        &format!("127.0.0.1:{viactl}:80"),
+    ]));
+    assert!(!listed.contains(&viactl.to_string()), "{listed}");
+
+    // kill -9 of the daemon: the port still answers; the next daemon shows it, and
+    // listens on the port added while the pod ran again.
     d.kill9();
     assert_eq!(http_get(p1, "/index.html"), "hello-from-hyperctl\n");
     d.restart();
     let ports = out_ok(&d.hyperctl(&["ports", "web1"]));
-    assert_eq!(ports.trim(), format!("80/tcp -> 127.0.0.1:{p1}"));
+    assert!(
+        ports.contains(&format!("80/tcp -> 127.0.0.1:{p1}")),
+        "{ports}"
+    );
+    assert!(
+        ports.contains(&format!("80/tcp -> 127.0.0.1:{live}")),
+        "{ports}"
+    );
     assert_eq!(http_get(p1, "/index.html"), "hello-from-hyperctl\n");
+    assert_eq!(http_get(live, "/index.html"), "hello-from-hyperctl\n");
 
     // UDP, published and answered.
     import_udp_echo(&d);
@@ -425,15 +489,7 @@ fn pods_serve_reach_out_and_clean_up() {
     );
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let o = ns.in_b(&[
-            "busybox",
-            "wget",
-            "-q",
-            "-T",
-            "5",
-            "-O-",
-            "http://10.231.0.2/index.html",
-        ]);
+        let o = ns.in_b(&["curl", "-s", "-m", "5", "http://10.231.0.2/index.html"]);
         if String::from_utf8_lossy(&o.stdout) == "hello-from-the-namespace\n" {
             break;
         }
@@ -446,17 +502,20 @@ fn pods_serve_reach_out_and_clean_up() {
     assert!(ns.tc_a().contains("ingress"), "{}", ns.tc_a());
     // Hostile namespace paths: the host's own, one that is not there; nothing changes.
     for bad in ["/proc/1/ns/net", "/run/netns/../../proc/1/ns/net"] {
-        let spec = serde_json::json!({"containers": [{"image": "busybox"}],
+        let spec = serde_json::json!({"containers": [{"image": "busybox", "command": ["true"]}],
                                       "networkNamespace": bad});
         let (status, body) = d.curl("POST", "/pod/create", Some(&spec.to_string()));
         assert_eq!(status, 400, "{bad}: {body}");
+        assert!(body.contains("network namespace"), "{body}");
     }
-    let missing = serde_json::json!({"id": "nons", "containers": [{"image": "busybox"}],
+    let missing = serde_json::json!({"id": "nons",
+                                     "containers": [{"image": "busybox", "command": ["true"]}],
                                      "networkNamespace": "/run/netns/hyperd-absent-ns"});
     let (status, body) = d.curl("POST", "/pod/create", Some(&missing.to_string()));
     assert_eq!(status, 200, "{body}");
     let (status, body) = d.curl("POST", "/pod/start?podId=nons", None);
     assert_eq!(status, 400, "{body}");
+    assert!(body.contains("hyperd-absent-ns"), "{body}");
     out_ok(&d.hyperctl(&["rm", "onns", "nons"]));
     assert!(!ns.tc_a().contains("ingress"), "qdisc left: {}", ns.tc_a());
     assert!(!ns.links_a().contains("hyt"), "tap left: {}", ns.links_a());
@@ -469,7 +528,7 @@ fn pods_serve_reach_out_and_clean_up() {
     for pid in seen_passt {
         common::wait_gone(pid, "passt");
     }
-    for p in [p1, p2, p3, any] {
+    for p in [p1, p2, p3, any, live] {
         assert!(
             TcpListener::bind((Ipv4Addr::LOCALHOST, p)).is_ok(),
             "port {p} still taken"

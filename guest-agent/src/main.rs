@@ -9,6 +9,7 @@ mod container;
 mod diff;
 mod net;
 mod process;
+mod relay;
 mod sys;
 
 use hyperd_agent::protocol::{Event, Frame, FrameKind, Op, Request, Response, VERSION};
@@ -30,6 +31,7 @@ fn main() {
         }
     };
     let agent = Arc::new(process::Agent::new(chan.clone()));
+    let relays = Arc::new(relay::Relays::default());
     process::start_reaper(agent.clone());
     let mut announced = false;
     loop {
@@ -46,16 +48,25 @@ fn main() {
         }
         match frame.kind {
             FrameKind::Request => match frame.parse::<Request>() {
-                Ok(req) => handle(&agent, &chan, req),
+                Ok(req) => handle(&agent, &relays, &chan, req),
                 Err(e) => log(&format!("bad request: {e}")),
             },
-            FrameKind::Stdin => agent.write_stdin(frame.stream, frame.payload),
+            FrameKind::Stdin => {
+                if let Err(payload) = relays.write(frame.stream, frame.payload) {
+                    agent.write_stdin(frame.stream, payload);
+                }
+            }
             other => log(&format!("unexpected frame {other:?} from host")),
         }
     }
 }
 
-fn handle(agent: &Arc<process::Agent>, chan: &channel::Channel, req: Request) {
+fn handle(
+    agent: &Arc<process::Agent>,
+    relays: &Arc<relay::Relays>,
+    chan: &Arc<channel::Channel>,
+    req: Request,
+) {
     let id = req.id;
     let result: Result<Option<serde_json::Value>, String> = match req.op {
         Op::Ping => Ok(None),
@@ -87,6 +98,10 @@ fn handle(agent: &Arc<process::Agent>, chan: &channel::Channel, req: Request) {
             .start_process(&container, stream, process)
             .map(|pid| Some(serde_json::json!({ "pid": pid }))),
         Op::Signal { stream, signal } => agent.signal(stream, signal).map(|_| None),
+        Op::ConnectPort { stream, port } => {
+            relays.connect(chan.clone(), stream, port).map(|_| None)
+        }
+        Op::ClosePort { stream } => relays.close(stream).map(|_| None),
         Op::ExportDiff {
             container,
             stream,

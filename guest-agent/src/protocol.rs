@@ -23,7 +23,7 @@ pub const MAX_PAYLOAD: u32 = 4 << 20;
 /// Protocol version announced by the agent in [`Event::Ready`]. 2 added
 /// [`Op::ConfigureNetwork`]; a daemon still adopts VMs whose agent speaks 1 (it sends
 /// them no op they do not know).
-pub const VERSION: u32 = 4;
+pub const VERSION: u32 = 5;
 /// Name of the virtio-serial port the agent listens on.
 pub const SERIAL_PORT_NAME: &str = "hyper.agent";
 /// vsock port the agent listens on when the VM has a vsock device.
@@ -247,6 +247,12 @@ pub enum Op {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         pause: bool,
     },
+    /// Connects `stream` to TCP port `port` on the VM's loopback: the host's bytes go as
+    /// `Stdin` frames of the stream (empty: the host closed its side), the port's come
+    /// back as `Stdout` frames, and an `exited` event (code 0) ends it. Since protocol 5.
+    ConnectPort { stream: u32, port: u16 },
+    /// Closes a [`Op::ConnectPort`] stream both ways. Since protocol 5.
+    ClosePort { stream: u32 },
     /// Writes a file into a created container's root filesystem (its writable layer).
     WriteFile {
         container: String,

@@ -115,6 +115,28 @@ pub(crate) fn portmappings(engine: &Arc<Engine>, req: &Request<Incoming>) -> Api
     ok_json(pod.network().map(|n| n.ports).unwrap_or_default())
 }
 
+/// `GET /pod/{id}/portmappings`: as `GET /pod/portmappings?podName=ID`.
+pub(crate) fn portmappings_of(engine: &Arc<Engine>, id: &str) -> ApiResult {
+    let pod = engine.pod(id)?;
+    ok_json(pod.network().map(|n| n.ports).unwrap_or_default())
+}
+
+/// `PUT /pod/{id}/portmappings/add|delete` with a JSON list of ports
+/// (`[{"containerPort":80,"hostPort":8080,"protocol":"tcp","hostIP":"127.0.0.1"}]`):
+/// publishes them on the running pod, or stops publishing ones added so. Answers the
+/// pod's published ports.
+pub(crate) async fn change_portmappings(
+    engine: &Arc<Engine>,
+    id: &str,
+    add: bool,
+    req: Request<Incoming>,
+) -> ApiResult {
+    let body = read_body(req.into_body(), MAX_JSON_BODY).await?;
+    let ports: Vec<crate::spec::Port> = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("invalid port list: {e}")))?;
+    ok_json(engine.change_ports(id, &ports, add).await?)
+}
+
 pub(crate) fn info(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
     let q = query(req);
     let id = param(&q, &["podName", "podId"])?;

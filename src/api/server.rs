@@ -203,6 +203,17 @@ async fn route(
     } else {
         method.as_str()
     };
+    // hyperd's path-parameter routes: `/pod/{id}/portmappings[/add|/delete]`.
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    if let ["pod", id, "portmappings", rest @ ..] = segments.as_slice() {
+        match (method_name, rest) {
+            ("GET", []) => return pods::portmappings_of(engine, id),
+            ("PUT", [action @ ("add" | "delete")]) => {
+                return pods::change_portmappings(engine, id, *action == "add", req).await
+            }
+            _ => {}
+        }
+    }
     match ROUTES
         .iter()
         .find(|r| r.path == path && r.method == method_name)

@@ -8,6 +8,7 @@ pub(crate) mod io;
 pub(crate) mod logs;
 mod pool;
 mod recovery;
+mod relay;
 pub(crate) mod slots;
 pub(crate) mod start_record;
 #[cfg(test)]
@@ -203,6 +204,8 @@ pub struct VmRuntime {
     pub agent_protocol: u32,
     /// Its network device and published ports.
     pub net: crate::vm::net::VmNet,
+    /// Host ports added while it runs, relayed over the agent channel.
+    pub relayed: Mutex<Vec<relay::Relayed>>,
 }
 
 pub struct Pod {
@@ -240,6 +243,8 @@ pub struct PodState {
     pub start_record: Option<start_record::StartRecord>,
     /// Streams of commits under way: what the agent sends on them goes to the commit.
     pub(crate) exports: HashMap<u32, tokio::sync::mpsc::Sender<commit::ExportEvent>>,
+    /// Relayed connections: what the agent sends on their streams goes to the client.
+    pub(crate) relays: HashMap<u32, tokio::sync::mpsc::Sender<relay::RelayEvent>>,
 }
 
 impl PodState {
@@ -261,6 +266,7 @@ impl PodState {
             keep_vm: false,
             start_record: None,
             exports: HashMap::new(),
+            relays: HashMap::new(),
         }
     }
 }
@@ -315,6 +321,13 @@ impl Pod {
             net::VmNet::Netns { .. } => ("netns", &[]),
             net::VmNet::None => return None,
         };
+        let relayed: Vec<net::Forward> = vm
+            .relayed
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| r.forward.clone())
+            .collect();
         Some(hyperd_api::pods::PodNetwork {
             mode: mode.into(),
             ip_address: guest.address.to_string(),
@@ -323,6 +336,7 @@ impl Pod {
             mac_address: guest.mac,
             ports: forwards
                 .iter()
+                .chain(relayed.iter())
                 .map(|f| hyperd_api::pods::PublishedPort {
                     container_port: f.guest_port,
                     host_port: f.host_port,
@@ -1065,6 +1079,9 @@ async fn handle_event(
             stderr,
             data,
         } => {
+            if !stderr && relay::route(pod, stream, relay::RelayEvent::Data(data.clone())) {
+                return;
+            }
             if pod.state().exports.contains_key(&stream) {
                 let ev = if stderr {
                     commit::ExportEvent::Error(data)
@@ -1086,6 +1103,9 @@ async fn handle_event(
             }
         }
         AgentEvent::Exited { stream, code } => {
+            if relay::route(pod, stream, relay::RelayEvent::Done) {
+                return;
+            }
             if commit::route_export(pod, stream, commit::ExportEvent::Done(code)).await {
                 return;
             }
@@ -1184,7 +1204,14 @@ async fn monitor(
         }
     }
     pod.set_phase(pod.finished_phase());
-    pod.state().vm = None;
+    {
+        let mut state = pod.state();
+        // Its relayed ports stop listening, and their connections end.
+        if let Some(vm) = state.vm.take() {
+            vm.relayed.lock().unwrap().clear();
+        }
+        state.relays.clear();
+    }
     // The guest console stays with the pod, for `hyperctl inspect` readers and bug reports.
     let pod_dir = pod.dir.clone();
     let _ = blocking(move || {

@@ -159,6 +159,7 @@ impl Engine {
                 .protocol()
                 .unwrap_or(hyperd_agent::protocol::VERSION),
             net,
+            relayed: Mutex::new(Vec::new()),
         });
         Ok(Booted {
             vm,
@@ -464,31 +465,10 @@ impl Engine {
                 link,
             });
         }
-        let mut forwards = Vec::new();
-        for p in spec.published_ports() {
-            let proto = if p.protocol() == "udp" {
-                Proto::Udp
-            } else {
-                Proto::Tcp
-            };
-            let host_ip = if p.host_ip.is_empty() {
-                None
-            } else {
-                Some(p.host_ip.parse().map_err(|_| {
-                    EngineError::Invalid(format!("invalid host address {:?}", p.host_ip))
-                })?)
-            };
-            let host_port = match p.host_port {
-                0 => crate::vm::net::free_port(proto, host_ip)?,
-                n => n as u16,
-            };
-            forwards.push(Forward {
-                proto,
-                host_ip,
-                host_port,
-                guest_port: p.container_port as u16,
-            });
-        }
+        let forwards = spec
+            .published_ports()
+            .map(forward_of)
+            .collect::<Result<Vec<_>, _>>()?;
         if !self.driver.has_network() {
             if !forwards.is_empty() {
                 return Err(crate::vm::VmError::Unsupported(format!(
@@ -509,4 +489,31 @@ impl Engine {
             host_loopback,
         })
     }
+}
+
+/// The forward a published port asks for, with a free host port picked if it names none.
+pub(super) fn forward_of(p: &crate::spec::Port) -> Result<Forward, EngineError> {
+    let proto = if p.protocol() == "udp" {
+        Proto::Udp
+    } else {
+        Proto::Tcp
+    };
+    let host_ip =
+        if p.host_ip.is_empty() {
+            None
+        } else {
+            Some(p.host_ip.parse().map_err(|_| {
+                EngineError::Invalid(format!("invalid host address {:?}", p.host_ip))
+            })?)
+        };
+    let host_port = match p.host_port {
+        0 => crate::vm::net::free_port(proto, host_ip)?,
+        n => n as u16,
+    };
+    Ok(Forward {
+        proto,
+        host_ip,
+        host_port,
+        guest_port: p.container_port as u16,
+    })
 }

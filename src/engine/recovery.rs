@@ -68,6 +68,9 @@ pub struct VmRecord {
     /// Its network and published ports (records before networking: none).
     #[serde(default)]
     pub net: crate::vm::net::VmNet,
+    /// Host ports added while it ran, relayed by the daemon.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub relayed: Vec<crate::vm::net::Forward>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -136,6 +139,13 @@ impl Engine {
                 slots: v.slots.lock().unwrap().clone(),
                 agent_protocol: v.agent_protocol,
                 net: v.net.clone(),
+                relayed: v
+                    .relayed
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .map(|r| r.forward.clone())
+                    .collect(),
             })
             .or_else(|| pod.state().recorded_vm.clone());
         PodRecord {
@@ -385,8 +395,17 @@ impl Engine {
             spawned_at: std::time::Instant::now(),
             agent_protocol: vm.agent_protocol,
             net: vm.net.clone(),
+            relayed: Mutex::new(Vec::new()),
         }));
         pod.state().recorded_vm = None;
+        // Ports added while it ran: listened on again.
+        if let Some(runtime) = pod.vm() {
+            for f in &vm.relayed {
+                if let Err(e) = super::relay::start(pod, &runtime, f.clone()).await {
+                    tracing::warn!(pod = %pod.id, "relayed port {}: {e}", f.host_port);
+                }
+            }
+        }
         let stopped = matches!(handle.status().await, Ok(VmStatus::Paused));
         let all_done = pod
             .containers()

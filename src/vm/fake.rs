@@ -223,6 +223,9 @@ impl Agent {
                 Ok(None)
             }
             Op::ExportDiff { .. } => Err("the fake VM has no file systems".to_string()),
+            Op::ConnectPort { .. } | Op::ClosePort { .. } => {
+                Err("the fake VM has no network".to_string())
+            }
             Op::Ping
             | Op::CreateContainer { .. }
             | Op::ResizeTty { .. }

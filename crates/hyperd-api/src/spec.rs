@@ -269,6 +269,12 @@ pub fn valid_mount_path(path: &str) -> Result<(), InvalidSpec> {
     Ok(())
 }
 
+/// The body of `PUT /pod/{id}/portmappings/add|delete`: the ports to publish on a running
+/// pod, or to stop publishing.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, JsonSchema)]
+#[serde(transparent)]
+pub struct PortList(pub Vec<Port>);
+
 /// The name of a network namespace path hyperd accepts: `/run/netns/NAME` or
 /// `/var/run/netns/NAME`, NAME one plain path component (what `ip netns` makes). Anything
 /// else, the host's own namespace above all, is refused.
@@ -424,6 +430,29 @@ pub struct Port {
 impl Port {
     /// Parses Docker's `-p` form: `[ip:][host:]container[/proto]`; without a host port
     /// a free one is picked at start.
+    /// Ports in range, an IPv4 host address if any, `tcp` or `udp`.
+    pub fn validate(&self) -> Result<(), InvalidSpec> {
+        if self.container_port == 0 || self.container_port > 65535 || self.host_port > 65535 {
+            return Err(InvalidSpec(format!(
+                "invalid port {}:{}",
+                self.host_port, self.container_port
+            )));
+        }
+        if !self.host_ip.is_empty() && self.host_ip.parse::<std::net::Ipv4Addr>().is_err() {
+            return Err(InvalidSpec(format!(
+                "invalid host address {:?} (an IPv4 address)",
+                self.host_ip
+            )));
+        }
+        if !matches!(self.protocol.as_str(), "" | "tcp" | "udp") {
+            return Err(InvalidSpec(format!(
+                "invalid protocol {:?} (tcp, udp)",
+                self.protocol
+            )));
+        }
+        Ok(())
+    }
+
     pub fn parse_publish(s: &str) -> Result<Port, InvalidSpec> {
         let bad = || {
             InvalidSpec(format!(
@@ -844,24 +873,7 @@ impl PodSpec {
             .iter()
             .chain(self.containers.iter().flat_map(|c| c.ports.iter()));
         for p in ports {
-            if p.container_port == 0 || p.container_port > 65535 || p.host_port > 65535 {
-                return Err(InvalidSpec(format!(
-                    "invalid port {}:{}",
-                    p.host_port, p.container_port
-                )));
-            }
-            if !p.host_ip.is_empty() && p.host_ip.parse::<std::net::Ipv4Addr>().is_err() {
-                return Err(InvalidSpec(format!(
-                    "invalid host address {:?} (an IPv4 address)",
-                    p.host_ip
-                )));
-            }
-            if !matches!(p.protocol.as_str(), "" | "tcp" | "udp") {
-                return Err(InvalidSpec(format!(
-                    "invalid protocol {:?} (tcp, udp)",
-                    p.protocol
-                )));
-            }
+            p.validate()?;
             let key = (
                 p.host_port,
                 if p.protocol.is_empty() {

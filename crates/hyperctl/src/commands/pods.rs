@@ -141,10 +141,32 @@ pub(crate) async fn inspect(client: &Client, args: InspectArgs) -> anyhow::Resul
 #[derive(clap::Args, Debug)]
 pub(crate) struct PortsArgs {
     pub pod: String,
+    /// Publish a port on the running pod: `[ip:]host:container` (TCP; repeatable).
+    #[arg(long)]
+    pub add: Vec<String>,
+    /// Stop publishing a port added with --add (repeatable).
+    #[arg(long)]
+    pub delete: Vec<String>,
 }
 
-/// List the ports published to a pod.
+/// List the ports published to a pod; with --add or --delete, change them first.
 pub(crate) async fn ports(client: &Client, args: PortsArgs) -> anyhow::Result<i32> {
+    for (action, specs) in [("add", &args.add), ("delete", &args.delete)] {
+        if specs.is_empty() {
+            continue;
+        }
+        let body = specs
+            .iter()
+            .map(|p| hyperd_api::spec::Port::parse_publish(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        let _: Vec<hyperd_api::pods::PublishedPort> = client
+            .call(
+                Method::PUT,
+                &format!("/pod/{}/portmappings/{action}", enc(&args.pod)),
+                Some(&body),
+            )
+            .await?;
+    }
     let ports: Vec<hyperd_api::pods::PublishedPort> = client
         .get(&format!("/pod/portmappings?podName={}", enc(&args.pod)))
         .await?;
