@@ -275,32 +275,29 @@ pub(crate) async fn load(engine: &Arc<Engine>, mut req: Request<Incoming>) -> Ap
     // The archive is read whole before the answer, hijacked or not: a failed load gets
     // its status.
     let recs = load_archive(engine, body_reader(req)).await?;
-    if upgrade.is_some() {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        for rec in recs {
-            let names = if rec.repo_tags.is_empty() {
+    // One "Loaded image" line per name (the id for an unnamed image).
+    let lines: Vec<_> = recs
+        .iter()
+        .flat_map(|rec| {
+            if rec.repo_tags.is_empty() {
                 vec![rec.id.clone()]
             } else {
                 rec.repo_tags.clone()
-            };
-            for n in names {
-                let _ = tx.send(progress::stream(format!("Loaded image: {n}\n")));
             }
+        })
+        .map(|n| progress::stream(format!("Loaded image: {n}\n")))
+        .collect();
+    if upgrade.is_some() {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        for line in lines {
+            let _ = tx.send(line);
         }
         return Ok(super::attach::json_lines_or_hijacked(upgrade, rx));
     }
     let mut body = String::new();
-    for rec in recs {
-        let names = if rec.repo_tags.is_empty() {
-            vec![rec.id.clone()]
-        } else {
-            rec.repo_tags.clone()
-        };
-        for n in names {
-            let line = progress::stream(format!("Loaded image: {n}\n"));
-            body.push_str(&serde_json::to_string(&line).unwrap_or_default());
-            body.push_str("\r\n");
-        }
+    for line in lines {
+        body.push_str(&serde_json::to_string(&line).unwrap_or_default());
+        body.push_str("\r\n");
     }
     Ok(Response::builder()
         .header("Content-Type", "application/json")

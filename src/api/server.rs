@@ -192,6 +192,14 @@ pub static ROUTES: &[Route] = &[
     route!(DELETE "/auth" => |e, r| images::logout(&e, &r)),
 ];
 
+/// hyperd's routes with a path parameter (`{id}`: a pod id or name), matched by [`route`]
+/// before the table above.
+pub static PATH_ROUTES: &[(&str, &str)] = &[
+    ("GET", "/pod/{id}/portmappings"),
+    ("PUT", "/pod/{id}/portmappings/add"),
+    ("PUT", "/pod/{id}/portmappings/delete"),
+];
+
 async fn route(
     engine: &Arc<Engine>,
     method: &Method,
@@ -294,6 +302,11 @@ mod tests {
         let mut served: Vec<(String, String)> = super::ROUTES
             .iter()
             .map(|r| (r.method.to_string(), r.path.to_string()))
+            .chain(
+                super::PATH_ROUTES
+                    .iter()
+                    .map(|(m, p)| (m.to_string(), p.to_string())),
+            )
             .collect();
         documented.sort();
         served.sort();

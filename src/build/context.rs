@@ -186,6 +186,16 @@ impl Context {
     }
 }
 
+/// Docker's rule for several sources: the destination must be a directory (`.../`).
+pub(crate) fn check_many_sources(count: usize, dest: &str) -> Result<(), BuildError> {
+    if count > 1 && !dest.ends_with('/') {
+        return Err(BuildError::Invalid(format!(
+            "when copying more than one source the destination must be a directory ending in /: {dest}"
+        )));
+    }
+    Ok(())
+}
+
 /// How `COPY`/`ADD` write what they copy.
 #[derive(Debug, Clone, Default)]
 pub struct CopyOptions {
@@ -426,11 +436,7 @@ pub fn copy_layer(
         sources.extend(ctx.sources(s)?);
     }
     let dest_is_dir = dest.ends_with('/') || sources.len() > 1 || globbed;
-    if sources.len() > 1 && !dest.ends_with('/') {
-        return Err(BuildError::Invalid(format!(
-            "when copying more than one source the destination must be a directory ending in /: {dest}"
-        )));
-    }
+    check_many_sources(sources.len(), dest)?;
     let unpack = opts.unpack_archives;
     let mut w = LayerWriter::create(out, opts, max_bytes)?;
     for s in sources {

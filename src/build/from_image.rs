@@ -63,11 +63,7 @@ pub fn copy_layer(
             "COPY --from takes plain paths, not patterns".into(),
         ));
     }
-    if roots.len() > 1 && !dest.ends_with('/') {
-        return Err(BuildError::Invalid(format!(
-            "when copying more than one source the destination must be a directory ending in /: {dest}"
-        )));
-    }
+    super::context::check_many_sources(roots.len(), dest)?;
     let wanted = |p: &Path| roots.iter().any(|r| p.starts_with(r));
     // Pass 1: the merged view of the wanted paths.
     let mut view: BTreeMap<PathBuf, Origin> = BTreeMap::new();

@@ -682,7 +682,7 @@ impl Builder {
                     st.cfg()[key][item] = json!({});
                 }
             }
-            "HEALTHCHECK" => st.cfg()["Healthcheck"] = healthcheck(ins, &st.shell)?,
+            "HEALTHCHECK" => st.cfg()["Healthcheck"] = healthcheck(ins)?,
             "ONBUILD" => {
                 if !st.cfg()["OnBuild"].is_array() {
                     st.cfg()["OnBuild"] = json!([]);
@@ -759,7 +759,9 @@ fn duration_ns(s: &str) -> Option<u64> {
 }
 
 /// `HEALTHCHECK NONE` or `HEALTHCHECK [--interval=...] CMD ...` as Docker stores it.
-fn healthcheck(ins: &Instruction, shell: &[String]) -> Result<Value, BuildError> {
+/// HEALTHCHECK's config: `CMD-SHELL` runs under the image's default shell, as Docker
+/// stores it (the build's SHELL does not apply).
+fn healthcheck(ins: &Instruction) -> Result<Value, BuildError> {
     let args = ins.args.trim();
     if args.eq_ignore_ascii_case("NONE") {
         return Ok(json!({"Test": ["NONE"]}));
@@ -776,7 +778,6 @@ fn healthcheck(ins: &Instruction, shell: &[String]) -> Result<Value, BuildError>
             .collect::<Vec<_>>(),
         None => vec!["CMD-SHELL".to_string(), cmd.trim().to_string()],
     };
-    let _ = shell;
     let mut hc = json!({"Test": test});
     for (flag, field) in [
         ("interval", "Interval"),

@@ -128,6 +128,18 @@ pub fn parse<M: GuestMemory>(
     Ok(req)
 }
 
+/// The most a request copies at once between the file and guest memory: a guest's
+/// request may name its whole memory, the copy buffer stays this size.
+pub const CHUNK: usize = 64 * 1024;
+
+/// `(offset, length)` pieces of at most [`CHUNK`] bytes covering `len`.
+fn chunks(len: u32) -> impl Iterator<Item = (u64, usize)> {
+    let len = len as usize;
+    (0..len)
+        .step_by(CHUNK)
+        .map(move |at| (at as u64, CHUNK.min(len - at)))
+}
+
 /// The file behind a virtio-blk device.
 pub struct Backend {
     pub file: File,
@@ -162,13 +174,15 @@ impl Backend {
         match req.kind {
             T_IN => {
                 let mut offset = in_range()?;
+                let mut buf = vec![0u8; CHUNK.min(req.data_len() as usize)];
                 for (addr, len) in &req.data {
-                    let mut buf = vec![0u8; *len as usize];
-                    self.file
-                        .read_exact_at(&mut buf, offset)
-                        .map_err(|_| S_IOERR)?;
-                    mem.write_slice(&buf, *addr).map_err(|_| S_IOERR)?;
-                    offset += u64::from(*len);
+                    for (at, n) in chunks(*len) {
+                        let b = &mut buf[..n];
+                        self.file.read_exact_at(b, offset).map_err(|_| S_IOERR)?;
+                        let to = addr.checked_add(at).ok_or(S_IOERR)?;
+                        mem.write_slice(b, to).map_err(|_| S_IOERR)?;
+                        offset += n as u64;
+                    }
                 }
                 Ok(req.data_len() as u32)
             }
@@ -177,11 +191,15 @@ impl Backend {
                     return Err(S_IOERR);
                 }
                 let mut offset = in_range()?;
+                let mut buf = vec![0u8; CHUNK.min(req.data_len() as usize)];
                 for (addr, len) in &req.data {
-                    let mut buf = vec![0u8; *len as usize];
-                    mem.read_slice(&mut buf, *addr).map_err(|_| S_IOERR)?;
-                    self.file.write_all_at(&buf, offset).map_err(|_| S_IOERR)?;
-                    offset += u64::from(*len);
+                    for (at, n) in chunks(*len) {
+                        let b = &mut buf[..n];
+                        let from = addr.checked_add(at).ok_or(S_IOERR)?;
+                        mem.read_slice(b, from).map_err(|_| S_IOERR)?;
+                        self.file.write_all_at(b, offset).map_err(|_| S_IOERR)?;
+                        offset += n as u64;
+                    }
                 }
                 Ok(0)
             }
@@ -414,6 +432,48 @@ mod tests {
             m.read_obj::<u8>(GuestAddress(DATA + 4096 + 512)).unwrap(),
             4
         );
+    }
+
+    #[test]
+    fn requests_larger_than_the_copy_buffer_go_in_chunks() {
+        assert_eq!(
+            chunks(3 * CHUNK as u32 + 512).collect::<Vec<_>>(),
+            vec![
+                (0, CHUNK),
+                (CHUNK as u64, CHUNK),
+                (2 * CHUNK as u64, CHUNK),
+                (3 * CHUNK as u64, 512)
+            ]
+        );
+        assert_eq!(chunks(0).count(), 0);
+        // A 200 KiB read and write through one descriptor each land whole.
+        let m = mem();
+        let sectors = 400u64;
+        let b = backend(sectors, false);
+        header(&m, T_IN, 0);
+        let len = (sectors * SECTOR_SIZE) as u32;
+        let req = parse_chain(
+            &m,
+            &[desc(HDR, 16, 0), desc(DATA, len, W), desc(STATUS, 1, W)],
+        )
+        .unwrap();
+        assert_eq!(b.execute(&req, &m), len + 1);
+        for s in [0u64, 127, 128, 255, 399] {
+            let at = GuestAddress(DATA + s * SECTOR_SIZE);
+            assert_eq!(m.read_obj::<u8>(at).unwrap(), s as u8, "sector {s}");
+        }
+        header(&m, T_OUT, 0);
+        m.write_slice(&vec![0xee; len as usize], GuestAddress(DATA))
+            .unwrap();
+        let req = parse_chain(
+            &m,
+            &[desc(HDR, 16, 0), desc(DATA, len, 0), desc(STATUS, 1, W)],
+        )
+        .unwrap();
+        assert_eq!(b.execute(&req, &m), 1);
+        let mut back = vec![0u8; len as usize];
+        b.file.read_exact_at(&mut back, 0).unwrap();
+        assert!(back.iter().all(|x| *x == 0xee));
     }
 
     #[test]

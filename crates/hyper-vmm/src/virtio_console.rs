@@ -33,6 +33,8 @@ pub const RX_BACKLOG: usize = 1 << 20;
 const TX_CHAIN_MAX: usize = 1 << 20;
 /// Control messages are 8 bytes plus a port name.
 const CONTROL_MAX: usize = 64;
+/// Control messages waiting for the guest's control receive buffers.
+pub const CONTROL_QUEUE_MAX: usize = 64;
 
 /// A named port and its state.
 pub struct AgentPort {
@@ -172,6 +174,16 @@ impl Console {
         })
     }
 
+    /// Queues a control message for the guest, unless [`CONTROL_QUEUE_MAX`] wait already:
+    /// a guest that repeats requests without posting receive buffers grows nothing.
+    fn push_control(&mut self, msg: Vec<u8>) {
+        if self.control_out.len() < CONTROL_QUEUE_MAX {
+            self.control_out.push_back(msg);
+        } else {
+            tracing::debug!("virtio-console: control queue full, a message dropped");
+        }
+    }
+
     fn handle_control(&mut self, msg: &[u8]) {
         let id = u32::from_le_bytes([msg[0], msg[1], msg[2], msg[3]]);
         let event = u16::from_le_bytes([msg[4], msg[5]]);
@@ -180,7 +192,7 @@ impl Console {
         match event {
             DEVICE_READY if value == 1 => {
                 for i in 0..self.ports.len() {
-                    self.control_out.push_back(control(i as u32, DEVICE_ADD, 0));
+                    self.push_control(control(i as u32, DEVICE_ADD, 0));
                 }
             }
             PORT_READY => {
@@ -191,9 +203,10 @@ impl Console {
                 if p.ready {
                     let mut name = control(id, PORT_NAME, 1);
                     name.extend_from_slice(p.name.as_bytes());
-                    self.control_out.push_back(name);
-                    if p.host.is_some() {
-                        self.control_out.push_back(control(id, PORT_OPEN, 1));
+                    let open = p.host.is_some();
+                    self.push_control(name);
+                    if open {
+                        self.push_control(control(id, PORT_OPEN, 1));
                     }
                 }
             }
@@ -293,8 +306,7 @@ impl Console {
         if !p.ready {
             return false;
         }
-        self.control_out
-            .push_back(control(port as u32, PORT_OPEN, u16::from(open)));
+        self.push_control(control(port as u32, PORT_OPEN, u16::from(open)));
         self.flush_control()
     }
 
@@ -310,6 +322,11 @@ impl Console {
             self.backlog(port)
         );
         used
+    }
+
+    /// Control messages waiting for the guest's receive buffers.
+    pub fn control_out_len(&self) -> usize {
+        self.control_out.len()
     }
 
     pub fn backlog(&self, port: usize) -> usize {
@@ -530,5 +547,27 @@ mod tests {
         assert_eq!(c.control_out.len(), 1);
         // Unknown queues are ignored.
         assert!(!c.process_queue(9));
+    }
+
+    #[test]
+    fn repeated_control_requests_without_receive_buffers_stay_bounded() {
+        let (m, mut c) = setup();
+        let ctl_tx = mock(&m, 3);
+        // The guest says DEVICE_READY and PORT_READY over and over and never posts a
+        // control receive buffer: the answers waiting for it stay capped.
+        m.write_slice(&control(u32::MAX, DEVICE_READY, 1), GuestAddress(0x20_0000))
+            .unwrap();
+        m.write_slice(&control(0, PORT_READY, 1), GuestAddress(0x20_0100))
+            .unwrap();
+        for round in 0..200u16 {
+            ctl_tx
+                .add_desc_chains(
+                    &[desc(0x20_0000, 8, 0), desc(0x20_0100, 8, 0)],
+                    (round % 8) * 2,
+                )
+                .unwrap();
+            c.process_queue(3);
+        }
+        assert_eq!(c.control_out.len(), CONTROL_QUEUE_MAX);
     }
 }
