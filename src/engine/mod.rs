@@ -1192,6 +1192,23 @@ async fn monitor(
         }
     };
     tracing::info!(pod = %pod.id, "VM exited: {status:?}");
+    let unexpected = pod
+        .containers()
+        .iter()
+        .any(|c| *c.io.state().borrow() == IoState::Running);
+    if unexpected {
+        // Containers were still running: a kill, or the guest ended on its own (a panic,
+        // a reset).
+        // Its last console lines say why, before the directory goes.
+        let console = dir.join("console.log");
+        let tail = blocking(move || {
+            let text = std::fs::read(&console).unwrap_or_default();
+            Ok(String::from_utf8_lossy(&text[text.len().saturating_sub(2048)..]).into_owned())
+        })
+        .await
+        .unwrap_or_default();
+        tracing::warn!(pod = %pod.id, "the VM ended with containers running; its console ended with:\n{tail}");
+    }
     for c in &pod.containers() {
         if *c.io.state().borrow() != IoState::Exited {
             mark_exited(&c.io, &c.status, 137);

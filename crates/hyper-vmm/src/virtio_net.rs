@@ -832,6 +832,18 @@ mod tests {
     }
 
     #[test]
+    fn the_tap_link_keeps_frame_boundaries() {
+        // A datagram socket pair stands in for the tap: one frame per read and write.
+        let (a, b) = std::os::unix::net::UnixDatagram::pair().unwrap();
+        let mut link = FdLink::new(Arc::new(OwnedFd::from(a)), NetFraming::Tap);
+        assert!(link.send(&frame(60, 1)));
+        assert!(link.send(&frame(1514, 2)));
+        let mut r = FrameReader::new(std::fs::File::from(OwnedFd::from(b)), NetFraming::Tap);
+        assert_eq!(r.next_frame().unwrap().unwrap(), frame(60, 1));
+        assert_eq!(r.next_frame().unwrap().unwrap(), frame(1514, 2));
+    }
+
+    #[test]
     fn the_stream_link_frames_each_message() {
         let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
         let mut link = FdLink::new(Arc::new(OwnedFd::from(a)), NetFraming::Stream);
