@@ -520,7 +520,13 @@ fn pods_serve_reach_out_and_clean_up() {
     assert!(!ns.tc_a().contains("ingress"), "qdisc left: {}", ns.tc_a());
     assert!(!ns.links_a().contains("hyt"), "tap left: {}", ns.links_a());
 
-    // Removal leaves no backend and no listening port.
+    // Removal leaves no backend and no listening port (the leftover scan sees the
+    // running pods' monitors and backends first).
+    let running = common::helper_processes(&d);
+    assert!(
+        running.iter().any(|p| p.contains("qemu-system")),
+        "{running:?}"
+    );
     for name in ["web1", "udp", "clash", "pair", "caller", "dweb", "dany"] {
         let o = d.hyperctl(&["rm", name]);
         assert!(o.status.success(), "rm {name}: {:?}", o);
@@ -534,4 +540,5 @@ fn pods_serve_reach_out_and_clean_up() {
             "port {p} still taken"
         );
     }
+    common::assert_no_leftovers(&d);
 }

@@ -1,6 +1,7 @@
 //! The daemon is killed with SIGKILL and started again: running pods keep running and
 //! can be attached to, finished pods keep their exit codes and logs, nothing is listed
-//! twice, and a pod whose VM died meanwhile is exited with its resources freed.
+//! twice, and a pod whose VM died meanwhile is exited with its resources freed. A service
+//! stop as the systemd unit does it (SIGTERM to the daemon alone) keeps pods running too.
 mod common;
 use common::{out_ok, pid_alive, wait_gone, Daemon};
 use std::io::{BufRead, BufReader};
@@ -121,6 +122,28 @@ fn pods_survive_a_daemon_kill() {
     assert!(!victim_dir.exists(), "{}", victim_dir.display());
     let vms = d.json("GET", "/list?item=vm", None);
     assert_eq!(vms["vmData"].as_array().unwrap().len(), 1, "{vms}");
+
+    // A service stop as systemd's unit does it (contrib/hyperd.service, KillMode=process:
+    // SIGTERM to the daemon alone) leaves the pod running; the next daemon adopts it.
+    let unit = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/hyperd.service"),
+    )
+    .unwrap();
+    for line in ["KillMode=process", "Delegate=yes"] {
+        assert!(
+            unit.lines().any(|l| l.trim() == line),
+            "the unit lacks {line}"
+        );
+    }
+    d.stop();
+    assert!(pid_alive(runner_pid), "the VM outlives a service stop");
+    d.restart();
+    let info = d.json("GET", "/pod/info?podName=runner", None);
+    assert_eq!(info["status"]["phase"], "running", "{info}");
+    assert_eq!(
+        out_ok(&d.hyperctl(&["exec", "runner", "echo", "after-sigterm"])),
+        "after-sigterm"
+    );
 
     // A stop after the restart still powers the adopted VM off.
     out_ok(&d.hyperctl(&["stop", "-t", "1", "runner"]));

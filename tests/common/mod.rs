@@ -607,6 +607,60 @@ pub fn assert_no_leftovers(d: &Daemon) {
         .filter(|p| p.extension().is_some_and(|e| e == "sock"))
         .collect();
     assert!(socks.is_empty(), "sockets left: {socks:?}");
+    // No VM monitor or helper of the daemon's is still running (they may take a moment
+    // to exit after their VM's directory went).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let left = helper_processes(d);
+        if left.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "processes left: {left:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Live (not zombie) VM monitors and helpers (qemu, hyper-vmm, passt, virtiofsd) that
+/// belong to the daemon: its children, or processes whose command line names its root.
+pub fn helper_processes(d: &Daemon) -> Vec<String> {
+    let root = d.root.display().to_string();
+    let daemon = d.child.as_ref().map(Child::id);
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // comm may hold spaces: the fields after it follow the last ')'.
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let comm = head.split_once('(').map(|x| x.1).unwrap_or("");
+        let mut fields = rest.split_whitespace();
+        let state = fields.next().unwrap_or("");
+        let ppid: u32 = fields.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+        if state == "Z" {
+            continue;
+        }
+        let helper = ["qemu-system", "hyper-vmm", "passt", "virtiofsd"]
+            .iter()
+            .any(|h| comm.starts_with(&h[..h.len().min(15)]));
+        if !helper {
+            continue;
+        }
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+            .unwrap_or_default();
+        if Some(ppid) == daemon || cmdline.contains(&root) {
+            found.push(format!("{pid} {cmdline}"));
+        }
+    }
+    found
 }
 
 /// Waits (up to 30 s) for a process to be gone; `what` names it in the failure.
