@@ -500,6 +500,25 @@ fn pods_serve_reach_out_and_clean_up() {
         std::thread::sleep(Duration::from_millis(300));
     }
     assert!(ns.tc_a().contains("ingress"), "{}", ns.tc_a());
+    // A second pod on the same namespace is refused, and the first keeps its wiring.
+    let o = d.hyperctl(&[
+        "run",
+        "-d",
+        "--name",
+        "onns2",
+        "--net",
+        &ns.path_a(),
+        "busybox",
+        "true",
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("ingress qdisc"), "{err}");
+    let again = ns.in_b(&["curl", "-s", "-m", "10", "http://10.231.0.2/index.html"]);
+    assert_eq!(
+        String::from_utf8_lossy(&again.stdout),
+        "hello-from-the-namespace\n"
+    );
     // Hostile namespace paths: the host's own, one that is not there; nothing changes.
     for bad in ["/proc/1/ns/net", "/run/netns/../../proc/1/ns/net"] {
         let spec = serde_json::json!({"containers": [{"image": "busybox", "command": ["true"]}],
@@ -516,7 +535,7 @@ fn pods_serve_reach_out_and_clean_up() {
     let (status, body) = d.curl("POST", "/pod/start?podId=nons", None);
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("hyperd-absent-ns"), "{body}");
-    out_ok(&d.hyperctl(&["rm", "onns", "nons"]));
+    out_ok(&d.hyperctl(&["rm", "onns", "onns2", "nons"]));
     assert!(!ns.tc_a().contains("ingress"), "qdisc left: {}", ns.tc_a());
     assert!(!ns.links_a().contains("hyt"), "tap left: {}", ns.links_a());
 

@@ -215,8 +215,9 @@ fn open_tap(path: &str, name: &str) -> Result<OwnedFd, VmError> {
 }
 
 /// Wires the VM into the namespace: a tap named `tap`, and tc redirects between it and
-/// the interface both ways. Answers the tap's descriptor for the VM monitor. Recorded in
-/// `dir` first, so that whatever was made is undone by [`detach`].
+/// the interface both ways. Answers the tap's descriptor for the VM monitor. Once the
+/// interface's ingress qdisc is ours it is recorded in `dir`, so that [`detach`] undoes
+/// it; an interface another pod holds (its qdisc exists) is refused and left alone.
 pub fn attach(dir: &Path, path: &str, link: &NetnsLink, tap: &str) -> Result<OwnedFd, VmError> {
     let ns = check_namespace(path)?;
     if ns != link.namespace {
@@ -225,27 +226,27 @@ pub fn attach(dir: &Path, path: &str, link: &NetnsLink, tap: &str) -> Result<Own
             link.namespace
         )));
     }
+    // Not persistent: on any failure below, dropping it removes the tap and its qdisc.
+    let fd = open_tap(path, tap)?;
+    let mtu = link.mtu.to_string();
+    run("ip", &["-n", &ns, "link", "set", tap, "mtu", &mtu, "up"])?;
+    let iface = link.interface.as_str();
+    run("tc", &["-n", &ns, "qdisc", "add", "dev", iface, "ingress"]).map_err(|e| {
+        refuse(format!(
+            "{iface} in {ns} already has an ingress qdisc (another pod on it?): {e}"
+        ))
+    })?;
     let record = Record {
         namespace: ns.clone(),
         interface: link.interface.clone(),
     };
-    std::fs::write(
-        dir.join(RECORD),
-        serde_json::to_vec(&record).map_err(|e| refuse(e.to_string()))?,
-    )?;
-    let wire = || -> Result<OwnedFd, VmError> {
-        let fd = open_tap(path, tap)?;
-        let mtu = link.mtu.to_string();
-        run("ip", &["-n", &ns, "link", "set", tap, "mtu", &mtu, "up"])?;
-        for (from, to) in [
-            (link.interface.as_str(), tap),
-            (tap, link.interface.as_str()),
-        ] {
-            run("tc", &["-n", &ns, "qdisc", "add", "dev", from, "ingress"]).map_err(|e| {
-                refuse(format!(
-                    "{from} in {ns} already has an ingress qdisc (another pod on it?): {e}"
-                ))
-            })?;
+    let wire = || -> Result<(), VmError> {
+        std::fs::write(
+            dir.join(RECORD),
+            serde_json::to_vec(&record).map_err(|e| refuse(e.to_string()))?,
+        )?;
+        run("tc", &["-n", &ns, "qdisc", "add", "dev", tap, "ingress"])?;
+        for (from, to) in [(iface, tap), (tap, iface)] {
             run(
                 "tc",
                 &[
@@ -255,9 +256,14 @@ pub fn attach(dir: &Path, path: &str, link: &NetnsLink, tap: &str) -> Result<Own
                 ],
             )?;
         }
-        Ok(fd)
+        Ok(())
     };
-    wire().inspect_err(|_| detach(dir))
+    if let Err(e) = wire() {
+        let _ = run("tc", &["-n", &ns, "qdisc", "del", "dev", iface, "ingress"]);
+        let _ = std::fs::remove_file(dir.join(RECORD));
+        return Err(e);
+    }
+    Ok(fd)
 }
 
 /// Undoes [`attach`] as far as it is still there: the interface's ingress qdisc (and its
