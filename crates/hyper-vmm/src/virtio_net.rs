@@ -443,7 +443,7 @@ impl FdLink {
                         }
                         return false;
                     }
-                    wait_writable(self.fd.as_raw_fd(), limit - start.elapsed());
+                    wait_writable(self.fd.as_raw_fd(), limit.saturating_sub(start.elapsed()));
                 }
                 _ => {
                     tracing::warn!("virtio-net: the backend link failed: {err}");
