@@ -111,8 +111,7 @@ pub(crate) fn pod_info(pod: &Pod) -> PodInfo {
 /// no VM).
 pub(crate) fn portmappings(engine: &Arc<Engine>, req: &Request<Incoming>) -> ApiResult {
     let q = query(req);
-    let pod = engine.pod(param(&q, &["podName", "podId"])?)?;
-    ok_json(pod.network().map(|n| n.ports).unwrap_or_default())
+    portmappings_of(engine, param(&q, &["podName", "podId"])?)
 }
 
 /// `GET /pod/{id}/portmappings`: as `GET /pod/portmappings?podName=ID`.

@@ -493,11 +493,7 @@ impl Engine {
 
 /// The forward a published port asks for, with a free host port picked if it names none.
 pub(super) fn forward_of(p: &crate::spec::Port) -> Result<Forward, EngineError> {
-    let proto = if p.protocol() == "udp" {
-        Proto::Udp
-    } else {
-        Proto::Tcp
-    };
+    let proto = Proto::of(p.protocol());
     let host_ip =
         if p.host_ip.is_empty() {
             None

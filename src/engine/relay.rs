@@ -270,11 +270,7 @@ impl super::Engine {
             }
         } else {
             for p in ports {
-                let proto = if p.protocol() == "udp" {
-                    Proto::Udp
-                } else {
-                    Proto::Tcp
-                };
+                let proto = Proto::of(p.protocol());
                 let relayed =
                     vm.relayed.lock().unwrap().iter().any(|r| {
                         r.forward.host_port == p.host_port as u16 && r.forward.proto == proto
@@ -289,11 +285,7 @@ impl super::Engine {
                 }
             }
             for p in ports {
-                let proto = if p.protocol() == "udp" {
-                    Proto::Udp
-                } else {
-                    Proto::Tcp
-                };
+                let proto = Proto::of(p.protocol());
                 stop(&vm, proto, p.host_port as u16);
             }
         }

@@ -6,7 +6,7 @@
 //! end is the daemon's `<vm dir>/agent.sock` (the VMM connects and reconnects, as qemu's
 //! chardev does). The agent cannot tell the two apart.
 use super::{RunningVm, VmConfig, VmError};
-use hyper_vmm_api::config::{DiskConfig, Limits, MachineConfig, NetConfig, NetFraming, MAX_VCPUS};
+use hyper_vmm_api::config::{DiskConfig, Limits, MachineConfig, NetConfig, MAX_VCPUS};
 use hyper_vmm_api::control::{Request, Response};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -94,10 +94,7 @@ impl VmmDriver {
             },
             net: net_fd.zip(guest).map(|((fd, kind), guest)| NetConfig {
                 fd,
-                framing: match kind {
-                    super::net::LinkKind::Stream => NetFraming::Stream,
-                    super::net::LinkKind::Tap => NetFraming::Tap,
-                },
+                framing: kind,
                 mac: guest.mac,
                 mtu: guest.mtu.min(u32::from(u16::MAX)) as u16,
                 tx_limit: Limits::default(),

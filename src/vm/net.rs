@@ -40,6 +40,15 @@ pub enum Proto {
 }
 
 impl Proto {
+    /// A spec's protocol (`udp`, else TCP: the spec allows only `tcp`, `udp` or none).
+    pub fn of(protocol: &str) -> Proto {
+        if protocol == "udp" {
+            Proto::Udp
+        } else {
+            Proto::Tcp
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Proto::Tcp => "tcp",
@@ -124,14 +133,9 @@ pub struct GuestLink {
     pub mac: String,
 }
 
-/// How the monitor's end of the link carries frames.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LinkKind {
-    /// passt's length-prefixed stream on a socket.
-    Stream,
-    /// A tap device's descriptor.
-    Tap,
-}
+/// How the monitor's end of the link carries frames (passt's length-prefixed stream, or
+/// a tap's descriptor): the VMM boundary's own type, which hyper-vmm is told.
+pub use hyper_vmm_api::config::NetFraming as LinkKind;
 
 /// The passt binary: `$HYPERD_PASST`, else `passt` on the PATH.
 fn passt_binary() -> String {
