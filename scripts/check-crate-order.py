@@ -16,6 +16,7 @@ LEVELS = {
     "hyper-vmm": 1,
     "hyperctl": 1,
     "hyperd": 2,
+    "hyperd-fuzz-targets": 3,
 }
 # What the VMM must never link, directly or through another crate: the daemon's server,
 # runtime, store and registry client.

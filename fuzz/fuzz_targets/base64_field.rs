@@ -1,11 +1,2 @@
-//! mCM's `base64Image` body scanner on any bytes: it must never panic, and never write
-//! more than the input could decode to.
 #![no_main]
-use libfuzzer_sys::fuzz_target;
-
-fuzz_target!(|data: &[u8]| {
-    let mut out = Vec::new();
-    let max = 1 << 16;
-    let _ = hyperd::api::base64_field::read(data, max, "base64Image", &mut out);
-    assert!(out.len() <= data.len());
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| hyperd_fuzz_targets::base64_field::run(data));

@@ -208,6 +208,11 @@ pub(crate) async fn container_logs(engine: &Arc<Engine>, req: &Request<Incoming>
     logs_of(&c, &q).await
 }
 
+/// Frames of a log response waiting for its client.
+const LOG_CHUNKS: usize = 64;
+/// Bytes of a log file read per batch.
+const LOG_BATCH: usize = 256 << 10;
+
 /// A container's log as a response, for the query's `follow`, `tail`, `since`,
 /// `timestamps`, `stdout`, `stderr` (shared with the Docker API).
 pub(crate) async fn logs_of(
@@ -242,46 +247,73 @@ pub(crate) async fn logs_of(
             hyperd_api::stdcopy::frame(if stderr { 2 } else { 1 }, &payload)
         }))
     };
-    let (entries, follow) = c.io.log_and_follow(flag(&q, "follow")).await;
-    let mut picked: Vec<&LogEntry> = entries
-        .iter()
-        .filter(|e| {
-            since <= 0.0
-                || crate::image::parse_rfc3339(&e.time)
-                    .map(|t| t as f64 >= since)
-                    .unwrap_or(true)
-        })
-        .collect();
-    if let Some(n) = tail {
-        let skip = picked.len().saturating_sub(n);
-        picked.drain(..skip);
-    }
-    let mut head: Vec<bytes::Bytes> = Vec::new();
-    for e in picked {
-        if let Some(b) = frame(e.stream == "stderr", e.log.as_bytes(), Some(&e.time)) {
-            head.push(b);
-        }
-    }
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    for b in head {
-        let _ = tx.send(b);
-    }
-    if let Some(mut follow) = follow {
-        tokio::spawn(async move {
-            while let Some(chunk) = follow.recv().await {
-                let now = crate::engine::io::chrono_now();
-                let b = match &chunk {
-                    Chunk::Stdout(d) => frame(false, d, Some(&now)),
-                    Chunk::Stderr(d) => frame(true, d, Some(&now)),
-                };
-                if let Some(b) = b {
-                    if tx.send(b).is_err() {
-                        break;
+    let (snapshot, follow) = c.io.log_and_follow(flag(&q, "follow")).await;
+    let wanted = move |e: &LogEntry| {
+        since <= 0.0
+            || crate::image::parse_rfc3339(&e.time)
+                .map(|t| t as f64 >= since)
+                .unwrap_or(true)
+    };
+    // The log is read a batch at a time off the async workers and sent as the client
+    // takes it: a log of tens of MiB is never in memory at once, and a client that does
+    // not read holds only this task (then its follower is dropped past its cap).
+    let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(LOG_CHUNKS);
+    tokio::spawn(async move {
+        let mut skip = match tail {
+            None => 0,
+            Some(n) => {
+                let snapshot = snapshot.clone();
+                let count = tokio::task::spawn_blocking(move || {
+                    let mut r = snapshot.reader();
+                    let mut count = 0usize;
+                    while !r.done() {
+                        count += r.next_batch(LOG_BATCH).iter().filter(|e| wanted(e)).count();
+                    }
+                    count
+                });
+                count.await.unwrap_or(0).saturating_sub(n)
+            }
+        };
+        let mut reader = Some(snapshot.reader());
+        while let Some(mut r) = reader.take() {
+            if r.done() {
+                break;
+            }
+            let Ok((r, batch)) = tokio::task::spawn_blocking(move || {
+                let batch = r.next_batch(LOG_BATCH);
+                (r, batch)
+            })
+            .await
+            else {
+                return;
+            };
+            for e in batch.iter().filter(|e| wanted(e)) {
+                if skip > 0 {
+                    skip -= 1;
+                    continue;
+                }
+                if let Some(b) = frame(e.stream == "stderr", e.log.as_bytes(), Some(&e.time)) {
+                    if tx.send(b).await.is_err() {
+                        return;
                     }
                 }
             }
-        });
-    }
+            reader = Some(r);
+        }
+        let Some(mut follow) = follow else { return };
+        while let Some(chunk) = follow.recv().await {
+            let now = crate::engine::io::chrono_now();
+            let b = match &chunk {
+                Chunk::Stdout(d) => frame(false, d, Some(&now)),
+                Chunk::Stderr(d) => frame(true, d, Some(&now)),
+            };
+            if let Some(b) = b {
+                if tx.send(b).await.is_err() {
+                    break;
+                }
+            }
+        }
+    });
     Ok(stream_chunks(
         rx,
         if tty {

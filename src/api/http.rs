@@ -76,7 +76,7 @@ impl From<crate::image::ImageError> for ApiError {
 
 /// A response that streams the chunks sent into the channel, as they come.
 pub(crate) fn stream_chunks(
-    rx: tokio::sync::mpsc::UnboundedReceiver<Bytes>,
+    rx: tokio::sync::mpsc::Receiver<Bytes>,
     content_type: &str,
 ) -> Response<Body> {
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {

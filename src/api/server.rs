@@ -60,21 +60,31 @@ pub async fn serve(
         let engine = engine.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let svc = service_fn(move |req| {
-                let engine = engine.clone();
-                async move { Ok::<_, Infallible>(handle(engine, req).await) }
-            });
-            if let Err(e) = http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(limits.header_timeout)
-                .serve_connection(TokioIo::new(stream), svc)
-                .with_upgrades()
-                .await
-            {
+            if let Err(e) = serve_connection(engine, stream).await {
                 tracing::debug!("connection: {e}");
             }
         });
     }
+}
+
+/// Serves one client connection until it ends (upgrades to hijacked streams included):
+/// what [`serve`] runs for each client of the socket, and what the `http_api` fuzz target
+/// drives over an in-memory pipe.
+pub async fn serve_connection<S>(engine: Arc<Engine>, stream: S) -> Result<(), hyper::Error>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let header_timeout = engine.cfg.api_limits.header_timeout;
+    let svc = service_fn(move |req| {
+        let engine = engine.clone();
+        async move { Ok::<_, Infallible>(handle(engine, req).await) }
+    });
+    http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .serve_connection(TokioIo::new(stream), svc)
+        .with_upgrades()
+        .await
 }
 
 /// Strips a `/v{version}` prefix: `/v1.24/info` is `/info`.

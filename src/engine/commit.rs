@@ -91,29 +91,38 @@ impl Engine {
             .join("image/tmp")
             .join(format!("diff-{}.tar", crate::ids::random_hex(8)));
         let result = async {
-            vm.agent
-                .call(
-                    Op::ExportDiff {
-                        container: c.id.clone(),
-                        stream,
-                        pause,
-                    },
-                    AGENT_TIMEOUT,
-                )
-                .await?;
+            // The agent's answer and the export's data come over the same channel, data
+            // possibly first: the data is taken while the answer is awaited, or a full
+            // event queue would hold the answer back (vm::agent).
+            let call = vm.agent.call(
+                Op::ExportDiff {
+                    container: c.id.clone(),
+                    stream,
+                    pause,
+                },
+                AGENT_TIMEOUT,
+            );
+            tokio::pin!(call);
+            let mut answered = false;
             let mut file = tokio::fs::File::create(&tmp)
                 .await
                 .map_err(EngineError::io(tmp.display()))?;
             let (mut total, mut errors) = (0u64, Vec::new());
             let deadline = tokio::time::Instant::now() + EXPORT_TIMEOUT;
             loop {
-                let ev = tokio::time::timeout_at(deadline, rx.recv())
-                    .await
-                    .map_err(|_| {
-                        EngineError::GuestFailed(format!(
-                            "the container's changes did not arrive within {EXPORT_TIMEOUT:?}"
-                        ))
-                    })?;
+                let ev = tokio::select! {
+                    answer = &mut call, if !answered => {
+                        answer?;
+                        answered = true;
+                        continue;
+                    }
+                    ev = tokio::time::timeout_at(deadline, rx.recv()) => ev,
+                };
+                let ev = ev.map_err(|_| {
+                    EngineError::GuestFailed(format!(
+                        "the container's changes did not arrive within {EXPORT_TIMEOUT:?}"
+                    ))
+                })?;
                 match ev {
                     Some(ExportEvent::Data(b)) => {
                         total += b.len() as u64;
@@ -131,7 +140,12 @@ impl Engine {
                         errors.extend_from_slice(&b[..b.len().min(4096)]);
                     }
                     Some(ExportEvent::Error(_)) => {}
-                    Some(ExportEvent::Done(0)) => break,
+                    Some(ExportEvent::Done(0)) => {
+                        if !answered {
+                            call.await?;
+                        }
+                        break;
+                    }
                     Some(ExportEvent::Done(code)) => {
                         return Err(EngineError::GuestFailed(format!(
                             "exporting the container's changes failed ({code}): {}",

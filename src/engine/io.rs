@@ -1,6 +1,6 @@
 //! A container's stdio on the host: output goes to its log file and to every attached
 //! client; stdin comes from attached clients.
-use super::logs::{LogFile, LogWriter};
+use super::logs::{LogFile, LogSnapshot, LogWriter};
 use bytes::Bytes;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -133,7 +133,7 @@ impl ContainerIo {
     /// The log so far and, with `follow` and while the process runs, what comes next:
     /// the read is queued behind every line before it and the follower registered at
     /// the same moment, so that no line is missed or seen twice.
-    pub async fn log_and_follow(&self, follow: bool) -> (Vec<LogEntry>, Option<Follower>) {
+    pub async fn log_and_follow(&self, follow: bool) -> (LogSnapshot, Option<Follower>) {
         let slot = self.logs.slot().await;
         let (read, rx) = {
             let mut attachers = self.attachers.lock().unwrap();
@@ -255,8 +255,8 @@ mod tests {
         );
         assert_eq!(a.recv().await, None);
         assert!(io.attach(false).is_none());
-        let (entries, follower) = io.log_and_follow(true).await;
-        assert_eq!(entries.len(), 1);
+        let (snapshot, follower) = io.log_and_follow(true).await;
+        assert_eq!(snapshot.entries().len(), 1);
         assert!(follower.is_none());
         let log = std::fs::read_to_string(dir.path().join("c.log")).unwrap();
         assert!(log.contains(r#""stream":"stdout""#), "{log}");

@@ -11,7 +11,7 @@
 //! follower registered at the same moment sees every line after: nothing is missed or
 //! seen twice.
 use std::fs::File;
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
@@ -96,21 +96,22 @@ impl LogFile {
         Ok(())
     }
 
-    /// Every kept line, oldest first; lines that do not parse are skipped.
-    fn read(&self) -> Vec<LogEntry> {
+    /// The kept files as they are now, oldest first, each open with its current length:
+    /// what a reader reads, however the log rotates or grows afterwards.
+    fn snapshot(&self) -> LogSnapshot {
         let mut files: Vec<PathBuf> = self.files().collect();
         files.reverse();
-        let mut entries = Vec::new();
-        for p in files {
-            let Ok(f) = File::open(&p) else { continue };
-            for line in std::io::BufReader::new(f).split(b'\n') {
-                let Ok(line) = line else { break };
-                if let Ok(e) = serde_json::from_slice(&line) {
-                    entries.push(e);
-                }
-            }
+        let files = files
+            .into_iter()
+            .filter_map(|p| {
+                let f = File::open(&p).ok()?;
+                let len = f.metadata().ok()?.len();
+                Some((f, len))
+            })
+            .collect();
+        LogSnapshot {
+            files: Arc::new(files),
         }
-        entries
     }
 
     fn remove(&self) {
@@ -132,7 +133,7 @@ fn rotated(path: &Path, i: u32) -> PathBuf {
 
 enum Op {
     Append(Arc<LogFile>, Vec<u8>),
-    Read(Arc<LogFile>, oneshot::Sender<Vec<LogEntry>>),
+    Read(Arc<LogFile>, oneshot::Sender<LogSnapshot>),
     Close(Arc<LogFile>),
     Remove(Arc<LogFile>, oneshot::Sender<()>),
 }
@@ -165,7 +166,7 @@ impl LogWriter {
                                 tracing::warn!(log = %log.path.display(), "log write: {e}");
                             }
                         }
-                        Op::Read(log, reply) => drop(reply.send(log.read())),
+                        Op::Read(log, reply) => drop(reply.send(log.snapshot())),
                         Op::Close(log) => *log.open.lock().unwrap() = None,
                         Op::Remove(log, done) => {
                             log.remove();
@@ -213,12 +214,118 @@ impl Slot {
     }
 
     /// Asks for the log as it is once every line queued before this one is written.
-    pub(crate) fn read(self, log: &Arc<LogFile>) -> oneshot::Receiver<Vec<LogEntry>> {
+    pub(crate) fn read(self, log: &Arc<LogFile>) -> oneshot::Receiver<LogSnapshot> {
         let (tx, rx) = oneshot::channel();
         if let Some(p) = self.0 {
             p.send(Op::Read(log.clone(), tx));
         }
         rx
+    }
+}
+
+/// A log as it was at one moment: its files, open, and how much of each to read. Read
+/// in batches ([`LogReader`]), so a reader never holds more than a batch of a log that
+/// may be tens of MiB.
+#[derive(Clone, Default)]
+pub struct LogSnapshot {
+    files: Arc<Vec<(File, u64)>>,
+}
+
+/// Most bytes of a line kept while looking for its end: the daemon writes lines of at
+/// most one agent frame's output, escaped; anything longer is not one of its lines.
+const MAX_LINE: usize = 1 << 20;
+
+impl LogSnapshot {
+    /// A reader from the first line.
+    pub fn reader(&self) -> LogReader {
+        LogReader {
+            snapshot: self.clone(),
+            index: 0,
+            offset: 0,
+            pending: Vec::new(),
+            skipping: false,
+        }
+    }
+
+    /// Every entry at once (blocking I/O): for tests and small logs.
+    pub fn entries(&self) -> Vec<LogEntry> {
+        let mut r = self.reader();
+        let mut all = Vec::new();
+        loop {
+            let batch = r.next_batch(1 << 20);
+            if batch.is_empty() && r.done() {
+                return all;
+            }
+            all.extend(batch);
+        }
+    }
+}
+
+/// Reads a [`LogSnapshot`] in order, a batch at a time.
+pub struct LogReader {
+    snapshot: LogSnapshot,
+    index: usize,
+    offset: u64,
+    pending: Vec<u8>,
+    skipping: bool,
+}
+
+impl LogReader {
+    /// Whether every file has been read.
+    pub fn done(&self) -> bool {
+        self.index >= self.snapshot.files.len()
+    }
+
+    /// The entries of about `budget` more bytes of the log, oldest first (blocking
+    /// I/O: call it off the async workers). Lines that do not parse are skipped. Empty
+    /// once [`done`](Self::done).
+    pub fn next_batch(&mut self, budget: usize) -> Vec<LogEntry> {
+        use std::os::unix::fs::FileExt;
+        let mut out = Vec::new();
+        let mut read = 0;
+        let mut buf = vec![0u8; 64 << 10];
+        while read < budget && !self.done() {
+            let (file, len) = &self.snapshot.files[self.index];
+            let want =
+                (len - self.offset.min(*len)).min(buf.len().min(budget - read) as u64) as usize;
+            let n = if want == 0 {
+                0
+            } else {
+                file.read_at(&mut buf[..want], self.offset).unwrap_or(0)
+            };
+            if n == 0 {
+                // This file is read (or shorter than it was): its last line, if it
+                // has no newline, still counts.
+                if !self.skipping {
+                    out.extend(serde_json::from_slice(&self.pending).ok());
+                }
+                self.pending.clear();
+                self.skipping = false;
+                self.index += 1;
+                self.offset = 0;
+                continue;
+            }
+            self.offset += n as u64;
+            read += n;
+            let mut rest = &buf[..n];
+            while let Some(i) = rest.iter().position(|b| *b == b'\n') {
+                if !self.skipping {
+                    self.pending.extend_from_slice(&rest[..i]);
+                    out.extend(serde_json::from_slice(&self.pending).ok());
+                }
+                self.pending.clear();
+                self.skipping = false;
+                rest = &rest[i + 1..];
+            }
+            if !self.skipping {
+                self.pending.extend_from_slice(rest);
+                if self.pending.len() > MAX_LINE {
+                    self.pending.clear();
+                    self.skipping = true;
+                }
+            }
+        }
+        out
     }
 }
 
@@ -248,7 +355,7 @@ mod tests {
         for n in 0..200 {
             w.slot().await.append(&log, line(n));
         }
-        let entries = w.slot().await.read(&log).await.unwrap();
+        let entries = w.slot().await.read(&log).await.unwrap().entries();
         // Three files of at most 1000 bytes: the newest lines, in order, none twice.
         let total: u64 = log
             .files()
@@ -279,8 +386,51 @@ mod tests {
         for n in 0..50 {
             w.slot().await.append(&log, line(n));
         }
-        let entries = w.slot().await.read(&log).await.unwrap();
+        let entries = w.slot().await.read(&log).await.unwrap().entries();
         assert!(std::fs::metadata(log.path()).unwrap().len() <= 500);
         assert_eq!(entries.last().unwrap().log, "0049\n");
+    }
+
+    /// A snapshot is read in batches of about the budget asked, in order, across rotated
+    /// files; lines appended after it are not in it; a line without its end too long to
+    /// be one of the daemon's is skipped, and the next line read.
+    #[tokio::test]
+    async fn snapshots_read_in_bounded_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = LogWriter::start(LogLimits {
+            max_size: 2000,
+            max_files: 3,
+        });
+        let log = w.file(dir.path().join("c.log"));
+        for n in 0..60 {
+            w.slot().await.append(&log, line(n));
+        }
+        let snap = w.slot().await.read(&log).await.unwrap();
+        for n in 60..70 {
+            w.slot().await.append(&log, line(n));
+        }
+        let mut r = snap.reader();
+        let mut nums = Vec::new();
+        while !r.done() {
+            let batch = r.next_batch(200);
+            assert!(
+                batch.len() <= 4,
+                "{} entries for a 200-byte budget",
+                batch.len()
+            );
+            nums.extend(batch.iter().map(|e| e.log.trim().parse::<usize>().unwrap()));
+        }
+        assert_eq!(nums.last(), Some(&59));
+        assert!(nums.windows(2).all(|w| w[1] == w[0] + 1), "{nums:?}");
+
+        let path = dir.path().join("long.log");
+        let mut data = vec![b'x'; MAX_LINE + 10];
+        data.push(b'\n');
+        data.extend(line(7));
+        std::fs::write(&path, &data).unwrap();
+        let long = w.file(path);
+        let entries = w.slot().await.read(&long).await.unwrap().entries();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].log, "0007\n");
     }
 }

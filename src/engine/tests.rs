@@ -121,7 +121,10 @@ async fn a_pod_runs_its_containers_and_records_their_exit_codes() {
     assert_eq!(exit_code(&cs[1]).await, 3);
     let (log, _) = cs[0].io.log_and_follow(false).await;
     assert_eq!(
-        log.iter().map(|e| e.log.as_str()).collect::<String>(),
+        log.entries()
+            .iter()
+            .map(|e| e.log.as_str())
+            .collect::<String>(),
         "hello\n"
     );
     // Every container exited: the VM powers off by itself (no kill), the pod failed.

@@ -239,14 +239,7 @@ pub async fn resolve(r: &Registry) -> Result<Resolved, ImageError> {
     let (mut bytes, mut digest, mut manifest) =
         fetch_manifest(r, reference, r.image.digest.as_deref()).await?;
     if manifest.get("manifests").is_some() {
-        let entries = manifest["manifests"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        let pick = entries
-            .iter()
-            .find(|m| m["platform"]["os"] == "linux" && m["platform"]["architecture"] == "amd64")
-            .and_then(|m| m["digest"].as_str())
+        let pick = platform_digest(&manifest)
             .ok_or_else(|| {
                 ImageError::NotFound(format!("{} has no linux/amd64 image", r.image.familiar()))
             })?
@@ -254,42 +247,71 @@ pub async fn resolve(r: &Registry) -> Result<Resolved, ImageError> {
         super::blobs::digest_hex(&pick)?;
         (bytes, digest, manifest) = fetch_manifest(r, &pick, Some(&pick)).await?;
     }
-    if manifest["config"]["digest"].as_str().is_none() || !manifest["layers"].is_array() {
-        return Err(ImageError::BadImage(
-            "unsupported manifest (schema 1 or not an image)".into(),
-        ));
-    }
-    let layers = manifest["layers"].as_array().map(Vec::len).unwrap_or(0);
-    if layers > r.options.max_layers {
-        return Err(ImageError::BadImage(format!(
-            "{layers} layers, more than the limit of {}",
-            r.options.max_layers
-        )));
-    }
-    let declared: u64 = manifest["layers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|l| l["size"].as_u64().unwrap_or(0))
-        .fold(0, u64::saturating_add);
-    if declared > r.options.max_image_bytes {
-        return Err(ImageError::BadImage(format!(
-            "image of {declared} bytes, more than the limit of {}",
-            r.options.max_image_bytes
-        )));
-    }
-    let config_size = manifest["config"]["size"].as_u64().unwrap_or(0);
-    if config_size > r.options.max_config_bytes {
-        return Err(ImageError::BadImage(format!(
-            "config of {config_size} bytes, more than the limit of {}",
-            r.options.max_config_bytes
-        )));
-    }
+    check_image_manifest(&manifest, &r.options)?;
     Ok(Resolved {
         manifest_bytes: bytes,
         manifest_digest: digest,
         manifest,
     })
+}
+
+/// The digest of an index's (or manifest list's) linux/amd64 entry.
+pub fn platform_digest(index: &Value) -> Option<&str> {
+    index["manifests"]
+        .as_array()?
+        .iter()
+        .find(|m| m["platform"]["os"] == "linux" && m["platform"]["architecture"] == "amd64")
+        .and_then(|m| m["digest"].as_str())
+}
+
+/// Checks an image manifest before anything is fetched for it: a config and layers
+/// named by well-formed digests, with sizes that are numbers, no more layers than
+/// `max_layers`, and declared sizes within the caps (a registry that declares a small
+/// size and sends more is cut off at the declared size by [`download`]).
+pub fn check_image_manifest(manifest: &Value, options: &RegistryOptions) -> Result<(), ImageError> {
+    let (Some(_), Some(layers)) = (
+        manifest["config"].as_object(),
+        manifest["layers"].as_array(),
+    ) else {
+        return Err(ImageError::BadImage(
+            "unsupported manifest (schema 1 or not an image)".into(),
+        ));
+    };
+    if layers.len() > options.max_layers {
+        return Err(ImageError::BadImage(format!(
+            "{} layers, more than the limit of {}",
+            layers.len(),
+            options.max_layers
+        )));
+    }
+    let size_of = |d: &Value| -> Result<u64, ImageError> {
+        let digest = d["digest"].as_str().unwrap_or_default();
+        super::blobs::digest_hex(digest)?;
+        match &d["size"] {
+            Value::Null => Ok(0),
+            v => v.as_u64().ok_or_else(|| {
+                ImageError::BadImage(format!("descriptor {digest}: size {v} is not a byte count"))
+            }),
+        }
+    };
+    let config_size = size_of(&manifest["config"])?;
+    if config_size > options.max_config_bytes {
+        return Err(ImageError::BadImage(format!(
+            "config of {config_size} bytes, more than the limit of {}",
+            options.max_config_bytes
+        )));
+    }
+    let mut declared = 0u64;
+    for l in layers {
+        declared = declared.saturating_add(size_of(l)?);
+    }
+    if declared > options.max_image_bytes {
+        return Err(ImageError::BadImage(format!(
+            "image of {declared} bytes, more than the limit of {}",
+            options.max_image_bytes
+        )));
+    }
+    Ok(())
 }
 
 /// Downloads one blob into the store, verified; retried on transfer errors.
@@ -567,6 +589,59 @@ pub async fn push(
 
 #[cfg(test)]
 mod tests {
+    use super::{check_image_manifest, platform_digest, RegistryOptions};
+    use serde_json::json;
+
+    /// What a registry's manifest may not say: bad digests, sizes that are not byte
+    /// counts, too many layers, sizes past the caps, no config.
+    #[test]
+    fn hostile_manifests_are_refused() {
+        let d = format!("sha256:{}", "a".repeat(64));
+        let opts = RegistryOptions {
+            max_layers: 2,
+            max_image_bytes: 100,
+            max_config_bytes: 10,
+            ..Default::default()
+        };
+        let m = |config: serde_json::Value, layers: serde_json::Value| json!({"schemaVersion": 2, "config": config, "layers": layers});
+        let ok = m(
+            json!({"digest": d, "size": 10}),
+            json!([{"digest": d, "size": 60}]),
+        );
+        check_image_manifest(&ok, &opts).unwrap();
+        for bad in [
+            json!({"schemaVersion": 1, "fsLayers": []}),
+            m(json!({"digest": "sha256:../../etc", "size": 1}), json!([])),
+            m(
+                json!({"digest": d, "size": 1}),
+                json!([{"digest": "md5:00"}]),
+            ),
+            m(json!({"digest": d, "size": -1}), json!([])),
+            m(json!({"digest": d, "size": "1"}), json!([])),
+            m(json!({"digest": d, "size": 11}), json!([])),
+            m(
+                json!({"digest": d}),
+                json!([{"digest": d, "size": 60}, {"digest": d, "size": 60}]),
+            ),
+            m(
+                json!({"digest": d}),
+                json!([{"digest": d}, {"digest": d}, {"digest": d}]),
+            ),
+            m(
+                json!({"digest": d}),
+                json!([{"digest": d, "size": u64::MAX}, {"digest": d, "size": 1}]),
+            ),
+        ] {
+            assert!(check_image_manifest(&bad, &opts).is_err(), "{bad}");
+        }
+        let index = json!({"manifests": [
+            {"digest": "sha256:1", "platform": {"os": "linux", "architecture": "arm64"}},
+            {"digest": "sha256:2", "platform": {"os": "linux", "architecture": "amd64"}},
+        ]});
+        assert_eq!(platform_digest(&index), Some("sha256:2"));
+        assert_eq!(platform_digest(&json!({"manifests": {}})), None);
+    }
+
     #[test]
     fn loopback_registries_are_plain_http() {
         assert!(super::plain_http("127.0.0.1:5000", &[]));

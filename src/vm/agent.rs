@@ -36,6 +36,13 @@ pub enum AgentEvent {
     Closed,
 }
 
+/// Events read from the agent and not yet taken by the VM's monitor (each at most one
+/// frame: 32 KiB of output).
+pub(crate) const EVENT_QUEUE: usize = 64;
+
+/// How long a write of stdin may wait for a guest that does not read its channel.
+pub(crate) const STDIN_TIMEOUT: Duration = Duration::from_secs(30);
+
 struct Inner {
     writer: tokio::sync::Mutex<OwnedWriteHalf>,
     pending: Mutex<HashMap<u64, oneshot::Sender<Response>>>,
@@ -53,8 +60,12 @@ pub struct AgentClient {
 }
 
 impl AgentClient {
-    /// Takes a connected channel; events flow into the returned receiver.
-    pub fn new(stream: UnixStream) -> (AgentClient, mpsc::UnboundedReceiver<AgentEvent>) {
+    /// Takes a connected channel; events flow into the returned receiver, which holds
+    /// at most [`EVENT_QUEUE`] of them: past that the reader waits, the guest's channel
+    /// fills and the guest waits (back-pressure), rather than the daemon's memory
+    /// growing. Whoever calls the agent must not need an event to be consumed before the
+    /// call's answer comes (an export's data may precede it: take both at once).
+    pub fn new(stream: UnixStream) -> (AgentClient, mpsc::Receiver<AgentEvent>) {
         let (rd, wr) = stream.into_split();
         // Buffered: a frame costs no more than a read or two of the socket, and skipping
         // the bytes of a broken frame to the next header reads from memory, not one
@@ -68,7 +79,7 @@ impl AgentClient {
             ready: Mutex::new(None),
             protocol: std::sync::atomic::AtomicU32::new(0),
         });
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(EVENT_QUEUE);
         let reader_inner = inner.clone();
         tokio::spawn(async move {
             loop {
@@ -91,7 +102,9 @@ impl AgentClient {
                     },
                     FrameKind::Event => match frame.parse::<Event>() {
                         Ok(Event::Exited { stream, code }) => {
-                            let _ = tx.send(AgentEvent::Exited { stream, code });
+                            if tx.send(AgentEvent::Exited { stream, code }).await.is_err() {
+                                break;
+                            }
                         }
                         Ok(Event::Ready { version, uptime_ms }) => {
                             tracing::debug!(
@@ -107,29 +120,52 @@ impl AgentClient {
                         Err(e) => tracing::warn!("bad event from agent: {e}"),
                     },
                     FrameKind::Stdout | FrameKind::Stderr => {
-                        let _ = tx.send(AgentEvent::Output {
+                        let ev = AgentEvent::Output {
                             stream: frame.stream,
                             stderr: frame.kind == FrameKind::Stderr,
                             data: Bytes::from(frame.payload),
-                        });
+                        };
+                        if tx.send(ev).await.is_err() {
+                            break;
+                        }
                     }
                     other => tracing::warn!("unexpected {other:?} frame from agent"),
                 }
             }
             reader_inner.closed.store(true, Ordering::SeqCst);
             reader_inner.pending.lock().unwrap().clear();
-            let _ = tx.send(AgentEvent::Closed);
+            let _ = tx.send(AgentEvent::Closed).await;
         });
         (AgentClient { inner }, rx)
     }
 
-    async fn send(&self, frame: Frame) -> Result<(), AgentError> {
+    /// Writes a frame by `deadline`. A guest that stops reading its channel makes the
+    /// write wait; past the deadline the channel is broken (a frame may be half
+    /// written) and every later call fails at once.
+    async fn send_by(
+        &self,
+        frame: Frame,
+        deadline: tokio::time::Instant,
+        op: &str,
+    ) -> Result<(), AgentError> {
         let bytes = frame.encode();
-        let mut w = self.inner.writer.lock().await;
-        w.write_all(&bytes).await.map_err(|_| AgentError::Closed)
+        let write = async {
+            let mut w = self.inner.writer.lock().await;
+            w.write_all(&bytes).await.map_err(|_| AgentError::Closed)
+        };
+        match tokio::time::timeout_at(deadline, write).await {
+            Ok(r) => r,
+            Err(_) => {
+                self.inner.closed.store(true, Ordering::SeqCst);
+                Err(AgentError::Timeout {
+                    op: format!("{op} (writing to the guest)"),
+                    timeout: deadline.saturating_duration_since(tokio::time::Instant::now()),
+                })
+            }
+        }
     }
 
-    /// Sends a request and waits for its reply.
+    /// Sends a request and waits for its reply, both within `timeout`.
     pub async fn call(
         &self,
         op: Op,
@@ -138,13 +174,26 @@ impl AgentClient {
         if self.inner.closed.load(Ordering::SeqCst) {
             return Err(AgentError::Closed);
         }
+        let deadline = tokio::time::Instant::now() + timeout;
         let id = self.inner.next_id.fetch_add(1, Ordering::SeqCst);
         let name = op_name(&op);
         let (tx, rx) = oneshot::channel();
         self.inner.pending.lock().unwrap().insert(id, tx);
-        self.send(Frame::json(FrameKind::Request, &Request { id, op }))
-            .await?;
-        match tokio::time::timeout(timeout, rx).await {
+        if let Err(e) = self
+            .send_by(
+                Frame::json(FrameKind::Request, &Request { id, op }),
+                deadline,
+                &name,
+            )
+            .await
+        {
+            self.inner.pending.lock().unwrap().remove(&id);
+            return Err(match e {
+                AgentError::Timeout { op, .. } => AgentError::Timeout { op, timeout },
+                e => e,
+            });
+        }
+        match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(Response { error: Some(e), .. })) => Err(AgentError::Failed(e)),
             Ok(Ok(resp)) => Ok(resp.value),
             Ok(Err(_)) => Err(AgentError::Closed),
@@ -155,9 +204,19 @@ impl AgentClient {
         }
     }
 
-    /// Writes to a process's stdin; an empty chunk closes it.
+    /// Writes to a process's stdin (an empty chunk closes it), within
+    /// [`STDIN_TIMEOUT`].
     pub async fn stdin(&self, stream: u32, data: Vec<u8>) -> Result<(), AgentError> {
-        self.send(Frame::data(FrameKind::Stdin, stream, data)).await
+        if self.inner.closed.load(Ordering::SeqCst) {
+            return Err(AgentError::Closed);
+        }
+        let deadline = tokio::time::Instant::now() + STDIN_TIMEOUT;
+        self.send_by(
+            Frame::data(FrameKind::Stdin, stream, data),
+            deadline,
+            "stdin",
+        )
+        .await
     }
 
     pub fn is_closed(&self) -> bool {
@@ -288,5 +347,57 @@ mod tests {
             }
         );
         assert_eq!(events.recv().await.unwrap(), AgentEvent::Closed);
+    }
+
+    /// A guest that floods output while nobody takes the events: the queue holds
+    /// EVENT_QUEUE of them, the reader stops reading, the guest's writes wait; once the
+    /// events are taken every frame arrives, in order.
+    #[tokio::test]
+    async fn a_flood_waits_for_the_monitor() {
+        let (host, mut guest) = UnixStream::pair().unwrap();
+        let (_client, mut events) = AgentClient::new(host);
+        const FRAMES: usize = 2000;
+        let written = Arc::new(AtomicU64::new(0));
+        let count = written.clone();
+        let flood = tokio::spawn(async move {
+            for i in 0..FRAMES {
+                let mut data = vec![b'x'; 32 << 10];
+                data[..8].copy_from_slice(&(i as u64).to_le_bytes());
+                guest
+                    .write_all(&Frame::data(FrameKind::Stdout, 1, data).encode())
+                    .await
+                    .unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(events.len(), EVENT_QUEUE);
+        // What the socket buffers hold besides: far from the 64 MiB written.
+        let w = written.load(Ordering::SeqCst) as usize;
+        assert!(w < FRAMES / 4, "{w} frames written while nobody read");
+        for i in 0..FRAMES {
+            match events.recv().await.unwrap() {
+                AgentEvent::Output { data, .. } => {
+                    assert_eq!(data[..8], (i as u64).to_le_bytes());
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        flood.await.unwrap();
+    }
+
+    /// A guest that never reads its channel: a call fails at its deadline (the write
+    /// included), and the channel is broken for the calls after it. (Paused clock: the
+    /// stdin write's 30 s pass at once.)
+    #[tokio::test(start_paused = true)]
+    async fn a_guest_that_never_reads_times_out_the_call() {
+        let (host, _guest) = UnixStream::pair().unwrap();
+        let (client, _events) = AgentClient::new(host);
+        let big = vec![b'y'; 8 << 20];
+        let r = client.stdin(1, big.clone()).await;
+        assert!(r.is_err() || client.stdin(1, big).await.is_err());
+        let r = client.call(Op::Ping, Duration::from_millis(300)).await;
+        assert!(r.is_err(), "{r:?}");
+        assert!(client.is_closed());
     }
 }

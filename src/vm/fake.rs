@@ -1,7 +1,7 @@
-//! A fake VM for the engine's unit tests: no process, no guest. [`FakeDriver::boot`]
-//! answers with a [`VmHandle`] over a [`FakeVm`] and a real [`AgentClient`] whose other
-//! end is an in-process fake agent speaking the agent protocol. The engine cannot tell it
-//! from a VM, so its state machine, restart policies, stops and pools run as they do in
+//! A fake VM for the engine's unit tests and the `http_api` fuzz target: no process, no
+//! guest. [`FakeDriver::boot`] answers with a [`VmHandle`] over a [`FakeVm`] and a real
+//! [`AgentClient`] whose other end is an in-process fake agent speaking the agent
+//! protocol. The engine cannot tell it from a VM, so its state machine, restart policies, stops and pools run as they do in
 //! production, on tokio's paused clock.
 //!
 //! A container's process does what its first argument says:

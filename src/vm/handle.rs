@@ -69,7 +69,7 @@ pub struct VmHandle {
 }
 
 /// What a handle drives: a VM process, or (in the engine's unit tests) a fake VM.
-#[cfg_attr(test, allow(clippy::large_enum_variant))]
+#[cfg_attr(any(test, feature = "fake-vm"), allow(clippy::large_enum_variant))]
 enum Backend {
     Process {
         /// Refers to the process itself, not its number: kills never hit a recycled pid.
@@ -77,7 +77,7 @@ enum Backend {
         control: Option<ControlSocket>,
         process: tokio::sync::Mutex<Process>,
     },
-    #[cfg(test)]
+    #[cfg(any(test, feature = "fake-vm"))]
     Fake(std::sync::Arc<super::fake::FakeVm>),
 }
 
@@ -225,7 +225,7 @@ impl VmHandle {
     }
 
     /// The handle of a fake VM (engine unit tests).
-    #[cfg(test)]
+    #[cfg(any(test, feature = "fake-vm"))]
     pub(crate) fn fake(id: &str, dir: &Path, vm: std::sync::Arc<super::fake::FakeVm>) -> VmHandle {
         VmHandle {
             id: id.to_string(),
@@ -270,7 +270,7 @@ impl VmHandle {
 
     /// Freezes the guest's vCPUs.
     pub async fn pause(&self) -> Result<(), VmError> {
-        #[cfg(test)]
+        #[cfg(any(test, feature = "fake-vm"))]
         if let Backend::Fake(vm) = &self.backend {
             return vm.set_paused(true);
         }
@@ -282,7 +282,7 @@ impl VmHandle {
 
     /// Lets a paused guest run again.
     pub async fn resume(&self) -> Result<(), VmError> {
-        #[cfg(test)]
+        #[cfg(any(test, feature = "fake-vm"))]
         if let Backend::Fake(vm) = &self.backend {
             return vm.set_paused(false);
         }
@@ -294,7 +294,7 @@ impl VmHandle {
 
     /// What the VM's monitor says it is doing.
     pub async fn status(&self) -> Result<VmStatus, VmError> {
-        #[cfg(test)]
+        #[cfg(any(test, feature = "fake-vm"))]
         if let Backend::Fake(vm) = &self.backend {
             return Ok(vm.status());
         }
@@ -326,7 +326,7 @@ impl VmHandle {
     /// cleanly is the agent's `shutdown`, which the engine tries first.
     pub async fn stop(&self, within: Duration) {
         let ask = async {
-            #[cfg(test)]
+            #[cfg(any(test, feature = "fake-vm"))]
             if let Backend::Fake(vm) = &self.backend {
                 return vm.monitor_stop();
             }
@@ -350,7 +350,7 @@ impl VmHandle {
             Backend::Process { pidfd, .. } => {
                 sigkill(pidfd);
             }
-            #[cfg(test)]
+            #[cfg(any(test, feature = "fake-vm"))]
             Backend::Fake(vm) => vm.kill(),
         }
     }
@@ -359,7 +359,7 @@ impl VmHandle {
     pub async fn wait(&self) -> String {
         let process = match &self.backend {
             Backend::Process { process, .. } => process,
-            #[cfg(test)]
+            #[cfg(any(test, feature = "fake-vm"))]
             Backend::Fake(vm) => return vm.wait().await,
         };
         let mut p = process.lock().await;
@@ -376,7 +376,7 @@ impl VmHandle {
     pub fn is_alive(&self) -> bool {
         match &self.backend {
             Backend::Process { .. } => process_alive(self.pid),
-            #[cfg(test)]
+            #[cfg(any(test, feature = "fake-vm"))]
             Backend::Fake(vm) => vm.status() != VmStatus::Stopped,
         }
     }
@@ -419,7 +419,7 @@ impl VmHandle {
     fn control(&self) -> Result<&ControlSocket, VmError> {
         let control = match &self.backend {
             Backend::Process { control, .. } => control,
-            #[cfg(test)]
+            #[cfg(any(test, feature = "fake-vm"))]
             Backend::Fake(_) => &None,
         };
         control.as_ref().ok_or_else(|| {

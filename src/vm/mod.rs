@@ -5,8 +5,8 @@
 //! qemu's `microvm` machine ([`qemu`], KVM or TCG). [`Driver::select`] picks one.
 pub(crate) mod agent;
 pub mod console;
-#[cfg(test)]
-pub(crate) mod fake;
+#[cfg(any(test, feature = "fake-vm"))]
+pub mod fake;
 pub mod handle;
 pub mod host;
 pub mod hyper_vmm;
@@ -108,7 +108,7 @@ pub enum Driver {
     Vmm(hyper_vmm::VmmDriver),
     Qemu(qemu::QemuDriver),
     /// VMs without a guest, for the engine's unit tests.
-    #[cfg(test)]
+    #[cfg(any(test, feature = "fake-vm"))]
     Fake(fake::FakeDriver),
 }
 
@@ -140,7 +140,7 @@ impl Driver {
         match self {
             Driver::Vmm(_) => "hyper-vmm".to_string(),
             Driver::Qemu(q) => format!("qemu-{}", q.accel.as_str()),
-            #[cfg(test)]
+            #[cfg(any(test, feature = "fake-vm"))]
             Driver::Fake(_) => "fake".to_string(),
         }
     }
@@ -150,7 +150,7 @@ impl Driver {
     pub fn has_network(&self) -> bool {
         match self {
             Driver::Vmm(_) | Driver::Qemu(_) => true,
-            #[cfg(test)]
+            #[cfg(any(test, feature = "fake-vm"))]
             Driver::Fake(_) => false,
         }
     }
@@ -160,7 +160,7 @@ impl Driver {
     pub fn has_shared_dirs(&self) -> bool {
         match self {
             Driver::Vmm(_) | Driver::Qemu(_) => true,
-            #[cfg(test)]
+            #[cfg(any(test, feature = "fake-vm"))]
             Driver::Fake(_) => false,
         }
     }
@@ -172,7 +172,7 @@ impl Driver {
         match self {
             Driver::Qemu(_) => 8,
             Driver::Vmm(_) => 16,
-            #[cfg(test)]
+            #[cfg(any(test, feature = "fake-vm"))]
             Driver::Fake(_) => 16,
         }
     }
@@ -182,7 +182,7 @@ impl Driver {
         match self {
             Driver::Vmm(v) => v.boot(cfg).await,
             Driver::Qemu(q) => q.boot(cfg).await,
-            #[cfg(test)]
+            #[cfg(any(test, feature = "fake-vm"))]
             Driver::Fake(f) => f.boot(cfg).await,
         }
     }
@@ -312,5 +312,5 @@ pub(crate) fn stop_helpers(dir: &std::path::Path) {
 pub struct RunningVm {
     pub handle: std::sync::Arc<VmHandle>,
     pub agent: agent::AgentClient,
-    pub events: tokio::sync::mpsc::UnboundedReceiver<agent::AgentEvent>,
+    pub events: tokio::sync::mpsc::Receiver<agent::AgentEvent>,
 }

@@ -1020,7 +1020,7 @@ async fn wait(engine: &Arc<Engine>, id: &str, req: &Request<Incoming>) -> ApiRes
     let mut state = c.io.state();
     // "next-exit" waits for an exit that has not happened yet.
     let skip_current = condition != "not-running" && *state.borrow() == IoState::Exited;
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
     let engine = engine.clone();
     tokio::spawn(async move {
         if skip_current {
@@ -1042,7 +1042,7 @@ async fn wait(engine: &Arc<Engine>, id: &str, req: &Request<Incoming>) -> ApiRes
         };
         let mut line = serde_json::to_vec(&reply).unwrap_or_default();
         line.push(b'\n');
-        let _ = tx.send(bytes::Bytes::from(line));
+        let _ = tx.send(bytes::Bytes::from(line)).await;
     });
     Ok(crate::api::http::stream_chunks(rx, "application/json"))
 }

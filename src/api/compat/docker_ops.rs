@@ -180,8 +180,9 @@ pub(crate) async fn stats(engine: &Arc<Engine>, id: &str, req: &Request<Incoming
         return crate::api::http::ok_json(stats_json(&id, &name, vcpus, &now, Some(&first), &s));
     }
     let (first, s) = sample(engine, &pod.id, vcpus, epoch).await?;
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let _ = tx.send(bytes::Bytes::from(json_line(&stats_json(
+    // A sample a second; a client that stops reading stops the sampling, not memory.
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let _ = tx.try_send(bytes::Bytes::from(json_line(&stats_json(
         &id, &name, vcpus, &first, None, &s,
     ))));
     let engine = engine.clone();
@@ -198,7 +199,7 @@ pub(crate) async fn stats(engine: &Arc<Engine>, id: &str, req: &Request<Incoming
                 return;
             };
             let line = json_line(&stats_json(&id, &name, vcpus, &now, Some(&pre), &s));
-            if tx.send(bytes::Bytes::from(line)).is_err() {
+            if tx.send(bytes::Bytes::from(line)).await.is_err() {
                 return;
             }
             pre = now;
