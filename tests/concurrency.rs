@@ -120,3 +120,50 @@ fn stalled_clients_cannot_hold_the_api() {
         "the stalled connection was not closed: {read:?}"
     );
 }
+
+/// A guest that stops answering (its VM process stopped with SIGSTOP) does not slow the
+/// listings and figures of the other pods (the agent's deadline is 60 s; each answer
+/// here must come within 10), and removing it ends with its VM process gone.
+#[test]
+fn a_wedged_guest_does_not_slow_the_others() {
+    let d = Daemon::start();
+    d.import_busybox();
+    for name in ["wedged", "healthy"] {
+        common::out_ok(&d.hyperctl(&["run", "-d", "--name", name, "busybox", "sleep", "1000"]));
+    }
+    let info = d.json("GET", "/pod/info?podName=wedged", None);
+    let vm = info["vm"].as_str().unwrap().to_string();
+    assert!(!vm.is_empty(), "{info}");
+    let pids: Vec<i32> = common::helper_processes(&d)
+        .iter()
+        .filter(|p| p.contains(&vm) && p.contains("qemu"))
+        .filter_map(|p| p.split_whitespace().next()?.parse().ok())
+        .collect();
+    assert_eq!(pids.len(), 1, "the wedged pod's qemu: {pids:?}");
+    let qemu = nix::unistd::Pid::from_raw(pids[0]);
+    nix::sys::signal::kill(qemu, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    // The wedged VM is asked first: Flask's listing asks every running pod.
+    let (code, body) = d.curl("GET", "/pod/stats?podName=healthy", None);
+    assert_eq!(code, 200, "{body}");
+    for path in [
+        "/container",
+        "/list?item=pod",
+        "/list?item=container",
+        "/pod/info?podName=healthy",
+        "/pod/stats?podName=healthy",
+        "/v1.41/containers/json",
+    ] {
+        let start = std::time::Instant::now();
+        let (code, body) = d.curl("GET", path, None);
+        assert_eq!(code, 200, "{path}: {body}");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{path} took {:?} with a wedged guest",
+            start.elapsed()
+        );
+    }
+    // Removing the wedged pod kills its VM (the agent cannot answer a shutdown).
+    common::out_ok(&d.hyperctl(&["rm", "wedged", "healthy"]));
+    common::wait_gone(pids[0] as u32, "the wedged VM's qemu");
+    assert_no_leftovers(&d);
+}

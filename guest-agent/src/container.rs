@@ -196,11 +196,13 @@ fn create_root(id: &str, serial: &str, fstype: &str, privileged: bool) -> io::Re
             "",
         )?;
     }
+    // Read-only, as Docker's (a privileged container's is writable).
+    let sys_ro = if privileged { 0 } else { libc::MS_RDONLY };
     mount(
         "sysfs",
         s(&root.join("sys")),
         "sysfs",
-        libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        sys_ro | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
         "",
     )?;
     Ok(root)

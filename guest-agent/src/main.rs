@@ -87,7 +87,17 @@ fn handle(
                     .map(|root| (root, keep))
             })
             .map(|(root, keep)| {
-                agent.add_container(container, root, hostname, readonly, keep, no_new_privileges);
+                agent.add_container(
+                    container,
+                    process::NewContainer {
+                        root,
+                        hostname,
+                        readonly,
+                        keep_caps: keep,
+                        no_new_privs: no_new_privileges,
+                        privileged,
+                    },
+                );
                 None
             }),
         Op::StartProcess {

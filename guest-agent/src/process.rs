@@ -31,6 +31,20 @@ struct ContainerState {
     keep_caps: Option<Vec<u32>>,
     /// Its processes run with `PR_SET_NO_NEW_PRIVS`.
     no_new_privs: bool,
+    /// Privileged: /proc and /sys unmasked.
+    privileged: bool,
+}
+
+/// A container just created, as its processes will need it.
+pub(crate) struct NewContainer {
+    pub(crate) root: PathBuf,
+    pub(crate) hostname: Option<String>,
+    /// The root becomes read-only before the first process.
+    pub(crate) readonly: bool,
+    /// Capabilities kept (`None`: all).
+    pub(crate) keep_caps: Option<Vec<u32>>,
+    pub(crate) no_new_privs: bool,
+    pub(crate) privileged: bool,
 }
 
 /// The highest capability number the guest kernel (6.1) knows.
@@ -115,24 +129,17 @@ impl Agent {
         }
     }
 
-    pub(crate) fn add_container(
-        &self,
-        id: String,
-        root: PathBuf,
-        hostname: Option<String>,
-        readonly: bool,
-        keep_caps: Option<Vec<u32>>,
-        no_new_privs: bool,
-    ) {
+    pub(crate) fn add_container(&self, id: String, c: NewContainer) {
         self.containers.lock().unwrap().insert(
             id,
             ContainerState {
-                root,
-                hostname,
+                root: c.root,
+                hostname: c.hostname,
                 init: None,
-                seal_pending: readonly,
-                keep_caps,
-                no_new_privs,
+                seal_pending: c.readonly,
+                keep_caps: c.keep_caps,
+                no_new_privs: c.no_new_privs,
+                privileged: c.privileged,
             },
         );
     }
@@ -162,7 +169,7 @@ impl Agent {
         if self.procs.lock().unwrap().contains_key(&stream) {
             return Err(format!("stream {stream} is in use"));
         }
-        let (root, hostname, init, keep_caps, no_new_privs) = {
+        let (root, hostname, init, keep_caps, no_new_privs, privileged) = {
             let mut cs = self.containers.lock().unwrap();
             let c = cs
                 .get_mut(container)
@@ -178,6 +185,7 @@ impl Agent {
                 c.init,
                 c.keep_caps.clone(),
                 c.no_new_privs,
+                c.privileged,
             )
         };
         // The bounding set loses what the container does not keep: an exec'd program
@@ -215,6 +223,7 @@ impl Agent {
             gid,
             tty: spec.tty,
             join,
+            mask_paths: !privileged,
             drop_caps,
             no_new_privs,
         };
@@ -586,6 +595,106 @@ struct ChildSetup {
     drop_caps: Vec<u32>,
     /// `PR_SET_NO_NEW_PRIVS` before the exec.
     no_new_privs: bool,
+    /// Docker's masked and read-only paths of /proc and /sys (not for privileged
+    /// containers).
+    mask_paths: bool,
+}
+
+/// What Docker hides from a container: an empty read-only tmpfs over these directories,
+/// /dev/null over these files.
+const MASKED_PATHS: &[&std::ffi::CStr] = &[
+    c"/proc/asound",
+    c"/proc/acpi",
+    c"/proc/kcore",
+    c"/proc/keys",
+    c"/proc/latency_stats",
+    c"/proc/timer_list",
+    c"/proc/timer_stats",
+    c"/proc/sched_debug",
+    c"/proc/scsi",
+    c"/sys/firmware",
+    c"/sys/devices/virtual/powercap",
+];
+
+/// What Docker leaves readable but not writable in a container.
+const READONLY_PATHS: &[&std::ffi::CStr] = &[
+    c"/proc/bus",
+    c"/proc/fs",
+    c"/proc/irq",
+    c"/proc/sys",
+    c"/proc/sysrq-trigger",
+];
+
+/// Masks [`MASKED_PATHS`] and binds [`READONLY_PATHS`] read-only, in the calling
+/// process's (new) root; paths the kernel lacks are skipped. Runs between fork and exec:
+/// no allocation.
+fn mask_kernel_paths() -> std::io::Result<()> {
+    let missing = |rc: libc::c_int| -> std::io::Result<bool> {
+        if rc == 0 {
+            return Ok(false);
+        }
+        let e = std::io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::ENOENT) => Ok(true),
+            _ => Err(e),
+        }
+    };
+    // SAFETY: static NUL-terminated paths; `st` is a plain struct on this stack.
+    unsafe {
+        for path in MASKED_PATHS {
+            let mut st: libc::stat = std::mem::zeroed();
+            if missing(libc::stat(path.as_ptr(), &mut st))? {
+                continue;
+            }
+            let rc = if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+                libc::mount(
+                    c"tmpfs".as_ptr(),
+                    path.as_ptr(),
+                    c"tmpfs".as_ptr(),
+                    libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                    std::ptr::null(),
+                )
+            } else {
+                libc::mount(
+                    c"/dev/null".as_ptr(),
+                    path.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                )
+            };
+            if rc != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        for path in READONLY_PATHS {
+            if missing(libc::mount(
+                path.as_ptr(),
+                path.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND | libc::MS_REC,
+                std::ptr::null(),
+            ))? {
+                continue;
+            }
+            if libc::mount(
+                path.as_ptr(),
+                path.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND
+                    | libc::MS_REMOUNT
+                    | libc::MS_RDONLY
+                    | libc::MS_NOSUID
+                    | libc::MS_NODEV
+                    | libc::MS_NOEXEC,
+                std::ptr::null(),
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(())
 }
 
 impl ChildSetup {
@@ -626,8 +735,21 @@ impl ChildSetup {
                 if let Some(h) = &self.hostname {
                     check(libc::sethostname(h.as_ptr(), h.as_bytes().len()))?;
                 }
+                // The container's root becomes its namespace's root and the VM's is
+                // unmounted from under it (runc's pivot_root(".", ".")): nothing of the
+                // agent's tree stays reachable, with or without CAP_SYS_CHROOT. (A joined
+                // namespace's root is the container's already.)
+                check(libc::chdir(self.root.as_ptr()))?;
+                check(
+                    libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr())
+                        as libc::c_int,
+                )?;
+                check(libc::umount2(c".".as_ptr(), libc::MNT_DETACH))?;
+                check(libc::chdir(c"/".as_ptr()))?;
+                if self.mask_paths {
+                    mask_kernel_paths()?;
+                }
             }
-            check(libc::chroot(self.root.as_ptr()))?;
 
             check(libc::chdir(self.workdir.as_ptr()))?;
             if self.tty {

@@ -51,6 +51,11 @@ pub(crate) fn umount(target: &str) -> io::Result<()> {
 
 /// What PID 1 mounts before anything else.
 pub(crate) fn init_mounts() {
+    if let Err(e) = leave_initramfs() {
+        crate::log(&format!(
+            "staying on the initramfs (containers cannot pivot_root): {e}"
+        ));
+    }
     let _ = std::fs::create_dir_all("/dev");
     let _ = mount("devtmpfs", "/dev", "devtmpfs", libc::MS_NOSUID, "mode=0755");
     for (src, target, fstype, data) in [
@@ -78,6 +83,27 @@ pub(crate) fn init_mounts() {
         }
     }
     let _ = mount("", "/", "", libc::MS_REC | libc::MS_PRIVATE, "");
+}
+
+/// Moves PID 1 from the initramfs to a tmpfs root, as `switch_root` does (mount the
+/// tmpfs over `/`, chroot into it). `pivot_root(2)` refuses to move away from the initial
+/// rootfs, and containers need it: a container root entered by `chroot` alone can be left
+/// by any process holding CAP_SYS_CHROOT, which Docker's default set includes. The
+/// agent's binary stays mapped from the initramfs; nothing else of it is needed.
+fn leave_initramfs() -> io::Result<()> {
+    const NEW_ROOT: &str = "/newroot";
+    std::fs::create_dir_all(NEW_ROOT)?;
+    mount("tmpfs", NEW_ROOT, "tmpfs", libc::MS_NOSUID, "mode=0755")?;
+    for d in ["dev", "proc", "sys", "run", "tmp", "etc"] {
+        std::fs::create_dir_all(std::path::Path::new(NEW_ROOT).join(d))?;
+    }
+    std::env::set_current_dir(NEW_ROOT)?;
+    mount(".", "/", "", libc::MS_MOVE, "")?;
+    // SAFETY: valid NUL-terminated paths.
+    if unsafe { libc::chroot(c".".as_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    std::env::set_current_dir("/")
 }
 
 /// Sync and power the VM off (a reset, which the VMM treats as the end of the VM).

@@ -65,7 +65,7 @@ impl Engine {
             spec,
             process,
             stream,
-            self.container_io(&pod.dir, &id),
+            self.container_io(&pod.dir, &id, &pod.spec),
         );
         if let (PodPhase::Running, Some(vm)) = (pod.phase(), pod.vm()) {
             self.place(&pod, &vm, &c).await?;

@@ -204,6 +204,7 @@ impl Engine {
             io: Arc::new(ContainerIo::new(
                 pod.dir.join(format!("exec-{id}.log")),
                 &self.logs,
+                self.log_limits(&pod.spec),
             )),
             id: id.clone(),
             process: ProcessSpec {
@@ -380,12 +381,20 @@ impl Engine {
         &self,
         key: &str,
     ) -> Result<(Arc<Pod>, hyperd_agent::protocol::Stats), EngineError> {
+        self.pod_stats_within(key, AGENT_TIMEOUT).await
+    }
+
+    /// [`pod_stats`](Self::pod_stats) with a deadline of the caller's: listings that show
+    /// every pod's figures wait only briefly for each, so one wedged guest does not slow
+    /// them for the others.
+    pub async fn pod_stats_within(
+        &self,
+        key: &str,
+        timeout: std::time::Duration,
+    ) -> Result<(Arc<Pod>, hyperd_agent::protocol::Stats), EngineError> {
         let pod = self.pod(key)?;
         let agent = pod.running_agent()?;
-        let v = agent
-            .call(Op::Stats, AGENT_TIMEOUT)
-            .await
-            .map_err(agent_err)?;
+        let v = agent.call(Op::Stats, timeout).await.map_err(agent_err)?;
         let stats = serde_json::from_value(v.unwrap_or_default())
             .map_err(|e| EngineError::GuestFailed(format!("bad stats from the agent: {e}")))?;
         Ok((pod, stats))

@@ -1,6 +1,6 @@
 //! A container's stdio on the host: output goes to its log file and to every attached
 //! client; stdin comes from attached clients.
-use super::logs::{LogFile, LogSnapshot, LogWriter};
+use super::logs::{LogFile, LogLimits, LogSnapshot, LogWriter};
 use bytes::Bytes;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -90,10 +90,10 @@ pub struct ContainerIo {
 }
 
 impl ContainerIo {
-    pub fn new(log_path: PathBuf, logs: &LogWriter) -> ContainerIo {
+    pub fn new(log_path: PathBuf, logs: &LogWriter, limits: LogLimits) -> ContainerIo {
         ContainerIo {
             attachers: Mutex::new(Vec::new()),
-            log: logs.file(log_path),
+            log: logs.file(log_path, limits),
             logs: logs.clone(),
             stdin_wanted: AtomicBool::new(false),
             state_tx: watch::channel(IoState::NotStarted).0,
@@ -221,8 +221,8 @@ mod tests {
     #[tokio::test]
     async fn a_client_that_does_not_read_is_dropped_not_buffered() {
         let dir = tempfile::tempdir().unwrap();
-        let logs = LogWriter::start(Default::default());
-        let io = ContainerIo::new(dir.path().join("c.log"), &logs);
+        let logs = LogWriter::start();
+        let io = ContainerIo::new(dir.path().join("c.log"), &logs, Default::default());
         let mut stuck = io.attach(false).unwrap();
         let mut reader = io.attach(false).unwrap();
         let mib = Bytes::from(vec![b'x'; 1 << 20]);
@@ -244,8 +244,8 @@ mod tests {
     #[tokio::test]
     async fn fans_out_and_ends_on_exit() {
         let dir = tempfile::tempdir().unwrap();
-        let logs = LogWriter::start(Default::default());
-        let io = ContainerIo::new(dir.path().join("c.log"), &logs);
+        let logs = LogWriter::start();
+        let io = ContainerIo::new(dir.path().join("c.log"), &logs, Default::default());
         let mut a = io.attach(false).unwrap();
         io.output(Chunk::Stdout(Bytes::from_static(b"hi\n"))).await;
         io.set_state(IoState::Exited);

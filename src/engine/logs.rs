@@ -146,7 +146,6 @@ const QUEUE: usize = 256;
 #[derive(Clone)]
 pub struct LogWriter {
     tx: mpsc::Sender<Op>,
-    limits: LogLimits,
 }
 
 /// A place in the writer's queue, taken before a line's order is fixed.
@@ -154,7 +153,7 @@ pub(crate) struct Slot(Option<mpsc::OwnedPermit<Op>>);
 
 impl LogWriter {
     /// Starts the writer thread; it ends when the last handle is dropped.
-    pub fn start(limits: LogLimits) -> LogWriter {
+    pub fn start() -> LogWriter {
         let (tx, mut rx) = mpsc::channel::<Op>(QUEUE);
         std::thread::Builder::new()
             .name("log-writer".into())
@@ -176,13 +175,14 @@ impl LogWriter {
                 }
             })
             .expect("spawn the log writer thread");
-        LogWriter { tx, limits }
+        LogWriter { tx }
     }
 
-    pub(crate) fn file(&self, path: PathBuf) -> Arc<LogFile> {
+    /// A log at `path` kept within `limits`.
+    pub(crate) fn file(&self, path: PathBuf, limits: LogLimits) -> Arc<LogFile> {
         Arc::new(LogFile {
             path,
-            limits: self.limits,
+            limits,
             open: Mutex::new(None),
         })
     }
@@ -347,11 +347,12 @@ mod tests {
     #[tokio::test]
     async fn rotates_and_reads_in_order() {
         let dir = tempfile::tempdir().unwrap();
-        let w = LogWriter::start(LogLimits {
+        let limits = LogLimits {
             max_size: 1000,
             max_files: 3,
-        });
-        let log = w.file(dir.path().join("c.log"));
+        };
+        let w = LogWriter::start();
+        let log = w.file(dir.path().join("c.log"), limits);
         for n in 0..200 {
             w.slot().await.append(&log, line(n));
         }
@@ -378,11 +379,12 @@ mod tests {
     #[tokio::test]
     async fn one_file_starts_over() {
         let dir = tempfile::tempdir().unwrap();
-        let w = LogWriter::start(LogLimits {
+        let limits = LogLimits {
             max_size: 500,
             max_files: 1,
-        });
-        let log = w.file(dir.path().join("c.log"));
+        };
+        let w = LogWriter::start();
+        let log = w.file(dir.path().join("c.log"), limits);
         for n in 0..50 {
             w.slot().await.append(&log, line(n));
         }
@@ -397,11 +399,12 @@ mod tests {
     #[tokio::test]
     async fn snapshots_read_in_bounded_batches() {
         let dir = tempfile::tempdir().unwrap();
-        let w = LogWriter::start(LogLimits {
+        let limits = LogLimits {
             max_size: 2000,
             max_files: 3,
-        });
-        let log = w.file(dir.path().join("c.log"));
+        };
+        let w = LogWriter::start();
+        let log = w.file(dir.path().join("c.log"), limits);
         for n in 0..60 {
             w.slot().await.append(&log, line(n));
         }
@@ -428,7 +431,7 @@ mod tests {
         data.push(b'\n');
         data.extend(line(7));
         std::fs::write(&path, &data).unwrap();
-        let long = w.file(path);
+        let long = w.file(path, limits);
         let entries = w.slot().await.read(&long).await.unwrap().entries();
         assert_eq!(entries.len(), 1);
         assert_eq!(entries[0].log, "0007\n");

@@ -466,7 +466,6 @@ impl Engine {
         }
         let store = Arc::new(crate::store::Store::open(&cfg.root)?);
         let writer = crate::store::Writer::start(store.clone());
-        let cfg_log_limits = cfg.log_limits;
         let engine = Engine {
             credentials: crate::image::auth::CredentialStore::new(&cfg.root),
             store,
@@ -480,7 +479,7 @@ impl Engine {
             pods: Mutex::new(HashMap::new()),
             foreign_dirs: Mutex::new(Vec::new()),
             writer,
-            logs: logs::LogWriter::start(cfg_log_limits),
+            logs: logs::LogWriter::start(),
             record_order: Mutex::new(()),
         };
         engine.load_pods();
@@ -645,7 +644,7 @@ impl Engine {
                 cs.clone(),
                 process,
                 i as u32 + 1,
-                self.container_io(&dir, &cid),
+                self.container_io(&dir, &cid, &spec),
             ));
         }
         let spec_json = serde_json::to_vec_pretty(&spec).unwrap_or_default();
@@ -1008,12 +1007,29 @@ async fn restart_container(
 }
 
 impl Engine {
-    /// The stdio of container `id` of the pod in `pod_dir`: its log is `<id>.log` there.
-    fn container_io(&self, pod_dir: &std::path::Path, id: &str) -> Arc<ContainerIo> {
+    /// The stdio of container `id` of the pod in `pod_dir`: its log is `<id>.log` there,
+    /// kept within the pod's log limits.
+    fn container_io(
+        &self,
+        pod_dir: &std::path::Path,
+        id: &str,
+        spec: &PodSpec,
+    ) -> Arc<ContainerIo> {
         Arc::new(ContainerIo::new(
             pod_dir.join(format!("{id}.log")),
             &self.logs,
+            self.log_limits(spec),
         ))
+    }
+
+    /// A pod's log limits: its own, else the daemon's.
+    pub(crate) fn log_limits(&self, spec: &PodSpec) -> LogLimits {
+        let d = self.cfg.log_limits;
+        let own = spec.log.unwrap_or_default();
+        LogLimits {
+            max_size: own.max_size.unwrap_or(d.max_size),
+            max_files: own.max_files.unwrap_or(d.max_files),
+        }
     }
 }
 

@@ -228,7 +228,7 @@ impl Engine {
                 .containers
                 .into_iter()
                 .map(|c| {
-                    let io = self.container_io(&dir, &c.id);
+                    let io = self.container_io(&dir, &c.id, &r.spec);
                     io.set_state(match (&c.status.exit_code, &c.status.started_at) {
                         (Some(_), _) => IoState::Exited,
                         (None, Some(_)) => IoState::Running,

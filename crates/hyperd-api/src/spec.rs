@@ -75,6 +75,67 @@ pub struct PodSpec {
     /// volumes; absent: the host's own ids (as Docker's bind mounts).
     #[serde(default, rename = "idMap", skip_serializing_if = "Option::is_none")]
     pub id_map: Option<IdMap>,
+    /// How much of each container's output is kept (Docker's json-file `max-size` and
+    /// `max-file`); absent fields take the daemon's `--log-max-size`/`--log-max-files`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<LogOptions>,
+}
+
+/// A pod's log limits: each container's log rotates at `maxSize` bytes and keeps
+/// `maxFiles` files, the current one included.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct LogOptions {
+    #[serde(default, rename = "maxSize", skip_serializing_if = "Option::is_none")]
+    pub max_size: Option<u64>,
+    #[serde(default, rename = "maxFiles", skip_serializing_if = "Option::is_none")]
+    pub max_files: Option<u32>,
+}
+
+/// The smallest and largest log file a pod may ask for, and the most files.
+pub const LOG_MIN_SIZE: u64 = 4096;
+pub const LOG_MAX_SIZE: u64 = 1 << 30;
+pub const LOG_MAX_FILES: u32 = 100;
+
+impl LogOptions {
+    pub fn validate(&self) -> Result<(), InvalidSpec> {
+        if let Some(n) = self.max_size {
+            if !(LOG_MIN_SIZE..=LOG_MAX_SIZE).contains(&n) {
+                return Err(InvalidSpec(format!(
+                    "log maxSize must be between {LOG_MIN_SIZE} and {LOG_MAX_SIZE} bytes, not {n}"
+                )));
+            }
+        }
+        if let Some(n) = self.max_files {
+            if !(1..=LOG_MAX_FILES).contains(&n) {
+                return Err(InvalidSpec(format!(
+                    "log maxFiles must be between 1 and {LOG_MAX_FILES}, not {n}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Docker's `--log-opt` sizes: a number with an optional `k`, `m` or `g` (powers of
+    /// 1024, as Docker's `units.RAMInBytes`), `b`/`kb`/`mb`/`gb` also accepted.
+    pub fn parse_size(s: &str) -> Result<u64, InvalidSpec> {
+        let t = s.trim().to_ascii_lowercase();
+        let t = t.strip_suffix('b').unwrap_or(&t);
+        let (num, unit) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+            Some((i, _)) => (&t[..i], &t[i..]),
+            None => (t, ""),
+        };
+        let mult: u64 = match unit {
+            "" => 1,
+            "k" => 1 << 10,
+            "m" => 1 << 20,
+            "g" => 1 << 30,
+            _ => return Err(InvalidSpec(format!("invalid size {s:?}"))),
+        };
+        num.parse::<u64>()
+            .ok()
+            .and_then(|n| n.checked_mul(mult))
+            .ok_or_else(|| InvalidSpec(format!("invalid size {s:?}")))
+    }
 }
 
 /// Guest ids `0..size` are host ids `hostUid..` and `hostGid..` on the pod's directory
@@ -836,6 +897,9 @@ impl PodSpec {
         }
         if self.containers.is_empty() {
             return Err(InvalidSpec("a pod needs at least one container".into()));
+        }
+        if let Some(log) = &self.log {
+            log.validate()?;
         }
         let r = &self.resource;
         if r.vcpu == 0 || r.vcpu > MAX_VCPU {

@@ -412,6 +412,32 @@ fn image_tag(engine: &Arc<Engine>, name: &str, req: &Request<Incoming>) -> ApiRe
 
 /// Whether a `SecurityOpt` entry asks for `no-new-privileges` (`no-new-privileges`,
 /// `no-new-privileges:true`, or `=true`).
+/// `--log-driver` and `--log-opt`: hyperd keeps json-file logs (`local` is taken as
+/// the same); `max-size` and `max-file` set the pod's limits.
+fn log_options(
+    config: Option<&m::CreateLogConfig>,
+) -> Result<Option<crate::spec::LogOptions>, ApiError> {
+    let Some(c) = config else { return Ok(None) };
+    if !matches!(c.kind.as_str(), "" | "json-file" | "local") {
+        return Err(ApiError::bad_request(format!(
+            "log driver {:?} is not supported (json-file)",
+            c.kind
+        )));
+    }
+    let mut log = crate::spec::LogOptions::default();
+    for (k, v) in &c.config {
+        let bad = |e: String| ApiError::bad_request(format!("log-opt {k}={v}: {e}"));
+        match k.as_str() {
+            "max-size" => {
+                log.max_size = Some(crate::spec::LogOptions::parse_size(v).map_err(|e| bad(e.0))?)
+            }
+            "max-file" => log.max_files = Some(v.parse().map_err(|_| bad("not a number".into()))?),
+            _ => {}
+        }
+    }
+    Ok((log != Default::default()).then_some(log))
+}
+
 fn no_new_privileges(opt: &str) -> bool {
     let (name, value) = opt.split_once([':', '=']).unwrap_or((opt, "true"));
     name == "no-new-privileges" && value.eq_ignore_ascii_case("true")
@@ -627,6 +653,7 @@ async fn create(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
         Some("none") => crate::spec::NetworkMode::None,
         _ => crate::spec::NetworkMode::User,
     };
+    let log = log_options(host.log_config.as_ref())?;
     let spec = PodSpec {
         id: name.clone(),
         hostname: cfg.hostname.unwrap_or_default(),
@@ -665,6 +692,7 @@ async fn create(engine: &Arc<Engine>, req: Request<Incoming>) -> ApiResult {
         dns: host.dns.clone().unwrap_or_default(),
         extra_hosts: host.extra_hosts.clone().unwrap_or_default(),
         volumes: vols.volumes,
+        log,
         ..Default::default()
     };
     let pod = engine.create_pod(spec).await.map_err(|e| match e {
@@ -815,7 +843,16 @@ fn inspect(engine: &Arc<Engine>, id: &str) -> ApiResult {
         container_id_file: String::new(),
         log_config: m::LogConfig {
             kind: "json-file".into(),
-            config: m::Empty::new(),
+            config: pod
+                .spec
+                .log
+                .iter()
+                .flat_map(|l| {
+                    let size = l.max_size.map(|n| ("max-size".to_string(), n.to_string()));
+                    let files = l.max_files.map(|n| ("max-file".to_string(), n.to_string()));
+                    size.into_iter().chain(files)
+                })
+                .collect(),
         },
         network_mode: network_mode(&pod).into(),
         port_bindings: spec_port_map(&pod.spec),

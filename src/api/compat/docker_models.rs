@@ -221,7 +221,7 @@ pub(crate) struct HostConfig {
 pub(crate) struct LogConfig {
     #[serde(rename = "Type")]
     pub kind: String,
-    pub config: Empty,
+    pub config: BTreeMap<String, String>,
 }
 
 #[derive(Serialize)]
@@ -441,6 +441,16 @@ pub(crate) struct CreateHostConfig {
     pub dns: Option<Vec<String>>,
     pub extra_hosts: Option<Vec<String>>,
     pub network_mode: Option<String>,
+    pub log_config: Option<CreateLogConfig>,
+}
+
+/// A create's `HostConfig.LogConfig` (`--log-driver`, `--log-opt`).
+#[derive(serde::Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub(crate) struct CreateLogConfig {
+    #[serde(rename = "Type")]
+    pub kind: String,
+    pub config: BTreeMap<String, String>,
 }
 
 /// One of a create's `HostConfig.Mounts` (`--mount`).
