@@ -8,7 +8,7 @@ set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$repo"
 
-packages=(linux-source-6.1 qemu-system-x86 passt busybox-static erofs-utils e2fsprogs
+packages=(linux-source-6.1 qemu-system-x86 passt busybox-static erofs-utils e2fsprogs iproute2
           docker-registry skopeo apache2-utils
           flex bison bc cpio xz-utils libelf-dev make gcc curl python3-venv
           libseccomp-dev libcap-ng-dev)

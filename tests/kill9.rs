@@ -101,7 +101,7 @@ impl Client {
             5 => {
                 let pod = pick(&stored.lock().unwrap().pods, rng);
                 if let Some(p) = pod {
-                    self.run(&["stop", &p]);
+                    self.run(&["stop", "-t", "1", &p]);
                 }
                 "stop"
             }
@@ -201,7 +201,7 @@ fn check_after_restart(d: &Daemon, stored: &Stored, cgroups_before: &BTreeSet<St
     }
     // Every pod stops and goes.
     for (id, name) in &now {
-        let (code, body) = d.curl("POST", &format!("/pod/stop?podId={id}"), None);
+        let (code, body) = d.curl("POST", &format!("/pod/stop?podId={id}&time=1"), None);
         assert!(code < 500, "stop {name}: {code} {body}");
         let (code, body) = d.curl("DELETE", &format!("/pod?podId={id}"), None);
         assert_eq!(code, 200, "rm {name}: {body}");

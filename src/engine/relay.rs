@@ -160,14 +160,16 @@ async fn relay_one(
             let mut buf = vec![0u8; 64 * 1024];
             loop {
                 match from_client.read(&mut buf).await {
-                    Ok(0) | Err(_) => {
+                    Ok(0) => {
                         // The client is done sending: the port sees end-of-file.
                         let _ = agent.stdin(stream, Vec::new()).await;
-                        return;
+                        return false;
                     }
+                    // The client is gone (a reset): nobody takes an answer.
+                    Err(_) => return true,
                     Ok(n) => {
                         if agent.stdin(stream, buf[..n].to_vec()).await.is_err() {
-                            return;
+                            return true;
                         }
                     }
                 }
@@ -191,9 +193,18 @@ async fn relay_one(
             }
         }
     };
-    // The client half-closing does not end the exchange: the answer may still come.
-    let upstream = tokio::spawn(upstream);
-    downstream.await;
+    // The client half-closing does not end the exchange (the answer may still come); a
+    // client that fails does, even while the port stays silent.
+    let mut upstream = tokio::spawn(upstream);
+    tokio::pin!(downstream);
+    tokio::select! {
+        _ = &mut downstream => {}
+        gone = &mut upstream => {
+            if !matches!(gone, Ok(true)) {
+                downstream.await;
+            }
+        }
+    }
     upstream.abort();
     // Whichever side ended, the other goes too.
     let _ = agent
